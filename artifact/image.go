@@ -1,0 +1,255 @@
+package artifact
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
+)
+
+// ImageInfo is what the launcher needs from an image's config.
+type ImageInfo struct {
+	Arch       string
+	Entrypoint []string
+	Cmd        []string
+	Env        []string
+	WorkingDir string
+}
+
+// OpenImage opens a stored image blob: a single-image docker-save tarball, the
+// form every image takes in the store (see PrepareImage).
+func OpenImage(blobPath string) (v1.Image, error) {
+	img, err := tarball.ImageFromPath(blobPath, nil)
+	if err != nil {
+		return nil, fmt.Errorf("open image %s: %v: %w", blobPath, err, ErrInvalid)
+	}
+	return img, nil
+}
+
+// PrepareImage validates an image given as an OCI layout directory, an
+// oci-archive tarball or a docker-save tarball, and returns the path of a
+// docker-save tarball holding its linux/<GOARCH> image: input itself when it
+// already is one, else a file written under tmpDir that the caller removes.
+func PrepareImage(input, tmpDir string) (path string, info ImageInfo, err error) {
+	img, converted, cleanup, err := loadImage(input, tmpDir)
+	if err != nil {
+		return "", ImageInfo{}, err
+	}
+	defer cleanup()
+	if err := validate.Image(img); err != nil {
+		return "", ImageInfo{}, fmt.Errorf("image %s is broken: %s: %w", input, firstLine(err), ErrInvalid)
+	}
+	info, err = inspectImage(img)
+	if err != nil {
+		return "", ImageInfo{}, fmt.Errorf("image %s: %w", input, err)
+	}
+	if !converted {
+		return input, info, nil
+	}
+	f, err := os.CreateTemp(tmpDir, "image-*.tar")
+	if err != nil {
+		return "", ImageInfo{}, err
+	}
+	defer f.Close()
+	tag, _ := name.NewTag("ballena.local/image:latest")
+	if err := tarball.Write(tag, img, f); err != nil {
+		os.Remove(f.Name())
+		return "", ImageInfo{}, fmt.Errorf("image %s: write tarball: %w", input, err)
+	}
+	return f.Name(), info, nil
+}
+
+// loadImage opens input lazily; cleanup removes what an oci-archive was
+// extracted to, so call it only when done reading img.
+func loadImage(input, tmpDir string) (img v1.Image, converted bool, cleanup func(), err error) {
+	nop := func() {}
+	st, err := os.Stat(input)
+	if err != nil {
+		return nil, false, nop, err
+	}
+	if st.IsDir() {
+		img, err := imageFromLayout(input)
+		return img, true, nop, err
+	}
+	isOCI, err := tarHasFile(input, "oci-layout")
+	if err != nil {
+		return nil, false, nop, fmt.Errorf("%s is not a readable tarball (%v): %w", input, err, ErrInvalid)
+	}
+	if !isOCI {
+		img, err := tarball.ImageFromPath(input, nil)
+		if err != nil {
+			return nil, false, nop, fmt.Errorf("%s is not a valid docker-save tarball: %v: %w", input, err, ErrInvalid)
+		}
+		return img, false, nop, nil
+	}
+	dir, err := os.MkdirTemp(tmpDir, "oci-archive-*")
+	if err != nil {
+		return nil, false, nop, err
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	if err := untar(input, dir); err != nil {
+		cleanup()
+		return nil, false, nop, fmt.Errorf("%s is not a valid oci-archive: %v: %w", input, err, ErrInvalid)
+	}
+	if img, err = imageFromLayout(dir); err != nil {
+		cleanup()
+		return nil, false, nop, err
+	}
+	return img, true, cleanup, nil
+}
+
+func imageFromLayout(dir string) (v1.Image, error) {
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s is not an OCI layout: %v: %w", dir, err, ErrInvalid)
+	}
+	idx, err := p.ImageIndex()
+	if err != nil {
+		return nil, fmt.Errorf("%s: read index.json: %v: %w", dir, err, ErrInvalid)
+	}
+	return pickPlatform(idx, 0)
+}
+
+// pickPlatform walks an index (nested indexes too) for the image of this platform.
+func pickPlatform(idx v1.ImageIndex, depth int) (v1.Image, error) {
+	if depth > 4 {
+		return nil, fmt.Errorf("image index nests too deeply: %w", ErrInvalid)
+	}
+	m, err := idx.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("read image index: %v: %w", err, ErrInvalid)
+	}
+	var seen []string
+	for _, d := range m.Manifests {
+		if d.MediaType.IsIndex() {
+			child, err := idx.ImageIndex(d.Digest)
+			if err != nil {
+				return nil, fmt.Errorf("read nested index %s: %v: %w", d.Digest, err, ErrInvalid)
+			}
+			if img, err := pickPlatform(child, depth+1); err == nil {
+				return img, nil
+			}
+			continue
+		}
+		if !d.MediaType.IsImage() {
+			continue
+		}
+		if d.Platform != nil {
+			seen = append(seen, d.Platform.OS+"/"+d.Platform.Architecture)
+			if d.Platform.OS != "linux" || d.Platform.Architecture != runtime.GOARCH {
+				continue
+			}
+		}
+		img, err := idx.Image(d.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("read image %s: %v: %w", d.Digest, err, ErrInvalid)
+		}
+		return img, nil
+	}
+	return nil, fmt.Errorf("image index has no linux/%s image (has %s): %w", runtime.GOARCH, strings.Join(seen, ", "), ErrInvalid)
+}
+
+func inspectImage(img v1.Image) (ImageInfo, error) {
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return ImageInfo{}, fmt.Errorf("read config: %v: %w", err, ErrInvalid)
+	}
+	if cf.OS != "" && cf.OS != "linux" {
+		return ImageInfo{}, fmt.Errorf("image is for %s, not linux: %w", cf.OS, ErrInvalid)
+	}
+	if cf.Architecture != "" && cf.Architecture != runtime.GOARCH {
+		return ImageInfo{}, fmt.Errorf("image is for %s, this platform is %s: %w", cf.Architecture, runtime.GOARCH, ErrInvalid)
+	}
+	info := ImageInfo{Arch: cf.Architecture, Entrypoint: cf.Config.Entrypoint, Cmd: cf.Config.Cmd,
+		Env: cf.Config.Env, WorkingDir: cf.Config.WorkingDir}
+	if len(info.Entrypoint) == 0 && len(info.Cmd) == 0 {
+		return info, fmt.Errorf("image config has neither entrypoint nor cmd: nothing to run: %w", ErrInvalid)
+	}
+	return info, nil
+}
+
+func tarHasFile(path, want string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	n := 0
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			if n == 0 {
+				return false, errors.New("empty tarball")
+			}
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		n++
+		if strings.TrimPrefix(h.Name, "./") == want {
+			return true, nil
+		}
+	}
+}
+
+// untar extracts regular files and directories of an oci-archive, refusing
+// anything that would escape dir.
+func untar(path, dir string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		clean := filepath.Clean("/" + h.Name)
+		dst := filepath.Join(dir, clean)
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(dst, 0o755); err != nil {
+				return err
+			}
+		case tar.TypeReg:
+			if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+				return err
+			}
+			out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(out, tr)
+			if cerr := out.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("entry %s: unsupported type %c in an oci-archive", h.Name, h.Typeflag)
+		}
+	}
+}
+
+func firstLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}
