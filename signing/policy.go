@@ -77,7 +77,7 @@ func ParsePolicy(data []byte, baseDir string) (*Policy, error) {
 		if err == io.EOF {
 			return nil, refusef(ErrMalformed, "empty policy: want at least a keys: list")
 		}
-		return nil, refusef(ErrMalformed, "%s", yamlErrorLine(err))
+		return nil, refusef(ErrMalformed, "%s", yamlSyntaxError(data, err))
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err != io.EOF {
@@ -306,15 +306,53 @@ func policyErr(n *yaml.Node, format string, args ...any) error {
 	return refusef(ErrMalformed, "line %d: %s", n.Line, fmt.Sprintf(format, args...))
 }
 
-// yamlErrorLine turns a yaml syntax error ("yaml: line 3: did not find
-// expected key") into "line 3: did not find expected key".
-func yamlErrorLine(err error) string {
+// yamlSyntaxError turns a yaml syntax error into "line N: reason". The yaml
+// package reports the line where the enclosing construct began, or none at all
+// ("mapping values are not allowed in this context"), so the line is found
+// instead as the first one after the longest prefix of data that still parses.
+func yamlSyntaxError(data []byte, err error) string {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	if i := strings.IndexByte(msg, '\n'); i >= 0 {
 		msg = msg[:i]
 	}
-	if !strings.HasPrefix(msg, "line ") {
-		msg = "invalid YAML: " + msg
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if i := strings.Index(rest, ": "); i >= 0 {
+			msg = rest[i+2:]
+		}
 	}
-	return msg
+	if line := yamlErrorLine(data); line > 0 {
+		return fmt.Sprintf("line %d: %s", line, msg)
+	}
+	return "invalid YAML: " + msg
+}
+
+// maxSyntaxSearchLines bounds the quadratic search in yamlErrorLine; trust
+// policies are a few dozen lines.
+const maxSyntaxSearchLines = 500
+
+func yamlErrorLine(data []byte) int {
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	if len(lines) > maxSyntaxSearchLines {
+		return 0
+	}
+	for k := len(lines) - 1; k > 0; k-- {
+		if yamlParses(bytes.Join(lines[:k], nil)) {
+			return k + 1
+		}
+	}
+	return 1
+}
+
+func yamlParses(data []byte) bool {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var n yaml.Node
+		switch err := dec.Decode(&n); err {
+		case nil:
+		case io.EOF:
+			return true
+		default:
+			return false
+		}
+	}
 }
