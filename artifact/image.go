@@ -31,7 +31,7 @@ type ImageInfo struct {
 func OpenImage(blobPath string) (v1.Image, error) {
 	img, err := tarball.ImageFromPath(blobPath, nil)
 	if err != nil {
-		return nil, fmt.Errorf("open image %s: %v: %w", blobPath, err, ErrInvalid)
+		return nil, Tagged(ErrInvalid, "open image %s: %v", blobPath, err)
 	}
 	return img, nil
 }
@@ -47,7 +47,7 @@ func PrepareImage(input, tmpDir string) (path string, info ImageInfo, err error)
 	}
 	defer cleanup()
 	if err := validate.Image(img); err != nil {
-		return "", ImageInfo{}, fmt.Errorf("image %s is broken: %s: %w", input, firstLine(err), ErrInvalid)
+		return "", ImageInfo{}, Tagged(ErrInvalid, "image %s is broken: %s", input, firstLine(err))
 	}
 	info, err = inspectImage(img)
 	if err != nil {
@@ -83,12 +83,12 @@ func loadImage(input, tmpDir string) (img v1.Image, converted bool, cleanup func
 	}
 	isOCI, err := tarHasFile(input, "oci-layout")
 	if err != nil {
-		return nil, false, nop, fmt.Errorf("%s is not a readable tarball (%v): %w", input, err, ErrInvalid)
+		return nil, false, nop, Tagged(ErrInvalid, "%s is not a readable tarball (%v)", input, err)
 	}
 	if !isOCI {
 		img, err := tarball.ImageFromPath(input, nil)
 		if err != nil {
-			return nil, false, nop, fmt.Errorf("%s is not a valid docker-save tarball: %v: %w", input, err, ErrInvalid)
+			return nil, false, nop, Tagged(ErrInvalid, "%s is not a valid docker-save tarball: %v", input, err)
 		}
 		return img, false, nop, nil
 	}
@@ -99,7 +99,7 @@ func loadImage(input, tmpDir string) (img v1.Image, converted bool, cleanup func
 	cleanup = func() { os.RemoveAll(dir) }
 	if err := untar(input, dir); err != nil {
 		cleanup()
-		return nil, false, nop, fmt.Errorf("%s is not a valid oci-archive: %v: %w", input, err, ErrInvalid)
+		return nil, false, nop, Tagged(ErrInvalid, "%s is not a valid oci-archive: %v", input, err)
 	}
 	if img, err = imageFromLayout(dir); err != nil {
 		cleanup()
@@ -111,11 +111,11 @@ func loadImage(input, tmpDir string) (img v1.Image, converted bool, cleanup func
 func imageFromLayout(dir string) (v1.Image, error) {
 	p, err := layout.FromPath(dir)
 	if err != nil {
-		return nil, fmt.Errorf("%s is not an OCI layout: %v: %w", dir, err, ErrInvalid)
+		return nil, Tagged(ErrInvalid, "%s is not an OCI layout: %v", dir, err)
 	}
 	idx, err := p.ImageIndex()
 	if err != nil {
-		return nil, fmt.Errorf("%s: read index.json: %v: %w", dir, err, ErrInvalid)
+		return nil, Tagged(ErrInvalid, "%s: read index.json: %v", dir, err)
 	}
 	return pickPlatform(idx, 0)
 }
@@ -123,18 +123,18 @@ func imageFromLayout(dir string) (v1.Image, error) {
 // pickPlatform walks an index (nested indexes too) for the image of this platform.
 func pickPlatform(idx v1.ImageIndex, depth int) (v1.Image, error) {
 	if depth > 4 {
-		return nil, fmt.Errorf("image index nests too deeply: %w", ErrInvalid)
+		return nil, Tagged(ErrInvalid, "image index nests too deeply")
 	}
 	m, err := idx.IndexManifest()
 	if err != nil {
-		return nil, fmt.Errorf("read image index: %v: %w", err, ErrInvalid)
+		return nil, Tagged(ErrInvalid, "read image index: %v", err)
 	}
 	var seen []string
 	for _, d := range m.Manifests {
 		if d.MediaType.IsIndex() {
 			child, err := idx.ImageIndex(d.Digest)
 			if err != nil {
-				return nil, fmt.Errorf("read nested index %s: %v: %w", d.Digest, err, ErrInvalid)
+				return nil, Tagged(ErrInvalid, "read nested index %s: %v", d.Digest, err)
 			}
 			if img, err := pickPlatform(child, depth+1); err == nil {
 				return img, nil
@@ -152,28 +152,28 @@ func pickPlatform(idx v1.ImageIndex, depth int) (v1.Image, error) {
 		}
 		img, err := idx.Image(d.Digest)
 		if err != nil {
-			return nil, fmt.Errorf("read image %s: %v: %w", d.Digest, err, ErrInvalid)
+			return nil, Tagged(ErrInvalid, "read image %s: %v", d.Digest, err)
 		}
 		return img, nil
 	}
-	return nil, fmt.Errorf("image index has no linux/%s image (has %s): %w", runtime.GOARCH, strings.Join(seen, ", "), ErrInvalid)
+	return nil, Tagged(ErrInvalid, "image index has no linux/%s image (has %s)", runtime.GOARCH, strings.Join(seen, ", "))
 }
 
 func inspectImage(img v1.Image) (ImageInfo, error) {
 	cf, err := img.ConfigFile()
 	if err != nil {
-		return ImageInfo{}, fmt.Errorf("read config: %v: %w", err, ErrInvalid)
+		return ImageInfo{}, Tagged(ErrInvalid, "read config: %v", err)
 	}
 	if cf.OS != "" && cf.OS != "linux" {
-		return ImageInfo{}, fmt.Errorf("image is for %s, not linux: %w", cf.OS, ErrInvalid)
+		return ImageInfo{}, Tagged(ErrInvalid, "image is for %s, not linux", cf.OS)
 	}
 	if cf.Architecture != "" && cf.Architecture != runtime.GOARCH {
-		return ImageInfo{}, fmt.Errorf("image is for %s, this platform is %s: %w", cf.Architecture, runtime.GOARCH, ErrInvalid)
+		return ImageInfo{}, Tagged(ErrInvalid, "image is for %s, this platform is %s", cf.Architecture, runtime.GOARCH)
 	}
 	info := ImageInfo{Arch: cf.Architecture, Entrypoint: cf.Config.Entrypoint, Cmd: cf.Config.Cmd,
 		Env: cf.Config.Env, WorkingDir: cf.Config.WorkingDir}
 	if len(info.Entrypoint) == 0 && len(info.Cmd) == 0 {
-		return info, fmt.Errorf("image config has neither entrypoint nor cmd: nothing to run: %w", ErrInvalid)
+		return info, Tagged(ErrInvalid, "image config has neither entrypoint nor cmd: nothing to run")
 	}
 	return info, nil
 }

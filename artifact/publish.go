@@ -56,7 +56,7 @@ func (p *Prepared) Cleanup() {
 // are converted to one under tmpDir.
 func Prepare(ctx context.Context, input, tmpDir string, opts PublishOptions) (*Prepared, error) {
 	if !ValidName(opts.Name) {
-		return nil, fmt.Errorf("publish: name %q: use lower-case letters, digits, '.', '-' or '_': %w", opts.Name, ErrInvalid)
+		return nil, Tagged(ErrInvalid, "publish: name %q: use lower-case letters, digits, '.', '-' or '_'", opts.Name)
 	}
 	if err := signing.ValidateVersion(opts.Version); err != nil {
 		return nil, fmt.Errorf("publish: %w", err)
@@ -87,7 +87,7 @@ func Prepare(ctx context.Context, input, tmpDir string, opts PublishOptions) (*P
 		p.Path, p.temp = path, path != input
 		rel.Arch, rel.Entrypoint, rel.Cmd, rel.Env, rel.WorkingDir = ii.Arch, ii.Entrypoint, ii.Cmd, ii.Env, ii.WorkingDir
 	default:
-		return nil, fmt.Errorf("publish: unknown kind %q: %w", kind, ErrInvalid)
+		return nil, Tagged(ErrInvalid, "publish: unknown kind %q", kind)
 	}
 	digest, size, err := hashFile(ctx, p.Path)
 	if err != nil {
@@ -217,16 +217,16 @@ func releaseFromEnvelope(env *signing.Envelope) (Release, error) {
 func ReleaseFromStatement(st *signing.Statement) (Release, error) {
 	var ext externalParameters
 	if err := json.Unmarshal(st.Predicate.BuildDefinition.ExternalParameters, &ext); err != nil {
-		return Release{}, fmt.Errorf("statement carries no Ballena release record: %v: %w", err, signing.ErrMalformed)
+		return Release{}, Tagged(signing.ErrMalformed, "statement carries no Ballena release record: %v", err)
 	}
 	rel := ext.Release
 	if err := rel.validate(); err != nil {
-		return Release{}, fmt.Errorf("statement's release record: %v: %w", err, signing.ErrMalformed)
+		return Release{}, Tagged(signing.ErrMalformed, "statement's release record: %v", err)
 	}
 	sub := st.Subject[0]
 	if sub.Name != rel.Ref().String() || sub.Digest["sha256"] != rel.Digest {
-		return Release{}, fmt.Errorf("statement subject %s (sha256 %s) does not match its release record %s (sha256 %s): %w",
-			sub.Name, short(sub.Digest["sha256"]), rel.Ref(), short(rel.Digest), signing.ErrSubjectMismatch)
+		return Release{}, Tagged(signing.ErrSubjectMismatch, "statement subject %s (sha256 %s) does not match its release record %s (sha256 %s)",
+			sub.Name, short(sub.Digest["sha256"]), rel.Ref(), short(rel.Digest))
 	}
 	return rel, nil
 }

@@ -118,7 +118,7 @@ func (s *Store) IngestFile(ctx context.Context, path, wantDigest string) (string
 	}
 	digest := hex.EncodeToString(h.Sum(nil))
 	if wantDigest != "" && digest != wantDigest {
-		return "", 0, fmt.Errorf("ingest %s: sha256 is %s, the signed release says %s: %w", path, digest, wantDigest, signing.ErrSubjectMismatch)
+		return "", 0, Tagged(signing.ErrSubjectMismatch, "ingest %s: sha256 is %s, the signed release says %s", path, digest, wantDigest)
 	}
 	if err := s.place(tmp.Name(), digest); err != nil {
 		return "", 0, fmt.Errorf("ingest %s: %w", path, err)
@@ -135,7 +135,7 @@ func (s *Store) AdoptFile(ctx context.Context, path, wantDigest string) error {
 	}
 	if got != wantDigest {
 		os.Remove(path)
-		return fmt.Errorf("adopt %s: sha256 is %s, want %s: %w", path, got, wantDigest, signing.ErrSubjectMismatch)
+		return Tagged(signing.ErrSubjectMismatch, "adopt %s: sha256 is %s, want %s", path, got, wantDigest)
 	}
 	if err := syncFile(path); err != nil {
 		return fmt.Errorf("adopt %s: %w", path, err)
@@ -161,15 +161,15 @@ func (s *Store) place(tmp, digest string) error {
 // VerifyBlob re-hashes a blob and fails unless it still has its digest.
 func (s *Store) VerifyBlob(ctx context.Context, digest string) error {
 	if !s.HasBlob(digest) {
-		return fmt.Errorf("blob %s: %w", short(digest), ErrNotFound)
+		return Tagged(ErrNotFound, "blob %s", short(digest))
 	}
 	got, _, err := hashFile(ctx, s.BlobPath(digest))
 	if err != nil {
 		return fmt.Errorf("verify blob %s: %w", short(digest), err)
 	}
 	if got != digest {
-		return fmt.Errorf("blob %s is corrupt or tampered with: its sha256 is now %s (run `ballena gc` and fetch it again): %w",
-			short(digest), short(got), signing.ErrSubjectMismatch)
+		return Tagged(signing.ErrSubjectMismatch, "blob %s is corrupt or tampered with: its sha256 is now %s (run `ballena gc` and fetch it again)",
+			short(digest), short(got))
 	}
 	return nil
 }
@@ -181,7 +181,7 @@ func (s *Store) PutRelease(rel Release, env *signing.Envelope) error {
 		return fmt.Errorf("put %s: %w", rel.Ref(), err)
 	}
 	if !s.HasBlob(rel.Digest) {
-		return fmt.Errorf("put %s: blob %s is not in the store: %w", rel.Ref(), short(rel.Digest), ErrNotFound)
+		return Tagged(ErrNotFound, "put %s: blob %s is not in the store", rel.Ref(), short(rel.Digest))
 	}
 	b, err := json.Marshal(storedRelease{rel, env})
 	if err != nil {
@@ -203,7 +203,7 @@ func (s *Store) Release(ref Ref) (Release, *signing.Envelope, error) {
 		return it.Value(func(v []byte) error { return json.Unmarshal(v, &sr) })
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return Release{}, nil, fmt.Errorf("%s is not in the store (see `ballena ls`): %w", ref, ErrNotFound)
+		return Release{}, nil, Tagged(ErrNotFound, "%s is not in the store (see `ballena ls`)", ref)
 	}
 	if err != nil {
 		return Release{}, nil, fmt.Errorf("read %s: %w", ref, err)
@@ -372,7 +372,21 @@ func short(d string) string {
 // badgerLogger sends badger's chatter to slog at debug level, warnings as warnings.
 type badgerLogger struct{}
 
-func (badgerLogger) Errorf(f string, a ...any)   { slog.Error("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...))) }
-func (badgerLogger) Warningf(f string, a ...any) { slog.Warn("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...))) }
-func (badgerLogger) Infof(f string, a ...any)    { slog.Debug("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...))) }
-func (badgerLogger) Debugf(f string, a ...any)   { slog.Debug("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...))) }
+func (badgerLogger) Errorf(f string, a ...any) {
+	slog.Error("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (badgerLogger) Warningf(f string, a ...any) {
+	slog.Warn("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (badgerLogger) Infof(f string, a ...any) {
+	slog.Debug("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+func (badgerLogger) Debugf(f string, a ...any) {
+	slog.Debug("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
+}
+
+// HashFile returns the hex sha256 of a file.
+func HashFile(ctx context.Context, path string) (string, error) {
+	d, _, err := hashFile(ctx, path)
+	return d, err
+}

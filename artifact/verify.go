@@ -18,7 +18,7 @@ type VerifyOptions struct {
 // release it signs. It needs no blob: it is how a node judges an announcement.
 func VerifyEnvelope(env *signing.Envelope, pol *signing.Policy, now time.Time) (Release, *signing.Verified, error) {
 	if env == nil {
-		return Release{}, nil, fmt.Errorf("verify: no envelope: %w", signing.ErrMalformed)
+		return Release{}, nil, Tagged(signing.ErrMalformed, "verify: no envelope")
 	}
 	v, err := pol.Verify(env, now)
 	if err != nil {
@@ -49,8 +49,8 @@ func (s *Store) Verify(ctx context.Context, ref Ref, pol *signing.Policy, opts V
 		return Release{}, nil, fmt.Errorf("verify %s: %w", ref, err)
 	}
 	if rel.Ref() != ref || rel.Digest != stored.Digest {
-		return Release{}, nil, fmt.Errorf("verify %s: the envelope signs %s (sha256 %s), not this record: %w",
-			ref, rel.Ref(), short(rel.Digest), signing.ErrSubjectMismatch)
+		return Release{}, nil, Tagged(signing.ErrSubjectMismatch, "verify %s: the envelope signs %s (sha256 %s), not this record",
+			ref, rel.Ref(), short(rel.Digest))
 	}
 	if err := s.VerifyBlob(ctx, rel.Digest); err != nil {
 		return Release{}, nil, fmt.Errorf("verify %s: %w", ref, err)

@@ -30,9 +30,9 @@ func InspectWhale(path string) (WhaleInfo, error) {
 	if err != nil {
 		var fe *elf.FormatError
 		if errors.As(err, &fe) || strings.Contains(err.Error(), "bad magic") || errors.Is(err, errors.ErrUnsupported) {
-			return WhaleInfo{}, fmt.Errorf("%s is not an ELF executable: %w", path, ErrInvalid)
+			return WhaleInfo{}, Tagged(ErrInvalid, "%s is not an ELF executable", path)
 		}
-		return WhaleInfo{}, fmt.Errorf("%s is not an ELF executable (%v): %w", path, err, ErrInvalid)
+		return WhaleInfo{}, Tagged(ErrInvalid, "%s is not an ELF executable (%v)", path, err)
 	}
 	defer f.Close()
 	return inspectELF(path, f)
@@ -45,7 +45,7 @@ func inspectELF(path string, f *elf.File) (WhaleInfo, error) {
 	}
 	info := WhaleInfo{Arch: arch}
 	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
-		return info, fmt.Errorf("%s is an ELF %s, not an executable: %w", path, f.Type, ErrInvalid)
+		return info, Tagged(ErrInvalid, "%s is an ELF %s, not an executable", path, f.Type)
 	}
 	var interp string
 	for _, p := range f.Progs {
@@ -73,13 +73,13 @@ func inspectELF(path string, f *elf.File) (WhaleInfo, error) {
 			msg += "needs " + strings.Join(needed, ", ")
 		}
 		msg += "): a whale must be static; rebuild with CGO_ENABLED=0 or -static"
-		return info, fmt.Errorf("%s: %w", msg, ErrInvalid)
+		return info, Tagged(ErrInvalid, "%s", msg)
 	}
 	if f.Type == elf.ET_DYN && !hasEntry(f) {
-		return info, fmt.Errorf("%s is a shared library, not an executable: %w", path, ErrInvalid)
+		return info, Tagged(ErrInvalid, "%s is a shared library, not an executable", path)
 	}
 	if arch != runtime.GOARCH {
-		return info, fmt.Errorf("%s is built for %s, this platform is %s: %w", path, arch, runtime.GOARCH, ErrInvalid)
+		return info, Tagged(ErrInvalid, "%s is built for %s, this platform is %s", path, arch, runtime.GOARCH)
 	}
 	return info, nil
 }

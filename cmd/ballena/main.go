@@ -1,0 +1,79 @@
+// Command ballena publishes signed artifacts, moves them peer to peer across a
+// fleet, places tasks on machines and runs them isolated. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newApp().RunContext(ctx, os.Args)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ballena: "+oneLine(err))
+		os.Exit(exitCode(err))
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
+		Name:                 "ballena",
+		Usage:                "ship signed software to a fleet, peer to peer, and run it isolated",
+		EnableBashCompletion: true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "data", EnvVars: []string{"BALLENA_DATA"}, Value: defaultDataDir(),
+				Usage: "data dir: artifact store, node identity, local API socket"},
+			&cli.StringFlag{Name: "log-level", EnvVars: []string{"BALLENA_LOG_LEVEL"}, Value: "info",
+				Usage: "debug, info, warn or error"},
+			&cli.BoolFlag{Name: "log-json", Usage: "log as JSON lines instead of text"},
+		},
+		Before: func(c *cli.Context) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+				return usageErrorf("--log-level: %v", err)
+			}
+			opts := &slog.HandlerOptions{Level: lvl}
+			var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+			if c.Bool("log-json") {
+				h = slog.NewJSONHandler(os.Stderr, opts)
+			}
+			slog.SetDefault(slog.New(h))
+			return nil
+		},
+		Commands:       commands(),
+		ExitErrHandler: func(*cli.Context, error) {}, // main prints and picks the exit code
+	}
+}
+
+// commands lists every subcommand; each room's commands live in their own file.
+func commands() []*cli.Command {
+	return []*cli.Command{
+		// signed artifacts (artifact.go, keys.go)
+		keyCommand(), signCommand(), publishCommand(), lsCommand(), inspectCommand(), verifyCommand(), rmCommand(), gcCommand(),
+	}
+}
+
+// defaultDataDir is /var/lib/ballena for root, else the XDG data dir.
+func defaultDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/ballena"
+	}
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return d + "/ballena"
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return h + "/.local/share/ballena"
+	}
+	return ".ballena"
+}
+
+var _ = errors.New
