@@ -3,8 +3,10 @@ package signing
 import (
 	"bytes"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -207,10 +209,14 @@ func parseTrustedKey(n *yaml.Node, baseDir string) (TrustedKey, error) {
 		}
 		data, err := os.ReadFile(p)
 		if err != nil {
-			return TrustedKey{}, policyErr(sourceNode, "key path: %v", err)
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return TrustedKey{}, policyErr(sourceNode, "key path %q: %v", p, err)
 		}
 		if tk.Public, err = ParsePublicKey(data); err != nil {
-			return TrustedKey{}, policyErr(sourceNode, "key %s: %v", keyPath, err)
+			return TrustedKey{}, policyErr(sourceNode, "key %q: %v", keyPath, err)
 		}
 	default:
 		pub, err := ParsePublicKey([]byte(inPEM))

@@ -73,8 +73,10 @@ func TestCheckRollback(t *testing.T) {
 
 type failingState struct{}
 
-func (failingState) HighestVersion(string) (string, bool, error) { return "", false, errors.New("db closed") }
-func (failingState) RecordVersion(string, string) error         { return errors.New("db closed") }
+func (failingState) HighestVersion(string) (string, bool, error) {
+	return "", false, errors.New("db closed")
+}
+func (failingState) RecordVersion(string, string) error { return errors.New("db closed") }
 
 func TestCheckRollbackStateError(t *testing.T) {
 	err := CheckRollback(failingState{}, "api", "1.0.0", false)

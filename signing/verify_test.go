@@ -63,7 +63,9 @@ func TestVerify(t *testing.T) {
 		{name: "ok subject", keys: []testKey{f.alice}, subject: "api@1.4.0", digest: testDigest, signers: []testKey{f.alice}},
 		{name: "ok upper-case digest given", keys: []testKey{f.alice}, subject: "api@1.4.0", digest: strings.ToUpper(testDigest), signers: []testKey{f.alice}},
 		{name: "ok alongside unknown and bad signatures", keys: []testKey{f.unknown, f.alice},
-			mutate: func(e *Envelope) { e.Signatures = append(e.Signatures, Signature{KeyID: f.bob.id, Sig: make([]byte, 64)}) },
+			mutate: func(e *Envelope) {
+				e.Signatures = append(e.Signatures, Signature{KeyID: f.bob.id, Sig: make([]byte, 64)})
+			},
 			signers: []testKey{f.alice}},
 		{name: "ok lying keyid hint", keys: []testKey{f.bob},
 			mutate: func(e *Envelope) { e.Signatures[0].KeyID = f.alice.id }, signers: []testKey{f.bob}},
@@ -97,7 +99,7 @@ func TestVerify(t *testing.T) {
 		{name: "in scope by glob", payload: testStatement(t, "web-frontend@2.0.0", testDigest), keys: []testKey{f.webOnly}, signers: []testKey{f.webOnly}},
 		{name: "threshold: duplicate signatures count once", policy: f.policy2, keys: []testKey{f.alice},
 			mutate: func(e *Envelope) { e.Signatures = append(e.Signatures, e.Signatures[0]) },
-			kind: ErrThreshold, want: []string{"verify api@1.4.0: 1 of 2 required trusted signatures"}},
+			kind:   ErrThreshold, want: []string{"verify api@1.4.0: 1 of 2 required trusted signatures"}},
 		{name: "threshold: revoked co-signer", policy: f.policy2, keys: []testKey{f.alice, f.revoked},
 			kind: ErrThreshold, want: []string{"1 of 2 required trusted signatures (key " + shortID(f.revoked.id) + " is revoked)"}},
 		{name: "threshold: unknown co-signer", policy: f.policy2, keys: []testKey{f.alice, f.unknown},
