@@ -1,0 +1,248 @@
+package placement
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Client talks to a placement server: as an admin (NewClient) or as a machine's
+// launcher (NewNodeClient), which signs every request with the node key.
+type Client struct {
+	base    string
+	hc      *http.Client
+	token   string // admin token, or join token for a node client
+	nodeKey ed25519.PrivateKey
+	nodeID  string
+	// Now is the clock used to sign node requests; time.Now if nil.
+	Now func() time.Time
+}
+
+// APIError is an error answer from the server.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// IsNotFound reports whether err is the server saying a job, node or allocation
+// does not exist.
+func IsNotFound(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusNotFound
+}
+
+// IsUnauthorized reports whether the server refused the credentials.
+func IsUnauthorized(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden)
+}
+
+// NewClient returns an admin client; token may be empty for reads on loopback.
+func NewClient(serverURL, adminToken string) (*Client, error) {
+	u, err := url.Parse(serverURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("server URL %q: want http://host:port", serverURL)
+	}
+	return &Client{base: strings.TrimRight(serverURL, "/"), hc: &http.Client{}, token: adminToken}, nil
+}
+
+// NewNodeClient returns the client a launcher uses: it registers with joinToken
+// and signs every request with nodeKey, whose libp2p peer ID is the node's ID.
+func NewNodeClient(serverURL, joinToken string, nodeKey ed25519.PrivateKey) (*Client, error) {
+	c, err := NewClient(serverURL, joinToken)
+	if err != nil {
+		return nil, err
+	}
+	if len(nodeKey) != ed25519.PrivateKeySize {
+		return nil, errors.New("node key: not an ed25519 private key")
+	}
+	id, err := NodeID(nodeKey.Public().(ed25519.PublicKey))
+	if err != nil {
+		return nil, err
+	}
+	c.nodeKey, c.nodeID = nodeKey, id
+	return c, nil
+}
+
+// NodeID is the node client's ID (the libp2p peer ID of its key).
+func (c *Client) NodeID() string { return c.nodeID }
+
+func (c *Client) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+// do sends a JSON request; signed requests carry the node signature, others the token.
+func (c *Client) do(ctx context.Context, method, path string, in, out any, signed bool) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return err
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if signed {
+		if c.nodeKey == nil {
+			return errors.New("this request needs a node client (NewNodeClient)")
+		}
+		signRequest(req, c.nodeID, c.nodeKey, c.now(), body)
+	}
+	if c.token != "" && (!signed || path == "/v1/nodes/register") {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("placement server %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("placement server %s: read answer: %w", c.base, err)
+	}
+	if resp.StatusCode >= 300 {
+		var ae apiError
+		if json.Unmarshal(data, &ae) != nil || ae.Error == "" {
+			ae.Error = strings.TrimSpace(string(data))
+			if ae.Error == "" {
+				ae.Error = resp.Status
+			}
+		}
+		return &APIError{Status: resp.StatusCode, Message: ae.Error}
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("placement server %s: decode answer: %w", c.base, err)
+		}
+	}
+	return nil
+}
+
+// Register joins the node to the cell (or rejoins after a restart). Its answer
+// says how often to heartbeat, and which reported tasks to kill.
+func (c *Client) Register(ctx context.Context, reg NodeRegistration) (*RegisterResponse, []string, error) {
+	reg.PublicKey = c.nodeKey.Public().(ed25519.PublicKey)
+	var out struct {
+		RegisterResponse
+		Stop []string `json:"stop"`
+	}
+	if err := c.do(ctx, http.MethodPost, "/v1/nodes/register", reg, &out, true); err != nil {
+		return nil, nil, fmt.Errorf("register node %s: %w", c.nodeID, err)
+	}
+	return &out.RegisterResponse, out.Stop, nil
+}
+
+// Heartbeat reports what the node runs and holds; the answer lists allocations
+// it must kill. A not-found error means the node must Register again.
+func (c *Client) Heartbeat(ctx context.Context, hb Heartbeat) (*HeartbeatResponse, error) {
+	var out HeartbeatResponse
+	if err := c.do(ctx, http.MethodPost, "/v1/nodes/"+c.nodeID+"/heartbeat", hb, &out, true); err != nil {
+		return nil, fmt.Errorf("heartbeat: %w", err)
+	}
+	return &out, nil
+}
+
+// WatchAllocations returns the node's allocations once their index passes index
+// (at once for index 0), or after wait with the same index. Pass the returned
+// Index to the next call.
+func (c *Client) WatchAllocations(ctx context.Context, index uint64, wait time.Duration) (*AllocationList, error) {
+	path := fmt.Sprintf("/v1/nodes/%s/allocations?index=%d&wait=%s", c.nodeID, index, wait)
+	var out AllocationList
+	if err := c.do(ctx, http.MethodGet, path, nil, &out, true); err != nil {
+		return nil, fmt.Errorf("watch allocations: %w", err)
+	}
+	return &out, nil
+}
+
+// ReportTaskState reports one allocation's state at once (between heartbeats).
+func (c *Client) ReportTaskState(ctx context.Context, st TaskState) error {
+	path := "/v1/nodes/" + c.nodeID + "/allocations/" + url.PathEscape(st.AllocID) + "/state"
+	if err := c.do(ctx, http.MethodPost, path, st, nil, true); err != nil {
+		return fmt.Errorf("report %s: %w", st.AllocID, err)
+	}
+	return nil
+}
+
+// SubmitJob registers or updates a job and returns the evaluations it caused (the
+// job's own first).
+func (c *Client) SubmitJob(ctx context.Context, j *Job) (*SubmitResponse, error) {
+	return c.submit(ctx, j, "")
+}
+
+// SubmitJobAt is SubmitJob that fails with a 409 conflict unless the job is still
+// at modifyIndex (0: must not exist yet).
+func (c *Client) SubmitJobAt(ctx context.Context, j *Job, modifyIndex uint64) (*SubmitResponse, error) {
+	return c.submit(ctx, j, "?index="+strconv.FormatUint(modifyIndex, 10))
+}
+
+func (c *Client) submit(ctx context.Context, j *Job, q string) (*SubmitResponse, error) {
+	var out SubmitResponse
+	if err := c.do(ctx, http.MethodPost, "/v1/jobs"+q, j, &out, false); err != nil {
+		return nil, fmt.Errorf("submit job %s: %w", j.Name, err)
+	}
+	return &out, nil
+}
+
+// JobStatus returns a job, its tasks and where they run.
+func (c *Client) JobStatus(ctx context.Context, name string) (*JobStatus, error) {
+	var out JobStatus
+	if err := c.do(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(name), nil, &out, false); err != nil {
+		return nil, fmt.Errorf("job %s: %w", name, err)
+	}
+	return &out, nil
+}
+
+// Jobs lists the jobs.
+func (c *Client) Jobs(ctx context.Context) ([]*Job, error) {
+	var out []*Job
+	if err := c.do(ctx, http.MethodGet, "/v1/jobs", nil, &out, false); err != nil {
+		return nil, fmt.Errorf("list jobs: %w", err)
+	}
+	return out, nil
+}
+
+// StopJob stops every task of a job.
+func (c *Client) StopJob(ctx context.Context, name string) (*SubmitResponse, error) {
+	var out SubmitResponse
+	if err := c.do(ctx, http.MethodDelete, "/v1/jobs/"+url.PathEscape(name), nil, &out, false); err != nil {
+		return nil, fmt.Errorf("stop job %s: %w", name, err)
+	}
+	return &out, nil
+}
+
+// Nodes lists the machines.
+func (c *Client) Nodes(ctx context.Context) ([]NodeInfo, error) {
+	var out []NodeInfo
+	if err := c.do(ctx, http.MethodGet, "/v1/nodes", nil, &out, false); err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	return out, nil
+}
+
+// Drain turns draining of a machine on or off; its tasks move a few at a time.
+func (c *Client) Drain(ctx context.Context, nodeID string, enable bool) (*SubmitResponse, error) {
+	var out SubmitResponse
+	if err := c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(nodeID)+"/drain", DrainRequest{Enable: enable}, &out, false); err != nil {
+		return nil, fmt.Errorf("drain %s: %w", nodeID, err)
+	}
+	return &out, nil
+}

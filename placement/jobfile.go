@@ -1,0 +1,474 @@
+package placement
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// FieldError is a problem in a job file, located by field path and line.
+type FieldError struct {
+	File  string
+	Line  int
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string {
+	loc := e.File
+	if e.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", e.File, e.Line)
+	}
+	if e.Field == "" {
+		return fmt.Sprintf("%s: %s", loc, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s: %s", loc, e.Field, e.Msg)
+}
+
+// ParseJob reads a job file (YAML). Unknown fields are errors, and every error
+// names the file, the line and the field, e.g.
+// `api.yaml:7: resources.memory: "256XB" is not a size`.
+func ParseJob(file string, data []byte) (*Job, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			return nil, &FieldError{File: file, Msg: strings.Join(te.Errors, "; ")}
+		}
+		// yaml's messages start with "yaml: line N: ...".
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		line := 0
+		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+			line, _ = strconv.Atoi(m[1])
+			msg = strings.TrimPrefix(msg, m[0])
+		}
+		return nil, &FieldError{File: file, Line: line, Msg: "not valid YAML: " + msg}
+	}
+	if len(doc.Content) == 0 {
+		return nil, &FieldError{File: file, Msg: "empty job file"}
+	}
+	p := jobParser{file: file}
+	j := &Job{}
+	p.job(doc.Content[0], j)
+	if p.err != nil {
+		return nil, p.err
+	}
+	return j, nil
+}
+
+var yamlLineRE = regexp.MustCompile(`^line (\d+): `)
+
+type jobParser struct {
+	file string
+	err  *FieldError
+}
+
+func (p *jobParser) fail(n *yaml.Node, field, format string, a ...any) {
+	if p.err == nil {
+		p.err = &FieldError{File: p.file, Line: n.Line, Field: field, Msg: fmt.Sprintf(format, a...)}
+	}
+}
+
+// fields walks a mapping node, calling set for each known key and failing on
+// unknown or repeated ones.
+func (p *jobParser) fields(n *yaml.Node, prefix string, known []string, set func(key string, v *yaml.Node, field string)) {
+	if n.Kind != yaml.MappingNode {
+		name := prefix
+		if name == "" {
+			name = "job"
+		}
+		p.fail(n, strings.TrimSuffix(prefix, "."), "must be a mapping, not %s", kindName(n))
+		_ = name
+		return
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content) && p.err == nil; i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		field := prefix + k.Value
+		if seen[k.Value] {
+			p.fail(k, field, "appears twice")
+			return
+		}
+		seen[k.Value] = true
+		if !contains(known, k.Value) {
+			p.fail(k, field, "unknown field (known: %s)", strings.Join(known, ", "))
+			return
+		}
+		set(k.Value, v, field)
+	}
+}
+
+var jobFields = []string{"name", "artifact", "digest", "count", "resources", "priority",
+	"constraints", "spread", "distinct_hosts", "args", "env", "restart", "update"}
+
+func (p *jobParser) job(n *yaml.Node, j *Job) {
+	p.fields(n, "", jobFields, func(key string, v *yaml.Node, field string) {
+		switch key {
+		case "name":
+			j.Name = p.str(v, field)
+			if p.err == nil && !nameRE.MatchString(j.Name) {
+				p.fail(v, field, "%q is not a job name (letters, digits, '-', '_', '.'; up to 63)", j.Name)
+			}
+		case "artifact":
+			j.Artifact = p.str(v, field)
+			if p.err == nil && !refRE.MatchString(j.Artifact) {
+				p.fail(v, field, "%q is not an artifact reference like api@1.4.0", j.Artifact)
+			}
+		case "digest":
+			j.Digest = strings.TrimPrefix(p.str(v, field), "sha256:")
+			if p.err == nil && !digestRE.MatchString(j.Digest) {
+				p.fail(v, field, "%q is not a sha256 digest (64 hex digits)", j.Digest)
+			}
+		case "count":
+			j.Count = int(p.int(v, field, 0, 100000))
+		case "resources":
+			p.fields(v, "resources.", []string{"cpu", "memory", "pids"}, func(key string, v *yaml.Node, field string) {
+				switch key {
+				case "cpu":
+					c, err := ParseCPU(v.Value, v.Tag == "!!int")
+					if err != nil || v.Kind != yaml.ScalarNode {
+						p.fail(v, field, "%q is not a cpu amount (500m, 2000 millicores, or 0.5 cores)", v.Value)
+					}
+					j.Resources.CPU = c
+				case "memory":
+					m, err := ParseSize(v.Value)
+					if err != nil || v.Kind != yaml.ScalarNode {
+						p.fail(v, field, "%q is not a size (e.g. 256MiB, 1GiB, 512M, or bytes)", v.Value)
+					}
+					j.Resources.Memory = m
+				case "pids":
+					j.Resources.PIDs = p.int(v, field, 1, 1<<22)
+				}
+			})
+		case "priority":
+			b := Band(p.str(v, field))
+			if p.err == nil && b != BandProd && b != BandBatch {
+				p.fail(v, field, "%q is not a priority band (prod or batch)", string(b))
+			}
+			j.Priority = b
+		case "constraints":
+			if v.Kind != yaml.SequenceNode {
+				p.fail(v, field, "must be a list of {label, equals|not_equals|in|not_in}")
+				return
+			}
+			for i, c := range v.Content {
+				j.Constraints = append(j.Constraints, p.constraint(c, fmt.Sprintf("%s[%d]", field, i)))
+			}
+		case "spread":
+			j.Spread = p.str(v, field)
+		case "distinct_hosts":
+			j.DistinctHosts = p.bool(v, field)
+		case "args":
+			j.Args = p.strs(v, field)
+		case "env":
+			if v.Kind != yaml.MappingNode {
+				p.fail(v, field, "must be a mapping of NAME: value")
+				return
+			}
+			j.Env = map[string]string{}
+			for i := 0; i+1 < len(v.Content); i += 2 {
+				k, val := v.Content[i], v.Content[i+1]
+				if !envRE.MatchString(k.Value) {
+					p.fail(k, field+"."+k.Value, "is not an environment variable name")
+					return
+				}
+				if val.Kind != yaml.ScalarNode {
+					p.fail(val, field+"."+k.Value, "must be a string")
+					return
+				}
+				j.Env[k.Value] = val.Value
+			}
+		case "restart":
+			j.Restart = p.str(v, field)
+			if p.err == nil && j.Restart != RestartNever && j.Restart != RestartOnFailure && j.Restart != RestartAlways {
+				p.fail(v, field, "%q is not a restart policy (never, on-failure, always)", j.Restart)
+			}
+		case "update":
+			p.fields(v, "update.", []string{"max_parallel"}, func(key string, v *yaml.Node, field string) {
+				j.Update.MaxParallel = int(p.int(v, field, 1, 10000))
+			})
+		}
+	})
+	if p.err != nil {
+		return
+	}
+	for _, req := range []struct {
+		name string
+		ok   bool
+	}{{"name", j.Name != ""}, {"artifact", j.Artifact != ""}, {"resources", j.Resources.CPU > 0 || j.Resources.Memory > 0}} {
+		if !req.ok {
+			p.fail(n, req.name, "is required")
+			return
+		}
+	}
+	if j.Resources.CPU == 0 {
+		p.fail(n, "resources.cpu", "is required")
+	}
+	if j.Resources.Memory == 0 {
+		p.fail(n, "resources.memory", "is required")
+	}
+	j.setDefaults()
+}
+
+func (p *jobParser) constraint(n *yaml.Node, field string) Constraint {
+	var c Constraint
+	p.fields(n, field+".", []string{"label", OpEquals, OpNotEquals, OpIn, OpNotIn}, func(key string, v *yaml.Node, f string) {
+		switch key {
+		case "label":
+			c.Label = p.str(v, f)
+		case OpEquals, OpNotEquals:
+			if c.Op != "" {
+				p.fail(v, f, "only one of equals, not_equals, in, not_in per constraint")
+			}
+			c.Op, c.Values = key, []string{p.str(v, f)}
+		case OpIn, OpNotIn:
+			if c.Op != "" {
+				p.fail(v, f, "only one of equals, not_equals, in, not_in per constraint")
+			}
+			c.Op, c.Values = key, p.strs(v, f)
+			if p.err == nil && len(c.Values) == 0 {
+				p.fail(v, f, "needs at least one value")
+			}
+		}
+	})
+	if p.err == nil && c.Label == "" {
+		p.fail(n, field+".label", "is required")
+	}
+	if p.err == nil && c.Op == "" {
+		p.fail(n, field, "needs one of equals, not_equals, in, not_in")
+	}
+	return c
+}
+
+func (p *jobParser) str(n *yaml.Node, field string) string {
+	if n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+		p.fail(n, field, "must be a string, not %s", kindName(n))
+		return ""
+	}
+	return n.Value
+}
+
+func (p *jobParser) strs(n *yaml.Node, field string) []string {
+	if n.Kind != yaml.SequenceNode {
+		p.fail(n, field, "must be a list of strings, not %s", kindName(n))
+		return nil
+	}
+	out := []string{}
+	for i, e := range n.Content {
+		out = append(out, p.str(e, fmt.Sprintf("%s[%d]", field, i)))
+	}
+	return out
+}
+
+func (p *jobParser) int(n *yaml.Node, field string, lo, hi int64) int64 {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
+		p.fail(n, field, "%q is not a whole number", n.Value)
+		return 0
+	}
+	v, err := strconv.ParseInt(n.Value, 0, 64)
+	if err != nil || v < lo || v > hi {
+		p.fail(n, field, "%s is out of range (%d..%d)", n.Value, lo, hi)
+	}
+	return v
+}
+
+func (p *jobParser) bool(n *yaml.Node, field string) bool {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+		p.fail(n, field, "%q is not true or false", n.Value)
+		return false
+	}
+	b, _ := strconv.ParseBool(n.Value)
+	return b
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return "empty"
+		}
+		return fmt.Sprintf("%q", n.Value)
+	}
+	return "an alias"
+}
+
+func contains(list []string, s string) bool {
+	for _, e := range list {
+		if e == s {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	nameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+	refRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9._/-]{0,127}@[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
+	digestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	envRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+func (j *Job) setDefaults() {
+	if j.Count == 0 {
+		j.Count = 1
+	}
+	if j.Priority == "" {
+		j.Priority = BandProd
+	}
+	if j.Restart == "" {
+		j.Restart = RestartOnFailure
+	}
+	if j.Update.MaxParallel == 0 {
+		j.Update.MaxParallel = 1
+	}
+}
+
+// Validate checks a job that did not come from ParseJob (e.g. over the API).
+func (j *Job) Validate() error {
+	j.setDefaults()
+	bad := func(field, format string, a ...any) error {
+		return fmt.Errorf("job %q: %s: %s", j.Name, field, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case !nameRE.MatchString(j.Name):
+		return bad("name", "%q is not a job name", j.Name)
+	case !refRE.MatchString(j.Artifact):
+		return bad("artifact", "%q is not an artifact reference like api@1.4.0", j.Artifact)
+	case j.Digest != "" && !digestRE.MatchString(j.Digest):
+		return bad("digest", "%q is not a sha256 digest", j.Digest)
+	case j.Count < 0 || j.Count > 100000:
+		return bad("count", "%d is out of range", j.Count)
+	case j.Resources.CPU <= 0 || j.Resources.Memory <= 0 || j.Resources.PIDs < 0:
+		return bad("resources", "cpu and memory are required and positive")
+	case j.Priority != BandProd && j.Priority != BandBatch:
+		return bad("priority", "%q is not prod or batch", j.Priority)
+	case j.Restart != RestartNever && j.Restart != RestartOnFailure && j.Restart != RestartAlways:
+		return bad("restart", "%q is not never, on-failure or always", j.Restart)
+	case j.Update.MaxParallel < 1:
+		return bad("update.max_parallel", "must be at least 1")
+	}
+	for i, c := range j.Constraints {
+		ok := c.Label != "" && len(c.Values) > 0
+		switch c.Op {
+		case OpEquals, OpNotEquals:
+			ok = ok && len(c.Values) == 1
+		case OpIn, OpNotIn:
+		default:
+			ok = false
+		}
+		if !ok {
+			return bad(fmt.Sprintf("constraints[%d]", i), "needs a label, an op (equals, not_equals, in, not_in) and values")
+		}
+	}
+	for k := range j.Env {
+		if !envRE.MatchString(k) {
+			return bad("env."+k, "is not an environment variable name")
+		}
+	}
+	return nil
+}
+
+// specEqual reports whether two jobs would run the same tasks; a change in any of
+// these fields makes a new job version and a rolling update.
+func specEqual(a, b *Job) bool {
+	if a.Artifact != b.Artifact || a.Digest != b.Digest || a.Resources != b.Resources ||
+		a.Priority != b.Priority || a.Restart != b.Restart || len(a.Args) != len(b.Args) || len(a.Env) != len(b.Env) {
+		return false
+	}
+	for i := range a.Args {
+		if a.Args[i] != b.Args[i] {
+			return false
+		}
+	}
+	for k, v := range a.Env {
+		if bv, ok := b.Env[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// ParseCPU reads a cpu amount: "500m" (millicores), a whole number of millicores
+// when isInt, or a decimal number of cores ("0.5", "2.0").
+func ParseCPU(s string, isInt bool) (int64, error) {
+	s = strings.TrimSpace(s)
+	if m, ok := strings.CutSuffix(s, "m"); ok {
+		v, err := strconv.ParseInt(m, 10, 64)
+		if err != nil || v <= 0 {
+			return 0, fmt.Errorf("%q is not a cpu amount", s)
+		}
+		return v, nil
+	}
+	if isInt {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || v <= 0 {
+			return 0, fmt.Errorf("%q is not a cpu amount", s)
+		}
+		return v, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 || math.IsInf(f, 0) || f > 1e6 {
+		return 0, fmt.Errorf("%q is not a cpu amount", s)
+	}
+	return int64(math.Round(f * 1000)), nil
+}
+
+var sizeUnits = map[string]int64{
+	"": 1, "b": 1,
+	"k": 1000, "kb": 1000, "m": 1000 * 1000, "mb": 1000 * 1000, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+	"ki": 1 << 10, "kib": 1 << 10, "mi": 1 << 20, "mib": 1 << 20, "gi": 1 << 30, "gib": 1 << 30, "ti": 1 << 40, "tib": 1 << 40,
+}
+
+var sizeRE = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$`)
+
+// ParseSize reads a size such as "256MiB", "1GiB", "512M" (SI) or plain bytes.
+func ParseSize(s string) (int64, error) {
+	m := sizeRE.FindStringSubmatch(strings.TrimSpace(s))
+	if m == nil {
+		return 0, fmt.Errorf("%q is not a size", s)
+	}
+	unit, ok := sizeUnits[strings.ToLower(m[2])]
+	if !ok {
+		return 0, fmt.Errorf("%q is not a size", s)
+	}
+	f, err := strconv.ParseFloat(m[1], 64)
+	if err != nil || f <= 0 || f*float64(unit) > 1<<62 {
+		return 0, fmt.Errorf("%q is not a size", s)
+	}
+	return int64(f * float64(unit)), nil
+}
+
+// FormatSize prints bytes with a binary unit.
+func FormatSize(n int64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	f := float64(n)
+	i := 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	if i == 0 {
+		return fmt.Sprintf("%dB", n)
+	}
+	s := strconv.FormatFloat(f, 'f', 1, 64)
+	return strings.TrimSuffix(s, ".0") + units[i]
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,97 @@
+package placement
+
+import "math"
+
+// A scorer rates a feasible machine for one more task of a job; the ranked score
+// is the weighted sum. Higher is better.
+type scorer struct {
+	name   string
+	weight float64
+	score  func(c *Cell, n *nodeState, js *jobState) float64
+}
+
+var scorers = []scorer{
+	{"binpack", 1, binpackScore},
+	{"spread", 1, spreadScore},
+	{"artifact", 0.25, artifactScore},
+}
+
+func (c *Cell) rank(n *nodeState, js *jobState) float64 {
+	var s float64
+	for i := range scorers {
+		s += scorers[i].weight * scorers[i].score(c, n, js)
+	}
+	return s
+}
+
+// binpackScore packs tightly without stranding: it rewards how full the machine
+// would be, penalizes leaving cpu and memory unbalanced, and penalizes leftovers
+// too small for any task we know of, since whatever remains of the other resource
+// beside them can then never be used.
+func binpackScore(c *Cell, n *nodeState, js *jobState) float64 {
+	capC, capM := float64(n.Capacity.CPU), float64(n.Capacity.Memory)
+	if capC <= 0 || capM <= 0 {
+		return 0
+	}
+	freeC := n.Capacity.CPU - n.used.CPU - js.Resources.CPU
+	freeM := n.Capacity.Memory - n.used.Memory - js.Resources.Memory
+	uc, um := 1-float64(freeC)/capC, 1-float64(freeM)/capM
+	s := (uc+um)/2 - 0.25*math.Abs(uc-um)
+	if min := c.minRequest(); min.CPU > 0 {
+		switch {
+		case freeC > 0 && freeC < min.CPU && freeM >= min.Memory:
+			s -= 0.5 * float64(freeM) / capM
+		case freeM > 0 && freeM < min.Memory && freeC >= min.CPU:
+			s -= 0.5 * float64(freeC) / capC
+		}
+	}
+	return s
+}
+
+// spreadScore favours label values (e.g. racks) that hold fewer of the job's tasks
+// than an even share.
+func spreadScore(c *Cell, n *nodeState, js *jobState) float64 {
+	if js.Spread == "" {
+		return 0
+	}
+	values := len(c.labelValues[js.Spread])
+	if _, ok := n.Labels[js.Spread]; !ok {
+		values++ // unlabelled machines count as one more value
+	}
+	if values <= 1 {
+		return 0
+	}
+	even := float64(len(js.live)+1) / float64(values)
+	cur := float64(js.spread[n.Labels[js.Spread]])
+	return math.Max(-1, (even-cur)/even)
+}
+
+// artifactScore prefers machines that already hold the artifact: no transfer,
+// faster start.
+func artifactScore(c *Cell, n *nodeState, js *jobState) float64 {
+	if n.held[js.Artifact] || (js.Digest != "" && n.held["sha256:"+js.Digest]) {
+		return 1
+	}
+	return 0
+}
+
+// minRequest is the smallest cpu and memory any known job asks for per task.
+func (c *Cell) minRequest() Resources {
+	if c.minReqValid {
+		return c.minReq
+	}
+	var m Resources
+	for _, js := range c.jobs {
+		if js.Stopped {
+			continue
+		}
+		if m.CPU == 0 || js.Resources.CPU < m.CPU {
+			m.CPU = js.Resources.CPU
+		}
+		if m.Memory == 0 || js.Resources.Memory < m.Memory {
+			m.Memory = js.Resources.Memory
+		}
+	}
+	c.minReq, c.minReqValid = m, true
+	return m
+}

@@ -1,0 +1,189 @@
+package placement
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Badger layout. Every acknowledged change is one transaction written with
+// SyncWrites, so a kill -9 after the answer loses nothing.
+const (
+	keyIndex    = "meta/index"
+	prefixNode  = "node/"
+	prefixJob   = "job/"
+	prefixTask  = "task/"
+	prefixAlloc = "alloc/"
+	prefixEval  = "eval/" // the last evaluation of each job
+	maxTxnTries = 3
+)
+
+func openDB(dir string) (*badger.DB, error) {
+	opts := badger.DefaultOptions(dir).WithSyncWrites(true).WithLogger(nil).
+		WithNumVersionsToKeep(1).WithCompactL0OnClose(true)
+	db, err := badger.Open(opts)
+	if err != nil {
+		return nil, fmt.Errorf("open placement state %s: %w", dir, err)
+	}
+	return db, nil
+}
+
+// persist writes an operation's changes and the new index in one transaction.
+// Badger detects conflicting transactions; a conflict is retried, since the
+// writes are whole records computed under the server's lock.
+func persist(db *badger.DB, ch *changes, index uint64) error {
+	var err error
+	for try := 0; try < maxTxnTries; try++ {
+		err = db.Update(func(txn *badger.Txn) error {
+			var ib [8]byte
+			binary.BigEndian.PutUint64(ib[:], index)
+			if err := txn.Set([]byte(keyIndex), ib[:]); err != nil {
+				return err
+			}
+			put := func(key string, v any, deleted bool) error {
+				if deleted {
+					return txn.Delete([]byte(key))
+				}
+				b, err := json.Marshal(v)
+				if err != nil {
+					return err
+				}
+				return txn.Set([]byte(key), b)
+			}
+			for id, n := range ch.nodes {
+				if err := put(prefixNode+id, n, n == nil); err != nil {
+					return err
+				}
+			}
+			for name, j := range ch.jobs {
+				if err := put(prefixJob+name, j, j == nil); err != nil {
+					return err
+				}
+			}
+			for key, t := range ch.tasks {
+				if err := put(prefixTask+key, t, t == nil); err != nil {
+					return err
+				}
+			}
+			for id, a := range ch.allocs {
+				if err := put(prefixAlloc+id, a, a == nil); err != nil {
+					return err
+				}
+			}
+			for _, ev := range ch.evals {
+				if err := put(prefixEval+ev.Job, ev, false); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if !errors.Is(err, badger.ErrConflict) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("persist placement state at index %d: %w", index, err)
+	}
+	return nil
+}
+
+// loadCell rebuilds the in-memory state from badger. Machines keep their status
+// but get a fresh heartbeat deadline from now.
+func loadCell(db *badger.DB, c *Cell) (uint64, error) {
+	var index uint64
+	var nodes []*Node
+	var jobs []*Job
+	var tasks []*Task
+	var allocs []*Alloc
+	var evals []*Evaluation
+	err := db.View(func(txn *badger.Txn) error {
+		if item, err := txn.Get([]byte(keyIndex)); err == nil {
+			if err := item.Value(func(v []byte) error {
+				if len(v) != 8 {
+					return fmt.Errorf("%s: bad length %d", keyIndex, len(v))
+				}
+				index = binary.BigEndian.Uint64(v)
+				return nil
+			}); err != nil {
+				return err
+			}
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		it := txn.NewIterator(badger.DefaultIteratorOptions)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			item := it.Item()
+			key := string(item.Key())
+			var dst any
+			switch {
+			case strings.HasPrefix(key, prefixNode):
+				n := &Node{}
+				nodes, dst = append(nodes, n), n
+			case strings.HasPrefix(key, prefixJob):
+				j := &Job{}
+				jobs, dst = append(jobs, j), j
+			case strings.HasPrefix(key, prefixTask):
+				t := &Task{}
+				tasks, dst = append(tasks, t), t
+			case strings.HasPrefix(key, prefixAlloc):
+				a := &Alloc{}
+				allocs, dst = append(allocs, a), a
+			case strings.HasPrefix(key, prefixEval):
+				e := &Evaluation{}
+				evals, dst = append(evals, e), e
+			default:
+				continue
+			}
+			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, dst) }); err != nil {
+				return fmt.Errorf("read %s: %w", key, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("load placement state: %w", err)
+	}
+	now := c.now()
+	for _, n := range nodes {
+		n.LastSeen = now
+		c.putNode(n)
+	}
+	for _, j := range jobs {
+		c.putJob(j)
+	}
+	sort.Slice(tasks, func(i, k int) bool {
+		if tasks[i].Job != tasks[k].Job {
+			return tasks[i].Job < tasks[k].Job
+		}
+		return tasks[i].Index < tasks[k].Index
+	})
+	for _, t := range tasks {
+		js := c.jobs[t.Job]
+		if js == nil || t.Index != len(js.tasks) {
+			return 0, fmt.Errorf("load placement state: task %s[%d] out of order", t.Job, t.Index)
+		}
+		js.tasks = append(js.tasks, t)
+		if t.State == TaskPending {
+			c.pending[t.Job] = true
+		}
+	}
+	for _, a := range allocs {
+		c.putAlloc(a)
+		if n := c.byID[a.NodeID]; n != nil && a.ModifyIndex > n.allocIndex {
+			n.allocIndex = a.ModifyIndex
+		}
+	}
+	for _, e := range evals {
+		if js := c.jobs[e.Job]; js != nil {
+			js.lastEval = e
+		}
+	}
+	c.roomChanged = true
+	return index, nil
+}

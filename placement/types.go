@@ -1,0 +1,225 @@
+// Package placement decides which machine runs which task, Borg style: it keeps the
+// cell's state (machines, jobs, tasks, allocations, evaluations) in badger, checks
+// feasibility, ranks machines, reconciles what should run with what does, and serves
+// an HTTP/JSON API under /v1/ for admins and for the launchers on each machine.
+package placement
+
+import (
+	"fmt"
+	"time"
+)
+
+// Resources is an amount of cpu (millicores), memory (bytes) and process ids.
+type Resources struct {
+	CPU    int64 `json:"cpu"`    // millicores
+	Memory int64 `json:"memory"` // bytes
+	PIDs   int64 `json:"pids,omitempty"`
+}
+
+// Add returns r + o.
+func (r Resources) Add(o Resources) Resources {
+	return Resources{r.CPU + o.CPU, r.Memory + o.Memory, r.PIDs + o.PIDs}
+}
+
+// Sub returns r - o.
+func (r Resources) Sub(o Resources) Resources {
+	return Resources{r.CPU - o.CPU, r.Memory - o.Memory, r.PIDs - o.PIDs}
+}
+
+// Fits reports whether r fits into free. A zero pids request or capacity means
+// pids are not accounted.
+func (r Resources) Fits(free Resources) bool {
+	return r.CPU <= free.CPU && r.Memory <= free.Memory && (r.PIDs == 0 || r.PIDs <= free.PIDs)
+}
+
+func (r Resources) String() string {
+	s := fmt.Sprintf("cpu %dm, memory %s", r.CPU, FormatSize(r.Memory))
+	if r.PIDs > 0 {
+		s += fmt.Sprintf(", pids %d", r.PIDs)
+	}
+	return s
+}
+
+// Band is a priority band.
+type Band string
+
+// Priority bands: prod may preempt batch, never the other way, never prod.
+const (
+	BandProd  Band = "prod"
+	BandBatch Band = "batch"
+)
+
+// Restart policies, applied by the launcher on the machine.
+const (
+	RestartNever     = "never"
+	RestartOnFailure = "on-failure"
+	RestartAlways    = "always"
+)
+
+// Constraint operators on machine labels.
+const (
+	OpEquals    = "equals"
+	OpNotEquals = "not_equals"
+	OpIn        = "in"
+	OpNotIn     = "not_in"
+)
+
+// Constraint restricts a job to machines whose label satisfies Op against Values.
+type Constraint struct {
+	Label  string   `json:"label"`
+	Op     string   `json:"op"`
+	Values []string `json:"values"`
+}
+
+func (c Constraint) String() string {
+	switch c.Op {
+	case OpEquals:
+		return fmt.Sprintf("%s = %s", c.Label, c.Values[0])
+	case OpNotEquals:
+		return fmt.Sprintf("%s != %s", c.Label, c.Values[0])
+	case OpNotIn:
+		return fmt.Sprintf("%s not in %v", c.Label, c.Values)
+	}
+	return fmt.Sprintf("%s in %v", c.Label, c.Values)
+}
+
+// Update says how a job moves to a new version: at most MaxParallel tasks are
+// replaced (or migrated off a draining machine) at a time.
+type Update struct {
+	MaxParallel int `json:"max_parallel"`
+}
+
+// Job is what an admin asks to run: Count copies (tasks) of one artifact.
+type Job struct {
+	Name          string            `json:"name"`
+	Artifact      string            `json:"artifact"` // name@version
+	Digest        string            `json:"digest,omitempty"`
+	Count         int               `json:"count"`
+	Resources     Resources         `json:"resources"`
+	Priority      Band              `json:"priority"`
+	Constraints   []Constraint      `json:"constraints,omitempty"`
+	Spread        string            `json:"spread,omitempty"`
+	DistinctHosts bool              `json:"distinct_hosts,omitempty"`
+	Args          []string          `json:"args,omitempty"`
+	Env           map[string]string `json:"env,omitempty"`
+	Restart       string            `json:"restart"`
+	Update        Update            `json:"update"`
+
+	// Set by the server.
+	Version     uint64    `json:"version,omitempty"` // bumps when the task spec changes
+	Stopped     bool      `json:"stopped,omitempty"`
+	SubmittedAt time.Time `json:"submitted_at,omitzero"`
+	CreateIndex uint64    `json:"create_index,omitempty"`
+	ModifyIndex uint64    `json:"modify_index,omitempty"`
+}
+
+// Node states.
+const (
+	NodeReady = "ready"
+	NodeDown  = "down"
+)
+
+// Node is a machine as the placement service knows it.
+type Node struct {
+	ID        string            `json:"id"` // libp2p peer ID of the node key
+	PublicKey []byte            `json:"public_key"`
+	Addrs     []string          `json:"addrs,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Capacity  Resources         `json:"capacity"`
+	Artifacts []string          `json:"artifacts,omitempty"` // held refs (name@version) and digests
+	Status    string            `json:"status"`
+	Drain     bool              `json:"drain,omitempty"`
+
+	RegisteredAt time.Time `json:"registered_at,omitzero"`
+	LastSeen     time.Time `json:"last_seen,omitzero"`
+	CreateIndex  uint64    `json:"create_index,omitempty"`
+	ModifyIndex  uint64    `json:"modify_index,omitempty"`
+}
+
+// Desired statuses of an allocation, set by the server.
+const (
+	DesiredRun  = "run"
+	DesiredStop = "stop"
+)
+
+// Client statuses of an allocation, reported by the launcher.
+const (
+	ClientPending  = "pending"
+	ClientRunning  = "running"
+	ClientComplete = "complete" // exited 0, or killed on request
+	ClientFailed   = "failed"
+)
+
+func clientTerminal(s string) bool { return s == ClientComplete || s == ClientFailed }
+
+// Alloc (allocation) binds one task of a job to one machine.
+type Alloc struct {
+	ID         string            `json:"id"`
+	Job        string            `json:"job"`
+	TaskIndex  int               `json:"task_index"`
+	JobVersion uint64            `json:"job_version"`
+	NodeID     string            `json:"node_id"`
+	Band       Band              `json:"band"`
+	Artifact   string            `json:"artifact"`
+	Digest     string            `json:"digest,omitempty"`
+	Resources  Resources         `json:"resources"`
+	Args       []string          `json:"args,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	Restart    string            `json:"restart"`
+
+	DesiredStatus      string `json:"desired_status"`
+	DesiredDescription string `json:"desired_description,omitempty"`
+	ClientStatus       string `json:"client_status"`
+	ExitCode           *int   `json:"exit_code,omitempty"`
+	OOMKilled          bool   `json:"oom_killed,omitempty"`
+	Message            string `json:"message,omitempty"`
+	Restarts           int    `json:"restarts,omitempty"`
+	// Replaces is the allocation this one took over from (update, drain, node loss).
+	Replaces string `json:"replaces,omitempty"`
+
+	CreatedAt   time.Time `json:"created_at,omitzero"`
+	CreateIndex uint64    `json:"create_index,omitempty"`
+	ModifyIndex uint64    `json:"modify_index,omitempty"`
+}
+
+// Name is the task's human name, e.g. "api[3]".
+func (a *Alloc) Name() string { return fmt.Sprintf("%s[%d]", a.Job, a.TaskIndex) }
+
+// live reports whether the allocation holds resources: it should run and has not ended.
+func (a *Alloc) live() bool { return a.DesiredStatus == DesiredRun && !clientTerminal(a.ClientStatus) }
+
+// Task states.
+const (
+	TaskPending = "pending" // waiting for room
+	TaskPlaced  = "placed"
+	TaskDone    = "done" // ended and its restart policy says not to run it again
+)
+
+// Task is one of a job's Count copies; it lives across allocations.
+type Task struct {
+	Job     string `json:"job"`
+	Index   int    `json:"index"`
+	State   string `json:"state"`
+	AllocID string `json:"alloc_id,omitempty"`
+	Reason  string `json:"reason,omitempty"` // why it is pending
+}
+
+// Evaluation records one scheduling pass over a job and what came of it.
+type Evaluation struct {
+	ID        string        `json:"id"`
+	Job       string        `json:"job,omitempty"`
+	Trigger   string        `json:"trigger"`
+	Placed    int           `json:"placed"`
+	Stopped   int           `json:"stopped"`
+	Preempted int           `json:"preempted"`
+	Pending   []PendingTask `json:"pending,omitempty"`
+	Notes     []string      `json:"notes,omitempty"`
+	Index     uint64        `json:"index"`
+	Time      time.Time     `json:"time"`
+}
+
+// PendingTask is a task that could not be placed, and why.
+type PendingTask struct {
+	Index  int    `json:"index"`
+	Reason string `json:"reason"`
+}
