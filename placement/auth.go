@@ -26,16 +26,18 @@ import (
 //
 //	Ballena-Node: <node ID>
 //	Ballena-Time: <unix nanoseconds>
+//	Ballena-Nonce: <random hex>
 //	Ballena-Signature: base64(ed25519(signingString))
 //
 // over "ballena-node-v1\n" + method + "\n" + request URI + "\n" + time + "\n" +
-// hex(sha256(body)). The server binds the node ID to its key at registration (the
+// nonce + "\n" + hex(sha256(body)). The server binds the node ID to its key at registration (the
 // ID is derived from the key, so it cannot be claimed by another key), rejects
 // requests outside a small clock window and replays inside it.
 const (
 	HeaderNode      = "Ballena-Node"
 	HeaderTime      = "Ballena-Time"
 	HeaderSignature = "Ballena-Signature"
+	HeaderNonce     = "Ballena-Nonce"
 	signatureWindow = 30 * time.Second
 )
 
@@ -53,17 +55,21 @@ func NodeID(pub ed25519.PublicKey) (string, error) {
 	return id.String(), nil
 }
 
-func signingString(method, uri string, ts string, body []byte) []byte {
+func signingString(method, uri, ts, nonce string, body []byte) []byte {
 	sum := sha256.Sum256(body)
-	return []byte("ballena-node-v1\n" + method + "\n" + uri + "\n" + ts + "\n" + hex.EncodeToString(sum[:]))
+	return []byte("ballena-node-v1\n" + method + "\n" + uri + "\n" + ts + "\n" + nonce + "\n" + hex.EncodeToString(sum[:]))
 }
 
 // signRequest adds the node headers to req, whose body is body.
 func signRequest(req *http.Request, nodeID string, key ed25519.PrivateKey, now time.Time, body []byte) {
 	ts := strconv.FormatInt(now.UnixNano(), 10)
-	sig := ed25519.Sign(key, signingString(req.Method, req.URL.RequestURI(), ts, body))
+	var nb [12]byte
+	rand.Read(nb[:])
+	nonce := hex.EncodeToString(nb[:])
+	sig := ed25519.Sign(key, signingString(req.Method, req.URL.RequestURI(), ts, nonce, body))
 	req.Header.Set(HeaderNode, nodeID)
 	req.Header.Set(HeaderTime, ts)
+	req.Header.Set(HeaderNonce, nonce)
 	req.Header.Set(HeaderSignature, base64.StdEncoding.EncodeToString(sig))
 }
 
@@ -119,7 +125,7 @@ func verifyNodeRequest(r *http.Request, body []byte, now time.Time, guard *repla
 	if pub == nil {
 		return "", fmt.Errorf("%w: node %s is not registered", errUnauthorized, id)
 	}
-	if !ed25519.Verify(pub, signingString(r.Method, r.URL.RequestURI(), ts, body), sig) {
+	if !ed25519.Verify(pub, signingString(r.Method, r.URL.RequestURI(), ts, r.Header.Get(HeaderNonce), body), sig) {
 		return "", fmt.Errorf("%w: bad signature for node %s", errUnauthorized, id)
 	}
 	if !guard.check(sigB64, now) {
