@@ -127,11 +127,13 @@ func (p *Policy) verify(env *Envelope, now time.Time, want *Subject) (*Verified,
 		}
 		counted = append(counted, k.ID)
 	}
-	if len(counted) >= p.Threshold {
+	// A hand-built Policy may leave Threshold zero; never let that accept no signer.
+	threshold := max(p.Threshold, 1)
+	if len(counted) >= threshold {
 		slices.Sort(counted)
 		return &Verified{Statement: st, KeyIDs: counted}, nil
 	}
-	if len(counted) == 0 && len(rejected) > 0 && p.Threshold == 1 {
+	if len(counted) == 0 && len(rejected) > 0 && threshold == 1 {
 		return fail(rejected[0].kind, "%s", rejected[0].msg)
 	}
 	var why []string
@@ -144,7 +146,7 @@ func (p *Policy) verify(env *Envelope, now time.Time, want *Subject) (*Verified,
 	for _, id := range unknown {
 		why = append(why, fmt.Sprintf("signature by unknown key %s: not in trust policy", shortID(id)))
 	}
-	msg := fmt.Sprintf("%d of %d required trusted signatures", len(counted), p.Threshold)
+	msg := fmt.Sprintf("%d of %d required trusted signatures", len(counted), threshold)
 	if len(why) > 0 {
 		msg += " (" + strings.Join(why, "; ") + ")"
 	}

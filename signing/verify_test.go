@@ -114,6 +114,8 @@ func TestVerify(t *testing.T) {
 		{name: "subject digest mismatch", keys: []testKey{f.alice}, subject: "api@1.4.0", digest: otherSum,
 			kind: ErrSubjectMismatch, want: []string{"artifact sha256 " + shortID(otherSum) + " does not match the signed sha256 " + shortID(testDigest)}},
 		{name: "no signatures", keys: []testKey{f.alice}, mutate: func(e *Envelope) { e.Signatures = nil }, kind: ErrMalformed},
+		{name: "zero threshold still needs a signer", policy: &Policy{Keys: f.policy.Keys, Revoked: f.policy.Revoked}, keys: []testKey{f.revoked},
+			kind: ErrRevokedKey},
 		{name: "empty policy", policy: &Policy{Threshold: 1}, keys: []testKey{f.alice}, kind: ErrUntrustedKey},
 	}
 	for _, c := range cases {
