@@ -1,0 +1,395 @@
+package launcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"ballena.dev/artifact"
+)
+
+func TestWhaleIsolation(t *testing.T) {
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"ps", "a1"}, Env: []string{"GREETING=hi"}, Network: "none"})
+	if tk.State != StateRunning && !tk.State.Final() {
+		t.Fatalf("state after start: %s", tk.State)
+	}
+	tk = e.wait(tk.ID)
+	if tk.State != StateExited || tk.Exit.Code != 0 {
+		t.Fatalf("task ended %s %s; log:\n%s", tk.State, tk.Exit, e.logs(tk.ID))
+	}
+	var got struct {
+		Pids         []int
+		UID, GID     int
+		Hostname     string
+		Root         []string
+		CapEff       string
+		CapBnd       string
+		NoNewPrivs   string
+		TmpErr       string
+		RootWritable string
+		Args         []string
+		Env          string
+	}
+	log := e.logs(tk.ID)
+	if err := json.Unmarshal([]byte(strings.TrimSpace(log)), &got); err != nil {
+		t.Fatalf("task output %q: %v", log, err)
+	}
+	if !slices.Equal(got.Pids, []int{1}) {
+		t.Errorf("task sees PIDs %v, want only itself [1]", got.Pids)
+	}
+	if got.UID != 65534 || got.GID != 65534 {
+		t.Errorf("task runs as %d:%d, want 65534:65534", got.UID, got.GID)
+	}
+	if got.CapEff != "0000000000000000" || got.CapBnd != "0000000000000000" {
+		t.Errorf("capabilities effective %s bounding %s, want none", got.CapEff, got.CapBnd)
+	}
+	if got.NoNewPrivs != "1" {
+		t.Errorf("NoNewPrivs = %q, want 1", got.NoNewPrivs)
+	}
+	if got.Hostname != "task" {
+		t.Errorf("hostname %q, want task", got.Hostname)
+	}
+	slices.Sort(got.Root)
+	if want := []string{"dev", "proc", "tmp", "whale"}; !slices.Equal(got.Root, want) {
+		t.Errorf("root holds %v, want %v", got.Root, want)
+	}
+	if got.TmpErr != "" || got.RootWritable != "" {
+		t.Errorf("/tmp write error %q, root writable: %q", got.TmpErr, got.RootWritable)
+	}
+	if !slices.Equal(got.Args, []string{"a1"}) || got.Env != "hi" {
+		t.Errorf("args %v env %q", got.Args, got.Env)
+	}
+	if e.l.List()[0].ID != tk.ID {
+		t.Errorf("List does not hold the task")
+	}
+	if _, err := os.Stat(filepath.Join(cgroupRoot, "memory", tk.Cgroup)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("cgroup %s left behind after exit: %v", tk.Cgroup, err)
+	}
+}
+
+func TestExitCodesAndRestart(t *testing.T) {
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+
+	tk := e.wait(e.start(TaskSpec{Artifact: ref, Args: []string{"exit", "3"}}).ID)
+	if tk.State != StateExited || tk.Exit.Code != 3 || tk.Restarts != 0 {
+		t.Errorf("never: got %s %s restarts %d, want exited 3 without restart", tk.State, tk.Exit, tk.Restarts)
+	}
+
+	// on-failure restarts a failing task until it is stopped.
+	tk = e.start(TaskSpec{Artifact: ref, Args: []string{"exit", "4"}, Restart: RestartOnFailure})
+	waitFor(t, 20*time.Second, "3 restarts", func() bool {
+		g, _ := e.l.Get(tk.ID)
+		return g.Restarts >= 3
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	tk, err := e.l.Stop(ctx, tk.ID, 0, time.Second)
+	if err != nil || tk.State != StateStopped {
+		t.Fatalf("stop: %v, state %s", err, tk.State)
+	}
+
+	// on-failure does not restart a clean exit; always does.
+	tk = e.wait(e.start(TaskSpec{Artifact: ref, Args: []string{"exit", "0"}, Restart: RestartOnFailure}).ID)
+	if tk.State != StateExited || tk.Restarts != 0 {
+		t.Errorf("on-failure after exit 0: %s restarts %d", tk.State, tk.Restarts)
+	}
+	tk = e.start(TaskSpec{Artifact: ref, Args: []string{"exit", "0"}, Restart: RestartAlways})
+	waitFor(t, 20*time.Second, "2 restarts", func() bool {
+		g, _ := e.l.Get(tk.ID)
+		return g.Restarts >= 2
+	})
+	if tk, _ = e.l.Stop(ctx, tk.ID, 0, time.Second); tk.State != StateStopped {
+		t.Errorf("stop always: state %s", tk.State)
+	}
+}
+
+func TestMemoryHogIsOOMKilled(t *testing.T) {
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+	tk := e.wait(e.start(TaskSpec{Artifact: ref, Args: []string{"hog"}, MemoryBytes: 32 << 20}).ID)
+	if tk.State != StateOOM || tk.Exit == nil || !tk.Exit.OOM || tk.Exit.Signal != "SIGKILL" {
+		t.Fatalf("hog ended %s (%+v), want oom", tk.State, tk.Exit)
+	}
+}
+
+func TestForkBombHitsPidsLimit(t *testing.T) {
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+	const limit = 32
+	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"bomb"}, Pids: limit, CPUMillis: 500})
+	cg := newTaskCgroup(e.parent, tk.ID)
+	pidsDir := cg.dir("pids")
+	waitFor(t, 20*time.Second, "the pids limit to refuse a fork", func() bool {
+		kv, _ := readKV(filepath.Join(pidsDir, "pids.events"))
+		return kv["max"] > 0
+	})
+	n, err := readInt(filepath.Join(pidsDir, "pids.current"))
+	if err != nil || n > limit {
+		t.Fatalf("pids.current = %d (%v), limit %d", n, err, limit)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tk, err = e.l.Stop(ctx, tk.ID, syscall.SIGTERM, 100*time.Millisecond)
+	if err != nil || tk.State != StateStopped {
+		t.Fatalf("stop bomb: %v, state %s", err, tk.State)
+	}
+	if cg.exists() {
+		t.Errorf("cgroup %s still exists after stop", cg.path)
+	}
+	// The machine still forks.
+	if out, err := exec.Command("/bin/true").CombinedOutput(); err != nil {
+		t.Fatalf("machine unhealthy after fork bomb: %v %s", err, out)
+	}
+}
+
+func TestCPUQuotaHolds(t *testing.T) {
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+	const millis = 200
+	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"spin"}, CPUMillis: millis})
+	cg := newTaskCgroup(e.parent, tk.ID)
+	u0, err := cg.usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	time.Sleep(1500 * time.Millisecond) // an interval to measure over, not a synchronisation
+	u1, err := cg.usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wall := time.Since(t0).Seconds()
+	used := u1.CPUSeconds - u0.CPUSeconds
+	quota := float64(millis) / 1000 * wall
+	t.Logf("spinner used %.3f CPU-seconds over %.2fs (quota %.3f)", used, wall, quota)
+	if used <= 0 {
+		t.Errorf("spinner used no CPU")
+	}
+	if used > 1.5*quota {
+		t.Errorf("spinner used %.3fs CPU, more than 1.5x its quota of %.3fs", used, quota)
+	}
+}
+
+func TestStopKillsGrandchildren(t *testing.T) {
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"forker"}})
+	cg := newTaskCgroup(e.parent, tk.ID)
+	var pids []int
+	waitFor(t, 10*time.Second, "the grandchild", func() bool {
+		pids, _ = cg.procs()
+		if g, _ := e.l.Get(tk.ID); g.State.Final() {
+			t.Fatalf("forker ended early: %s; log:\n%s", g.Exit, e.logs(tk.ID))
+		}
+		return len(pids) >= 2 && strings.Contains(e.logs(tk.ID), "child ready")
+	})
+	starts := map[int]uint64{}
+	for _, p := range pids {
+		starts[p], _ = procStartTime(p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tk, err := e.l.Stop(ctx, tk.ID, syscall.SIGTERM, 300*time.Millisecond)
+	if err != nil || tk.State != StateStopped {
+		t.Fatalf("stop: %v, state %s", err, tk.State)
+	}
+	for p, s := range starts {
+		if alive(p, s) {
+			t.Errorf("process %d of the task survived stop", p)
+		}
+	}
+	if tk.Exit == nil || tk.Exit.Signal != "SIGKILL" {
+		t.Errorf("exit %+v, want killed by SIGKILL after the grace period", tk.Exit)
+	}
+}
+
+func TestStopGraceful(t *testing.T) {
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"serve"}, Restart: RestartAlways})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	waitFor(t, 10*time.Second, "ready", func() bool { return strings.Contains(e.logs(tk.ID), "ready") })
+	tk, err := e.l.Stop(ctx, tk.ID, syscall.SIGTERM, 10*time.Second)
+	if err != nil || tk.State != StateStopped || tk.Exit.Code != 7 {
+		t.Fatalf("stop: %v, state %s exit %s, want stopped with code 7", err, tk.State, tk.Exit)
+	}
+	if tk.Restarts != 0 {
+		t.Errorf("a stopped task was restarted %d times", tk.Restarts)
+	}
+}
+
+func TestLogsRotateAndFollow(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.LogMaxBytes = 4000; c.LogKeep = 2 })
+	ref := e.publishTask()
+	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"spew", "200"}})
+	rc, err := e.l.Logs(context.Background(), tk.ID, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan []byte)
+	go func() {
+		var b []byte
+		buf := make([]byte, 1024)
+		for {
+			n, err := rc.Read(buf)
+			b = append(b, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		done <- b
+	}()
+	tk = e.wait(tk.ID)
+	var followed []byte
+	select {
+	case followed = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("follow did not end after the task did")
+	}
+	rc.Close()
+	if !strings.Contains(string(followed), "line 199") {
+		t.Errorf("followed log lacks the last line; %d bytes", len(followed))
+	}
+	dir := e.l.taskDir(tk.ID)
+	for _, f := range []string{"log", "log.1", "log.2"} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if st.Size() > 4000 {
+			t.Errorf("%s is %d bytes, over the 4000 limit", f, st.Size())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "log.3")); err == nil {
+		t.Errorf("log.3 kept; want 2 rotated files")
+	}
+	lines := strings.Split(strings.TrimSpace(e.logs(tk.ID)), "\n")
+	if last := strings.TrimSpace(lines[len(lines)-1]); last != "line 199" {
+		t.Errorf("last log line %q", last)
+	}
+	for i := 1; i < len(lines); i++ { // what is kept is in order, without gaps
+		var a, b int
+		_, _ = fmtSscan(lines[i-1], &a)
+		_, _ = fmtSscan(lines[i], &b)
+		if b != a+1 {
+			t.Fatalf("log out of order at %q then %q", lines[i-1], lines[i])
+		}
+	}
+}
+
+// TestRefusals proves that a start refused by verification starts nothing:
+// no process, no cgroup, no task record or directory.
+func TestRefusals(t *testing.T) {
+	cases := []struct {
+		name  string
+		setup func(e *testEnv) string // returns the ref to start
+	}{
+		{"tampered blob", func(e *testEnv) string {
+			rel := e.publish(taskBinary(t), "task", "1.0.0", artifact.KindWhale)
+			p := e.store.BlobPath(rel.Digest)
+			f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.Write([]byte("evil"))
+			f.Close()
+			return "task@1.0.0"
+		}},
+		{"untrusted key", func(e *testEnv) string {
+			e.publishTask()
+			other := t.TempDir()
+			if _, _, _, err := signingWriteKeyPair(other, "other"); err != nil {
+				t.Fatal(err)
+			}
+			e.writePolicy("threshold: 1\nkeys:\n  - path: " + filepath.Join(other, "other.pub") + "\n    names: [\"*\"]\n")
+			return "task@1.0.0"
+		}},
+		{"revoked key", func(e *testEnv) string {
+			e.publishTask()
+			e.writePolicy("threshold: 1\nkeys:\n  - path: release.pub\n    names: [\"*\"]\nrevoked: [\"" + keyIDOf(t, e.pubPath) + "\"]\n")
+			return "task@1.0.0"
+		}},
+		{"out of scope", func(e *testEnv) string {
+			e.publishTask()
+			e.writePolicy("threshold: 1\nkeys:\n  - path: release.pub\n    names: [\"api\"]\n")
+			return "task@1.0.0"
+		}},
+		{"rollback", func(e *testEnv) string {
+			e.publish(taskBinary(t), "task", "2.0.0", artifact.KindWhale)
+			if _, err := e.l.cfg.Verifier.Verify(context.Background(), "task@2.0.0"); err != nil {
+				t.Fatal(err)
+			}
+			e.publishTask()
+			return "task@1.0.0"
+		}},
+		{"no policy", func(e *testEnv) string {
+			e.publishTask()
+			os.Remove(e.policy)
+			return "task@1.0.0"
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, nil)
+			ref := c.setup(e)
+			before := children()
+			_, err := e.l.Start(context.Background(), TaskSpec{Artifact: ref, Args: []string{"serve"}})
+			if !errors.Is(err, ErrRefused) {
+				t.Fatalf("start: %v, want a refusal", err)
+			}
+			t.Logf("refused: %v", err)
+			if after := children(); len(after) > len(before) {
+				t.Errorf("a process was started: children %v -> %v", before, after)
+			}
+			if n := len(e.l.List()); n != 0 {
+				t.Errorf("%d task records after a refusal", n)
+			}
+			if ents, _ := os.ReadDir(filepath.Join(e.dir, "launcher", "tasks")); len(ents) != 0 {
+				t.Errorf("task directories left: %v", ents)
+			}
+			if ents, _ := os.ReadDir(filepath.Join(e.dir, "launcher", "bin")); len(ents) != 0 {
+				t.Errorf("the binary was staged for exec: %v", ents)
+			}
+			for _, c := range v1Controllers {
+				if ents, err := os.ReadDir(filepath.Join(cgroupRoot, c, e.parent)); err == nil && len(ents) > 0 {
+					for _, d := range ents {
+						if d.IsDir() {
+							t.Errorf("cgroup %s/%s/%s created", c, e.parent, d.Name())
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestBadSpecs(t *testing.T) {
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+	for _, s := range []TaskSpec{
+		{Artifact: "task"},
+		{Artifact: ref, MemoryBytes: 1000},
+		{Artifact: ref, Restart: "sometimes"},
+		{Artifact: ref, User: "nobody"},
+		{Artifact: ref, Network: "bridge"},
+	} {
+		if _, err := e.l.Start(context.Background(), s); !errors.Is(err, ErrInvalid) {
+			t.Errorf("start %+v: %v, want ErrInvalid", s, err)
+		}
+	}
+	if _, err := e.l.Start(context.Background(), TaskSpec{Artifact: "nope@1.0.0"}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("start of a missing artifact: %v, want ErrNotFound", err)
+	}
+}

@@ -1,0 +1,206 @@
+package launcher
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// rotatingFile is the shim's log writer: it appends to path and, when the file
+// would pass maxBytes, renames it to path.1 (path.1 to path.2, ...) keeping
+// keep old files, then starts a new one. The shim is the only writer, so
+// nothing is lost between a copy and a truncate.
+type rotatingFile struct {
+	path     string
+	maxBytes int64
+	keep     int
+	f        *os.File
+	size     int64
+}
+
+func openRotating(path string, maxBytes int64, keep int) (*rotatingFile, error) {
+	r := &rotatingFile{path: path, maxBytes: maxBytes, keep: keep}
+	return r, r.open()
+}
+
+func (r *rotatingFile) open() error {
+	f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	r.f, r.size = f, st.Size()
+	return nil
+}
+
+func (r *rotatingFile) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		chunk := p
+		if r.maxBytes > 0 {
+			room := r.maxBytes - r.size
+			if room <= 0 || (int64(len(p)) > room && r.size > 0 && bytes.LastIndexByte(p[:room], '\n') < 0) {
+				// Full, or the next line would not fit: start a new file.
+				if err := r.rotate(); err != nil {
+					return written, err
+				}
+				room = r.maxBytes
+			}
+			if int64(len(chunk)) > room {
+				chunk = chunk[:room]
+				if i := bytes.LastIndexByte(chunk, '\n'); i >= 0 {
+					chunk = chunk[:i+1] // rotate on a line boundary when a line fits
+				}
+			}
+		}
+		n, err := r.f.Write(chunk)
+		r.size += int64(n)
+		written += n
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}
+
+func (r *rotatingFile) rotate() error {
+	r.f.Close()
+	if r.keep < 1 {
+		_ = os.Remove(r.path)
+	}
+	for i := r.keep; i >= 1; i-- {
+		from := r.path
+		if i > 1 {
+			from = r.path + "." + strconv.Itoa(i-1)
+		}
+		_ = os.Rename(from, r.path+"."+strconv.Itoa(i))
+	}
+	return r.open()
+}
+
+func (r *rotatingFile) Close() error { return r.f.Close() }
+
+// logReader streams a task's log: the rotated files oldest first, then the
+// current file, then (when following) what is appended, across rotations,
+// until the task is done and its log drained, or ctx ends.
+type logReader struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	path   string
+	follow bool
+	done   func() bool // true once the task will write no more
+	olds   []string
+	f      *os.File
+	live   bool // f is the current file, not a rotated one
+}
+
+func newLogReader(ctx context.Context, path string, keep int, follow bool, done func() bool) *logReader {
+	ctx, cancel := context.WithCancel(ctx)
+	lr := &logReader{ctx: ctx, cancel: cancel, path: path, follow: follow, done: done}
+	for i := keep; i >= 1; i-- {
+		lr.olds = append(lr.olds, path+"."+strconv.Itoa(i))
+	}
+	return lr
+}
+
+func (lr *logReader) Read(p []byte) (int, error) {
+	for {
+		if lr.f == nil {
+			if err := lr.next(); err != nil {
+				return 0, err
+			}
+		}
+		n, err := lr.f.Read(p)
+		if n > 0 {
+			return n, nil
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return 0, err
+		}
+		if !lr.live { // finished a rotated file
+			lr.f.Close()
+			lr.f = nil
+			continue
+		}
+		if !lr.follow {
+			return 0, io.EOF
+		}
+		// At the end of the current file: has it been rotated away?
+		if rotated(lr.f, lr.path) {
+			lr.live = false // drain what landed before the rename, then move on
+			continue
+		}
+		if lr.done() {
+			// One more read: the last bytes may have landed after the first.
+			if n, _ := lr.f.Read(p); n > 0 {
+				return n, nil
+			}
+			return 0, io.EOF
+		}
+		select {
+		case <-lr.ctx.Done():
+			return 0, io.EOF
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// next opens the next file to read: a rotated one, or the current one.
+func (lr *logReader) next() error {
+	for len(lr.olds) > 0 {
+		p := lr.olds[0]
+		lr.olds = lr.olds[1:]
+		if f, err := os.Open(p); err == nil {
+			lr.f = f
+			return nil
+		}
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		f, err := os.Open(lr.path)
+		if err == nil {
+			lr.f, lr.live = f, true
+			return nil
+		}
+		if !errors.Is(err, os.ErrNotExist) || !lr.follow || time.Now().After(deadline) {
+			if errors.Is(err, os.ErrNotExist) {
+				return io.EOF
+			}
+			return fmt.Errorf("open log: %w", err)
+		}
+		select {
+		case <-lr.ctx.Done():
+			return io.EOF
+		case <-time.After(20 * time.Millisecond): // between a rotation's rename and create
+		}
+	}
+}
+
+func rotated(f *os.File, path string) bool {
+	a, err1 := f.Stat()
+	b, err2 := os.Stat(path)
+	if err1 != nil || err2 != nil {
+		return err2 != nil && errors.Is(err2, os.ErrNotExist)
+	}
+	as, bs := a.Sys().(*syscall.Stat_t), b.Sys().(*syscall.Stat_t)
+	return as.Ino != bs.Ino || as.Dev != bs.Dev
+}
+
+func (lr *logReader) Close() error {
+	lr.cancel()
+	if lr.f != nil {
+		return lr.f.Close()
+	}
+	return nil
+}

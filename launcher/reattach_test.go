@@ -1,0 +1,5 @@
+package launcher
+
+const daemonEnv = "_LAUNCHER_TEST_DAEMON"
+
+func runTestDaemon() int { return 0 }
