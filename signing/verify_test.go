@@ -116,6 +116,8 @@ func TestVerify(t *testing.T) {
 		{name: "no signatures", keys: []testKey{f.alice}, mutate: func(e *Envelope) { e.Signatures = nil }, kind: ErrMalformed},
 		{name: "zero threshold still needs a signer", policy: &Policy{Keys: f.policy.Keys, Revoked: f.policy.Revoked}, keys: []testKey{f.revoked},
 			kind: ErrRevokedKey},
+		{name: "malformed hand-built key", policy: &Policy{Threshold: 1, Keys: []TrustedKey{{ID: f.alice.id, Public: f.alice.pub[:5], Names: []string{"*"}}}},
+			keys: []testKey{f.alice}, kind: ErrBadSignature},
 		{name: "empty policy", policy: &Policy{Threshold: 1}, keys: []testKey{f.alice}, kind: ErrUntrustedKey},
 	}
 	for _, c := range cases {
