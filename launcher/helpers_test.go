@@ -242,7 +242,9 @@ func children() []int {
 	return out
 }
 
-func fmtSscan(line string, n *int) (int, error) { return fmt.Sscanf(strings.TrimSpace(line), "line %d", n) }
+func fmtSscan(line string, n *int) (int, error) {
+	return fmt.Sscanf(strings.TrimSpace(line), "line %d", n)
+}
 
 func signingWriteKeyPair(dir, name string) (string, string, string, error) {
 	return signing.WriteKeyPair(dir, name)
@@ -254,4 +256,12 @@ func keyIDOf(t testing.TB, pubPath string) string {
 		t.Fatal(err)
 	}
 	return signing.KeyID(pub)
+}
+
+func loadKey(t testing.TB, path string) ed25519.PrivateKey {
+	k, err := signing.LoadPrivateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
