@@ -30,6 +30,7 @@ type Cell struct {
 	labelValues map[string]map[string]int // label -> value -> ready machines
 	holders     map[string][]int          // artifact ref or digest -> slots holding it
 	pending     map[string]bool           // jobs with tasks waiting for room
+	dirty       map[string]bool           // jobs whose allocations changed: reconcile them
 	roomChanged bool                      // something freed room since pending jobs were last tried
 
 	index uint64 // index of the change being made
@@ -104,6 +105,7 @@ func NewCell(batchShare float64, now func() time.Time, seed uint64) *Cell {
 		labelValues: map[string]map[string]int{},
 		holders:     map[string][]int{},
 		pending:     map[string]bool{},
+		dirty:       map[string]bool{},
 		free:        newFreeIndex(32),
 		now:         now,
 		rng:         rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
@@ -347,7 +349,7 @@ func (c *Cell) setClient(a *Alloc, st TaskState) bool {
 	if was && !a.live() {
 		c.account(a, -1)
 		if js := c.jobs[a.Job]; js != nil && !js.Stopped {
-			c.pending[a.Job] = true // reconcile decides: done, or run again
+			c.dirty[a.Job] = true // reconcile decides: done, or run again
 		}
 	}
 	c.touchAlloc(a, false)

@@ -136,8 +136,7 @@ func (c *Cell) reportTask(a *Alloc, st TaskState) {
 	}
 	if wasPending && st.State == ClientRunning && a.Replaces != "" {
 		// A replacement runs: a rolling update or drain may take its next step.
-		c.pending[a.Job] = true
-		c.roomChanged = true
+		c.dirty[a.Job] = true
 	}
 }
 
@@ -180,7 +179,7 @@ func (c *Cell) sweep(ttl time.Duration) []*Evaluation {
 		c.updateNode(n, func(nd *Node) { nd.Status = NodeDown })
 		for _, a := range sortedAllocs(n.live) {
 			c.setDesired(a, DesiredStop, "machine down, task lost")
-			c.pending[a.Job] = true
+			c.dirty[a.Job] = true
 		}
 		c.roomChanged = true
 	}

@@ -6,13 +6,22 @@ import (
 )
 
 // evaluate reconciles one job and places what it needs, recording an Evaluation.
+// A retry (room may have appeared for a waiting job) neither preempts nor
+// re-diagnoses: prod jobs are retried before batch ones, so freed room goes to
+// prod first anyway, and a full diagnosis per waiting job per change would cost
+// a scan of the cell each time.
 func (c *Cell) evaluate(name, trigger string) *Evaluation {
+	return c.evaluateJob(name, trigger, false)
+}
+
+func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
 	js := c.jobs[name]
 	ev := &Evaluation{ID: c.newID(), Job: name, Trigger: trigger, Index: c.index, Time: c.now()}
 	if js == nil {
 		return ev
 	}
 	delete(c.pending, name)
+	delete(c.dirty, name)
 	res := reconcile(c, js)
 	for _, s := range res.stop {
 		c.setDesired(s.alloc, DesiredStop, s.desc)
@@ -54,8 +63,14 @@ func (c *Cell) evaluate(name, trigger string) *Evaluation {
 			c.markPending(js, t, blockedWhy, ev)
 			continue
 		}
-		n, victims, why := c.selectNode(js)
+		n, victims, why := c.selectNode(js, retry)
 		if n == nil {
+			if why == "" {
+				why = t.Reason
+				if why == "" || t.State != TaskPending {
+					why = "waiting for room"
+				}
+			}
 			blockedWhy = why
 			c.markPending(js, t, why, ev)
 			continue
@@ -119,7 +134,7 @@ func (c *Cell) newAlloc(js *jobState, idx int, n *nodeState) *Alloc {
 // selectNode picks the machine for one more task of js: feasible candidates from
 // the free-resource index, ranked; for prod, preemption of batch when nothing fits.
 // It returns the reason when there is no machine.
-func (c *Cell) selectNode(js *jobState) (*nodeState, []*Alloc, string) {
+func (c *Cell) selectNode(js *jobState, retry bool) (*nodeState, []*Alloc, string) {
 	if js.Priority == BandBatch && !c.batchShareAllows(js.Resources) {
 		return nil, nil, fmt.Sprintf("batch share exhausted: batch uses %s of the cell's %s, limit %.0f%%",
 			c.batchUsed, c.capacity, c.BatchShare*100)
@@ -134,6 +149,9 @@ func (c *Cell) selectNode(js *jobState) (*nodeState, []*Alloc, string) {
 			}
 		}
 		return best, nil, ""
+	}
+	if retry {
+		return nil, nil, ""
 	}
 	if js.Priority == BandProd {
 		if n, victims := c.preemptFor(js); n != nil {
@@ -276,10 +294,14 @@ func needFits(r, free, capacity Resources) bool {
 	return r.CPU <= free.CPU && r.Memory <= free.Memory && (r.PIDs == 0 || capacity.PIDs == 0 || r.PIDs <= free.PIDs)
 }
 
-// retryPending evaluates jobs that wait for room, prod first, when room may have
-// appeared. Bounded: each job at most once per call.
+// retryPending reconciles the jobs whose allocations changed, then evaluates jobs
+// that wait for room, prod first, when room may have appeared. Bounded: a few
+// rounds, each job at most once per round.
 func (c *Cell) retryPending(trigger string) []*Evaluation {
 	var evs []*Evaluation
+	for _, name := range sortedKeys(c.dirty) {
+		evs = append(evs, c.evaluate(name, trigger))
+	}
 	for round := 0; round < 3 && c.roomChanged && len(c.pending) > 0; round++ {
 		c.roomChanged = false
 		names := make([]string, 0, len(c.pending))
@@ -304,7 +326,7 @@ func (c *Cell) retryPending(trigger string) []*Evaluation {
 				delete(c.pending, name)
 				continue
 			}
-			evs = append(evs, c.evaluate(name, trigger))
+			evs = append(evs, c.evaluateJob(name, trigger, true))
 		}
 	}
 	return evs

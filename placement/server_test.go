@@ -162,9 +162,10 @@ func TestNodeLossAndReturn(t *testing.T) {
 		err error
 	}
 	watched := make(chan watch, len(nodes))
+	start := ts.Index()
 	for _, n := range nodes {
 		go func() {
-			l, err := n.WatchAllocations(context.Background(), ts.Index(), 30*time.Second)
+			l, err := n.WatchAllocations(context.Background(), start, 30*time.Second)
 			watched <- watch{l, err}
 		}()
 	}

@@ -1,0 +1,96 @@
+package placement
+
+import (
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseJobFile(t *testing.T) {
+	data, err := os.ReadFile("testdata/api.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := ParseJob("api.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Job{
+		Name: "api", Artifact: "api@1.4.0", Digest: "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+		Count: 4, Resources: Resources{CPU: 500, Memory: 256 << 20, PIDs: 128}, Priority: BandProd,
+		Constraints: []Constraint{{Label: "zone", Op: OpIn, Values: []string{"eu-1", "eu-2"}}, {Label: "disk", Op: OpNotEquals, Values: []string{"hdd"}}},
+		Spread:      "rack", DistinctHosts: true, Args: []string{"--listen", ":8080"}, Env: map[string]string{"LOG_LEVEL": "info"},
+		Restart: RestartOnFailure, Update: Update{MaxParallel: 2},
+	}
+	if !reflect.DeepEqual(j, want) {
+		t.Errorf("got  %+v\nwant %+v", j, want)
+	}
+	if err := j.Validate(); err != nil {
+		t.Errorf("parsed job does not validate: %v", err)
+	}
+}
+
+func TestParseJobDefaults(t *testing.T) {
+	j, err := ParseJob("w.yaml", []byte("name: w\nartifact: w@1.0.0\nresources: {cpu: 2000, memory: 1GiB}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Count != 1 || j.Priority != BandProd || j.Restart != RestartOnFailure || j.Update.MaxParallel != 1 || j.Resources.CPU != 2000 {
+		t.Errorf("defaults: %+v", j)
+	}
+	j, err = ParseJob("w.yaml", []byte("name: w\nartifact: w@1.0.0\nresources: {cpu: 1.5, memory: 512M}\n"))
+	if err != nil || j.Resources.CPU != 1500 || j.Resources.Memory != 512e6 {
+		t.Errorf("cores and SI sizes: %+v, %v", j, err)
+	}
+}
+
+func TestParseJobErrors(t *testing.T) {
+	base := "name: api\nartifact: api@1.4.0\nresources:\n  cpu: 500m\n  memory: 256MiB\n"
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"bad size", base[:strings.Index(base, "  memory")] + "  memory: 256XB\n", `api.yaml:5: resources.memory: "256XB" is not a size`},
+		{"bad cpu", "name: api\nartifact: api@1.4.0\nresources:\n  cpu: lots\n  memory: 1GiB\n", `api.yaml:4: resources.cpu: "lots" is not a cpu amount`},
+		{"unknown field", base + "replicas: 3\n", "api.yaml:6: replicas: unknown field"},
+		{"unknown nested field", base + "update:\n  max_paralel: 2\n", "api.yaml:7: update.max_paralel: unknown field"},
+		{"bad band", base + "priority: urgent\n", `api.yaml:6: priority: "urgent" is not a priority band`},
+		{"bad count", base + "count: three\n", `api.yaml:6: count: "three" is not a whole number`},
+		{"negative count", base + "count: -1\n", "api.yaml:6: count: -1 is out of range"},
+		{"bad artifact", "name: api\nartifact: api\n", `api.yaml:2: artifact: "api" is not an artifact reference`},
+		{"missing artifact", "name: api\nresources: {cpu: 1, memory: 1Mi}\n", "api.yaml:1: artifact: is required"},
+		{"missing memory", "name: api\nartifact: a@1\nresources: {cpu: 100m}\n", "resources.memory: is required"},
+		{"constraint without op", base + "constraints:\n  - label: zone\n", "api.yaml:7: constraints[0]: needs one of equals"},
+		{"constraint two ops", base + "constraints:\n  - label: zone\n    equals: a\n    in: [b]\n", "api.yaml:9: constraints[0].in: only one of"},
+		{"bad restart", base + "restart: sometimes\n", `api.yaml:6: restart: "sometimes" is not a restart policy`},
+		{"args not a list", base + "args: --port 80\n", "api.yaml:6: args: must be a list of strings"},
+		{"bad env name", base + "env:\n  1BAD: x\n", "api.yaml:7: env.1BAD: is not an environment variable name"},
+		{"duplicate key", base + "name: other\n", "api.yaml:6: name: appears twice"},
+		{"bad digest", base + "digest: abc\n", `api.yaml:6: digest: "abc" is not a sha256 digest`},
+		{"not yaml", "name: [api\n", "api.yaml:"},
+		{"not a mapping", "- api\n", "api.yaml:1: must be a mapping"},
+		{"empty", "", "api.yaml: empty job file"},
+	}
+	for _, tc := range cases {
+		_, err := ParseJob("api.yaml", []byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want it to contain %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestSizes(t *testing.T) {
+	for in, want := range map[string]int64{"256MiB": 256 << 20, "1GiB": 1 << 30, "1.5Gi": 3 << 29, "512M": 512e6, "4096": 4096, "2kb": 2000} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"256XB", "", "-1Mi", "MiB", "1e9"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) accepted", in)
+		}
+	}
+	if FormatSize(256<<20) != "256MiB" || FormatSize(3<<29) != "1.5GiB" {
+		t.Errorf("FormatSize: %s %s", FormatSize(256<<20), FormatSize(3<<29))
+	}
+}
