@@ -251,7 +251,7 @@ func shimStartOCI(cfg *runConfig, out *os.File) (int, func(), error) {
 		return 0, nil, fmt.Errorf("subreaper: %w", err)
 	}
 	runc := func(args ...string) *exec.Cmd {
-		return exec.Command(cfg.Runc, append([]string{"--root", cfg.RuncRoot}, args...)...)
+		return exec.Command(cfg.Runc, append([]string{"--root", cfg.RuncRoot, "--log-format", "json"}, args...)...)
 	}
 	cleanup := func() { _ = runc("delete", "--force", cfg.ContainerID).Run() }
 	pidFile := filepath.Join(cfg.Bundle, "pid")
@@ -260,14 +260,20 @@ func shimStartOCI(cfg *runConfig, out *os.File) (int, func(), error) {
 		return 0, nil, err
 	}
 	defer devnull.Close()
-	var errb strings.Builder
-	create := runc("create", "--bundle", cfg.Bundle, "--pid-file", pidFile, cfg.ContainerID)
+	// runc hands its stdio to the container, so it gets the log pipe itself
+	// (a Go writer would make Run wait for the container); its own messages
+	// go to a file we can quote.
+	runcLog := filepath.Join(cfg.Bundle, "runc.log")
+	_ = os.Remove(runcLog)
+	runcErr := func() string {
+		b, _ := os.ReadFile(runcLog)
+		return lastRuncError(b)
+	}
+	create := runc("--log", runcLog, "create", "--bundle", cfg.Bundle, "--pid-file", pidFile, cfg.ContainerID)
 	create.Stdin, create.Stdout, create.Stderr = devnull, out, out
-	// runc's own complaints go to the log as well; keep a copy for the error.
-	create.Stderr = io.MultiWriter(out, &errb)
 	if err := create.Run(); err != nil {
 		cleanup()
-		return 0, nil, fmt.Errorf("runc create: %v: %s", err, strings.TrimSpace(errb.String()))
+		return 0, nil, fmt.Errorf("runc create: %v: %s", err, runcErr())
 	}
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
@@ -279,14 +285,30 @@ func shimStartOCI(cfg *runConfig, out *os.File) (int, func(), error) {
 		cleanup()
 		return 0, nil, fmt.Errorf("runc create: pid file: %w", err)
 	}
-	errb.Reset()
-	start := runc("start", cfg.ContainerID)
-	start.Stderr = &errb
-	if err := start.Run(); err != nil {
+	if err := runc("--log", runcLog, "start", cfg.ContainerID).Run(); err != nil {
 		cleanup()
-		return 0, nil, fmt.Errorf("runc start: %v: %s", err, strings.TrimSpace(errb.String()))
+		return 0, nil, fmt.Errorf("runc start: %v: %s", err, runcErr())
 	}
 	return pid, cleanup, nil
+}
+
+// lastRuncError picks the last error message out of runc's log (JSON lines
+// with a "msg" field, or plain text).
+func lastRuncError(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		var m struct{ Level, Msg string }
+		if json.Unmarshal([]byte(lines[i]), &m) == nil {
+			if m.Level == "error" || m.Level == "fatal" {
+				return m.Msg
+			}
+			continue
+		}
+		if lines[i] != "" {
+			return lines[i]
+		}
+	}
+	return "see " + "runc.log"
 }
 
 // runInit runs inside the new namespaces, as PID 1 of the task. fd 3 is the
