@@ -1,0 +1,167 @@
+package swarm
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// BTProtocol is the libp2p protocol that carries the BitTorrent peer wire between
+// fleet nodes, so every byte is encrypted and bound to a node identity.
+const BTProtocol protocol.ID = "/ballena/bt/1.0.0"
+
+// p2pNetwork names the dialer network of libp2p peer connections in anacrolix.
+const p2pNetwork = "libp2p"
+
+// p2pPort is the port of every synthetic peer address; anacrolix wants host:port.
+const p2pPort = 1
+
+// peerAddrs maps libp2p peer IDs to synthetic IPv6 addresses and back.
+//
+// anacrolix keys bans, smart bans and duplicate detection on the remote IP of a
+// connection, so a libp2p peer gets a stable IP of its own: fd (unique local) and
+// 15 bytes of sha256(peer ID). A corrupt peer is then banned by identity, and
+// AddPeers(peer.ID) becomes an address anacrolix can hand to our dialer. These
+// addresses never reach the IP stack: only the libp2p dialer can reach them.
+type peerAddrs struct {
+	mu   sync.Mutex
+	byIP map[netip.Addr]peer.ID
+}
+
+func newPeerAddrs() *peerAddrs {
+	return &peerAddrs{byIP: make(map[netip.Addr]peer.ID)}
+}
+
+// addrOf returns the synthetic address of id and remembers the mapping.
+func (m *peerAddrs) addrOf(id peer.ID) netip.AddrPort {
+	sum := sha256.Sum256([]byte(id))
+	var b [16]byte
+	b[0] = 0xfd
+	copy(b[1:], sum[:15])
+	ip := netip.AddrFrom16(b)
+	m.mu.Lock()
+	m.byIP[ip] = id
+	m.mu.Unlock()
+	return netip.AddrPortFrom(ip, p2pPort)
+}
+
+// peerOf returns the libp2p peer behind a synthetic address string.
+func (m *peerAddrs) peerOf(addr string) (peer.ID, bool) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return "", false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	id, ok := m.byIP[ap.Addr()]
+	return id, ok
+}
+
+// p2pTransport is an anacrolix Listener and Dialer over libp2p streams.
+type p2pTransport struct {
+	h      host.Host
+	addrs  *peerAddrs
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newP2PTransport(h host.Host, addrs *peerAddrs) *p2pTransport {
+	t := &p2pTransport{
+		h:      h,
+		addrs:  addrs,
+		conns:  make(chan net.Conn),
+		closed: make(chan struct{}),
+	}
+	h.SetStreamHandler(BTProtocol, t.handle)
+	return t
+}
+
+func (t *p2pTransport) handle(s network.Stream) {
+	c := t.wrap(s)
+	select {
+	case t.conns <- c:
+	case <-t.closed:
+		s.Reset()
+	}
+}
+
+func (t *p2pTransport) wrap(s network.Stream) net.Conn {
+	return &p2pConn{
+		Stream: s,
+		local:  t.addrs.addrOf(t.h.ID()),
+		remote: t.addrs.addrOf(s.Conn().RemotePeer()),
+	}
+}
+
+// Accept returns the next incoming peer wire stream.
+func (t *p2pTransport) Accept() (net.Conn, error) {
+	select {
+	case c := <-t.conns:
+		return c, nil
+	case <-t.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+// Addr is this node's synthetic address.
+func (t *p2pTransport) Addr() net.Addr {
+	return p2pAddr(t.addrs.addrOf(t.h.ID()))
+}
+
+// Close stops accepting streams; open ones stay with anacrolix.
+func (t *p2pTransport) Close() error {
+	t.once.Do(func() {
+		t.h.RemoveStreamHandler(BTProtocol)
+		close(t.closed)
+	})
+	return nil
+}
+
+// Dial opens a peer wire stream to the node behind a synthetic address. Other
+// addresses fail at once, so anacrolix falls back to its other dialers.
+func (t *p2pTransport) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	id, ok := t.addrs.peerOf(addr)
+	if !ok {
+		return nil, fmt.Errorf("dial %s: not a libp2p peer address", addr)
+	}
+	if id == t.h.ID() {
+		return nil, errors.New("dial self")
+	}
+	s, err := t.h.NewStream(ctx, id, BTProtocol)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", id, err)
+	}
+	return t.wrap(s), nil
+}
+
+// DialerNetwork names the network for anacrolix's bookkeeping.
+func (t *p2pTransport) DialerNetwork() string { return p2pNetwork }
+
+// p2pConn is a libp2p stream seen as a net.Conn with synthetic addresses.
+type p2pConn struct {
+	network.Stream
+	local, remote netip.AddrPort
+}
+
+func (c *p2pConn) LocalAddr() net.Addr  { return p2pAddr(c.local) }
+func (c *p2pConn) RemoteAddr() net.Addr { return p2pAddr(c.remote) }
+
+// p2pAddr is a synthetic peer address; String is host:port so anacrolix can parse it.
+type p2pAddr netip.AddrPort
+
+func (a p2pAddr) Network() string { return p2pNetwork }
+func (a p2pAddr) String() string {
+	ap := netip.AddrPort(a)
+	return net.JoinHostPort(ap.Addr().String(), strconv.Itoa(int(ap.Port())))
+}
