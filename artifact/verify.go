@@ -46,7 +46,7 @@ func (s *Store) Verify(ctx context.Context, ref Ref, pol *signing.Policy, opts V
 	}
 	rel, v, err := VerifyEnvelope(env, pol, now)
 	if err != nil {
-		return Release{}, nil, fmt.Errorf("verify %s: %w", ref, err)
+		return Release{}, nil, err // signing's errors already name the subject
 	}
 	if rel.Ref() != ref || rel.Digest != stored.Digest {
 		return Release{}, nil, Tagged(signing.ErrSubjectMismatch, "verify %s: the envelope signs %s (sha256 %s), not this record",

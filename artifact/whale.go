@@ -4,6 +4,8 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"runtime"
 	"strings"
 )
@@ -26,7 +28,23 @@ var elfArch = map[elf.Machine]string{
 // InspectWhale checks that path is a statically linked ELF executable for this
 // platform: no program interpreter and no needed shared libraries.
 func InspectWhale(path string) (WhaleInfo, error) {
-	f, err := elf.Open(path)
+	r, err := os.Open(path)
+	if err != nil {
+		return WhaleInfo{}, err
+	}
+	defer r.Close()
+	return inspectWhale(path, r)
+}
+
+// inspectWhale is InspectWhale over any reader, so that it can be fuzzed.
+func inspectWhale(path string, r io.ReaderAt) (info WhaleInfo, err error) {
+	defer func() {
+		// debug/elf panics on some malformed inputs; a bad input is an error, not a crash.
+		if p := recover(); p != nil {
+			info, err = WhaleInfo{}, Tagged(ErrInvalid, "%s is a malformed ELF file", path)
+		}
+	}()
+	f, err := elf.NewFile(r)
 	if err != nil {
 		var fe *elf.FormatError
 		if errors.As(err, &fe) || strings.Contains(err.Error(), "bad magic") || errors.Is(err, errors.ErrUnsupported) {

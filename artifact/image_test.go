@@ -1,0 +1,174 @@
+package artifact
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// testImage is a one-layer image holding /hello with an entrypoint and env.
+func testImage(t *testing.T, arch string) v1.Image {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	body := []byte("#!/hello\n")
+	tw.WriteHeader(&tar.Header{Name: "hello", Mode: 0o755, Size: int64(len(body)), Typeflag: tar.TypeReg})
+	tw.Write(body)
+	tw.Close()
+	layer, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", arch
+	cf.Config.Entrypoint = []string{"/hello"}
+	cf.Config.Cmd = []string{"--port", "8080"}
+	cf.Config.Env = []string{"MODE=prod"}
+	cf.Config.WorkingDir = "/srv"
+	img, err = mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func writeDockerSave(t *testing.T, img v1.Image) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "image.tar")
+	tag, _ := name.NewTag("example.com/web:2.0.0")
+	if err := tarball.WriteToFile(p, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// writeLayout writes an OCI layout whose index has an arm64 and an amd64 image.
+func writeLayout(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "layout")
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, arch := range []string{"arm64", "amd64"} {
+		if err := p.AppendImage(testImage(t, arch), layout.WithPlatform(v1.Platform{OS: "linux", Architecture: arch})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// tarDir makes an oci-archive: a tarball of a layout directory.
+func tarDir(t *testing.T, dir string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "image.oci.tar")
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw := tar.NewWriter(f)
+	err = filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		h, _ := tar.FileInfoHeader(fi, "")
+		h.Name = rel
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() {
+			b, _ := os.ReadFile(p)
+			_, err = tw.Write(b)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw.Close()
+	f.Close()
+	return out
+}
+
+func TestPublishImageFormats(t *testing.T) {
+	layoutDir := writeLayout(t)
+	cases := []struct {
+		name  string
+		input string
+	}{
+		{"docker-save", writeDockerSave(t, testImage(t, "amd64"))},
+		{"oci-layout", layoutDir},
+		{"oci-archive", tarDir(t, layoutDir)},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			st := openStore(t)
+			pub, priv := newKey(t)
+			rel, _ := publish(t, st, c.input, "web", "2.0.0", priv)
+			if rel.Kind != KindOCI || rel.Arch != "amd64" || rel.WorkingDir != "/srv" ||
+				len(rel.Entrypoint) != 1 || rel.Entrypoint[0] != "/hello" || len(rel.Env) == 0 || len(rel.Cmd) != 2 {
+				t.Fatalf("release did not record the image config: %+v", rel)
+			}
+			img, err := OpenImage(st.BlobPath(rel.Digest))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cf, err := img.ConfigFile()
+			if err != nil || cf.Architecture != "amd64" {
+				t.Fatalf("stored image is %v (%v), want the amd64 one", cf.Architecture, err)
+			}
+			if _, _, err := st.Verify(context.Background(), rel.Ref(), policyFor(pub), VerifyOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if left, _ := os.ReadDir(st.TempDir()); len(left) != 0 {
+				t.Fatalf("temp files left: %v", left)
+			}
+		})
+	}
+}
+
+func TestBrokenImagesRefused(t *testing.T) {
+	good := writeDockerSave(t, testImage(t, "amd64"))
+	b, _ := os.ReadFile(good)
+	truncated := writeFile(t, b[:len(b)/2])
+	flipped := append([]byte(nil), b...)
+	// Flip a byte inside the last layer's content, past the tar headers.
+	flipped[len(flipped)-2048] ^= 0xff
+	corrupt := writeFile(t, flipped)
+	wrongArch := writeDockerSave(t, testImage(t, "arm64"))
+	notTar := writeFile(t, []byte("not a tarball at all, just text"))
+	for name, in := range map[string]string{"truncated": truncated, "corrupt layer": corrupt, "wrong arch": wrongArch, "not a tarball": notTar} {
+		t.Run(name, func(t *testing.T) {
+			st := openStore(t)
+			_, priv := newKey(t)
+			_, _, err := Publish(context.Background(), st, in, PublishOptions{Name: "web", Version: "1.0.0", Kind: KindOCI, Keys: keys(priv)})
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("publish %s = %v, want ErrInvalid", name, err)
+			}
+			if f := storeFiles(t, st); len(f) != 0 {
+				t.Fatalf("files left behind: %v", f)
+			}
+		})
+	}
+}
+

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// run runs the CLI in-process and returns its exit code, stdout and the one-line error.
+func run(t *testing.T, data string, args ...string) (int, string, string) {
+	t.Helper()
+	app := newApp()
+	var out bytes.Buffer
+	app.Writer, app.ErrWriter = &out, &out
+	err := app.RunContext(context.Background(), append([]string{"ballena", "--data", data}, args...))
+	if err != nil {
+		return exitCode(err), out.String(), oneLine(err)
+	}
+	return 0, out.String(), ""
+}
+
+var (
+	helloOnce sync.Once
+	helloPath string
+	helloErr  error
+)
+
+// sampleWhale builds testdata/hello static, once per test binary.
+func sampleWhale(t *testing.T) string {
+	t.Helper()
+	helloOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ballena-cli-test-")
+		if err != nil {
+			helloErr = err
+			return
+		}
+		helloPath = filepath.Join(dir, "hello")
+		cmd := exec.Command("go", "build", "-o", helloPath, "../../testdata/hello")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			helloErr = err
+			t.Logf("%s", out)
+		}
+	})
+	if helloErr != nil {
+		t.Fatalf("build sample whale: %v", helloErr)
+	}
+	return helloPath
+}
+
+func copyFile(t *testing.T, src, dst string) string {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+func mustContain(t *testing.T, s string, frags ...string) {
+	t.Helper()
+	for _, f := range frags {
+		if !strings.Contains(s, f) {
+			t.Errorf("%q does not contain %q", s, f)
+		}
+	}
+}
