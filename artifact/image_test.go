@@ -171,4 +171,3 @@ func TestBrokenImagesRefused(t *testing.T) {
 		})
 	}
 }
-
