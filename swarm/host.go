@@ -1,0 +1,259 @@
+package swarm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+	"github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// KeyFile is the node identity's file name inside the data dir: the libp2p
+// marshalled ed25519 private key (crypto.MarshalPrivateKey), mode 0600. Its peer ID
+// is the machine's name in the mesh.
+const KeyFile = "node.key"
+
+// mdnsService is the mDNS service name, so that only Ballena nodes answer each other.
+const mdnsService = "_ballena._udp"
+
+// LoadIdentity reads the node key at path, creating a fresh ed25519 key (0600) if
+// the file does not exist.
+func LoadIdentity(path string) (crypto.PrivKey, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		sk, err := crypto.UnmarshalPrivateKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("node key %s: %w (remove it to make a new identity)", path, err)
+		}
+		if sk.Type() != crypto.Ed25519 {
+			return nil, fmt.Errorf("node key %s: want an ed25519 key, got %s", path, sk.Type())
+		}
+		return sk, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("node key: %w", err)
+	}
+	sk, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("node key: generate: %w", err)
+	}
+	b, err = crypto.MarshalPrivateKey(sk)
+	if err != nil {
+		return nil, fmt.Errorf("node key: %w", err)
+	}
+	if err := writeFileExcl(path, b); err != nil {
+		return nil, fmt.Errorf("node key: %w", err)
+	}
+	return sk, nil
+}
+
+// writeFileExcl writes a secret 0600 through a temporary file so a crash never
+// leaves half a key behind, and refuses to replace an existing file.
+func writeFileExcl(path string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	// A hard link fails if path exists, unlike rename.
+	if err := os.Link(tmp.Name(), path); err != nil {
+		return err
+	}
+	return nil
+}
+
+// GeneratePSK writes a new fleet pre-shared key in the libp2p private network
+// format (/key/swarm/psk/1.0.0/, base16) to path, mode 0600, refusing to overwrite.
+func GeneratePSK(path string) error {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		return err
+	}
+	b := []byte("/key/swarm/psk/1.0.0/\n/base16/\n" + hex.EncodeToString(k) + "\n")
+	if err := writeFileExcl(path, b); err != nil {
+		return fmt.Errorf("write psk: %w", err)
+	}
+	return nil
+}
+
+// LoadPSK reads a fleet pre-shared key in the libp2p private network format.
+func LoadPSK(path string) (pnet.PSK, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("psk: %w", err)
+	}
+	psk, err := pnet.DecodeV1PSK(bytes.NewReader(b))
+	if err != nil {
+		return nil, fmt.Errorf("psk %s: %w (make one with: ballena node psk generate %s)", path, err, path)
+	}
+	return psk, nil
+}
+
+// ParseAddrInfos parses /.../p2p/<id> multiaddrs, merging addresses of the same peer.
+func ParseAddrInfos(addrs []string) ([]peer.AddrInfo, error) {
+	var mas []ma.Multiaddr
+	for _, s := range addrs {
+		m, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("multiaddr %q: %w", s, err)
+		}
+		mas = append(mas, m)
+	}
+	infos, err := peer.AddrInfosFromP2pAddrs(mas...)
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap address: %w (want /ip4/ADDR/tcp/PORT/p2p/PEERID)", err)
+	}
+	return infos, nil
+}
+
+// HostConfig configures a node's libp2p host.
+type HostConfig struct {
+	Key    crypto.PrivKey
+	Listen []string // multiaddrs; default /ip4/0.0.0.0/tcp/0
+	PSK    pnet.PSK // fleet private network key; nil for an open network
+	Logger *slog.Logger
+}
+
+// NewHost starts a libp2p host. With a PSK it runs TCP only, because libp2p
+// private networks do not cover QUIC; without, QUIC listen addresses work too.
+func NewHost(cfg HostConfig) (host.Host, error) {
+	listen := cfg.Listen
+	if len(listen) == 0 {
+		listen = []string{"/ip4/0.0.0.0/tcp/0"}
+	}
+	opts := []libp2p.Option{
+		libp2p.Identity(cfg.Key),
+		libp2p.ListenAddrStrings(listen...),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.DisableRelay(),
+		libp2p.DisableMetrics(),
+		libp2p.UserAgent("ballena"),
+	}
+	if cfg.PSK != nil {
+		for _, s := range listen {
+			if m, err := ma.NewMultiaddr(s); err == nil {
+				if _, err := m.ValueForProtocol(ma.P_QUIC_V1); err == nil {
+					return nil, fmt.Errorf("listen %s: a fleet PSK works over TCP only; drop the QUIC address or the PSK", s)
+				}
+			}
+		}
+		opts = append(opts, libp2p.PrivateNetwork(cfg.PSK))
+	} else {
+		opts = append(opts, libp2p.Transport(libp2pquic.NewTransport))
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("libp2p host: %w", err)
+	}
+	return h, nil
+}
+
+// FullAddrs returns the host's listen addresses with its /p2p/ID, ready for
+// another node's --bootstrap.
+func FullAddrs(h host.Host) []string {
+	addrs, err := peer.AddrInfoToP2pAddrs(&peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()})
+	if err != nil {
+		return nil
+	}
+	out := make([]string, len(addrs))
+	for i, a := range addrs {
+		out[i] = a.String()
+	}
+	return out
+}
+
+// ConnectAll dials every peer in parallel and returns how many answered, with
+// the joined errors of the others.
+func ConnectAll(ctx context.Context, h host.Host, peers []peer.AddrInfo) (int, error) {
+	var (
+		mu   sync.Mutex
+		ok   int
+		errs []error
+		wg   sync.WaitGroup
+	)
+	for _, pi := range peers {
+		if pi.ID == h.ID() {
+			continue
+		}
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			defer cancel()
+			err := h.Connect(cctx, pi)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("connect %s: %w", pi.ID, err))
+				return
+			}
+			ok++
+		})
+	}
+	wg.Wait()
+	return ok, errors.Join(errs...)
+}
+
+// StartMDNS announces and discovers nodes on the local link and connects to
+// those it finds. Close the returned closer to stop.
+func StartMDNS(ctx context.Context, h host.Host, log *slog.Logger) (io.Closer, error) {
+	svc := mdns.NewMdnsService(h, mdnsService, mdnsNotifee{ctx: ctx, h: h, log: log})
+	if err := svc.Start(); err != nil {
+		return nil, fmt.Errorf("mdns: %w", err)
+	}
+	return svc, nil
+}
+
+type mdnsNotifee struct {
+	ctx context.Context
+	h   host.Host
+	log *slog.Logger
+}
+
+func (n mdnsNotifee) HandlePeerFound(pi peer.AddrInfo) {
+	if pi.ID == n.h.ID() {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(n.ctx, 15*time.Second)
+		defer cancel()
+		if err := n.h.Connect(ctx, pi); err != nil {
+			n.log.Debug("mdns: connect", "peer", pi.ID, "err", err)
+			return
+		}
+		n.log.Info("mdns: connected", "peer", pi.ID)
+	}()
+}
