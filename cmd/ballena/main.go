@@ -11,10 +11,12 @@ import (
 	"os/signal"
 	"syscall"
 
+	"ballena.dev/launcher"
 	"github.com/urfave/cli/v2"
 )
 
 func main() {
+	launcher.MaybeRunInit() // a task's shim or init: never returns
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newApp().RunContext(ctx, os.Args)
 	stop()
@@ -59,6 +61,8 @@ func commands() []*cli.Command {
 	return []*cli.Command{
 		// signed artifacts (artifact.go, keys.go)
 		keyCommand(), signCommand(), publishCommand(), lsCommand(), inspectCommand(), verifyCommand(), rmCommand(), gcCommand(),
+		// tasks (tasks.go)
+		runCommand(), psCommand(), logsCommand(), stopCommand(),
 	}
 }
 

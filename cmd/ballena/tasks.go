@@ -1,0 +1,479 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"ballena.dev/artifact"
+	"ballena.dev/internal/localapi"
+	"ballena.dev/launcher"
+	"github.com/urfave/cli/v2"
+)
+
+var cgroupParentFlag = &cli.StringFlag{Name: "cgroup-parent", Value: "ballena",
+	Usage: "without a running node: parent cgroup of the tasks (several launchers can share a machine)"}
+
+// withLauncher runs viaDaemon against the running node, or direct against a
+// launcher opened in this process on the data dir (it adopts the tasks a
+// previous launcher left running).
+func withLauncher(c *cli.Context, viaDaemon func(*localapi.Client) error, direct func(*launcher.Launcher) error) error {
+	data := c.String("data")
+	if cl, err := localapi.Dial(data); err == nil {
+		return viaDaemon(cl)
+	}
+	st, err := artifact.Open(data)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	logger := slog.Default()
+	if !c.IsSet("log-level") { // a one-shot command: keep the launcher's chatter out of the way
+		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	l, err := launcher.New(launcher.Config{
+		DataDir: data, DB: st.DB(), CgroupParent: c.String("cgroup-parent"), Logger: logger,
+		Verifier: &launcher.StoreVerifier{Store: st, PolicyPath: trustPath(c), AllowRollback: c.Bool("allow-rollback")},
+	})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	return direct(l)
+}
+
+// taskErr gives launcher errors their exit codes.
+func taskErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, launcher.ErrRefused):
+		return withCode(exitVerify, err)
+	case errors.Is(err, launcher.ErrNotFound):
+		return withCode(exitNotFound, err)
+	case errors.Is(err, launcher.ErrInvalid):
+		return withCode(exitUsage, err)
+	}
+	return err
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "run",
+		Usage: "verify an artifact and run it as an isolated task (attached unless --detach)",
+		UsageText: "ballena run api@1.4.0 --memory 256MiB --cpu 500m --pids 64 --restart on-failure -- --port 8080\n" +
+			"ballena run -d --net none web@2.0.1",
+		Description: "Runs through the local node when one is running on the data dir; otherwise in this\n" +
+			"process, attached: output streams here, ^C stops the task, and ballena exits with the\n" +
+			"task's exit code (128+N when killed by signal N; 137 and a message on an OOM kill).",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "memory", Aliases: []string{"m"}, Usage: "hard memory limit, e.g. 256MiB, 1G (default 512MiB)"},
+			&cli.StringFlag{Name: "cpu", Usage: "CPU quota: 500m is half a CPU, 2 is two CPUs (default unlimited)"},
+			&cli.Int64Flag{Name: "pids", Usage: "max processes and threads (default 1024)"},
+			&cli.StringFlag{Name: "restart", Value: "never", Usage: "never, on-failure or always (with exponential backoff)"},
+			&cli.StringFlag{Name: "user", Usage: "uid or uid:gid to run as (default 65534:65534)"},
+			&cli.StringFlag{Name: "net", Value: "host", Usage: "host, or none for a private network namespace with loopback only"},
+			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "KEY=VALUE added to the environment; repeatable"},
+			&cli.StringFlag{Name: "entrypoint", Usage: "images: override the entrypoint (space-separated)"},
+			&cli.StringFlag{Name: "workdir", Usage: "working directory inside the task"},
+			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "print the task ID and return"},
+			&cli.StringFlag{Name: "trust", Usage: "trust policy (YAML); default DATA/trust.yaml (a running node always uses its own)"},
+			&cli.BoolFlag{Name: "allow-rollback", Usage: "accept a version older than one already verified here"},
+			cgroupParentFlag, jsonFlag,
+		},
+		Action: func(c *cli.Context) error {
+			c, args, err := interspersed(c)
+			if err != nil {
+				return err
+			}
+			spec, err := taskSpec(c, args)
+			if err != nil {
+				return err
+			}
+			if cl, err := localapi.Dial(c.String("data")); err == nil {
+				if c.IsSet("trust") || c.Bool("allow-rollback") {
+					return usageErrorf("run: a node is running on %s and verifies with its own trust policy; --trust and --allow-rollback apply only without one", c.String("data"))
+				}
+				return runViaDaemon(c, cl, spec)
+			}
+			return withLauncher(c, nil, func(l *launcher.Launcher) error { return runDirect(c, l, spec) })
+		},
+	}
+}
+
+// interspersed lets flags follow the first argument, as in
+// `ballena run api@1.4.0 --memory 256MiB -- --port 8080`: urfave/cli stops
+// at the first argument, so the flags after it are parsed again here, on top
+// of those given before it. Flag parsing stops at the next plain argument
+// or at "--"; everything from there on is returned as arguments.
+func interspersed(c *cli.Context) (*cli.Context, []string, error) {
+	args := c.Args().Slice()
+	if len(args) < 2 {
+		return c, args, nil
+	}
+	rest, tail := args[1:], []string(nil)
+	if i := slices.Index(rest, "--"); i >= 0 {
+		rest, tail = rest[:i], rest[i+1:]
+	}
+	set := flag.NewFlagSet(c.Command.Name, flag.ContinueOnError)
+	set.SetOutput(io.Discard)
+	var early []string
+	for _, f := range c.Command.Flags {
+		if err := f.Apply(set); err != nil {
+			return nil, nil, err
+		}
+		name := f.Names()[0]
+		if !c.IsSet(name) {
+			continue
+		}
+		if _, ok := f.(*cli.StringSliceFlag); ok {
+			for _, v := range c.StringSlice(name) {
+				early = append(early, "--"+name+"="+v)
+			}
+			continue
+		}
+		early = append(early, "--"+name+"="+fmt.Sprint(c.Value(name)))
+	}
+	if err := set.Parse(append(early, rest...)); err != nil {
+		return nil, nil, usageErrorf("%s: %v", c.Command.Name, err)
+	}
+	nc := cli.NewContext(c.App, set, c.Lineage()[1])
+	nc.Command = c.Command
+	nc.Context = c.Context
+	return nc, append(append([]string{args[0]}, set.Args()...), tail...), nil
+}
+
+func taskSpec(c *cli.Context, args []string) (launcher.TaskSpec, error) {
+	if len(args) < 1 {
+		return launcher.TaskSpec{}, usageErrorf("run: which artifact? e.g. ballena run api@1.4.0")
+	}
+	spec := launcher.TaskSpec{
+		Artifact: args[0], Pids: c.Int64("pids"), Restart: launcher.RestartPolicy(c.String("restart")),
+		User: c.String("user"), Network: c.String("net"), Env: c.StringSlice("env"), WorkingDir: c.String("workdir"),
+	}
+	if _, err := artifact.ParseRef(spec.Artifact); err != nil {
+		return spec, withCode(exitUsage, err)
+	}
+	if len(args) > 1 {
+		spec.Args = args[1:]
+	}
+	if e := c.String("entrypoint"); e != "" {
+		spec.Entrypoint = strings.Fields(e)
+	}
+	var err error
+	if m := c.String("memory"); m != "" {
+		if spec.MemoryBytes, err = parseBytes(m); err != nil {
+			return spec, usageErrorf("--memory: %v", err)
+		}
+	}
+	if v := c.String("cpu"); v != "" {
+		if spec.CPUMillis, err = parseMillis(v); err != nil {
+			return spec, usageErrorf("--cpu: %v", err)
+		}
+	}
+	return spec, nil
+}
+
+// parseBytes reads sizes such as 256MiB, 256M, 1G, 1.5GiB or 1048576 (binary units).
+func parseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || f <= 0 {
+		return 0, fmt.Errorf("%q: want a size such as 256MiB or 1G", s)
+	}
+	mult := map[string]float64{"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+		"g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}[unit]
+	if mult == 0 {
+		return 0, fmt.Errorf("%q: unknown unit %q (use KiB, MiB, GiB)", s, unit)
+	}
+	return int64(f * mult), nil
+}
+
+// parseMillis reads CPU amounts: "500m" (thousandths) or "1.5" (CPUs).
+func parseMillis(s string) (int64, error) {
+	if m, ok := strings.CutSuffix(s, "m"); ok {
+		n, err := strconv.ParseInt(m, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, fmt.Errorf("%q: want e.g. 500m or 1.5", s)
+		}
+		return n, nil
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 {
+		return 0, fmt.Errorf("%q: want e.g. 500m or 1.5", s)
+	}
+	return int64(f * 1000), nil
+}
+
+func runViaDaemon(c *cli.Context, cl *localapi.Client, spec launcher.TaskSpec) error {
+	var t launcher.Task
+	if err := cl.Do(c.Context, http.MethodPost, "/v1/tasks", spec, &t); err != nil {
+		return fmt.Errorf("run %s: %w", spec.Artifact, err)
+	}
+	if c.Bool("detach") {
+		return printStarted(c, t)
+	}
+	stopped := make(chan struct{})
+	go func() { // ^C or SIGTERM: stop the task, then keep streaming its last words
+		select {
+		case <-c.Context.Done():
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_ = cl.Do(ctx, http.MethodPost, "/v1/tasks/"+t.ID+"/stop", launcher.StopRequest{Timeout: "10s"}, nil)
+		case <-stopped:
+		}
+	}()
+	defer close(stopped)
+	ctx, cancel := context.WithTimeout(context.Background(), 365*24*time.Hour)
+	defer cancel()
+	if resp, err := cl.Stream(ctx, http.MethodGet, "/v1/tasks/"+t.ID+"/logs?follow=1", nil); err == nil {
+		_, _ = io.Copy(os.Stdout, resp.Body)
+		resp.Body.Close()
+	}
+	if err := cl.Do(ctx, http.MethodGet, "/v1/tasks/"+t.ID+"/wait", nil, &t); err != nil {
+		return err
+	}
+	return taskExit(t)
+}
+
+func runDirect(c *cli.Context, l *launcher.Launcher, spec launcher.TaskSpec) error {
+	t, err := l.Start(c.Context, spec)
+	if err != nil {
+		return taskErr(err)
+	}
+	if c.Bool("detach") {
+		fmt.Fprintln(os.Stderr, "ballena: no node runs on this data dir: the task runs unsupervised (no restarts) until `ballena node` adopts it")
+		return printStarted(c, t)
+	}
+	bg := context.Background()
+	rc, err := l.Logs(bg, t.ID, true)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	copied := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(os.Stdout, rc)
+		close(copied)
+	}()
+	final := make(chan launcher.Task, 1)
+	go func() {
+		ft, _ := l.Wait(bg, t.ID)
+		final <- ft
+	}()
+	select {
+	case t = <-final:
+	case <-c.Context.Done():
+		ctx, cancel := context.WithTimeout(bg, 30*time.Second)
+		t, err = l.Stop(ctx, t.ID, syscall.SIGTERM, 10*time.Second)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	select {
+	case <-copied:
+	case <-time.After(5 * time.Second):
+	}
+	return taskExit(t)
+}
+
+func printStarted(c *cli.Context, t launcher.Task) error {
+	if c.Bool("json") {
+		return printJSON(os.Stdout, t)
+	}
+	fmt.Println(t.ID)
+	return nil
+}
+
+// taskExit turns a finished task into ballena's exit: the task's own code,
+// 128+signal, or 137 with a message for an OOM kill.
+func taskExit(t launcher.Task) error {
+	x := t.Exit
+	switch {
+	case t.State == launcher.StateFailed:
+		msg := "task failed"
+		if x != nil && x.Message != "" {
+			msg = x.Message
+		}
+		return fmt.Errorf("task %s: %s", t.ID, msg)
+	case x == nil:
+		return nil
+	case x.OOM:
+		return withCode(137, fmt.Errorf("task %s was killed: out of memory (limit %s); raise --memory", t.ID, memSize(t.Spec.MemoryBytes)))
+	case x.Code < 0:
+		return fmt.Errorf("task %s: %s", t.ID, x.Message)
+	case x.Code != 0:
+		return withCode(x.Code, fmt.Errorf("task %s: %s", t.ID, x))
+	}
+	return nil
+}
+
+func memSize(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", n>>30)
+	case n >= 1<<20:
+		return fmt.Sprintf("%.0fMiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.0fKiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+func psCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "ps",
+		Usage:     "list tasks: state, pid, uptime, restarts, CPU and memory used",
+		UsageText: "ballena ps\nballena ps --all --json",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include finished tasks"}, cgroupParentFlag, jsonFlag},
+		Action: func(c *cli.Context) error {
+			var ts []launcher.Task
+			err := withLauncher(c, func(cl *localapi.Client) error {
+				return cl.Do(c.Context, http.MethodGet, "/v1/tasks", nil, &ts)
+			}, func(l *launcher.Launcher) error {
+				ts = l.List()
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if !c.Bool("all") {
+				live := ts[:0]
+				for _, t := range ts {
+					if !t.State.Final() {
+						live = append(live, t)
+					}
+				}
+				ts = live
+			}
+			if c.Bool("json") {
+				return printJSON(os.Stdout, ts)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "ID\tARTIFACT\tSTATE\tPID\tUPTIME\tRESTARTS\tCPU\tMEMORY")
+			for _, t := range ts {
+				state, pid, up, cpu, mem := string(t.State), "-", "-", "-", "-"
+				if t.State.Final() && t.Exit != nil && !t.Exit.OOM && t.Exit.Code >= 0 {
+					state = fmt.Sprintf("%s (%d)", t.State, t.Exit.Code)
+				}
+				if t.State == launcher.StateRunning {
+					pid = strconv.Itoa(t.PID)
+					up = time.Since(t.StartedAt).Round(time.Second).String()
+				}
+				if t.Usage != nil {
+					cpu = fmt.Sprintf("%.2fs", t.Usage.CPUSeconds)
+					mem = fmt.Sprintf("%s / %s", memSize(t.Usage.MemoryBytes), memSize(t.Spec.MemoryBytes))
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", t.ID, t.Spec.Artifact, state, pid, up, t.Restarts, cpu, mem)
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func logsCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "logs",
+		Usage:     "print a task's stdout and stderr",
+		UsageText: "ballena logs 3f2a9c\nballena logs -f 3f2a9c",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing until the task ends or ^C"}, cgroupParentFlag},
+		Action: func(c *cli.Context) error {
+			c, args, err := interspersed(c)
+			if err != nil {
+				return err
+			}
+			if len(args) != 1 {
+				return usageErrorf("logs: which task? e.g. ballena logs 3f2a9c (see ballena ps)")
+			}
+			id := args[0]
+			return withLauncher(c, func(cl *localapi.Client) error {
+				q := ""
+				if c.Bool("follow") {
+					q = "?follow=1"
+				}
+				resp, err := cl.Stream(c.Context, http.MethodGet, "/v1/tasks/"+url.PathEscape(id)+"/logs"+q, nil)
+				if err != nil {
+					return err
+				}
+				defer resp.Body.Close()
+				_, err = io.Copy(os.Stdout, resp.Body)
+				if c.Context.Err() != nil {
+					return nil
+				}
+				return err
+			}, func(l *launcher.Launcher) error {
+				rc, err := l.Logs(c.Context, id, c.Bool("follow"))
+				if err != nil {
+					return taskErr(err)
+				}
+				defer rc.Close()
+				_, err = io.Copy(os.Stdout, rc)
+				return err
+			})
+		},
+	}
+}
+
+func stopCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "stop",
+		Usage:     "stop a task: signal, grace period, then SIGKILL of everything in its cgroup",
+		UsageText: "ballena stop 3f2a9c\nballena stop --timeout 30s --signal SIGINT 3f2a9c",
+		Flags: []cli.Flag{
+			&cli.DurationFlag{Name: "timeout", Aliases: []string{"t"}, Value: 10 * time.Second, Usage: "grace period before SIGKILL"},
+			&cli.StringFlag{Name: "signal", Aliases: []string{"s"}, Value: "SIGTERM", Usage: "first signal"},
+			cgroupParentFlag, jsonFlag,
+		},
+		Action: func(c *cli.Context) error {
+			c, args, err := interspersed(c)
+			if err != nil {
+				return err
+			}
+			if len(args) != 1 {
+				return usageErrorf("stop: which task? e.g. ballena stop 3f2a9c (see ballena ps)")
+			}
+			id := args[0]
+			req := launcher.StopRequest{Signal: c.String("signal"), Timeout: c.Duration("timeout").String()}
+			sig, err := launcher.ParseSignal(req.Signal)
+			if err != nil {
+				return usageErrorf("--signal: %v", err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), c.Duration("timeout")+30*time.Second)
+			defer cancel()
+			var t launcher.Task
+			err = withLauncher(c, func(cl *localapi.Client) error {
+				return cl.Do(ctx, http.MethodPost, "/v1/tasks/"+url.PathEscape(id)+"/stop", req, &t)
+			}, func(l *launcher.Launcher) error {
+				var err error
+				t, err = l.Stop(ctx, id, sig, c.Duration("timeout"))
+				return taskErr(err)
+			})
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(os.Stdout, t)
+			}
+			fmt.Printf("%s %s (%s)\n", t.ID, t.State, t.Exit)
+			return nil
+		},
+	}
+}
