@@ -1,0 +1,117 @@
+package swarm
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"ballena.dev/artifact"
+)
+
+var _ BlobStore = (*artifact.Store)(nil)
+
+// TestDownloadOverLibp2p moves a blob between two engines that have no plain TCP
+// at all: the peer wire can only have run over libp2p streams.
+func TestDownloadOverLibp2p(t *testing.T) {
+	seed := newTestEngine(t, EngineConfig{})
+	leech := newTestEngine(t, EngineConfig{StallTimeout: 20 * time.Second})
+	rel := publish(t, seed.store, 6<<20+12345)
+	if err := seed.Seed(context.Background(), rel); err != nil {
+		t.Fatal(err)
+	}
+	introduce(leech.h, addrInfo(seed.h))
+	leech.AddPeers(rel.InfoHash, []peer.ID{seed.h.ID()})
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var last Progress
+	if err := leech.Download(ctx, rel, func(p Progress) { last = p }); err != nil {
+		t.Fatal(err)
+	}
+	checkBlob(t, leech.store, rel.Digest)
+	if last.Have != rel.Size {
+		t.Errorf("last progress has %d of %d bytes", last.Have, rel.Size)
+	}
+	// Still seeding after the download: a third node fetches from the leecher alone.
+	seed.Drop(rel.Digest)
+	third := newTestEngine(t, EngineConfig{StallTimeout: 20 * time.Second})
+	introduce(third.h, addrInfo(leech.h))
+	third.AddPeers(rel.InfoHash, []peer.ID{leech.h.ID()})
+	if err := third.Download(ctx, rel, nil); err != nil {
+		t.Fatalf("fetch from a node that downloaded it: %v", err)
+	}
+	checkBlob(t, third.store, rel.Digest)
+	var up int64
+	for _, ts := range leech.Transfers() {
+		if ts.Digest == rel.Digest {
+			up = ts.BytesUploaded
+			if !ts.Seeding {
+				t.Error("leecher is not seeding after its download")
+			}
+		}
+	}
+	if up < rel.Size {
+		t.Errorf("leecher uploaded %d bytes, want at least %d", up, rel.Size)
+	}
+	if _, err := os.Stat(leech.stagingDir(rel.Digest)); err != nil {
+		t.Errorf("staging gone while seeding from it: %v", err)
+	}
+	if err := leech.Drop(rel.Digest); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(leech.stagingDir(rel.Digest)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("staging left after Drop: %v", err)
+	}
+	checkBlob(t, leech.store, rel.Digest)
+}
+
+// TestNobodyHolds fails after the stall timeout with ErrUnavailable and leaves
+// nothing behind.
+func TestNobodyHolds(t *testing.T) {
+	src := newTestEngine(t, EngineConfig{})
+	rel := publish(t, src.store, 1<<20)
+	e := newTestEngine(t, EngineConfig{StallTimeout: 2 * time.Second})
+	start := time.Now()
+	err := e.Download(context.Background(), rel, nil)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("got %v, want ErrUnavailable", err)
+	}
+	t.Logf("failed after %s: %v", time.Since(start).Round(time.Millisecond), err)
+	if e.store.HasBlob(rel.Digest) {
+		t.Error("blob in store")
+	}
+	ents, _ := os.ReadDir(e.store.TempDir())
+	for _, ent := range ents {
+		t.Errorf("left behind in temp dir: %s", ent.Name())
+	}
+	if len(e.Transfers()) != 0 {
+		t.Errorf("transfers left: %+v", e.Transfers())
+	}
+}
+
+// TestWrongInfo refuses a release whose torrent does not describe its blob.
+func TestCheckInfo(t *testing.T) {
+	s := newDirStore(t, t.TempDir())
+	rel := publish(t, s, 300<<10)
+	info, err := artifact.TorrentInfo(s.BlobPath(rel.Digest), rel.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkInfo(&info, rel); err != nil {
+		t.Fatal(err)
+	}
+	bad := rel
+	bad.Size++
+	if checkInfo(&info, bad) == nil {
+		t.Error("size mismatch accepted")
+	}
+	bad = rel
+	bad.Digest = "00" + rel.Digest[2:]
+	if checkInfo(&info, bad) == nil {
+		t.Error("name mismatch accepted")
+	}
+}
