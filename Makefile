@@ -4,7 +4,7 @@ BIN     := bin/ballena
 PKGS    := ./...
 export CGO_ENABLED := 0
 
-.PHONY: build test test-short fuzz-seeds demo clean bench bench-verify
+.PHONY: build test test-short fuzz-seeds demo clean bench bench-verify bench-launch
 
 build: ## static binary at bin/ballena
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN) ./cmd/ballena
@@ -35,6 +35,9 @@ demo: build ## build, make a key, publish the sample whale, verify it
 
 bench-verify: ## sha256 + signature verification throughput on a 1 GiB blob
 	$(GO) test -run '^$$' -bench BenchmarkVerify1GiB -benchtime 3x ./artifact/
+
+bench-launch: ## launch latency p50/p99 of a whale (200 launches) beside runc run of the same binary; root
+	$(GO) test -run '^$$' -bench BenchmarkLaunch -benchtime 1x -timeout 30m ./launcher/
 
 clean:
 	rm -rf bin .demo

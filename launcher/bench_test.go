@@ -1,0 +1,102 @@
+package launcher
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const benchLaunches = 200
+
+// BenchmarkLaunch measures launch latency of a whale, from Start (verified
+// artifact already in the store: re-hash, signature check, cgroup, shim,
+// namespaces, exec) to the process running in its cgroup, beside `runc run
+// --detach` of the same binary in a bundle with the same limits, measured in
+// the same run. Run with -benchtime=1x: each iteration launches 200 of each.
+func BenchmarkLaunch(b *testing.B) {
+	requireRunc(b)
+	e := newEnv(b, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil)) })
+	ref := e.publishTask()
+	spec := TaskSpec{Artifact: ref, Args: []string{"serve"}, MemoryBytes: 64 << 20, CPUMillis: 500, Pids: 64}
+	ctx := context.Background()
+
+	// The runc bundle: the same binary, limits and namespaces.
+	bundle := filepath.Join(e.dir, "runc-bundle")
+	rootfs := filepath.Join(bundle, "rootfs")
+	for _, d := range []string{"proc", "dev", "sys", "tmp", "run"} {
+		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if out, err := exec.Command("cp", taskBinary(b), filepath.Join(rootfs, "task")).CombinedOutput(); err != nil {
+		b.Fatalf("cp: %v %s", err, out)
+	}
+	runcRoot := filepath.Join(e.dir, "runc-root")
+	devnull, _ := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	defer devnull.Close()
+	runcLaunch := func(i int) time.Duration {
+		id := fmt.Sprintf("bench-%d", i)
+		t := Task{ID: id, Spec: spec, Cgroup: "/" + e.parent + "/" + id}
+		t.Spec.User, t.Spec.Network = "65534:65534", "host"
+		cfg, _ := json.Marshal(ociSpec(t, rootfs, []string{"/task", "serve"}, []string{"PATH=/"}, "/", 65534, 65534, "task"))
+		if err := os.WriteFile(filepath.Join(bundle, "config.json"), cfg, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		cmd := exec.Command("runc", "--root", runcRoot, "run", "--detach", "--bundle", bundle, id)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+		t0 := time.Now()
+		err := cmd.Run()
+		d := time.Since(t0)
+		if err != nil {
+			b.Fatalf("runc run: %v", err)
+		}
+		_ = exec.Command("runc", "--root", runcRoot, "delete", "--force", id).Run()
+		return d
+	}
+	whaleLaunch := func() time.Duration {
+		t0 := time.Now()
+		tk, err := e.l.Start(ctx, spec)
+		d := time.Since(t0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.l.Stop(ctx, tk.ID, syscall.SIGKILL, 0); err != nil {
+			b.Fatal(err)
+		}
+		if err := e.l.Remove(tk.ID); err != nil {
+			b.Fatal(err)
+		}
+		return d
+	}
+	whaleLaunch() // stage the executable copy, warm caches
+	runcLaunch(-1)
+
+	var whale, runc []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		for i := range benchLaunches { // interleaved, so both see the same machine
+			whale = append(whale, whaleLaunch())
+			runc = append(runc, runcLaunch(i))
+		}
+	}
+	b.StopTimer()
+	ms := func(ds []time.Duration, q float64) float64 {
+		s := slices.Clone(ds)
+		slices.Sort(s)
+		return float64(s[min(len(s)-1, int(q*float64(len(s))))].Microseconds()) / 1000
+	}
+	b.ReportMetric(ms(whale, 0.50), "p50-ms")
+	b.ReportMetric(ms(whale, 0.99), "p99-ms")
+	b.ReportMetric(ms(runc, 0.50), "runc-p50-ms")
+	b.ReportMetric(ms(runc, 0.99), "runc-p99-ms")
+	b.ReportMetric(0, "ns/op")
+}
