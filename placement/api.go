@@ -72,6 +72,7 @@ type TaskStatus struct {
 	ExitCode     *int   `json:"exit_code,omitempty"`
 	OOMKilled    bool   `json:"oom_killed,omitempty"`
 	Reason       string `json:"reason,omitempty"`
+	Message      string `json:"message,omitempty"` // the launcher's last word, e.g. why verification refused
 }
 
 // NodeInfo is one machine as `ballena nodes` shows it.

@@ -196,7 +196,7 @@ func (c *Cell) jobStatus(name string) (*JobStatus, error) {
 		ts := TaskStatus{Index: t.Index, State: t.State, Reason: t.Reason}
 		if a := c.allocs[t.AllocID]; a != nil {
 			ts.AllocID, ts.NodeID, ts.Version, ts.Desired, ts.ClientStatus = a.ID, a.NodeID, a.JobVersion, a.DesiredStatus, a.ClientStatus
-			ts.ExitCode, ts.OOMKilled = a.ExitCode, a.OOMKilled
+			ts.ExitCode, ts.OOMKilled, ts.Message = a.ExitCode, a.OOMKilled, a.Message
 			if a.DesiredStatus == DesiredStop && ts.Reason == "" {
 				ts.Reason = a.DesiredDescription
 			}

@@ -1,0 +1,164 @@
+package launcher
+
+import (
+	"context"
+	"crypto/ed25519"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"ballena.dev/artifact"
+	"ballena.dev/placement"
+)
+
+// agentCell is a real placement server on loopback and one machine's agent
+// driving a real launcher, as `ballena node --server` wires them.
+type agentCell struct {
+	env   *testEnv
+	admin *placement.Client
+	srv   *placement.Server
+}
+
+func newAgentCell(t *testing.T) *agentCell {
+	t.Helper()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	env := newEnv(t, nil)
+	srv, err := placement.Open(placement.Options{Dir: t.TempDir(), AdminToken: "admin", JoinToken: "join", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: srv.Handler()}
+	go hs.Serve(ln)
+	url := "http://" + ln.Addr().String()
+	admin, err := placement.NewClient(url, "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, key, _ := ed25519.GenerateKey(nil)
+	nc, err := placement.NewNodeClient(url, "join", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ag := NewAgent(AgentConfig{
+		Placement: nc, Launcher: env.l, Logger: quiet,
+		// The artifact is already in this machine's store; the swarm's fetch is
+		// tested in swarm and end to end in cmd/ballena.
+		Fetch: func(ctx context.Context, ref artifact.Ref) error {
+			_, _, err := env.store.Release(ref)
+			return err
+		},
+		Holdings:  func() []string { return nil },
+		Capacity:  placement.Resources{CPU: 2000, Memory: 4 << 30, PIDs: 4096},
+		Labels:    map[string]string{"rack": "r1"},
+		StopGrace: 5 * time.Second,
+	})
+	env.l.cfg.OnEvent = ag.Observe
+	done := make(chan struct{})
+	go func() { ag.Run(ctx); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		hs.Close()
+		srv.Close()
+	})
+	return &agentCell{env: env, admin: admin, srv: srv}
+}
+
+// waitJob polls the job's status until ok says so; the server's state is the
+// event here, and every poll is a real API read.
+func (c *agentCell) waitJob(t *testing.T, name string, ok func(*placement.JobStatus) bool) *placement.JobStatus {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := c.admin.JobStatus(context.Background(), name)
+		if err == nil && ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s did not converge: %+v (err %v)", name, st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func submit(t *testing.T, c *agentCell, yaml string) {
+	t.Helper()
+	job, err := placement.ParseJob("job.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.admin.SubmitJob(context.Background(), job); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func running(n int) func(*placement.JobStatus) bool {
+	return func(st *placement.JobStatus) bool { return st.Summary["running"] == n }
+}
+
+func TestAgentRunsAssignedTasks(t *testing.T) {
+	c := newAgentCell(t)
+	c.env.publishTask()
+	submit(t, c, "name: svc\nartifact: task@1.0.0\ncount: 2\nresources: {cpu: 100m, memory: 64MiB, pids: 64}\npriority: prod\nargs: [serve]\n")
+	c.waitJob(t, "svc", running(2))
+	live := 0
+	for _, tk := range c.env.l.List() {
+		if tk.State == StateRunning && tk.Spec.Labels[allocLabel] != "" {
+			live++
+			if tk.Spec.MemoryBytes != 64<<20 || tk.Spec.CPUMillis != 100 {
+				t.Errorf("task %s limits %d/%d, want the job's", tk.ID, tk.Spec.MemoryBytes, tk.Spec.CPUMillis)
+			}
+		}
+	}
+	if live != 2 {
+		t.Fatalf("%d tasks run on the machine, want 2", live)
+	}
+
+	if _, err := c.admin.StopJob(context.Background(), "svc"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n := 0
+		for _, tk := range c.env.l.List() {
+			if !tk.State.Final() {
+				n++
+			}
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d tasks still run after job stop", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestAgentRefusesUnverifiedAndReportsWhy(t *testing.T) {
+	c := newAgentCell(t)
+	c.env.publishTask()
+	c.env.writePolicy("keys:\n  - path: release.pub\n    names: [\"other-*\"]\n")
+	submit(t, c, "name: svc\nartifact: task@1.0.0\ncount: 1\nresources: {cpu: 100m, memory: 64MiB}\npriority: prod\nargs: [serve]\n")
+	st := c.waitJob(t, "svc", func(st *placement.JobStatus) bool {
+		for _, ts := range st.Tasks {
+			if strings.Contains(ts.Message, "may not sign") {
+				return true
+			}
+		}
+		return false
+	})
+	for _, tk := range c.env.l.List() {
+		t.Errorf("a task was created despite the refusal: %+v", tk)
+	}
+	_ = st
+}
