@@ -321,6 +321,8 @@ func (a *Agent) attempt(ctx context.Context, al *placement.Alloc) (Task, error) 
 	spec := TaskSpec{Artifact: al.Artifact, Args: al.Args, MemoryBytes: al.Resources.Memory,
 		CPUMillis: al.Resources.CPU, Pids: al.Resources.PIDs, Restart: RestartPolicy(al.Restart),
 		Hostname: al.Name(), Labels: map[string]string{allocLabel: al.ID, "ballena.job": al.Job}}
+	// Like NOMAD_ALLOC_INDEX: lets copies of a task on one machine pick distinct ports.
+	spec.Env = append(spec.Env, fmt.Sprintf("BALLENA_TASK_INDEX=%d", al.TaskIndex), "BALLENA_JOB="+al.Job, "BALLENA_ALLOC_ID="+al.ID)
 	for k, v := range al.Env {
 		spec.Env = append(spec.Env, k+"="+v)
 	}
