@@ -46,6 +46,7 @@ type Cell struct {
 type nodeState struct {
 	*Node
 	slot       int
+	free       Resources // Capacity - used, kept beside the index for a cheap first check
 	used       Resources
 	batchUsed  Resources
 	live       map[string]*Alloc // holding resources
@@ -59,7 +60,7 @@ type nodeState struct {
 
 func (n *nodeState) schedulable() bool { return n.Status == NodeReady && !n.Drain }
 
-func (n *nodeState) freeRes() Resources { return n.Capacity.Sub(n.used) }
+func (n *nodeState) freeRes() Resources { return n.free }
 
 type jobState struct {
 	*Job
@@ -106,7 +107,7 @@ func NewCell(batchShare float64, now func() time.Time, seed uint64) *Cell {
 		holders:     map[string][]int{},
 		pending:     map[string]bool{},
 		dirty:       map[string]bool{},
-		free:        newFreeIndex(32),
+		free:        newFreeIndex(),
 		now:         now,
 		rng:         rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		k:           8,
@@ -193,6 +194,7 @@ func (c *Cell) unindexNode(n *nodeState) {
 }
 
 func (c *Cell) indexNode(n *nodeState) {
+	n.free = n.Capacity.Sub(n.used)
 	if n.Status == NodeReady {
 		c.capacity = c.capacity.Add(n.Capacity)
 		for k, v := range n.Labels {
@@ -294,6 +296,7 @@ func (c *Cell) account(a *Alloc, sign int) {
 	}
 	if n != nil {
 		n.used = n.used.Add(r)
+		n.free = n.Capacity.Sub(n.used)
 		if a.Band == BandBatch {
 			n.batchUsed = n.batchUsed.Add(r)
 		}
@@ -371,11 +374,17 @@ type freeIndex struct {
 	maxCPU int64
 	maxMem int64
 	cells  [][]int32
+	rows   []uint64 // bit j of rows[i]: cell (i, j) is not empty
 }
 
-func newFreeIndex(g int) freeIndex {
-	return freeIndex{g: g, maxCPU: 1, maxMem: 1, cells: make([][]int32, g*g)}
+// freeGrid is the grid's side; 64 so that a row's occupancy is one word.
+const freeGrid = 64
+
+func newFreeIndex() freeIndex {
+	return freeIndex{g: freeGrid, maxCPU: 1, maxMem: 1, cells: make([][]int32, freeGrid*freeGrid), rows: make([]uint64, freeGrid)}
 }
+
+func (f *freeIndex) occupied(i, j int) bool { return f.rows[i]&(1<<uint(j)) != 0 }
 
 func (f *freeIndex) fits(capacity Resources) bool {
 	return capacity.CPU <= f.maxCPU && capacity.Memory <= f.maxMem
@@ -400,6 +409,7 @@ func (f *freeIndex) insert(c *Cell, n *nodeState) {
 	k := f.key(n.freeRes())
 	n.fcell, n.fpos = k, len(f.cells[k])
 	f.cells[k] = append(f.cells[k], int32(n.slot))
+	f.rows[k/f.g] |= 1 << uint(k%f.g)
 }
 
 func (f *freeIndex) remove(c *Cell, n *nodeState) {
@@ -411,6 +421,9 @@ func (f *freeIndex) remove(c *Cell, n *nodeState) {
 	cell[n.fpos] = last
 	c.nodes[last].fpos = n.fpos
 	f.cells[n.fcell] = cell[:len(cell)-1]
+	if len(cell) == 1 {
+		f.rows[n.fcell/f.g] &^= 1 << uint(n.fcell%f.g)
+	}
 	n.fcell = -1
 }
 
@@ -430,6 +443,7 @@ func (f *freeIndex) rebuild(c *Cell, capacity Resources) {
 	for i := range f.cells {
 		f.cells[i] = f.cells[i][:0]
 	}
+	clear(f.rows)
 	for _, n := range c.nodes {
 		if n.fcell >= 0 {
 			n.fcell = -1

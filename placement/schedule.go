@@ -75,6 +75,7 @@ func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
 			c.markPending(js, t, why, ev)
 			continue
 		}
+		rc := c.roomChanged // room freed by preemption is the preemptor's
 		for _, v := range victims {
 			c.setDesired(v, DesiredStop, fmt.Sprintf("preempted by %s[%d]", name, p.index))
 			if vj := c.jobs[v.Job]; vj != nil {
@@ -89,6 +90,7 @@ func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
 			}
 			ev.Preempted++
 		}
+		c.roomChanged = rc
 		if p.replaces != nil && p.replaces.DesiredStatus == DesiredRun {
 			c.setDesired(p.replaces, DesiredStop, "replaced")
 		}
@@ -179,11 +181,21 @@ func (c *Cell) candidates(js *jobState, out []*nodeState) []*nodeState {
 	}
 	want = min(want, cap(out)-4)
 	bc, bm := f.q(js.Resources.CPU, f.maxCPU), f.q(js.Resources.Memory, f.maxMem)
+	// Rows (cpu buckets) with any machine at or past the memory bucket.
+	var live []int
+	for i := bc; i < g; i++ {
+		if f.rows[i]>>uint(bm) != 0 {
+			live = append(live, i)
+		}
+	}
 walk:
-	for d := 0; d <= 2*(g-1); d++ {
-		for i := bc; i < g && i-bc <= d; i++ {
+	for d := 0; d <= 2*(g-1) && len(live) > 0; d++ {
+		for _, i := range live {
+			if i-bc > d {
+				break
+			}
 			j := bm + d - (i - bc)
-			if j >= g {
+			if j >= g || !f.occupied(i, j) {
 				continue
 			}
 			cell := f.cells[i*g+j]
@@ -194,7 +206,7 @@ walk:
 			start := c.rng.IntN(n)
 			for t := 0; t < n; t++ {
 				ns := c.nodes[cell[(start+t)%n]]
-				if feasible(ns, js) {
+				if js.Resources.CPU <= ns.free.CPU && js.Resources.Memory <= ns.free.Memory && feasible(ns, js) {
 					out = append(out, ns)
 					if len(out) >= want {
 						break walk
@@ -229,15 +241,22 @@ func containsNode(list []*nodeState, n *nodeState) bool {
 	return false
 }
 
-// preemptFor finds the machine where evicting batch allocations makes room for a
-// prod task at the least cost (the smallest share of the machine evicted, then
-// the fewest tasks). Prod is never evicted.
+// preemptFor finds a machine where evicting batch allocations makes room for a
+// prod task: among the first k machines where that works, from a random start,
+// the one losing the least (smallest share of the machine evicted, then fewest
+// tasks). Prod is never evicted.
 func (c *Cell) preemptFor(js *jobState) (*nodeState, []*Alloc) {
 	r := js.Resources
 	var best *nodeState
 	var bestVictims []*Alloc
 	bestCost := 0.0
-	for _, n := range c.nodes {
+	viable := 0
+	start := 0
+	if len(c.nodes) > 0 {
+		start = c.rng.IntN(len(c.nodes))
+	}
+	for t := 0; t < len(c.nodes) && viable < c.k; t++ {
+		n := c.nodes[(start+t)%len(c.nodes)]
 		if !n.schedulable() || n.batchUsed.CPU == 0 && n.batchUsed.Memory == 0 ||
 			!constraintsHold(n, js) || js.DistinctHosts && n.jobCount[js.Name] > 0 {
 			continue
@@ -283,6 +302,7 @@ func (c *Cell) preemptFor(js *jobState) (*nodeState, []*Alloc) {
 				victims = append(victims[:i], victims[i+1:]...)
 			}
 		}
+		viable++
 		if best == nil || cost < bestCost || cost == bestCost && len(victims) < len(bestVictims) {
 			best, bestVictims, bestCost = n, victims, cost
 		}

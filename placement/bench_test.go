@@ -1,0 +1,212 @@
+package placement
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"testing"
+	"time"
+)
+
+// The benchmark runs the scheduler in memory (a Cell, as the server holds it)
+// without badger or HTTP: it measures placement decisions, not disk syncs.
+
+type benchMachine struct {
+	cap    Resources
+	labels map[string]string
+}
+
+type benchJob struct {
+	job *Job
+}
+
+func benchCluster(seed uint64, machines, jobs, tasksPerJob int) ([]benchMachine, []*Job) {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	shapes := []struct {
+		share float64
+		cpu   int64
+		mem   int64
+	}{
+		{0.4, 16000, 64 * gib},
+		{0.3, 32000, 128 * gib},
+		{0.2, 8000, 64 * gib},  // memory-heavy
+		{0.1, 48000, 96 * gib}, // cpu-heavy
+	}
+	ms := make([]benchMachine, machines)
+	for i := range ms {
+		x := rng.Float64()
+		s := shapes[len(shapes)-1]
+		for _, sh := range shapes {
+			if x < sh.share {
+				s = sh
+				break
+			}
+			x -= sh.share
+		}
+		ms[i] = benchMachine{cap: Resources{CPU: s.cpu, Memory: s.mem},
+			labels: map[string]string{"rack": fmt.Sprintf("r%03d", i/50), "zone": fmt.Sprintf("z%d", i%4)}}
+	}
+	cpus := []int64{250, 500, 1000, 2000, 4000, 8000}
+	mems := []int64{512 << 20, 1 * gib, 2 * gib, 4 * gib, 8 * gib, 16 * gib, 32 * gib}
+	js := make([]*Job, jobs)
+	for i := range js {
+		// Correlated sizes: cpu and memory indexes stay close, with some skew.
+		ci := rng.IntN(len(cpus))
+		mi := min(max(ci+rng.IntN(3)-1+rng.IntN(2), 0), len(mems)-1)
+		j := &Job{Name: fmt.Sprintf("job-%04d", i), Artifact: fmt.Sprintf("app%d@1.0.0", i%50), Count: tasksPerJob,
+			Resources: Resources{CPU: cpus[ci], Memory: mems[mi]}, Priority: BandProd}
+		if rng.Float64() < 0.25 {
+			j.Priority = BandBatch
+		}
+		switch r := rng.Float64(); {
+		case r < 0.2:
+			j.Spread = "rack"
+		case r < 0.3:
+			j.Constraints = []Constraint{{Label: "zone", Op: OpIn, Values: []string{"z0", "z1", "z2"}}}
+		}
+		js[i] = j
+	}
+	return ms, js
+}
+
+type benchResult struct {
+	placed             int
+	elapsed            time.Duration
+	memUtil, cpuUtil   float64 // when the first task did not fit
+	finalMem, finalCPU float64
+	preempted          int
+}
+
+func runScheduler(ms []benchMachine, jobs []*Job) benchResult {
+	c := NewCell(DefaultBatchShare, nil, 42)
+	for i, m := range ms {
+		c.index++
+		c.registerNode(fmt.Sprintf("m%05d", i), &NodeRegistration{Capacity: m.cap, Labels: m.labels})
+	}
+	var res benchResult
+	first := true
+	start := time.Now()
+	for _, j0 := range jobs {
+		j := *j0
+		c.index++
+		j.Version, j.CreateIndex = 1, c.index
+		c.putJob(&j)
+		ev := c.evaluate(j.Name, "job-register")
+		res.placed += ev.Placed
+		res.preempted += ev.Preempted
+		if first {
+			for _, p := range ev.Pending {
+				if len(p.Reason) >= 11 && p.Reason[:11] == "batch share" {
+					continue
+				}
+				first = false
+				res.memUtil = float64(c.used.Memory) / float64(c.capacity.Memory)
+				res.cpuUtil = float64(c.used.CPU) / float64(c.capacity.CPU)
+				break
+			}
+		}
+		for _, e := range c.retryPending("job-register") {
+			res.placed += e.Placed
+		}
+	}
+	res.elapsed = time.Since(start)
+	res.finalMem = float64(c.used.Memory) / float64(c.capacity.Memory)
+	res.finalCPU = float64(c.used.CPU) / float64(c.capacity.CPU)
+	return res
+}
+
+// firstFitDecreasing is the offline baseline: every task known up front, sorted by
+// size (its larger share of the average machine), each put on the first machine
+// that holds it. A max-tree over free cpu and memory prunes the search; constraints
+// are honoured, spread and the batch share are not.
+func firstFitDecreasing(ms []benchMachine, jobs []*Job) (memUtil, cpuUtil float64) {
+	var capSum Resources
+	for _, m := range ms {
+		capSum = capSum.Add(m.cap)
+	}
+	avgC, avgM := float64(capSum.CPU)/float64(len(ms)), float64(capSum.Memory)/float64(len(ms))
+	type task struct{ j *Job }
+	tasks := make([]*Job, 0, len(jobs)*100)
+	for _, j := range jobs {
+		for range j.Count {
+			tasks = append(tasks, j)
+		}
+	}
+	size := func(j *Job) float64 {
+		return max(float64(j.Resources.CPU)/avgC, float64(j.Resources.Memory)/avgM)
+	}
+	sort.SliceStable(tasks, func(a, b int) bool { return size(tasks[a]) > size(tasks[b]) })
+
+	n := 1
+	for n < len(ms) {
+		n *= 2
+	}
+	free := make([]Resources, len(ms))
+	maxC := make([]int64, 2*n)
+	maxM := make([]int64, 2*n)
+	for i, m := range ms {
+		free[i] = m.cap
+		maxC[n+i], maxM[n+i] = m.cap.CPU, m.cap.Memory
+	}
+	for i := n - 1; i >= 1; i-- {
+		maxC[i], maxM[i] = max(maxC[2*i], maxC[2*i+1]), max(maxM[2*i], maxM[2*i+1])
+	}
+	var used Resources
+	var find func(node int, j *Job) int
+	find = func(node int, j *Job) int {
+		if maxC[node] < j.Resources.CPU || maxM[node] < j.Resources.Memory {
+			return -1
+		}
+		if node >= n {
+			i := node - n
+			if i >= len(ms) || !j.Resources.Fits(free[i]) {
+				return -1
+			}
+			for _, c := range j.Constraints {
+				if !c.holds(ms[i].labels) {
+					return -1
+				}
+			}
+			return i
+		}
+		if i := find(2*node, j); i >= 0 {
+			return i
+		}
+		return find(2*node+1, j)
+	}
+	for _, j := range tasks {
+		i := find(1, j)
+		if i < 0 {
+			break
+		}
+		free[i] = free[i].Sub(j.Resources)
+		used = used.Add(j.Resources)
+		node := n + i
+		maxC[node], maxM[node] = free[i].CPU, free[i].Memory
+		for node /= 2; node >= 1; node /= 2 {
+			maxC[node], maxM[node] = max(maxC[2*node], maxC[2*node+1]), max(maxM[2*node], maxM[2*node+1])
+		}
+	}
+	return float64(used.Memory) / float64(capSum.Memory), float64(used.CPU) / float64(capSum.CPU)
+}
+
+// BenchmarkPlace100kOn10k places 1,000 jobs x 100 tasks (mixed sizes, 25% batch
+// jobs, some spread over racks, some constrained to zones) on 10,000 machines.
+func BenchmarkPlace100kOn10k(b *testing.B) {
+	ms, jobs := benchCluster(7, 10000, 1000, 100)
+	ffdMem, ffdCPU := firstFitDecreasing(ms, jobs)
+	b.ResetTimer()
+	var res benchResult
+	for range b.N {
+		res = runScheduler(ms, jobs)
+	}
+	b.ReportMetric(float64(res.placed)/res.elapsed.Seconds(), "placements/s")
+	b.ReportMetric(res.memUtil, "mem-util")
+	b.ReportMetric(res.cpuUtil, "cpu-util")
+	b.ReportMetric(ffdMem, "ffd-mem-util")
+	b.ReportMetric(ffdCPU, "ffd-cpu-util")
+	b.ReportMetric(res.finalMem, "final-mem-util")
+	b.ReportMetric(res.finalCPU, "final-cpu-util")
+	b.ReportMetric(float64(res.placed), "placed")
+	b.ReportMetric(float64(res.preempted), "preempted")
+}
