@@ -33,7 +33,6 @@ type Holdings func() []string
 // AgentConfig configures an Agent.
 type AgentConfig struct {
 	Placement Placement
-	Launcher  *Launcher
 	Fetch     func(ctx context.Context, ref artifact.Ref) error // brings the artifact into the store
 	Holdings  Holdings
 	Addrs     []string
@@ -50,6 +49,7 @@ type AgentConfig struct {
 type Agent struct {
 	cfg AgentConfig
 	log *slog.Logger
+	l   *Launcher // set by Run
 
 	mu       sync.Mutex
 	want     map[string]bool // alloc IDs the server wants running here, as of the last watch
@@ -57,8 +57,8 @@ type Agent struct {
 	reports  chan placement.TaskState
 }
 
-// NewAgent returns an agent; call Run. It subscribes to the launcher's events
-// through Observe, so create it before tasks change state.
+// NewAgent returns an agent. Create it before the launcher, so that the
+// launcher's OnEvent can be the agent's Observe; then call Run with the launcher.
 func NewAgent(cfg AgentConfig) *Agent {
 	if cfg.StopGrace == 0 {
 		cfg.StopGrace = 10 * time.Second
@@ -108,8 +108,10 @@ func taskState(allocID string, t Task) placement.TaskState {
 	return st
 }
 
-// Run registers and then keeps the machine in line with its allocations until ctx ends.
-func (a *Agent) Run(ctx context.Context) error {
+// Run registers and then keeps the machine, through l, in line with its
+// allocations until ctx ends.
+func (a *Agent) Run(ctx context.Context, l *Launcher) error {
+	a.l = l
 	resp, err := a.register(ctx)
 	if err != nil {
 		return err
@@ -155,7 +157,7 @@ func (a *Agent) register(ctx context.Context) (*placement.RegisterResponse, erro
 // states reports every task this machine runs for the placement service.
 func (a *Agent) states() []placement.TaskState {
 	var out []placement.TaskState
-	for _, t := range a.cfg.Launcher.List() {
+	for _, t := range a.l.List() {
 		if id := t.Spec.Labels[allocLabel]; id != "" {
 			out = append(out, taskState(id, t))
 		}
@@ -240,7 +242,7 @@ func (a *Agent) reconcile(ctx context.Context, allocs []*placement.Alloc) {
 	a.want = ids
 	a.mu.Unlock()
 	have := map[string]Task{}
-	for _, t := range a.cfg.Launcher.List() {
+	for _, t := range a.l.List() {
 		id := t.Spec.Labels[allocLabel]
 		if id == "" {
 			continue // started by hand with `ballena run`: not the server's business
@@ -327,7 +329,7 @@ func (a *Agent) attempt(ctx context.Context, al *placement.Alloc) (Task, error) 
 		spec.Env = append(spec.Env, k+"="+v)
 	}
 	sort.Strings(spec.Env)
-	return a.cfg.Launcher.Start(ctx, spec)
+	return a.l.Start(ctx, spec)
 }
 
 func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
@@ -340,7 +342,7 @@ func (a *Agent) stopAllocs(ctx context.Context, ids []string, why string) {
 	for _, id := range ids {
 		stop[id] = true
 	}
-	for _, t := range a.cfg.Launcher.List() {
+	for _, t := range a.l.List() {
 		if stop[t.Spec.Labels[allocLabel]] && !t.State.Final() {
 			a.stop(ctx, t, why)
 		}
@@ -350,7 +352,7 @@ func (a *Agent) stopAllocs(ctx context.Context, ids []string, why string) {
 func (a *Agent) stop(ctx context.Context, t Task, why string) {
 	a.log.Info("stopping task", "id", t.ID, "alloc", t.Spec.Labels[allocLabel], "why", why)
 	go func() {
-		if _, err := a.cfg.Launcher.Stop(ctx, t.ID, syscall.SIGTERM, a.cfg.StopGrace); err != nil && !errors.Is(err, context.Canceled) {
+		if _, err := a.l.Stop(ctx, t.ID, syscall.SIGTERM, a.cfg.StopGrace); err != nil && !errors.Is(err, context.Canceled) {
 			a.log.Warn("stop task", "id", t.ID, "err", err)
 		}
 	}()

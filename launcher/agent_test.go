@@ -49,7 +49,7 @@ func newAgentCell(t *testing.T) *agentCell {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ag := NewAgent(AgentConfig{
-		Placement: nc, Launcher: env.l, Logger: quiet,
+		Placement: nc, Logger: quiet,
 		// The artifact is already in this machine's store; the swarm's fetch is
 		// tested in swarm and end to end in cmd/ballena.
 		Fetch: func(ctx context.Context, ref artifact.Ref) error {
@@ -63,7 +63,7 @@ func newAgentCell(t *testing.T) *agentCell {
 	})
 	env.l.cfg.OnEvent = ag.Observe
 	done := make(chan struct{})
-	go func() { ag.Run(ctx); close(done) }()
+	go func() { ag.Run(ctx, env.l); close(done) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done
