@@ -383,7 +383,7 @@ func (e *Engine) fetch(tr *transfer) error {
 	defer stall.Stop()
 	cleanup := func(err error) error {
 		// Keep verified pieces for a later resume; leave nothing if there are none.
-		if t.BytesCompleted() == 0 {
+		if verifiedBytes(t) == 0 {
 			t.Drop()
 			os.RemoveAll(tr.staging)
 		}
@@ -392,7 +392,7 @@ func (e *Engine) fetch(tr *transfer) error {
 	select {
 	case <-t.GotInfo():
 	case <-stall.C:
-		return cleanup(fmt.Errorf("download %s: no peer sent its torrent info within %s: %w",
+		return cleanup(fmt.Errorf("download %s: no peer holds it (none sent its torrent info within %s): %w",
 			short(rel.Digest), e.cfg.StallTimeout, ErrUnavailable))
 	case <-e.cl.Closed():
 		return cleanup(fmt.Errorf("download %s: engine closed", short(rel.Digest)))
@@ -434,7 +434,7 @@ func (e *Engine) fetch(tr *transfer) error {
 			}
 		case <-stall.C:
 			return cleanup(fmt.Errorf("download %s: no data from any peer for %s (have %d of %d bytes): %w",
-				short(rel.Digest), e.cfg.StallTimeout, t.BytesCompleted(), rel.Size, ErrUnavailable))
+				short(rel.Digest), e.cfg.StallTimeout, verifiedBytes(t), rel.Size, ErrUnavailable))
 		case <-t.Closed():
 			return cleanup(fmt.Errorf("download %s: dropped", short(rel.Digest)))
 		case <-e.cl.Closed():
@@ -577,7 +577,7 @@ func (e *Engine) Transfers() []TransferStats {
 		}
 		if tr.t != nil {
 			st := tr.t.Stats()
-			s.BytesHave = tr.t.BytesCompleted()
+			s.BytesHave = verifiedBytes(tr.t)
 			s.Peers = st.ActivePeers
 			s.BytesUploaded = st.BytesWrittenData.Int64()
 			s.BytesDownloaded = st.BytesReadData.Int64()
@@ -586,6 +586,47 @@ func (e *Engine) Transfers() []TransferStats {
 		out = append(out, s)
 	}
 	return out
+}
+
+// Pieces reports which pieces of a blob this engine holds verified, or nil if
+// it runs no transfer of it.
+func (e *Engine) Pieces(digest string) []bool {
+	var t *torrent.Torrent
+	e.mu.Lock()
+	if tr, ok := e.transfers[digest]; ok {
+		t = tr.t
+	}
+	e.mu.Unlock()
+	if t == nil || t.Info() == nil {
+		return nil
+	}
+	out := make([]bool, 0, t.NumPieces())
+	for _, run := range t.PieceStateRuns() {
+		for range run.Length {
+			out = append(out, run.Complete)
+		}
+	}
+	return out
+}
+
+// verifiedBytes counts the bytes of pieces that passed their hash. anacrolix's
+// BytesCompleted also counts chunks of unfinished pieces, which a crash loses.
+func verifiedBytes(t *torrent.Torrent) int64 {
+	info := t.Info()
+	if info == nil {
+		return 0
+	}
+	var n int64
+	i := 0
+	for _, run := range t.PieceStateRuns() {
+		if run.Complete {
+			for j := i; j < i+run.Length; j++ {
+				n += info.Piece(j).Length()
+			}
+		}
+		i += run.Length
+	}
+	return n
 }
 
 // BannedPeers lists the fleet peers this engine banned for sending bad data.
@@ -669,7 +710,7 @@ func (e *Engine) progress(tr *transfer) Progress {
 	p.DownloadRate = tr.downRate
 	e.mu.Unlock()
 	if t != nil {
-		p.Have = t.BytesCompleted()
+		p.Have = verifiedBytes(t)
 		p.Peers = t.Stats().ActivePeers
 	}
 	return p

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/anacrolix/torrent"
 	"github.com/anacrolix/torrent/bencode"
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/libp2p/go-libp2p"
@@ -199,5 +200,12 @@ func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+
+func (e *Engine) transferTorrent(digest string) *torrent.Torrent {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.transfers[digest].t
 }
 
