@@ -1,0 +1,404 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/anacrolix/torrent/bencode"
+	"github.com/anacrolix/torrent/metainfo"
+	"github.com/mattn/go-isatty"
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+
+	"ballena.dev/artifact"
+	"ballena.dev/internal/localapi"
+	"ballena.dev/swarm"
+)
+
+// fetchRequest asks the daemon to fetch a release from the mesh.
+type fetchRequest struct {
+	Ref     string  `json:"ref"`
+	Timeout float64 `json:"timeoutSeconds"` // 0: the daemon's default
+}
+
+// fetchEvent is one JSON line of the fetch stream: progress, then either the
+// release or an error.
+type fetchEvent struct {
+	Progress *fetchProgress    `json:"progress,omitempty"`
+	Release  *artifact.Release `json:"release,omitempty"`
+	Error    *localapi.Error   `json:"error,omitempty"`
+}
+
+type fetchProgress struct {
+	Have  int64   `json:"have"`
+	Total int64   `json:"total"`
+	Peers int     `json:"peers"`
+	Rate  float64 `json:"rate"` // bytes per second
+}
+
+// torrentAnswer is a release's standard .torrent and magnet link.
+type torrentAnswer struct {
+	Torrent []byte `json:"torrent"` // bencoded metainfo
+	Magnet  string `json:"magnet"`
+}
+
+const defaultFetchTimeout = 5 * time.Minute
+
+// swarmErr classifies swarm errors like the CLI's exit codes.
+func swarmErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, swarm.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return withCode(exitUnavailable, err)
+	}
+	return err
+}
+
+func swarmAPIError(w http.ResponseWriter, err error) { apiError(w, swarmErr(err)) }
+
+// apiErrorValue is apiError's body, for errors that arrive after a stream began.
+func apiErrorValue(err error) *localapi.Error {
+	e := &localapi.Error{Message: err.Error()}
+	switch exitCode(swarmErr(err)) {
+	case exitVerify:
+		e.Code = "verify"
+	case exitNotFound:
+		e.Code = "notfound"
+	case exitUnavailable:
+		e.Code = "unavailable"
+	case exitUsage:
+		e.Code = "usage"
+	}
+	return e
+}
+
+// swarmRoutes serves fetch, status and torrent export on the daemon's local API.
+func swarmRoutes(mux *http.ServeMux, n *swarm.Node, st *artifact.Store) {
+	mux.HandleFunc("POST /v1/fetch", func(w http.ResponseWriter, r *http.Request) {
+		var req fetchRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			localapi.WriteError(w, http.StatusBadRequest, "usage", fmt.Errorf("fetch: want {ref, timeoutSeconds}: %v", err))
+			return
+		}
+		ref, err := artifact.ParseRef(req.Ref)
+		if err != nil {
+			localapi.WriteError(w, http.StatusBadRequest, "usage", err)
+			return
+		}
+		timeout := defaultFetchTimeout
+		if req.Timeout > 0 {
+			timeout = time.Duration(req.Timeout * float64(time.Second))
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
+		defer cancel()
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		enc := json.NewEncoder(w)
+		flusher, _ := w.(http.Flusher)
+		send := func(ev fetchEvent) {
+			_ = enc.Encode(ev)
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		rel, err := n.Fetch(ctx, ref, func(p swarm.Progress) {
+			send(fetchEvent{Progress: &fetchProgress{Have: p.Have, Total: p.Total, Peers: p.Peers, Rate: p.DownloadRate}})
+		})
+		if err != nil {
+			send(fetchEvent{Error: apiErrorValue(err)})
+			return
+		}
+		send(fetchEvent{Release: &rel})
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		s, err := n.Status()
+		if err != nil {
+			swarmAPIError(w, err)
+			return
+		}
+		localapi.WriteJSON(w, http.StatusOK, s)
+	})
+	mux.HandleFunc("GET /v1/torrent/{ref}", func(w http.ResponseWriter, r *http.Request) {
+		ref, err := artifact.ParseRef(r.PathValue("ref"))
+		if err != nil {
+			localapi.WriteError(w, http.StatusBadRequest, "usage", err)
+			return
+		}
+		rel, _, err := st.Release(ref)
+		if err != nil {
+			swarmAPIError(w, err)
+			return
+		}
+		mi, err := n.Engine().MetaInfo(rel)
+		if err != nil {
+			swarmAPIError(w, err)
+			return
+		}
+		ans, err := torrentOf(mi, rel)
+		if err != nil {
+			swarmAPIError(w, err)
+			return
+		}
+		localapi.WriteJSON(w, http.StatusOK, ans)
+	})
+}
+
+func torrentOf(mi *metainfo.MetaInfo, rel artifact.Release) (torrentAnswer, error) {
+	var buf bytes.Buffer
+	if err := mi.Write(&buf); err != nil {
+		return torrentAnswer{}, fmt.Errorf("torrent %s: %w", rel.Ref(), err)
+	}
+	info, err := mi.UnmarshalInfo()
+	if err != nil {
+		return torrentAnswer{}, fmt.Errorf("torrent %s: %w", rel.Ref(), err)
+	}
+	ih := mi.HashInfoBytes()
+	m := mi.Magnet(&ih, &info)
+	m.DisplayName = rel.Ref().String()
+	return torrentAnswer{Torrent: buf.Bytes(), Magnet: m.String()}, nil
+}
+
+func fetchCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "fetch",
+		Usage:     "fetch a signed release from the mesh through the running node, verify it and keep seeding it",
+		ArgsUsage: "NAME@VERSION",
+		UsageText: "ballena fetch api@1.4.0\nballena fetch --timeout 30s --json api@1.4.0",
+		Description: "Exit codes: 3 the trust policy refuses the release, 4 no node in reach has it,\n" +
+			"5 no node running here, or holders known but the wait ran out.",
+		Flags: []cli.Flag{
+			&cli.DurationFlag{Name: "timeout", Value: defaultFetchTimeout, Usage: "give up after this long"},
+			jsonFlag,
+		},
+		Action: func(c *cli.Context) error {
+			ref, err := refArg(c)
+			if err != nil {
+				return err
+			}
+			if c.Duration("timeout") <= 0 {
+				return usageErrorf("fetch: --timeout must be positive")
+			}
+			cl, err := localapi.Dial(c.String("data"))
+			if err != nil {
+				return withCode(exitUnavailable, fmt.Errorf("fetch %s: %w: start `ballena node` first", ref, err))
+			}
+			// The daemon bounds the fetch; this bound only covers a daemon that stops answering.
+			ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout")+30*time.Second)
+			defer cancel()
+			resp, err := cl.Stream(ctx, http.MethodPost, "/v1/fetch", fetchRequest{Ref: ref.String(), Timeout: c.Duration("timeout").Seconds()})
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			show := newProgressView(c.App.ErrWriter, ref.String())
+			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(make([]byte, 64<<10), 1<<20)
+			for sc.Scan() {
+				var ev fetchEvent
+				if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+					return fmt.Errorf("fetch %s: bad answer from the node: %w", ref, err)
+				}
+				switch {
+				case ev.Progress != nil:
+					if !c.Bool("json") {
+						show.update(*ev.Progress)
+					}
+				case ev.Error != nil:
+					show.finish()
+					return ev.Error
+				case ev.Release != nil:
+					show.finish()
+					if c.Bool("json") {
+						return printJSON(c.App.Writer, ev.Release)
+					}
+					fmt.Fprintf(c.App.Writer, "fetched %s sha256:%s (%s), verified and seeding\n",
+						ev.Release.Ref(), ev.Release.Digest, humanBytes(ev.Release.Size))
+					return nil
+				}
+			}
+			if err := sc.Err(); err != nil {
+				return withCode(exitUnavailable, fmt.Errorf("fetch %s: %w", ref, err))
+			}
+			return withCode(exitUnavailable, fmt.Errorf("fetch %s: the node hung up before the fetch ended", ref))
+		},
+	}
+}
+
+// progressView draws a progress bar on a terminal and plain lines, at most
+// one a second, elsewhere.
+type progressView struct {
+	w     io.Writer
+	label string
+	tty   bool
+	bar   *progressbar.ProgressBar
+	last  time.Time
+}
+
+func newProgressView(w io.Writer, label string) *progressView {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		tty = isatty.IsTerminal(f.Fd())
+	}
+	return &progressView{w: w, label: label, tty: tty}
+}
+
+func (v *progressView) update(p fetchProgress) {
+	if v.tty {
+		if v.bar == nil && p.Total > 0 {
+			v.bar = progressbar.NewOptions64(p.Total,
+				progressbar.OptionSetWriter(v.w),
+				progressbar.OptionSetDescription(v.label),
+				progressbar.OptionShowBytes(true),
+				progressbar.OptionShowCount(),
+				progressbar.OptionSetWidth(30),
+				progressbar.OptionThrottle(100*time.Millisecond),
+				progressbar.OptionClearOnFinish(),
+			)
+		}
+		if v.bar != nil {
+			_ = v.bar.Set64(p.Have)
+		}
+		return
+	}
+	if time.Since(v.last) < time.Second && p.Have != p.Total {
+		return
+	}
+	v.last = time.Now()
+	pct := 0.0
+	if p.Total > 0 {
+		pct = 100 * float64(p.Have) / float64(p.Total)
+	}
+	fmt.Fprintf(v.w, "%s: %s of %s (%.0f%%), %d peers, %s/s\n",
+		v.label, humanBytes(p.Have), humanBytes(p.Total), pct, p.Peers, humanBytes(int64(p.Rate)))
+}
+
+func (v *progressView) finish() {
+	if v.bar != nil {
+		_ = v.bar.Finish()
+	}
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "status",
+		Usage:     "show the running node: ID and addresses, peers, what it holds, transfers with rates",
+		UsageText: "ballena status\nballena status --json | jq -r .id",
+		Flags:     []cli.Flag{jsonFlag},
+		Action: func(c *cli.Context) error {
+			cl, err := localapi.Dial(c.String("data"))
+			if err != nil {
+				return withCode(exitUnavailable, fmt.Errorf("status: %w: start `ballena node` first", err))
+			}
+			var s swarm.Status
+			if err := cl.Do(c.Context, http.MethodGet, "/v1/status", nil, &s); err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, s)
+			}
+			return printStatus(c.App.Writer, s)
+		},
+	}
+}
+
+func printStatus(out io.Writer, s swarm.Status) error {
+	fmt.Fprintf(out, "node %s\n", s.ID)
+	for _, a := range s.Addrs {
+		fmt.Fprintf(out, "  %s\n", a)
+	}
+	fmt.Fprintf(out, "peers: %d connected, %d in the DHT\n", len(s.Peers), s.DHTPeers)
+	for _, p := range s.Peers {
+		fmt.Fprintf(out, "  %s %s\n", p.ID, strings.Join(p.Addrs, " "))
+	}
+	fmt.Fprintf(out, "holds: %d releases\n", len(s.Holds))
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	for _, r := range s.Holds {
+		fmt.Fprintf(w, "  %s\t%s\t%s\tsha256:%s\n", r.Ref(), r.Kind, humanBytes(r.Size), r.Digest[:16])
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "transfers: %d\n", len(s.Transfers))
+	if len(s.Transfers) == 0 {
+		return nil
+	}
+	w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "  NAME\tSTATE\tHAVE\tPEERS\tDOWN/s\tUP/s\tUPLOADED\n")
+	for _, t := range s.Transfers {
+		state := "downloading"
+		if t.Seeding {
+			state = "seeding"
+		}
+		fmt.Fprintf(w, "  %s\t%s\t%s/%s\t%d\t%s\t%s\t%s\n", orDash(t.Name), state,
+			humanBytes(t.BytesHave), humanBytes(t.BytesTotal), t.Peers,
+			humanBytes(int64(t.DownloadRate)), humanBytes(int64(t.UploadRate)), humanBytes(t.BytesUploaded))
+	}
+	return w.Flush()
+}
+
+func torrentCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "torrent",
+		Usage:     "write a held release's standard .torrent (v1) and print its magnet link",
+		ArgsUsage: "NAME@VERSION",
+		UsageText: "ballena torrent api@1.4.0 --out api.torrent && aria2c api.torrent",
+		Description: "With a node running, the .torrent announces to the node's HTTP tracker (ballena node\n" +
+			"--bt-listen ADDR --tracker-listen ADDR), which points standard clients at the node's\n" +
+			"plain TCP BitTorrent listener. Without a node, it has no tracker.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "out", Usage: "file to write the .torrent to", Required: true},
+			jsonFlag,
+		},
+		Action: func(c *cli.Context) error {
+			ref, err := refArg(c)
+			if err != nil {
+				return err
+			}
+			var ans torrentAnswer
+			err = withStore(c, func(cl *localapi.Client) error {
+				return cl.Do(c.Context, http.MethodGet, "/v1/torrent/"+ref.String(), nil, &ans)
+			}, func(st *artifact.Store) error {
+				rel, _, err := st.Release(ref)
+				if err != nil {
+					return err
+				}
+				if !st.HasBlob(rel.Digest) {
+					return fmt.Errorf("torrent %s: blob %w here: fetch it first", ref, artifact.ErrNotFound)
+				}
+				info, err := artifact.TorrentInfo(st.BlobPath(rel.Digest), rel.Digest)
+				if err != nil {
+					return err
+				}
+				b, err := bencode.Marshal(info)
+				if err != nil {
+					return err
+				}
+				mi := &metainfo.MetaInfo{InfoBytes: b, CreatedBy: "ballena", CreationDate: rel.PublishedAt.Unix(), Comment: ref.String()}
+				ans, err = torrentOf(mi, rel)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(c.String("out"), ans.Torrent, 0o644); err != nil {
+				return fmt.Errorf("torrent: %w", err)
+			}
+			if c.Bool("json") {
+				return printJSON(c.App.Writer, map[string]string{"torrent": c.String("out"), "magnet": ans.Magnet})
+			}
+			fmt.Fprintf(c.App.Writer, "wrote %s\n%s\n", c.String("out"), ans.Magnet)
+			return nil
+		},
+	}
+}
