@@ -63,6 +63,10 @@ func commands() []*cli.Command {
 		keyCommand(), signCommand(), publishCommand(), lsCommand(), inspectCommand(), verifyCommand(), rmCommand(), gcCommand(),
 		// tasks (tasks.go)
 		runCommand(), psCommand(), logsCommand(), stopCommand(),
+		// the node daemon and the mesh (node.go, swarm.go)
+		nodeCommand(), fetchCommand(), statusCommand(), torrentCommand(),
+		// the placement service (cluster.go)
+		serverCommand(), jobCommand(), nodesCommand(),
 	}
 }
 
