@@ -188,5 +188,10 @@ func ReadToken(path string) (string, error) {
 	if t == "" {
 		return "", fmt.Errorf("read token: %s is empty", path)
 	}
+	for _, r := range t {
+		if r <= ' ' || r > '~' {
+			return "", fmt.Errorf("read token: %s holds more than one printable token", path)
+		}
+	}
 	return t, nil
 }
