@@ -21,11 +21,17 @@ const benchLaunches = 200
 // artifact already in the store: re-hash, signature check, cgroup, shim,
 // namespaces, exec) to the process running in its cgroup, beside `runc run
 // --detach` of the same binary in a bundle with the same limits, measured in
-// the same run. Run with -benchtime=1x: each iteration launches 200 of each.
+// the same run. p50-ms is with the default warm shim (its init already forked
+// into fresh namespaces), cold-p50-ms without one. Run with -benchtime=1x:
+// each iteration launches 200 of each, interleaved.
 func BenchmarkLaunch(b *testing.B) {
 	requireRunc(b)
-	e := newEnv(b, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil)) })
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	e := newEnv(b, func(c *Config) { c.Logger = quiet })
 	ref := e.publishTask()
+	// The same without a warm shim: the cost of starting shim and init.
+	cold := newEnv(b, func(c *Config) { c.Logger = quiet; c.WarmShims = -1 })
+	cold.publishTask()
 	spec := TaskSpec{Artifact: ref, Args: []string{"serve"}, MemoryBytes: 64 << 20, CPUMillis: 500, Pids: 64}
 	ctx := context.Background()
 
@@ -62,29 +68,31 @@ func BenchmarkLaunch(b *testing.B) {
 		_ = exec.Command("runc", "--root", runcRoot, "delete", "--force", id).Run()
 		return d
 	}
-	whaleLaunch := func() time.Duration {
+	whaleLaunch := func(l *Launcher) time.Duration {
 		t0 := time.Now()
-		tk, err := e.l.Start(ctx, spec)
+		tk, err := l.Start(ctx, spec)
 		d := time.Since(t0)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := e.l.Stop(ctx, tk.ID, syscall.SIGKILL, 0); err != nil {
+		if _, err := l.Stop(ctx, tk.ID, syscall.SIGKILL, 0); err != nil {
 			b.Fatal(err)
 		}
-		if err := e.l.Remove(tk.ID); err != nil {
+		if err := l.Remove(tk.ID); err != nil {
 			b.Fatal(err)
 		}
 		return d
 	}
-	whaleLaunch() // stage the executable copy, warm caches
+	whaleLaunch(e.l) // stage the executable copy, warm caches
+	whaleLaunch(cold.l)
 	runcLaunch(-1)
 
-	var whale, runc []time.Duration
+	var whale, coldWhale, runc []time.Duration
 	b.ResetTimer()
 	for range b.N {
 		for i := range benchLaunches { // interleaved, so both see the same machine
-			whale = append(whale, whaleLaunch())
+			whale = append(whale, whaleLaunch(e.l))
+			coldWhale = append(coldWhale, whaleLaunch(cold.l))
 			runc = append(runc, runcLaunch(i))
 		}
 	}
@@ -96,6 +104,8 @@ func BenchmarkLaunch(b *testing.B) {
 	}
 	b.ReportMetric(ms(whale, 0.50), "p50-ms")
 	b.ReportMetric(ms(whale, 0.99), "p99-ms")
+	b.ReportMetric(ms(coldWhale, 0.50), "cold-p50-ms")
+	b.ReportMetric(ms(coldWhale, 0.99), "cold-p99-ms")
 	b.ReportMetric(ms(runc, 0.50), "runc-p50-ms")
 	b.ReportMetric(ms(runc, 0.99), "runc-p99-ms")
 	b.ReportMetric(0, "ns/op")

@@ -51,6 +51,10 @@ type Config struct {
 
 	Runc string // runc binary for images; default found on PATH
 
+	// WarmShims is how many shims (each with its init already forked into
+	// fresh namespaces) wait for the next whale start; default 1, negative for none.
+	WarmShims int
+
 	// OnEvent, when set, is called after every state change of a task. It must
 	// not block; the node forwards these to the placement service.
 	OnEvent func(Task)
@@ -66,8 +70,17 @@ type Launcher struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	pool chan *warmShim
+
 	mu    sync.Mutex
 	tasks map[string]*entry
+}
+
+// warmShim is a shim waiting for a run config on ctrl.
+type warmShim struct {
+	cmd    *exec.Cmd
+	status *os.File // read end of its status pipe
+	ctrl   *os.File // write end of its control pipe
 }
 
 // entry is the launcher's live view of a task; t is guarded by Launcher.mu.
@@ -122,6 +135,9 @@ func New(cfg Config) (*Launcher, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.WarmShims == 0 {
+		cfg.WarmShims = 1
+	}
 	dir := filepath.Join(cfg.DataDir, "launcher")
 	for _, d := range []string{dir, filepath.Join(dir, "tasks"), filepath.Join(dir, "bin"), filepath.Join(dir, "images"), filepath.Join(dir, "runc")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -129,7 +145,8 @@ func New(cfg Config) (*Launcher, error) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &Launcher{cfg: cfg, dir: dir, log: cfg.Logger, ctx: ctx, cancel: cancel, tasks: map[string]*entry{}}
+	l := &Launcher{cfg: cfg, dir: dir, log: cfg.Logger, ctx: ctx, cancel: cancel, tasks: map[string]*entry{},
+		pool: make(chan *warmShim, max(cfg.WarmShims, 0))}
 	recs, err := l.loadRecords()
 	if err != nil {
 		cancel()
@@ -139,6 +156,9 @@ func New(cfg Config) (*Launcher, error) {
 		e := &entry{t: t, cg: &taskCgroup{path: t.Cgroup, v2: cgroupV2()}, final: make(chan struct{}), wake: make(chan struct{})}
 		l.tasks[t.ID] = e
 		l.adopt(e)
+	}
+	for range max(cfg.WarmShims, 0) {
+		l.refill()
 	}
 	return l, nil
 }
@@ -178,7 +198,76 @@ func (l *Launcher) go_(f func()) {
 func (l *Launcher) Close() error {
 	l.cancel()
 	l.wg.Wait()
-	return nil
+	for {
+		select {
+		case ws := <-l.pool:
+			ws.discard()
+		default:
+			return nil
+		}
+	}
+}
+
+// refill starts a warm shim in the background for the pool.
+func (l *Launcher) refill() {
+	if cap(l.pool) == 0 || l.ctx.Err() != nil {
+		return
+	}
+	l.go_(func() {
+		ws, err := l.spawnWarm()
+		if err != nil {
+			l.log.Warn("warm shim", "err", err)
+			return
+		}
+		select {
+		case l.pool <- ws:
+		default:
+			ws.discard()
+		}
+	})
+}
+
+func (l *Launcher) spawnWarm() (*warmShim, error) {
+	sr, sw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cr, cw, err := os.Pipe()
+	if err != nil {
+		sr.Close()
+		sw.Close()
+		return nil, err
+	}
+	shimLog, err := os.OpenFile(filepath.Join(l.dir, "shim.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer shimLog.Close()
+	cmd := &exec.Cmd{
+		Path:        "/proc/self/exe",
+		Args:        []string{"ballena-shim-warm"},
+		Env:         []string{modeEnv + "=shim"},
+		Stdout:      shimLog,
+		Stderr:      shimLog,
+		ExtraFiles:  []*os.File{sw, cr},
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	err = cmd.Start()
+	sw.Close()
+	cr.Close()
+	if err != nil {
+		sr.Close()
+		cw.Close()
+		return nil, fmt.Errorf("start shim: %w", err)
+	}
+	return &warmShim{cmd: cmd, status: sr, ctrl: cw}, nil
+}
+
+// discard ends an unused warm shim: EOF on its control pipe.
+func (ws *warmShim) discard() {
+	ws.ctrl.Close()
+	ws.status.Close()
+	_ = ws.cmd.Wait()
 }
 
 func (l *Launcher) taskDir(id string) string  { return filepath.Join(l.dir, "tasks", id) }
@@ -350,7 +439,7 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (*exec.
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		return nil, err
 	}
-	cmd, st, err := l.startShim(ctx, dir, cfgPath)
+	cmd, st, err := l.startShim(ctx, dir, cfgPath, art.Kind == "whale" && !rc.NewNet)
 	if err != nil {
 		_ = e.cg.destroy()
 		return nil, err
@@ -374,8 +463,22 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (*exec.
 
 // startShim starts the task's shim in its own session (so a terminal's ^C
 // does not reach it) and waits for its one status line.
-func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string) (*exec.Cmd, shimStatus, error) {
+func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, warmOK bool) (*exec.Cmd, shimStatus, error) {
 	var st shimStatus
+	if warmOK {
+		select {
+		case ws := <-l.pool:
+			l.refill()
+			if _, err := ws.ctrl.Write([]byte(cfgPath + "\n")); err == nil {
+				ws.ctrl.Close()
+				st, err := l.readStatus(ctx, ws.cmd, ws.status)
+				ws.status.Close()
+				return ws.cmd, st, err
+			}
+			ws.discard() // it died: start a cold one
+		default:
+		}
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, st, err
@@ -401,6 +504,13 @@ func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string) (*exec.Cm
 	if err != nil {
 		return nil, st, fmt.Errorf("start shim: %w", err)
 	}
+	st, err = l.readStatus(ctx, cmd, r)
+	return cmd, st, err
+}
+
+// readStatus reads a shim's status line; on failure the shim is killed and reaped.
+func (l *Launcher) readStatus(ctx context.Context, cmd *exec.Cmd, r *os.File) (shimStatus, error) {
+	var st shimStatus
 	line := make(chan []byte, 1)
 	go func() {
 		b, _ := bufio.NewReader(r).ReadBytes('\n')
@@ -417,9 +527,9 @@ func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string) (*exec.Cm
 	if st.Error != "" {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		return nil, st, errors.New(st.Error)
+		return st, errors.New(st.Error)
 	}
-	return cmd, st, nil
+	return st, nil
 }
 
 // executable returns a path to the whale that its unprivileged user may

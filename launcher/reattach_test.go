@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -160,8 +161,8 @@ func TestReattachAfterKill9(t *testing.T) {
 	if len(pids) != 1 || pids[0] != keep.PID {
 		t.Errorf("cgroup of the adopted task holds %v, want only %d", pids, keep.PID)
 	}
-	if n := countShims(keep.ID); n != 1 {
-		t.Errorf("%d shims for the adopted task, want 1", n)
+	if pp := ppid(keep.PID); pp != keep.ShimPID || !alive(keep.ShimPID, keep.ShimStart) {
+		t.Errorf("the adopted task's parent is %d, want its original shim %d", pp, keep.ShimPID)
 	}
 	waitFor(t, 20*time.Second, "the dead task's end state", func() bool {
 		_ = cb.Do(ctx, "GET", "/v1/tasks/"+dies.ID, nil, &got)
@@ -200,18 +201,15 @@ func logSize(t *testing.T, dir, id string) int64 {
 	return st.Size()
 }
 
-// countShims counts live processes that are the shim of task id.
-func countShims(id string) int {
-	n := 0
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && string(b) == "ballena-shim\x00"+id+"\x00" {
-			if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil && !strings.Contains(string(st), ") Z ") {
-				n++
-			}
-		}
+// ppid returns a process's parent PID, or 0.
+func ppid(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
 	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	n, _ := strconv.Atoi(f[1])
 	return n
 }
 

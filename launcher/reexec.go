@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -87,8 +88,8 @@ type exitRecord struct {
 	At      time.Time `json:"at"`
 }
 
-func loadRunConfig() (*runConfig, error) {
-	b, err := os.ReadFile(os.Getenv(configEnv))
+func loadRunConfig(path string) (*runConfig, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +100,11 @@ func loadRunConfig() (*runConfig, error) {
 	return &c, nil
 }
 
-// runShim is the task's parent. fd 3 is the status pipe to the launcher.
+// runShim is the task's parent. fd 3 is the status pipe to the launcher. A
+// cold shim finds its run config in configEnv. A warm shim (no configEnv)
+// forks its init at once, into fresh namespaces, and then waits for the path
+// of a run config on fd 4: the launcher keeps one warm so that a start costs
+// no process start-up. EOF on fd 4 (the launcher went away) ends it.
 func runShim() int {
 	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGPIPE)
 	status := os.NewFile(3, "status")
@@ -111,19 +116,35 @@ func runShim() int {
 			status = nil
 		}
 	}
-	cfg, err := loadRunConfig()
+	pr, pw, err := os.Pipe()
 	if err != nil {
+		report(shimStatus{Error: "shim: " + err.Error()})
+		return 1
+	}
+	var pre *pendingInit
+	cfgPath := os.Getenv(configEnv)
+	if cfgPath == "" {
+		if pre, err = forkInit(pw, false); err != nil {
+			report(shimStatus{Error: "shim: " + err.Error()})
+			return 1
+		}
+		line, err := bufio.NewReader(os.NewFile(4, "control")).ReadString('\n')
+		if err != nil {
+			pre.abort()
+			return 0
+		}
+		cfgPath = strings.TrimSuffix(line, "\n")
+	}
+	cfg, err := loadRunConfig(cfgPath)
+	if err != nil {
+		pre.abort()
 		report(shimStatus{Error: "shim: " + err.Error()})
 		return 1
 	}
 	logf, err := openRotating(cfg.LogPath, cfg.LogMaxBytes, cfg.LogKeep)
 	if err != nil {
+		pre.abort()
 		report(shimStatus{Error: "shim: open log: " + err.Error()})
-		return 1
-	}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		report(shimStatus{Error: "shim: " + err.Error()})
 		return 1
 	}
 	copied := make(chan struct{})
@@ -136,10 +157,21 @@ func runShim() int {
 	var cleanup func()
 	switch cfg.Kind {
 	case "whale":
-		pid, err = shimStartWhale(cfg, pw)
+		if pre != nil && cfg.NewNet { // made for the host network
+			pre.abort()
+			pre = nil
+		}
+		if pre == nil {
+			pre, err = forkInit(pw, cfg.NewNet)
+		}
+		if err == nil {
+			pid, err = pre.release(cfg, cfgPath)
+		}
 	case "oci":
+		pre.abort()
 		pid, cleanup, err = shimStartOCI(cfg, pw)
 	default:
+		pre.abort()
 		err = fmt.Errorf("unknown kind %q", cfg.Kind)
 	}
 	pw.Close()
@@ -179,31 +211,36 @@ func runShim() int {
 	return 0
 }
 
-// shimStartWhale starts the init in new namespaces, puts it in the task's
-// cgroup while it waits on the sync pipe, releases it, and waits until it has
-// exec'd the whale (the exec pipe closes) or reported an error on it.
-func shimStartWhale(cfg *runConfig, out *os.File) (int, error) {
+// pendingInit is an init started in new namespaces, blocked on its sync pipe
+// until release tells it which run config to set up.
+type pendingInit struct {
+	cmd   *exec.Cmd
+	syncW *os.File
+	execR *os.File
+}
+
+func forkInit(out *os.File, newNet bool) (*pendingInit, error) {
 	syncR, syncW, err := os.Pipe()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	execR, execW, err := os.Pipe()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer devnull.Close()
 	flags := uintptr(syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
-	if cfg.NewNet {
+	if newNet {
 		flags |= syscall.CLONE_NEWNET
 	}
 	cmd := &exec.Cmd{
 		Path:        "/proc/self/exe",
 		Args:        []string{"ballena-init"},
-		Env:         []string{modeEnv + "=init", configEnv + "=" + os.Getenv(configEnv)},
+		Env:         []string{modeEnv + "=init"},
 		Stdin:       devnull,
 		Stdout:      out,
 		Stderr:      out,
@@ -216,29 +253,44 @@ func shimStartWhale(cfg *runConfig, out *os.File) (int, error) {
 	if err != nil {
 		syncW.Close()
 		execR.Close()
-		return 0, fmt.Errorf("start init: %w", err)
+		return nil, fmt.Errorf("start init: %w", err)
 	}
-	pid := cmd.Process.Pid
-	fail := func(err error) (int, error) {
-		_ = cmd.Process.Kill()
-		_, _ = cmd.Process.Wait()
-		syncW.Close()
-		execR.Close()
-		return 0, err
+	return &pendingInit{cmd: cmd, syncW: syncW, execR: execR}, nil
+}
+
+// abort kills an init that was never released; nil is fine.
+func (p *pendingInit) abort() {
+	if p == nil {
+		return
 	}
+	_ = p.cmd.Process.Kill()
+	_, _ = p.cmd.Process.Wait()
+	p.syncW.Close()
+	p.execR.Close()
+}
+
+// release puts the init in the task's cgroup, hands it the run config, and
+// waits until it has exec'd the whale (the exec pipe closes) or reported an
+// error on that pipe. No task code runs before the cgroup holds the process.
+func (p *pendingInit) release(cfg *runConfig, cfgPath string) (int, error) {
+	pid := p.cmd.Process.Pid
 	for _, f := range cfg.CgroupProcs {
 		if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0); err != nil {
-			return fail(fmt.Errorf("join cgroup: %w", err))
+			p.abort()
+			return 0, fmt.Errorf("join cgroup: %w", err)
 		}
 	}
-	if _, err := syncW.Write([]byte{0}); err != nil {
-		return fail(fmt.Errorf("release init: %w", err))
+	if _, err := p.syncW.Write([]byte(cfgPath + "\n")); err != nil {
+		p.abort()
+		return 0, fmt.Errorf("release init: %w", err)
 	}
-	syncW.Close()
-	msg, _ := io.ReadAll(io.LimitReader(execR, 4096))
-	execR.Close()
+	p.syncW.Close()
+	msg, _ := io.ReadAll(io.LimitReader(p.execR, 4096))
+	p.execR.Close()
 	if len(msg) > 0 {
-		return fail(errors.New(string(msg)))
+		_ = p.cmd.Process.Kill()
+		_, _ = p.cmd.Process.Wait()
+		return 0, errors.New(string(msg))
 	}
 	// Leave the process to unix.Wait4 in runShim; os/exec must not reap it.
 	return pid, nil
@@ -312,7 +364,7 @@ func lastRuncError(b []byte) string {
 }
 
 // runInit runs inside the new namespaces, as PID 1 of the task. fd 3 is the
-// sync pipe (the shim writes a byte once we are in the cgroup), fd 4 the exec
+// sync pipe (the shim writes the run config's path once we are in the cgroup), fd 4 the exec
 // pipe (closed by a successful exec, or carries the error).
 func runInit() {
 	runtime.LockOSThread() // capability sets are per thread: do it all on the one that execs
@@ -322,12 +374,12 @@ func runInit() {
 		os.Exit(127)
 	}
 	syscall.CloseOnExec(4)
-	var b [1]byte
-	if n, _ := os.NewFile(3, "sync").Read(b[:]); n != 1 {
+	line, err := bufio.NewReader(os.NewFile(3, "sync")).ReadString('\n')
+	if err != nil {
 		os.Exit(127) // the shim gave up on us
 	}
 	syscall.Close(3)
-	cfg, err := loadRunConfig()
+	cfg, err := loadRunConfig(strings.TrimSuffix(line, "\n"))
 	if err != nil {
 		fail(err)
 	}
