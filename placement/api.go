@@ -56,7 +56,7 @@ type AllocationList struct {
 type JobStatus struct {
 	Job      *Job           `json:"job"`
 	Tasks    []TaskStatus   `json:"tasks"`
-	Summary  map[string]int `json:"summary"` // running, pending (placed, not started), waiting (no room), done, ...
+	Summary  map[string]int `json:"summary"` // running, starting (placed, not yet running), waiting (no room), complete, failed, done
 	LastEval *Evaluation    `json:"last_evaluation,omitempty"`
 }
 

@@ -202,6 +202,8 @@ func (c *Cell) jobStatus(name string) (*JobStatus, error) {
 			}
 		}
 		switch {
+		case t.State == TaskPlaced && ts.ClientStatus == ClientPending:
+			st.Summary["starting"]++
 		case t.State == TaskPlaced && ts.ClientStatus != "":
 			st.Summary[ts.ClientStatus]++
 		case t.State == TaskPending:

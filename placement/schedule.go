@@ -349,5 +349,6 @@ func (c *Cell) retryPending(trigger string) []*Evaluation {
 			evs = append(evs, c.evaluateJob(name, trigger, true))
 		}
 	}
+	c.roomChanged = false
 	return evs
 }

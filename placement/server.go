@@ -519,23 +519,32 @@ func (s *Server) handleAllocations(w http.ResponseWriter, r *http.Request, _ []b
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	id := r.PathValue("id")
-	for {
+	answer := func() {
 		s.mu.Lock()
 		l, err := s.cell.nodeAllocs(id)
-		ch := s.notify
 		s.mu.Unlock()
 		if err != nil {
 			writeError(w, statusOf(err), err)
 			return
 		}
-		if index == 0 || l.Index > index {
-			writeJSON(w, http.StatusOK, l)
+		writeJSON(w, http.StatusOK, l)
+	}
+	for {
+		// Every commit wakes every watcher: look at the node's index before building
+		// its list, so that a busy cell costs watchers a map lookup each.
+		s.mu.Lock()
+		n := s.cell.byID[id]
+		moved := n != nil && (index == 0 || n.allocIndex > index)
+		ch := s.notify
+		s.mu.Unlock()
+		if n == nil || moved {
+			answer()
 			return
 		}
 		select {
 		case <-ch:
 		case <-timer.C:
-			writeJSON(w, http.StatusOK, l)
+			answer()
 			return
 		case <-r.Context().Done():
 			return

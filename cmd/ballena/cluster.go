@@ -431,7 +431,7 @@ func printJobStatus(w io.Writer, st *placement.JobStatus) {
 	}
 	fmt.Fprintf(w, "job %s (%s): version %d, %s, %d tasks, %s, %s\n", j.Name, state, j.Version, j.Artifact, j.Count, j.Priority, j.Resources)
 	var sum []string
-	for _, k := range []string{"running", "pending", "waiting", "complete", "failed", "done"} {
+	for _, k := range []string{"running", "starting", "waiting", "complete", "failed", "done"} {
 		if n := st.Summary[k]; n > 0 {
 			sum = append(sum, fmt.Sprintf("%d %s", n, k))
 		}
@@ -443,13 +443,23 @@ func printJobStatus(w io.Writer, st *placement.JobStatus) {
 	fmt.Fprintln(tw, "TASK\tSTATE\tNODE\tALLOC\tVERSION\tSTATUS\tREASON")
 	for _, t := range st.Tasks {
 		status := orDash(t.ClientStatus)
+		if t.ClientStatus == placement.ClientPending {
+			status = "starting"
+		}
+		if t.Desired == placement.DesiredStop {
+			status += " (stopping)"
+		}
 		if t.ExitCode != nil {
 			status += fmt.Sprintf(" (exit %d)", *t.ExitCode)
 		}
 		if t.OOMKilled {
 			status += " OOM"
 		}
-		fmt.Fprintf(tw, "%s[%d]\t%s\t%s\t%s\t%d\t%s\t%s\n", j.Name, t.Index, t.State, orDash(t.NodeID), orDash(t.AllocID), t.Version, status, t.Reason)
+		version := "-"
+		if t.Version > 0 {
+			version = fmt.Sprint(t.Version)
+		}
+		fmt.Fprintf(tw, "%s[%d]\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, t.Index, t.State, orDash(t.NodeID), orDash(t.AllocID), version, status, t.Reason)
 	}
 	tw.Flush()
 }
