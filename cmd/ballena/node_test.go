@@ -1,0 +1,328 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"ballena.dev/artifact"
+	"ballena.dev/signing"
+	"ballena.dev/swarm"
+)
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+)
+
+// ballenaBinary builds this command once per test binary, for tests that need
+// real daemon processes.
+func ballenaBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ballena-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "ballena")
+		cmd := exec.Command("go", "build", "-o", binPath, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("%v: %s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatalf("build ballena: %v", binErr)
+	}
+	return binPath
+}
+
+// daemonProc is one `ballena node` process.
+type daemonProc struct {
+	t     *testing.T
+	data  string
+	cmd   *exec.Cmd
+	addr  string // first full multiaddr it printed
+	stder *bytes.Buffer
+	done  chan error
+}
+
+func startNode(t *testing.T, name string, args ...string) *daemonProc {
+	t.Helper()
+	data := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command(ballenaBinary(t), append([]string{"--data", data, "node",
+		"--listen", "/ip4/127.0.0.1/tcp/0", "--cgroup-parent", "ballena-test-" + name}, args...)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &daemonProc{t: t, data: data, cmd: cmd, stder: &bytes.Buffer{}, done: make(chan error, 1)}
+	cmd.Stderr = &lockedBuffer{buf: p.stder}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addrs := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
+				select {
+				case addrs <- a:
+				default:
+				}
+			}
+		}
+	}()
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", name, p.stderr())
+		}
+	})
+	select {
+	case p.addr = <-addrs:
+	case err := <-p.done:
+		p.done <- err
+		t.Fatalf("%s exited at start: %v\n%s", name, err, p.stderr())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s printed no address in 30s\n%s", name, p.stderr())
+	}
+	// The socket comes up right after the addresses are printed.
+	waitCond(t, 10*time.Second, name+" local API", func() bool {
+		_, err := os.Stat(filepath.Join(data, "ballena.sock"))
+		return err == nil
+	})
+	return p
+}
+
+func (p *daemonProc) stderr() string {
+	return p.cmd.Stderr.(*lockedBuffer).String()
+}
+
+// stop sends SIGTERM and expects a clean exit.
+func (p *daemonProc) stop() error {
+	if p.cmd.ProcessState != nil {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		return errors.New("did not stop within 20s of SIGTERM")
+	}
+}
+
+// cli runs the built binary against this node's data dir.
+func (p *daemonProc) cli(args ...string) (int, string, string) {
+	p.t.Helper()
+	cmd := exec.Command(binPath, append([]string{"--data", p.data}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), stdout.String(), stderr.String()
+	}
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return 0, stdout.String(), stderr.String()
+}
+
+func (p *daemonProc) status(t *testing.T) swarm.Status {
+	t.Helper()
+	code, out, errOut := p.cli("status", "--json")
+	if code != 0 {
+		t.Fatalf("status: exit %d: %s", code, errOut)
+	}
+	var s swarm.Status
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		t.Fatalf("status --json: %v: %s", err, out)
+	}
+	return s
+}
+
+func (p *daemonProc) holds(t *testing.T, ref string) bool {
+	for _, r := range p.status(t).Holds {
+		if r.Ref().String() == ref {
+			return true
+		}
+	}
+	return false
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf *bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// waitCond polls for effects of other processes, which offer no event to wait on.
+func waitCond(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func sha256Of(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// Three `ballena node` processes in a line (a - b - c) under one fleet PSK: a
+// publishes; b auto-fetches what it trusts and drops what it does not; c
+// fetches by name through b; an outsider without the PSK gets nothing; a
+// standard client downloads the .torrent export.
+func TestNodeProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs several node processes")
+	}
+	dir := t.TempDir()
+	whale := sampleWhale(t)
+	keyPath, pubPath, _, err := signing.WriteKeyPair(dir, "release")
+	if err != nil {
+		t.Fatal(err)
+	}
+	evilKey, _, _, err := signing.WriteKeyPair(dir, "evil")
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust := filepath.Join(dir, "trust.yaml")
+	os.WriteFile(trust, []byte(fmt.Sprintf("keys:\n  - path: %s\n    names: [\"*\"]\n", pubPath)), 0o644)
+	psk := filepath.Join(dir, "fleet.psk")
+	if code, _, errOut := run(t, dir, "node", "psk", "generate", psk); code != 0 {
+		t.Fatalf("psk generate: %d %s", code, errOut)
+	}
+	common := []string{"--psk", psk, "--trust", trust}
+
+	a := startNode(t, "a", append(common, "--bt-listen", "127.0.0.1:0", "--tracker-listen", "127.0.0.1:0")...)
+	b := startNode(t, "b", append(common, "--bootstrap", a.addr, "--auto-fetch", "hello*")...)
+	c := startNode(t, "c", append(common, "--bootstrap", b.addr)...)
+	outsider := startNode(t, "outsider", "--trust", trust, "--bootstrap", a.addr)
+	waitCond(t, 20*time.Second, "b to see a and c", func() bool { return len(b.status(t).Peers) == 2 })
+
+	// An untrusted release first, then a trusted one: once b has auto-fetched
+	// the second, it has judged the first.
+	if code, _, errOut := a.cli("publish", "--key", evilKey, "--name", "hello", "--version", "6.6.6", whale); code != 0 {
+		t.Fatalf("publish: %d %s", code, errOut)
+	}
+	if code, _, errOut := a.cli("publish", "--key", keyPath, "--name", "hello", "--version", "1.0.0", whale); code != 0 {
+		t.Fatalf("publish: %d %s", code, errOut)
+	}
+	waitCond(t, 60*time.Second, "b to auto-fetch hello@1.0.0", func() bool { return b.holds(t, "hello@1.0.0") })
+	if b.holds(t, "hello@6.6.6") {
+		t.Fatal("b auto-fetched a release signed by an untrusted key")
+	}
+
+	code, out, errOut := c.cli("fetch", "--timeout", "60s", "--json", "hello@1.0.0")
+	if code != 0 {
+		t.Fatalf("fetch: exit %d: %s", code, errOut)
+	}
+	var rel artifact.Release
+	if err := json.Unmarshal([]byte(out), &rel); err != nil {
+		t.Fatalf("fetch --json: %v: %s", err, out)
+	}
+	if want := sha256Of(t, whale); rel.Digest != want {
+		t.Fatalf("fetched sha256 %s, want %s", rel.Digest, want)
+	}
+	if got := sha256Of(t, filepath.Join(c.data, "blobs", "sha256", rel.Digest)); got != rel.Digest {
+		t.Fatalf("stored blob hashes to %s", got)
+	}
+	if code, _, errOut := c.cli("verify", "--trust", trust, "hello@1.0.0"); code != 0 {
+		t.Fatalf("verify after fetch: %d %s", code, errOut)
+	}
+
+	// Refusals and absences, each with its exit code and nothing left behind.
+	code, _, errOut = c.cli("fetch", "--timeout", "10s", "hello@6.6.6")
+	if code != exitVerify {
+		t.Errorf("fetch of an untrusted release: exit %d (%s), want %d", code, errOut, exitVerify)
+	}
+	code, _, errOut = c.cli("fetch", "--timeout", "2s", "ghost@1.0.0")
+	if code != exitNotFound || !strings.Contains(errOut, "nobody has it") {
+		t.Errorf("fetch of what nobody has: exit %d (%s), want %d", code, errOut, exitNotFound)
+	}
+	if s := c.status(t); len(s.Holds) != 1 || len(s.Transfers) != 1 {
+		t.Errorf("c holds %v and runs %v, want only hello@1.0.0", s.Holds, s.Transfers)
+	}
+	// The only staged files are those of the blob c seeds (the engine seeds
+	// from a hard link of it).
+	ents, _ := os.ReadDir(filepath.Join(c.data, "tmp"))
+	for _, e := range ents {
+		if !strings.Contains(e.Name(), rel.Digest) {
+			t.Errorf("c left %s in its temp dir", e.Name())
+		}
+	}
+
+	// The outsider has no PSK: no fleet node lets it in.
+	if s := outsider.status(t); len(s.Peers) != 0 {
+		t.Errorf("outsider has peers %v", s.Peers)
+	}
+	if code, _, _ := outsider.cli("fetch", "--timeout", "2s", "hello@1.0.0"); code != exitNotFound {
+		t.Errorf("outsider fetch: exit %d, want %d", code, exitNotFound)
+	}
+
+	// A standard BitTorrent client downloads from the export.
+	if aria, err := exec.LookPath("aria2c"); err == nil {
+		tf := filepath.Join(dir, "hello.torrent")
+		code, out, errOut := a.cli("torrent", "--out", tf, "hello@1.0.0")
+		if code != 0 || !strings.Contains(out, "magnet:?xt=urn:btih:"+rel.InfoHash) {
+			t.Fatalf("torrent: exit %d: %s %s", code, out, errOut)
+		}
+		dl := t.TempDir()
+		cmd := exec.Command(aria, "--dir", dl, "--seed-time=0", "--enable-dht=false", "--bt-enable-lpd=false",
+			"--enable-peer-exchange=false", "--bt-stop-timeout=60", tf)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("aria2c: %v\n%s", err, b)
+		}
+		if got := sha256Of(t, filepath.Join(dl, rel.Digest)); got != rel.Digest {
+			t.Fatalf("aria2c downloaded sha256 %s, want %s", got, rel.Digest)
+		}
+	} else {
+		t.Log("aria2c not installed (apt install aria2): skipping the standard client download")
+	}
+
+	for name, p := range map[string]*daemonProc{"a": a, "b": b, "c": c, "outsider": outsider} {
+		if err := p.stop(); err != nil {
+			t.Errorf("%s: SIGTERM: %v", name, err)
+		}
+	}
+}
