@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -137,8 +138,14 @@ func (nt *Net) build(n int) error {
 	return nil
 }
 
-// remove deletes the run's namespaces; the veth pairs and the bridge go with them.
+// remove kills what still runs in the run's namespaces and deletes them; the
+// veth pairs and the bridge go with them.
 func (nt *Net) remove(t testing.TB) {
+	for _, h := range nt.Hosts {
+		if err := h.KillAll(10 * time.Second); err != nil {
+			t.Errorf("testnet cleanup: %v", err)
+		}
+	}
 	for _, h := range nt.Hosts {
 		if err := ip("netns", "del", h.Name); err != nil {
 			t.Errorf("testnet cleanup: %v", err)
@@ -189,6 +196,50 @@ func createdAt(name string) (time.Time, bool) {
 // `ip netns exec`, which remounts /sys and so hides the cgroup hierarchy.
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + filepath.Join(netnsDir, h.Name), "--", name}, args...)...)
+}
+
+// KillAll SIGKILLs every process whose network namespace is the host's, such
+// as daemons' detached children that outlived them, and waits until none is
+// left or wait runs out.
+func (h *Host) KillAll(wait time.Duration) error {
+	var ns syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(netnsDir, h.Name), &ns); err != nil {
+		return fmt.Errorf("kill processes in %s: %w", h.Name, err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		pids := h.pids(ns)
+		if len(pids) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("kill processes in %s: %v still alive after %v", h.Name, pids, wait)
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// pids lists the processes in the network namespace with ns's device and inode.
+func (h *Host) pids(ns syscall.Stat_t) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat(filepath.Join("/proc", e.Name(), "ns", "net"), &st) != nil {
+			continue // gone, or a kernel thread
+		}
+		if st.Dev == ns.Dev && st.Ino == ns.Ino {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // Cut takes the host's port on the bridge down: the host stays up, with its

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -237,5 +238,38 @@ func TestSweepKeepsYoung(t *testing.T) {
 	Sweep(t)
 	if _, err := os.Stat(netnsDir + "/" + stale); !os.IsNotExist(err) {
 		t.Fatalf("stale namespace survived the sweep: %v", err)
+	}
+}
+
+func TestKillAll(t *testing.T) {
+	nt := New(t, 1)
+	h := nt.Hosts[0]
+	cmd := h.Command(context.Background(), "sleep", "600")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // like a daemon's detached child
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	var ns syscall.Stat_t
+	if err := syscall.Stat(netnsDir+"/"+h.Name, &ns); err != nil {
+		t.Fatal(err)
+	}
+	// nsenter enters the namespace and then execs sleep: wait for that.
+	eventually(t, 10*time.Second, "sleep in the namespace", func() error {
+		for _, pid := range h.pids(ns) {
+			if pid == cmd.Process.Pid {
+				return nil
+			}
+		}
+		return fmt.Errorf("pid %d not in %s yet", cmd.Process.Pid, h.Name)
+	})
+	if err := h.KillAll(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("process in the namespace survived KillAll")
 	}
 }
