@@ -45,7 +45,7 @@ func nodeCommand() *cli.Command {
 			&cli.BoolFlag{Name: "mdns", Usage: "also find nodes on the local link with mDNS"},
 			cgroupParentFlag,
 		},
-		Subcommands: []*cli.Command{pskCommand()},
+		Subcommands: []*cli.Command{pskCommand(), nodeDrainCommand()},
 		Action: func(c *cli.Context) error {
 			d, err := newDaemon(c)
 			if err != nil {
@@ -102,7 +102,7 @@ type daemon struct {
 func newDaemon(c *cli.Context) (_ *daemon, err error) {
 	d := &daemon{data: c.String("data"), log: slog.Default(), mux: http.NewServeMux()}
 	if c.NArg() > 0 {
-		return nil, usageErrorf("node: unexpected argument %q (subcommands: psk)", c.Args().First())
+		return nil, usageErrorf("node: unexpected argument %q (subcommands: psk, drain)", c.Args().First())
 	}
 	cfg := swarm.NodeConfig{
 		DataDir:     d.data,
