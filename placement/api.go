@@ -34,8 +34,9 @@ type TaskState struct {
 
 // Heartbeat is a launcher's periodic report: what it runs and what it holds.
 type Heartbeat struct {
-	Tasks     []TaskState `json:"tasks"`
-	Artifacts []string    `json:"artifacts,omitempty"`
+	Tasks []TaskState `json:"tasks"`
+	// Artifacts replaces the node's list of held refs and digests; nil leaves it as is.
+	Artifacts []string `json:"artifacts,omitempty"`
 }
 
 // HeartbeatResponse lists allocations the node runs that it must kill: unknown

@@ -110,7 +110,7 @@ func NewCell(batchShare float64, now func() time.Time, seed uint64) *Cell {
 		free:        newFreeIndex(),
 		now:         now,
 		rng:         rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
-		k:           8,
+		k:           16,
 	}
 }
 

@@ -116,7 +116,7 @@ func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
 }
 
 func (c *Cell) markPending(js *jobState, t *Task, why string, ev *Evaluation) {
-	if t.State != TaskPending || t.Reason != why || t.AllocID != "" && c.allocs[t.AllocID] != nil && c.allocs[t.AllocID].live() {
+	if t.State != TaskPending || t.Reason != why {
 		t.State, t.Reason = TaskPending, why
 		c.touchTask(t)
 	}
