@@ -30,6 +30,10 @@ var cgroupParentFlag = &cli.StringFlag{Name: "cgroup-parent", Value: "ballena",
 // launcher opened in this process on the data dir (it adopts the tasks a
 // previous launcher left running).
 func withLauncher(c *cli.Context, viaDaemon func(*localapi.Client) error, direct func(*launcher.Launcher) error) error {
+	warm := -1 // a warm shim pays off only for a start
+	if c.Command.Name == "run" {
+		warm = 1
+	}
 	data := c.String("data")
 	if cl, err := localapi.Dial(data); err == nil {
 		return viaDaemon(cl)
@@ -44,7 +48,7 @@ func withLauncher(c *cli.Context, viaDaemon func(*localapi.Client) error, direct
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	l, err := launcher.New(launcher.Config{
-		DataDir: data, DB: st.DB(), CgroupParent: c.String("cgroup-parent"), Logger: logger,
+		DataDir: data, DB: st.DB(), CgroupParent: c.String("cgroup-parent"), Logger: logger, WarmShims: warm,
 		Verifier: &launcher.StoreVerifier{Store: st, PolicyPath: trustPath(c), AllowRollback: c.Bool("allow-rollback")},
 	})
 	if err != nil {
@@ -244,7 +248,7 @@ func runViaDaemon(c *cli.Context, cl *localapi.Client, spec launcher.TaskSpec) e
 	ctx, cancel := context.WithTimeout(context.Background(), 365*24*time.Hour)
 	defer cancel()
 	if resp, err := cl.Stream(ctx, http.MethodGet, "/v1/tasks/"+t.ID+"/logs?follow=1", nil); err == nil {
-		_, _ = io.Copy(os.Stdout, resp.Body)
+		_, _ = io.Copy(c.App.Writer, resp.Body)
 		resp.Body.Close()
 	}
 	if err := cl.Do(ctx, http.MethodGet, "/v1/tasks/"+t.ID+"/wait", nil, &t); err != nil {
@@ -259,7 +263,7 @@ func runDirect(c *cli.Context, l *launcher.Launcher, spec launcher.TaskSpec) err
 		return taskErr(err)
 	}
 	if c.Bool("detach") {
-		fmt.Fprintln(os.Stderr, "ballena: no node runs on this data dir: the task runs unsupervised (no restarts) until `ballena node` adopts it")
+		fmt.Fprintln(c.App.ErrWriter, "ballena: no node runs on this data dir: the task runs unsupervised (no restarts) until `ballena node` adopts it")
 		return printStarted(c, t)
 	}
 	bg := context.Background()
@@ -270,7 +274,7 @@ func runDirect(c *cli.Context, l *launcher.Launcher, spec launcher.TaskSpec) err
 	defer rc.Close()
 	copied := make(chan struct{})
 	go func() {
-		_, _ = io.Copy(os.Stdout, rc)
+		_, _ = io.Copy(c.App.Writer, rc)
 		close(copied)
 	}()
 	final := make(chan launcher.Task, 1)
@@ -297,9 +301,9 @@ func runDirect(c *cli.Context, l *launcher.Launcher, spec launcher.TaskSpec) err
 
 func printStarted(c *cli.Context, t launcher.Task) error {
 	if c.Bool("json") {
-		return printJSON(os.Stdout, t)
+		return printJSON(c.App.Writer, t)
 	}
-	fmt.Println(t.ID)
+	fmt.Fprintln(c.App.Writer, t.ID)
 	return nil
 }
 
@@ -365,9 +369,9 @@ func psCommand() *cli.Command {
 				ts = live
 			}
 			if c.Bool("json") {
-				return printJSON(os.Stdout, ts)
+				return printJSON(c.App.Writer, ts)
 			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "ID\tARTIFACT\tSTATE\tPID\tUPTIME\tRESTARTS\tCPU\tMEMORY")
 			for _, t := range ts {
 				state, pid, up, cpu, mem := string(t.State), "-", "-", "-", "-"
@@ -414,7 +418,7 @@ func logsCommand() *cli.Command {
 					return err
 				}
 				defer resp.Body.Close()
-				_, err = io.Copy(os.Stdout, resp.Body)
+				_, err = io.Copy(c.App.Writer, resp.Body)
 				if c.Context.Err() != nil {
 					return nil
 				}
@@ -425,7 +429,7 @@ func logsCommand() *cli.Command {
 					return taskErr(err)
 				}
 				defer rc.Close()
-				_, err = io.Copy(os.Stdout, rc)
+				_, err = io.Copy(c.App.Writer, rc)
 				return err
 			})
 		},
@@ -470,9 +474,9 @@ func stopCommand() *cli.Command {
 				return err
 			}
 			if c.Bool("json") {
-				return printJSON(os.Stdout, t)
+				return printJSON(c.App.Writer, t)
 			}
-			fmt.Printf("%s %s (%s)\n", t.ID, t.State, t.Exit)
+			fmt.Fprintf(c.App.Writer, "%s %s (%s)\n", t.ID, t.State, t.Exit)
 			return nil
 		},
 	}

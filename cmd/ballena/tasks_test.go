@@ -1,0 +1,110 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"ballena.dev/launcher"
+)
+
+// TestMain lets this test binary serve as a task's shim and init, as the
+// ballena binary does.
+func TestMain(m *testing.M) {
+	launcher.MaybeRunInit()
+	os.Exit(m.Run())
+}
+
+func TestParseSizes(t *testing.T) {
+	for in, want := range map[string]int64{"256MiB": 256 << 20, "256M": 256 << 20, "1G": 1 << 30, "1.5GiB": 3 << 29, "4096": 4096, "64 KiB": 64 << 10} {
+		if got, err := parseBytes(in); err != nil || got != want {
+			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "12XB", "-1M", "M"} {
+		if _, err := parseBytes(in); err == nil {
+			t.Errorf("parseBytes(%q) accepted", in)
+		}
+	}
+	for in, want := range map[string]int64{"500m": 500, "1.5": 1500, "2": 2000} {
+		if got, err := parseMillis(in); err != nil || got != want {
+			t.Errorf("parseMillis(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if _, err := parseMillis("lots"); err == nil {
+		t.Error("parseMillis(lots) accepted")
+	}
+}
+
+func TestTasksCLI(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: tasks run in new namespaces and cgroups")
+	}
+	f := newFixture(t)
+	parent := fmt.Sprintf("ballena-clitest-%d", os.Getpid())
+	t.Cleanup(func() {
+		for _, c := range []string{"memory", "cpu", "cpuacct", "pids", "freezer", ""} {
+			_ = syscall.Rmdir(filepath.Join("/sys/fs/cgroup", c, parent))
+		}
+	})
+	trust := f.write(t, "trust.yaml", "keys:\n  - path: release.pub\n    names: [\"api\"]\n")
+	cg := "--cgroup-parent=" + parent
+
+	// Flags after the artifact, task args after "--"; the task's exit code comes back.
+	code, out, msg := run(t, f.data, "run", "api@1.4.0", "--memory", "64MiB", "--cpu", "500m", "--pids", "32", "--trust", trust, cg, "--", "--no-such-flag")
+	if code != 2 || !strings.Contains(out, "flag provided but not defined") {
+		t.Errorf("run with a bad task flag: exit %d (%s), output %q; want the task's exit 2 and its complaint", code, msg, out)
+	}
+
+	// Detached, then ps, logs, stop.
+	code, out, msg = run(t, f.data, "run", "-d", "api@1.4.0", "--trust", trust, cg, "--", "--listen", "127.0.0.1:0", "--message", "hi")
+	if code != 0 {
+		t.Fatalf("run -d: exit %d: %s", code, msg)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n") // a warning (no node runs), then the ID
+	id := lines[len(lines)-1]
+	code, out, msg = run(t, f.data, "ps", "--json", cg)
+	var ts []launcher.Task
+	if code != 0 || json.Unmarshal([]byte(out), &ts) != nil || len(ts) != 1 || ts[0].ID != id || ts[0].State != launcher.StateRunning {
+		t.Fatalf("ps --json: exit %d (%s): %s", code, msg, out)
+	}
+	if ts[0].Spec.MemoryBytes != 512<<20 || ts[0].Usage == nil {
+		t.Errorf("ps: limits or usage missing: %+v", ts[0])
+	}
+	_, out, _ = run(t, f.data, "ps", cg)
+	mustContain(t, out, "ID", "ARTIFACT", id, "api@1.4.0", "running")
+	waitLog := func() string {
+		for range 100 {
+			_, out, _ := run(t, f.data, "logs", id[:6], cg)
+			if strings.Contains(out, "serving on") {
+				return out
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return ""
+	}
+	if out := waitLog(); out == "" {
+		t.Errorf("logs never showed the task's output")
+	}
+	code, out, msg = run(t, f.data, "stop", id, "--timeout", "5s", cg)
+	if code != 0 || !strings.Contains(out, "stopped") {
+		t.Errorf("stop: exit %d (%s): %s", code, msg, out)
+	}
+
+	// Refused by the trust policy: exit 3, nothing runs.
+	other := f.write(t, "other-trust.yaml", "keys:\n  - path: other.pub\n    names: [\"*\"]\n")
+	if code, _, msg := run(t, f.data, "run", "api@1.4.0", "--trust", other, cg); code != exitVerify {
+		t.Errorf("run with an untrusted key: exit %d (%s), want %d", code, msg, exitVerify)
+	}
+	if code, _, _ := run(t, f.data, "stop", "nosuchtask", cg); code != exitNotFound {
+		t.Errorf("stop of a missing task: exit %d, want %d", code, exitNotFound)
+	}
+	if code, _, _ := run(t, f.data, "run", "api@1.4.0", "--memory", "lots", cg); code != exitUsage {
+		t.Errorf("run --memory lots: exit %d, want %d", code, exitUsage)
+	}
+}
