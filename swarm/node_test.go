@@ -24,7 +24,7 @@ import (
 // testLogger logs through t when -v asks for it, else nowhere.
 func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
@@ -322,4 +322,55 @@ func ntNoFiles(t testing.TB, dir string) {
 		}
 		return nil
 	})
+}
+
+// A node that joins after the announcement finds the release by asking its
+// peers over the lookup protocol.
+func TestFetchLateJoiner(t *testing.T) {
+	pub, priv := ntKey(t)
+	seed := ntNode(t, ntOpts{trust: []ed25519.PublicKey{pub}})
+	rel := ntPublish(t, seed, "api", "1.0.0", 512<<10, priv)
+	late := ntNode(t, ntOpts{bootstrap: []*Node{seed}, trust: []ed25519.PublicKey{pub}})
+	waitFor(t, 20*time.Second, "connection", func() bool { return len(late.Host().Network().Peers()) > 0 })
+	late.mu.Lock()
+	_, known := late.known[rel.Ref()]
+	late.mu.Unlock()
+	if known {
+		t.Fatal("the late node heard the announcement; the test would prove nothing")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := late.Fetch(ctx, rel.Ref(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if !late.st.HasBlob(rel.Digest) {
+		t.Fatal("blob not stored")
+	}
+}
+
+// An announcement whose record is not the one its envelope signs is dropped,
+// even when the envelope is trusted.
+func TestForgedRecordDropped(t *testing.T) {
+	pub, priv := ntKey(t)
+	src := ntNode(t, ntOpts{trust: []ed25519.PublicKey{pub}})
+	recv := ntNode(t, ntOpts{bootstrap: []*Node{src}, trust: []ed25519.PublicKey{pub}, autoFetch: []string{"*"}})
+	waitGossip(t, src, recv)
+	real, env := ntSign(t, "api", "1.0.0", 64<<10, priv)
+	forged := real.Release
+	forged.Name = "forged"
+	if err := src.gossip.Announce(context.Background(), forged, env); err != nil {
+		t.Fatal(err)
+	}
+	good := ntPublish(t, src, "db", "1.0.0", 64<<10, priv)
+	waitFor(t, 30*time.Second, "auto-fetch of the honest release", func() bool {
+		_, _, err := recv.st.Release(good.Ref())
+		return err == nil
+	})
+	recv.mu.Lock()
+	defer recv.mu.Unlock()
+	for ref := range recv.known {
+		if ref.Name == "forged" || ref == real.Ref() {
+			t.Fatalf("the forged announcement was accepted as %s", ref)
+		}
+	}
 }
