@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -448,5 +449,67 @@ func TestBadJobOverAPI(t *testing.T) {
 	var ae *APIError
 	if !asAPIError(err, &ae) || ae.Status != 400 || !strings.Contains(ae.Message, "priority") {
 		t.Fatalf("bad job: %v, want 400 naming priority", err)
+	}
+}
+
+func TestConcurrentWritesLoseNothing(t *testing.T) {
+	ts := startServer(t, t.TempDir())
+	ctx := context.Background()
+	n := ts.addNode(t, 64000, 256, nil)
+	resp, err := ts.admin.SubmitJob(ctx, job("shared", 1, 100, 64, BandProd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := resp.Job.ModifyIndex
+	const writers = 16
+	var wg sync.WaitGroup
+	wins := make(chan int, writers)
+	errs := make(chan error, 3*writers)
+	for i := range writers {
+		wg.Add(3)
+		go func() { // racing editors of one job: exactly one wins at the index they read
+			defer wg.Done()
+			_, err := ts.admin.SubmitJobAt(ctx, job("shared", 2+i, 100, 64, BandProd), idx)
+			var ae *APIError
+			switch {
+			case err == nil:
+				wins <- 2 + i
+			case !asAPIError(err, &ae) || ae.Status != http.StatusConflict:
+				errs <- err
+			}
+		}()
+		go func() { // independent jobs all land
+			defer wg.Done()
+			if _, err := ts.admin.SubmitJob(ctx, job(fmt.Sprintf("own-%02d", i), 2, 100, 64, BandBatch)); err != nil {
+				errs <- err
+			}
+		}()
+		go func() { // heartbeats interleave with the writes
+			defer wg.Done()
+			if _, err := n.Heartbeat(ctx, Heartbeat{}); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(wins)
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	var won []int
+	for w := range wins {
+		won = append(won, w)
+	}
+	if len(won) != 1 {
+		t.Fatalf("%d racing updates at one index succeeded, want exactly 1: %v", len(won), won)
+	}
+	st, err := ts.admin.JobStatus(ctx, "shared")
+	if err != nil || st.Job.Count != won[0] || len(st.Tasks) != won[0] {
+		t.Errorf("shared job count %d with %d tasks, want the winner's %d (%v)", st.Job.Count, len(st.Tasks), won[0], err)
+	}
+	jobs, _ := ts.admin.Jobs(ctx)
+	if len(jobs) != writers+1 {
+		t.Errorf("%d jobs, want %d", len(jobs), writers+1)
 	}
 }
