@@ -31,7 +31,7 @@ func nodeCommand() *cli.Command {
 			"is the machine's name in the mesh. It prints its full addresses at start: give one of\n" +
 			"them to other nodes' --bootstrap. Announcements and fetched releases are verified\n" +
 			"against --trust (default DATA/trust.yaml; re-read on SIGHUP). SIGTERM stops it cleanly.",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice("/ip4/0.0.0.0/tcp/7400"),
 				Usage: "libp2p listen multiaddr; repeatable (QUIC only without --psk)"},
 			&cli.StringSliceFlag{Name: "bootstrap", Usage: "multiaddr with /p2p/PEERID of a node to join through; repeatable"},
@@ -44,7 +44,7 @@ func nodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "tracker-listen", Usage: "HTTP tracker for standard clients (needs --bt-listen), e.g. 127.0.0.1:6880"},
 			&cli.BoolFlag{Name: "mdns", Usage: "also find nodes on the local link with mDNS"},
 			cgroupParentFlag,
-		},
+		}, agentFlags()...),
 		Subcommands: []*cli.Command{pskCommand(), nodeDrainCommand()},
 		Action: func(c *cli.Context) error {
 			d, err := newDaemon(c)
@@ -93,6 +93,7 @@ type daemon struct {
 	st        *artifact.Store
 	node      *swarm.Node
 	launcher  *launcher.Launcher
+	agent     *launcher.Agent // nil unless --server joins a placement service
 	mux       *http.ServeMux
 	cancel    context.CancelFunc
 }
@@ -152,7 +153,15 @@ func newDaemon(c *cli.Context) (_ *daemon, err error) {
 	if d.node, err = swarm.NewNode(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	var onEvent func(launcher.Task)
+	if err := d.newAgent(c); err != nil {
+		return nil, err
+	}
+	if d.agent != nil {
+		onEvent = d.agent.Observe
+	}
 	d.launcher, err = launcher.New(launcher.Config{
+		OnEvent: onEvent,
 		DataDir: d.data, DB: d.st.DB(), CgroupParent: c.String("cgroup-parent"), Logger: d.log,
 		Verifier: &launcher.StoreVerifier{Store: d.st, PolicyPath: d.trustPath},
 	})
@@ -228,6 +237,13 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	if u := d.node.Engine().TrackerURL(); u != "" {
 		fmt.Printf("tracker %s\n", u)
+	}
+	if d.agent != nil {
+		go func() {
+			if err := d.agent.Run(ctx, d.launcher); err != nil {
+				d.log.Error("placement agent stopped", "err", err)
+			}
+		}()
 	}
 	err := localapi.Serve(ctx, d.data, d.mux)
 	d.log.Info("node stopping")
