@@ -79,12 +79,7 @@ func (p *jobParser) fail(n *yaml.Node, field, format string, a ...any) {
 // unknown or repeated ones.
 func (p *jobParser) fields(n *yaml.Node, prefix string, known []string, set func(key string, v *yaml.Node, field string)) {
 	if n.Kind != yaml.MappingNode {
-		name := prefix
-		if name == "" {
-			name = "job"
-		}
 		p.fail(n, strings.TrimSuffix(prefix, "."), "must be a mapping, not %s", kindName(n))
-		_ = name
 		return
 	}
 	seen := map[string]bool{}
@@ -108,6 +103,7 @@ var jobFields = []string{"name", "artifact", "digest", "count", "resources", "pr
 	"constraints", "spread", "distinct_hosts", "args", "env", "restart", "update"}
 
 func (p *jobParser) job(n *yaml.Node, j *Job) {
+	resNode := n
 	p.fields(n, "", jobFields, func(key string, v *yaml.Node, field string) {
 		switch key {
 		case "name":
@@ -128,6 +124,7 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 		case "count":
 			j.Count = int(p.int(v, field, 0, 100000))
 		case "resources":
+			resNode = v
 			p.fields(v, "resources.", []string{"cpu", "memory", "pids"}, func(key string, v *yaml.Node, field string) {
 				switch key {
 				case "cpu":
@@ -208,10 +205,10 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 		}
 	}
 	if j.Resources.CPU == 0 {
-		p.fail(n, "resources.cpu", "is required")
+		p.fail(resNode, "resources.cpu", "is required")
 	}
 	if j.Resources.Memory == 0 {
-		p.fail(n, "resources.memory", "is required")
+		p.fail(resNode, "resources.memory", "is required")
 	}
 	j.setDefaults()
 }

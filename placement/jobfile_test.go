@@ -59,7 +59,7 @@ func TestParseJobErrors(t *testing.T) {
 		{"negative count", base + "count: -1\n", "api.yaml:6: count: -1 is out of range"},
 		{"bad artifact", "name: api\nartifact: api\n", `api.yaml:2: artifact: "api" is not an artifact reference`},
 		{"missing artifact", "name: api\nresources: {cpu: 1, memory: 1Mi}\n", "api.yaml:1: artifact: is required"},
-		{"missing memory", "name: api\nartifact: a@1\nresources: {cpu: 100m}\n", "resources.memory: is required"},
+		{"missing memory", "name: api\nartifact: a@1\nresources: {cpu: 100m}\n", "api.yaml:3: resources.memory: is required"},
 		{"constraint without op", base + "constraints:\n  - label: zone\n", "api.yaml:7: constraints[0]: needs one of equals"},
 		{"constraint two ops", base + "constraints:\n  - label: zone\n    equals: a\n    in: [b]\n", "api.yaml:9: constraints[0].in: only one of"},
 		{"bad restart", base + "restart: sometimes\n", `api.yaml:6: restart: "sometimes" is not a restart policy`},

@@ -138,10 +138,13 @@ func (s *Server) Sweep() error {
 	})
 }
 
-// Run sweeps for silent machines until ctx is done.
+// Run sweeps for silent machines, and reclaims badger's value log now and then,
+// until ctx is done.
 func (s *Server) Run(ctx context.Context) error {
 	t := time.NewTicker(max(s.opts.NodeTTL/4, 100*time.Millisecond))
 	defer t.Stop()
+	gc := time.NewTicker(10 * time.Minute)
+	defer gc.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -149,6 +152,9 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-t.C:
 			if err := s.Sweep(); err != nil {
 				s.log.Error("sweep for silent machines", "err", err)
+			}
+		case <-gc.C:
+			for s.db.RunValueLogGC(0.5) == nil && ctx.Err() == nil {
 			}
 		}
 	}
