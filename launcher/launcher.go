@@ -1,7 +1,3 @@
-// Package launcher starts verified artifacts as isolated tasks on this machine:
-// whales in their own cgroup and namespaces through a re-executed init, images
-// through runc. It watches them, restarts them by policy, keeps their logs,
-// and adopts its running tasks again after it restarts itself.
 package launcher
 
 import (
@@ -452,8 +448,12 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (*exec.
 	e.t.StartedAt = time.Now().UTC()
 	e.t.Exit = nil
 	e.t.Digest = art.Digest
+	stopping := e.t.Stopping
 	err = l.save(e)
 	l.mu.Unlock()
+	if stopping { // Stop came while we were starting: it found nothing to signal
+		go func() { _ = e.cg.killAll() }()
+	}
 	if err != nil {
 		l.log.Error("save task record", "task", t.ID, "err", err)
 	}
@@ -869,7 +869,24 @@ func (l *Launcher) Remove(id string) error {
 		return err
 	}
 	delete(l.tasks, e.t.ID)
+	// Drop the staged executable or unpacked image once no task refers to it.
+	used := false
+	for _, o := range l.tasks {
+		used = used || o.t.Digest == e.t.Digest
+	}
+	if !used && artifactDigest(e.t.Digest) {
+		_ = os.Remove(filepath.Join(l.dir, "bin", e.t.Digest))
+		_ = os.RemoveAll(filepath.Join(l.dir, "images", e.t.Digest))
+	}
 	return os.RemoveAll(l.taskDir(e.t.ID))
+}
+
+func artifactDigest(d string) bool {
+	if len(d) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(d)
+	return err == nil
 }
 
 // Logs returns the task's stdout and stderr, interleaved as written. With

@@ -1,0 +1,40 @@
+// Package launcher starts verified artifacts as isolated tasks on this machine:
+// whales in their own cgroup and namespaces through a re-executed init, images
+// through runc. It watches them, restarts them by policy, keeps their logs,
+// and adopts its running tasks again after it restarts itself.
+//
+// # How a task runs
+//
+// Start verifies the artifact (Verifier: blob re-hashed, envelope checked
+// against the trust policy) before anything else exists; a refusal leaves
+// no record, directory, cgroup or process behind. Then, for a whale:
+//
+//	launcher ──exec /proc/self/exe (shim mode, own session)──▶ shim
+//	shim ──clone(NEWPID|NEWNS|NEWUTS|NEWIPC[|NEWNET]) + exec self (init mode)──▶ init
+//	shim: writes init's PID to the task cgroup's cgroup.procs, then sends it
+//	      the run config's path on the sync pipe
+//	init: makes mounts private, builds a read-only tmpfs root (the whale
+//	      bind-mounted read-only, /proc of the new PID namespace, null, zero,
+//	      full, random, urandom, a private /tmp), pivot_root, hostname,
+//	      no_new_privs, empties the bounding/ambient/inheritable capability
+//	      sets, setgroups/setgid/setuid, execve. Start returns when the exec
+//	      pipe closes (success) or carries init's error.
+//
+// One shim is kept warm, with its init already cloned into fresh namespaces
+// and waiting, so a start pays for neither process start-up.
+//
+// An image is unpacked once per digest (mutate.Extract, through os.Root so
+// nothing escapes the rootfs) and run by the shim as `runc create` + `runc
+// start` with a generated config.json carrying the same limits; the shim is a
+// child subreaper, so the container's first process becomes its child.
+//
+// The shim is what survives the launcher: it is the task's parent, so it
+// gets the real exit status, reads the memory cgroup's oom_kill counter, and
+// writes both to exit.json; and it is the only writer of the task's log
+// (stdout and stderr share a pipe to it), so it rotates by size with renames
+// (log, log.1, ...) and nothing is lost between a copy and a truncate. A
+// launcher that is killed and restarted finds its tasks in badger (PID and
+// start time of task and shim, so a reused PID is not mistaken for them),
+// watches adopted shims through pidfds, and reads exit.json of those that
+// ended meanwhile.
+package launcher
