@@ -342,9 +342,13 @@ func (c *Cell) retryPending(trigger string) []*Evaluation {
 			return a.Name < b.Name
 		})
 		for _, name := range names {
-			if c.jobs[name] == nil {
+			js := c.jobs[name]
+			if js == nil {
 				delete(c.pending, name)
 				continue
+			}
+			if round == 0 && js.lastEval != nil && js.lastEval.Index == c.index {
+				continue // just evaluated in this operation
 			}
 			evs = append(evs, c.evaluateJob(name, trigger, true))
 		}

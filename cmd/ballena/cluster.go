@@ -377,7 +377,7 @@ func printEvaluations(w io.Writer, resp *placement.SubmitResponse) {
 		fmt.Fprintf(w, "job %s version %d%s: %s, %d tasks, %s\n", j.Name, j.Version, state, j.Artifact, j.Count, j.Priority)
 	}
 	for i, ev := range resp.Evaluations {
-		if i > 0 && ev.Placed+ev.Stopped+ev.Preempted+len(ev.Pending) == 0 {
+		if i > 0 && ev.Placed+ev.Stopped+ev.Preempted == 0 {
 			continue
 		}
 		prefix := ""
