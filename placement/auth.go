@@ -75,8 +75,9 @@ func signRequest(req *http.Request, nodeID string, key ed25519.PrivateKey, now t
 
 // replayGuard remembers signatures seen within the window.
 type replayGuard struct {
-	mu   sync.Mutex
-	seen map[string]time.Time
+	mu      sync.Mutex
+	seen    map[string]time.Time
+	cleaned time.Time
 }
 
 func (g *replayGuard) check(sig string, now time.Time) bool {
@@ -85,7 +86,10 @@ func (g *replayGuard) check(sig string, now time.Time) bool {
 	if g.seen == nil {
 		g.seen = map[string]time.Time{}
 	}
-	if len(g.seen) > 4096 {
+	// Expired entries go at most once a second: a busy cell sends thousands of
+	// requests a second, and a sweep per request would cost the whole map each time.
+	if len(g.seen) > 4096 && now.Sub(g.cleaned) > time.Second {
+		g.cleaned = now
 		for k, exp := range g.seen {
 			if now.After(exp) {
 				delete(g.seen, k)
