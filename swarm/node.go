@@ -2,6 +2,7 @@ package swarm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -146,7 +148,12 @@ func NewNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 	if n.gossip, err = NewGossip(ctx, h, n.verify, n.announced, n.log); err != nil {
 		return nil, err
 	}
-	ServeLookup(h, n.resolve, n.log)
+	ServeLookup(h, n.resolve, n.listKnown, n.log)
+	if len(cfg.AutoFetch) > 0 {
+		if err := n.watchPeers(); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.MDNS {
 		if n.mdns, err = StartMDNS(ctx, h, n.log); err != nil {
 			return nil, err
@@ -303,25 +310,35 @@ func (n *Node) notifyLocked() {
 
 // announced handles a verified announcement from origin.
 func (n *Node) announced(origin peer.ID, rel artifact.Release, env *signing.Envelope) {
+	n.learn(origin, rel, env)
+	n.maybeAutoFetch(rel)
+}
+
+// learn caches a verified release and, when holder is not empty, a node that holds it.
+func (n *Node) learn(holder peer.ID, rel artifact.Release, env *signing.Envelope) {
 	n.mu.Lock()
 	n.known[rel.Ref()] = knownRelease{rel, env}
-	n.addHolderLocked(rel.Digest, origin)
+	n.addHolderLocked(rel.Digest, holder)
 	job := n.jobs[rel.Digest]
 	n.notifyLocked()
 	n.mu.Unlock()
-	if job != nil {
-		job.addSource(n, origin, nil)
+	if job != nil && holder != "" {
+		job.addSource(n, holder, nil)
 	}
-	if n.autoFetches(rel) && !n.st.HasBlob(rel.Digest) {
-		n.wg.Go(func() {
-			ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AutoFetchTimeout)
-			defer cancel()
-			n.log.Info("auto-fetching", "release", rel.Ref())
-			if _, err := n.Fetch(ctx, rel.Ref(), nil); err != nil {
-				n.log.Warn("auto-fetch failed", "release", rel.Ref(), "err", err)
-			}
-		})
+}
+
+func (n *Node) maybeAutoFetch(rel artifact.Release) {
+	if !n.autoFetches(rel) || n.st.HasBlob(rel.Digest) {
+		return
 	}
+	n.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AutoFetchTimeout)
+		defer cancel()
+		n.log.Info("auto-fetching", "release", rel.Ref())
+		if _, err := n.Fetch(ctx, rel.Ref(), nil); err != nil {
+			n.log.Warn("auto-fetch failed", "release", rel.Ref(), "err", err)
+		}
+	})
 }
 
 func (n *Node) addHolderLocked(digest string, p peer.ID) {
@@ -367,6 +384,95 @@ func (n *Node) fetching(digest string) bool {
 	defer n.mu.Unlock()
 	j := n.jobs[digest]
 	return j != nil && j.sources.Load() > 0
+}
+
+// listKnown answers list requests: releases held here, then verified
+// announcements heard.
+func (n *Node) listKnown() []knownAnswer {
+	var out []knownAnswer
+	seen := make(map[artifact.Ref]bool)
+	if rels, err := n.st.Releases(); err == nil {
+		for _, r := range rels {
+			if _, env, err := n.st.Release(r.Ref()); err == nil && n.st.HasBlob(r.Digest) {
+				out = append(out, knownAnswer{Release: r, Envelope: env, Have: true})
+				seen[r.Ref()] = true
+			}
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for ref, k := range n.known {
+		if !seen[ref] {
+			out = append(out, knownAnswer{Release: k.rel, Envelope: k.env})
+		}
+	}
+	return out
+}
+
+// watchPeers catches up on announcements missed while a peer was out of
+// reach: each newly connected peer is asked what it knows, and every entry
+// goes through the same checks as a gossiped announcement.
+func (n *Node) watchPeers() error {
+	sub, err := n.h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+	if err != nil {
+		return fmt.Errorf("swarm node: %w", err)
+	}
+	// The DHT may have dialled the bootstrap peers already.
+	for _, p := range n.h.Network().Peers() {
+		n.wg.Go(func() { n.catchUp(p) })
+	}
+	n.wg.Go(func() {
+		defer sub.Close()
+		for {
+			select {
+			case <-n.ctx.Done():
+				return
+			case e, ok := <-sub.Out():
+				if !ok {
+					return
+				}
+				ev := e.(event.EvtPeerConnectednessChanged)
+				if ev.Connectedness == network.Connected {
+					n.wg.Go(func() { n.catchUp(ev.Peer) })
+				}
+			}
+		}
+	})
+	return nil
+}
+
+func (n *Node) catchUp(p peer.ID) {
+	// The peer may not speak the lookup protocol (yet): identify runs first.
+	list, err := listKnown(n.ctx, n.h, p)
+	if err != nil {
+		n.log.Debug("catch-up", "peer", p, "err", err)
+		return
+	}
+	// Learn everything; auto-fetch only the newest version of each name, as a
+	// node that had been listening all along would hold it.
+	newest := make(map[string]artifact.Release)
+	for _, k := range list {
+		b, err := json.Marshal(Announcement{Release: k.Release, Envelope: k.Envelope})
+		if err != nil {
+			continue
+		}
+		rel, env, err := checkAnnouncement(b, n.verify)
+		if err != nil {
+			n.log.Debug("catch-up: dropped", "peer", p, "release", k.Release.Ref(), "err", err)
+			continue
+		}
+		holder := peer.ID("")
+		if k.Have {
+			holder = p
+		}
+		n.learn(holder, rel, env)
+		if cur, ok := newest[rel.Name]; !ok || signing.CompareVersions(rel.Version, cur.Version) > 0 {
+			newest[rel.Name] = rel
+		}
+	}
+	for _, rel := range newest {
+		n.maybeAutoFetch(rel)
+	}
 }
 
 // Announce makes a release stored here available to the fleet: it seeds the

@@ -374,3 +374,20 @@ func TestForgedRecordDropped(t *testing.T) {
 		}
 	}
 }
+
+// A node that auto-fetches catches up, on joining, on what was announced
+// before it came: the newest matching version only.
+func TestAutoFetchCatchUp(t *testing.T) {
+	pub, priv := ntKey(t)
+	src := ntNode(t, ntOpts{trust: []ed25519.PublicKey{pub}})
+	old := ntPublish(t, src, "api", "1.0.0", 64<<10, priv)
+	cur := ntPublish(t, src, "api", "1.10.0", 64<<10, priv)
+	auto := ntNode(t, ntOpts{bootstrap: []*Node{src}, trust: []ed25519.PublicKey{pub}, autoFetch: []string{"api"}})
+	waitFor(t, 30*time.Second, "catch-up fetch of api@1.10.0", func() bool {
+		_, _, err := auto.st.Release(cur.Ref())
+		return err == nil
+	})
+	if auto.st.HasBlob(old.Digest) {
+		t.Fatal("catch-up fetched an older version too")
+	}
+}
