@@ -73,6 +73,7 @@ func (c *Cell) stopJob(name string) ([]*Evaluation, error) {
 // registerNode adds a machine or brings a known one back.
 func (c *Cell) registerNode(id string, reg *NodeRegistration) ([]*Evaluation, []string) {
 	now := c.now()
+	reg.Artifacts = normalizeArtifacts(reg.Artifacts)
 	n := c.byID[id]
 	if n == nil {
 		n = c.putNode(&Node{ID: id, PublicKey: reg.PublicKey, Addrs: reg.Addrs, Labels: reg.Labels,
@@ -97,6 +98,9 @@ func (c *Cell) heartbeat(id string, hb *Heartbeat) ([]*Evaluation, []string, err
 		return nil, nil, fmt.Errorf("node %s is not registered: %w", id, ErrNotFound)
 	}
 	n.LastSeen = c.now() // not persisted: after a restart every machine gets a fresh TTL
+	if hb.Artifacts != nil {
+		hb.Artifacts = normalizeArtifacts(hb.Artifacts)
+	}
 	if n.Status != NodeReady || !slices.Equal(n.Artifacts, hb.Artifacts) && hb.Artifacts != nil {
 		c.updateNode(n, func(nd *Node) {
 			nd.Status = NodeReady
@@ -238,4 +242,12 @@ func (c *Cell) nodeAllocs(id string) (*AllocationList, error) {
 		l.Allocations = append(l.Allocations, &cp)
 	}
 	return l, nil
+}
+
+// normalizeArtifacts sorts and dedupes a held-artifact list, so that a launcher
+// listing the same things in another order changes nothing.
+func normalizeArtifacts(list []string) []string {
+	out := slices.Clone(list)
+	slices.Sort(out)
+	return slices.Compact(out)
 }
