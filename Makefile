@@ -4,7 +4,7 @@ BIN     := bin/ballena
 PKGS    := ./...
 export CGO_ENABLED := 0
 
-.PHONY: build test test-short fuzz-seeds demo clean bench bench-verify bench-launch
+.PHONY: build test test-short demo run clean bench-verify bench-launch
 
 build: ## static binary at bin/ballena
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN) ./cmd/ballena
@@ -39,5 +39,27 @@ bench-verify: ## sha256 + signature verification throughput on a 1 GiB blob
 bench-launch: ## launch latency p50/p99 of a whale (200 launches) beside runc run of the same binary; root
 	$(GO) test -run '^$$' -bench BenchmarkLaunch -benchtime 1x -timeout 30m ./launcher/
 
+# The whole system on one machine: `ballena dev` (placement server + node), a key,
+# the sample whale published, a job of 2 tasks placed, fetched, verified, started in
+# cgroups, and both answering on their ports. Needs root for cgroups and namespaces.
+RUN := .run
+run: build ## the embedded cluster: publish, place and run the sample service
+	@rm -rf $(RUN) && mkdir -p $(RUN)
+	$(GO) build -trimpath -o $(RUN)/hello ./testdata/hello
+	@set -e; cd $(RUN); B=../$(BIN); export BALLENA_DATA=$$PWD/dev/node BALLENA_SERVER=http://127.0.0.1:7480; \
+	$$B dev --dir $$PWD/dev > dev.log 2>&1 & DEV=$$!; trap 'kill $$DEV 2>/dev/null; wait $$DEV 2>/dev/null' EXIT; \
+	for i in $$(seq 100); do [ -S dev/node/ballena.sock ] && break; sleep 0.1; done; \
+	export BALLENA_TOKEN=$$(cat dev/server/admin.token); \
+	head -3 dev.log; \
+	$$B key generate release; \
+	printf 'keys:\n  - path: %s/release.pub\n    names: ["hello"]\n' "$$PWD" > dev/node/trust.yaml; \
+	$$B publish --key release.key --name hello --version 1.0.0 ./hello; \
+	printf 'name: hello\nartifact: hello@1.0.0\ncount: 2\nresources: {cpu: 100m, memory: 64MiB, pids: 64}\npriority: prod\nargs: [--port-base, "18080"]\n' > hello.yaml; \
+	$$B job run hello.yaml; \
+	for i in $$(seq 100); do $$B job status --json hello | grep -q '"running": 2' && break; sleep 0.2; done; \
+	$$B job status hello; $$B ps; \
+	curl -fsS http://127.0.0.1:18080/ && curl -fsS http://127.0.0.1:18081/; \
+	echo "make run: done; stopping the dev cluster (its log is $(RUN)/dev.log)"
+
 clean:
-	rm -rf bin .demo
+	rm -rf bin .demo .run

@@ -65,6 +65,7 @@ func commands() []*cli.Command {
 		runCommand(), psCommand(), logsCommand(), stopCommand(),
 		// the node daemon and the mesh (node.go, swarm.go)
 		nodeCommand(), fetchCommand(), statusCommand(), torrentCommand(),
+		devCommand(),
 		// the placement service (cluster.go)
 		serverCommand(), jobCommand(), nodesCommand(),
 	}
