@@ -99,6 +99,10 @@ func (p *jobParser) fields(n *yaml.Node, prefix string, known []string, set func
 	}
 }
 
+// MaxCount is the most tasks one job may have: a job's changes commit in one
+// badger transaction, which must stay within badger's batch limits.
+const MaxCount = 10000
+
 var jobFields = []string{"name", "artifact", "digest", "count", "resources", "priority",
 	"constraints", "spread", "distinct_hosts", "args", "env", "restart", "update"}
 
@@ -122,7 +126,7 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 				p.fail(v, field, "%q is not a sha256 digest (64 hex digits)", j.Digest)
 			}
 		case "count":
-			j.Count = int(p.int(v, field, 0, 100000))
+			j.Count = int(p.int(v, field, 0, MaxCount))
 		case "resources":
 			resNode = v
 			p.fields(v, "resources.", []string{"cpu", "memory", "pids"}, func(key string, v *yaml.Node, field string) {
@@ -343,7 +347,7 @@ func (j *Job) Validate() error {
 		return bad("artifact", "%q is not an artifact reference like api@1.4.0", j.Artifact)
 	case j.Digest != "" && !digestRE.MatchString(j.Digest):
 		return bad("digest", "%q is not a sha256 digest", j.Digest)
-	case j.Count < 0 || j.Count > 100000:
+	case j.Count < 0 || j.Count > MaxCount:
 		return bad("count", "%d is out of range", j.Count)
 	case j.Resources.CPU <= 0 || j.Resources.Memory <= 0 || j.Resources.PIDs < 0:
 		return bad("resources", "cpu and memory are required and positive")
