@@ -171,23 +171,32 @@ func (c *Cell) setDrain(id string, enable bool) ([]*Evaluation, error) {
 	return append(evs, c.retryPending("node-drain")...), nil
 }
 
-// sweep marks machines that missed heartbeats for ttl as down and moves their
-// tasks elsewhere. When one comes back, its allocations say stop.
-func (c *Cell) sweep(ttl time.Duration) []*Evaluation {
+// expired lists the ready machines that missed heartbeats for ttl.
+func (c *Cell) expired(ttl time.Duration) []string {
 	now := c.now()
-	var evs []*Evaluation
+	var ids []string
 	for _, n := range c.nodes {
-		if n.Status != NodeReady || now.Sub(n.LastSeen) <= ttl {
-			continue
+		if n.Status == NodeReady && now.Sub(n.LastSeen) > ttl {
+			ids = append(ids, n.ID)
 		}
-		c.updateNode(n, func(nd *Node) { nd.Status = NodeDown })
-		for _, a := range sortedAllocs(n.live) {
-			c.setDesired(a, DesiredStop, "machine down, task lost")
-			c.dirty[a.Job] = true
-		}
-		c.roomChanged = true
 	}
-	return append(evs, c.retryPending("node-down")...)
+	return ids
+}
+
+// markDown marks a machine that is still silent as down and moves its tasks
+// elsewhere. When it comes back, its allocations say stop.
+func (c *Cell) markDown(id string, ttl time.Duration) []*Evaluation {
+	n := c.byID[id]
+	if n == nil || n.Status != NodeReady || c.now().Sub(n.LastSeen) <= ttl {
+		return nil
+	}
+	c.updateNode(n, func(nd *Node) { nd.Status = NodeDown })
+	for _, a := range sortedAllocs(n.live) {
+		c.setDesired(a, DesiredStop, "machine down, task lost")
+		c.dirty[a.Job] = true
+	}
+	c.roomChanged = true
+	return c.retryPending("node-down")
 }
 
 func (c *Cell) jobStatus(name string) (*JobStatus, error) {

@@ -130,12 +130,23 @@ func (s *Server) update(fn func(c *Cell) error) error {
 }
 
 // Sweep marks machines that missed heartbeats for the TTL as down and moves their
-// tasks. Run calls it periodically; tests call it after moving their clock.
+// tasks. Run calls it periodically; tests call it after moving their clock. Each
+// machine is its own commit, so that a rack going dark does not make one
+// transaction too big for badger.
 func (s *Server) Sweep() error {
-	return s.update(func(c *Cell) error {
-		c.sweep(s.opts.NodeTTL)
-		return nil
-	})
+	s.mu.Lock()
+	ids := s.cell.expired(s.opts.NodeTTL)
+	s.mu.Unlock()
+	for _, id := range ids {
+		if err := s.update(func(c *Cell) error {
+			c.markDown(id, s.opts.NodeTTL)
+			return nil
+		}); err != nil {
+			return fmt.Errorf("mark %s down: %w", id, err)
+		}
+		s.log.Warn("machine missed its heartbeats: down, tasks moved", "node", id, "ttl", s.opts.NodeTTL)
+	}
+	return nil
 }
 
 // Run sweeps for silent machines, and reclaims badger's value log now and then,
