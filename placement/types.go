@@ -1,7 +1,3 @@
-// Package placement decides which machine runs which task, Borg style: it keeps the
-// cell's state (machines, jobs, tasks, allocations, evaluations) in badger, checks
-// feasibility, ranks machines, reconciles what should run with what does, and serves
-// an HTTP/JSON API under /v1/ for admins and for the launchers on each machine.
 package placement
 
 import (
