@@ -236,7 +236,7 @@ func TestNodeProcesses(t *testing.T) {
 
 	a := startNode(t, "a", append(common, "--bt-listen", "127.0.0.1:0", "--tracker-listen", "127.0.0.1:0")...)
 	b := startNode(t, "b", append(common, "--bootstrap", a.addr, "--auto-fetch", "hello*")...)
-	c := startNode(t, "c", append(common, "--bootstrap", b.addr)...)
+	c := startNode(t, "c", append(common, "--bootstrap", b.addr, "--download-limit", "200MiB", "--upload-limit", "100MiB")...)
 	outsider := startNode(t, "outsider", "--trust", trust, "--bootstrap", a.addr)
 	waitCond(t, 20*time.Second, "b to see a and c", func() bool { return len(b.status(t).Peers) == 2 })
 
@@ -253,7 +253,15 @@ func TestNodeProcesses(t *testing.T) {
 		t.Fatal("b auto-fetched a release signed by an untrusted key")
 	}
 
-	code, out, errOut := c.cli("fetch", "--timeout", "60s", "--json", "hello@1.0.0")
+	code, out, errOut := c.cli("fetch", "--timeout", "60s", "hello@1.0.0")
+	if code != 0 {
+		t.Fatalf("fetch: exit %d: %s", code, errOut)
+	}
+	// Not a terminal: plain progress lines, the last one complete.
+	mustContain(t, errOut, "hello@1.0.0: ", "(100%)")
+	mustContain(t, out, "fetched hello@1.0.0 sha256:"+sha256Of(t, whale))
+	// Already held: answered at once, as JSON.
+	code, out, errOut = c.cli("fetch", "--json", "hello@1.0.0")
 	if code != 0 {
 		t.Fatalf("fetch: exit %d: %s", code, errOut)
 	}
