@@ -54,7 +54,9 @@ func NewClient(serverURL, adminToken string) (*Client, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("server URL %q: want http://host:port", serverURL)
 	}
-	return &Client{base: strings.TrimRight(serverURL, "/"), hc: &http.Client{}, token: adminToken}, nil
+	// Admin calls are short; a node client's long-polls are bounded by their wait
+	// and its context instead.
+	return &Client{base: strings.TrimRight(serverURL, "/"), hc: &http.Client{Timeout: 2 * time.Minute}, token: adminToken}, nil
 }
 
 // NewNodeClient returns the client a launcher uses: it registers with joinToken
@@ -72,6 +74,7 @@ func NewNodeClient(serverURL, joinToken string, nodeKey ed25519.PrivateKey) (*Cl
 		return nil, err
 	}
 	c.nodeKey, c.nodeID = nodeKey, id
+	c.hc = &http.Client{}
 	return c, nil
 }
 

@@ -108,6 +108,7 @@ var jobFields = []string{"name", "artifact", "digest", "count", "resources", "pr
 
 func (p *jobParser) job(n *yaml.Node, j *Job) {
 	resNode := n
+	j.Count = 1 // unless the file says otherwise; count: 0 keeps the job with no tasks
 	p.fields(n, "", jobFields, func(key string, v *yaml.Node, field string) {
 		switch key {
 		case "name":
@@ -320,9 +321,6 @@ var (
 )
 
 func (j *Job) setDefaults() {
-	if j.Count == 0 {
-		j.Count = 1
-	}
 	if j.Priority == "" {
 		j.Priority = BandProd
 	}

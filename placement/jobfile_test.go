@@ -36,6 +36,9 @@ func TestParseJobDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if j0, err := ParseJob("w.yaml", []byte("name: w\nartifact: w@1.0.0\ncount: 0\nresources: {cpu: 1, memory: 1Mi}\n")); err != nil || j0.Count != 0 {
+		t.Errorf("count: 0 parsed as %+v, %v", j0, err)
+	}
 	if j.Count != 1 || j.Priority != BandProd || j.Restart != RestartOnFailure || j.Update.MaxParallel != 1 || j.Resources.CPU != 2000 {
 		t.Errorf("defaults: %+v", j)
 	}
