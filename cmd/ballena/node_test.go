@@ -328,6 +328,17 @@ func TestNodeProcesses(t *testing.T) {
 		t.Log("aria2c not installed (apt install aria2): skipping the standard client download")
 	}
 
+	// gc through the daemon stops the seeding of what it removes.
+	if code, _, errOut := c.cli("rm", "hello@1.0.0"); code != 0 {
+		t.Fatalf("rm: %d %s", code, errOut)
+	}
+	if code, out, errOut := c.cli("gc"); code != 0 || !strings.Contains(out, rel.Digest) {
+		t.Fatalf("gc: %d %s %s", code, out, errOut)
+	}
+	if s := c.status(t); len(s.Holds) != 0 || len(s.Transfers) != 0 {
+		t.Errorf("after gc c holds %v and runs %v", s.Holds, s.Transfers)
+	}
+
 	for name, p := range map[string]*daemonProc{"a": a, "b": b, "c": c, "outsider": outsider} {
 		if err := p.stop(); err != nil {
 			t.Errorf("%s: SIGTERM: %v", name, err)
