@@ -27,7 +27,7 @@ func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
 		c.setDesired(s.alloc, DesiredStop, s.desc)
 		ev.Stopped++
 	}
-	// Tasks past the count go away once nothing of theirs is live.
+	// Tasks past the count go away; reconcile stopped their allocations above.
 	if !js.Stopped && len(js.tasks) > js.Count {
 		for _, t := range js.tasks[js.Count:] {
 			if c.ch != nil {
@@ -105,8 +105,8 @@ func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
 		ev.Placed++
 	}
 	if res.blocked > 0 {
-		ev.Notes = append(ev.Notes, fmt.Sprintf("%d tasks wait for %d replacements to run (update.max_parallel %d)",
-			res.blocked, res.inflight+min(res.blocked, js.Update.MaxParallel), js.Update.MaxParallel))
+		ev.Notes = append(ev.Notes, fmt.Sprintf("%d more tasks to update or move once the replacements run (update.max_parallel %d)",
+			res.blocked, js.Update.MaxParallel))
 	}
 	js.lastEval = ev
 	if c.ch != nil {
