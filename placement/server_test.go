@@ -291,8 +291,8 @@ func TestRollingUpdate(t *testing.T) {
 	j2 := job("api", 4, 1000, 1024, BandProd)
 	j2.Artifact = "api@1.1.0"
 	ev := ts.submit(t, j2)
-	if ev.Placed != 1 || ev.Stopped != 1 {
-		t.Fatalf("first update step placed %d stopped %d, want 1 and 1", ev.Placed, ev.Stopped)
+	if ev.Placed != 1 || ev.Stopped != 1 || len(ev.Notes) != 1 || !strings.Contains(ev.Notes[0], "3 more tasks") {
+		t.Fatalf("first update step placed %d stopped %d notes %q, want 1, 1 and 3 more to go", ev.Placed, ev.Stopped, ev.Notes)
 	}
 	for step := 0; step < 10; step++ {
 		var v2, inflight int
