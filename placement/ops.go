@@ -39,10 +39,18 @@ func (c *Cell) submitJob(j *Job, expectIndex *uint64) ([]*Evaluation, error) {
 		if !specEqual(old.Job, j) || !sameConstraints(old.Job, j) {
 			j.Version++
 		}
-		if old.Stopped {
-			// A stopped job run again starts its tasks afresh.
-			for _, t := range old.tasks {
-				t.State, t.AllocID, t.Reason = TaskPending, "", ""
+		for _, t := range old.tasks {
+			switch {
+			case old.Stopped:
+				// A stopped job run again starts its tasks afresh.
+				t.State, t.AllocID, t.Reason, t.Failures = TaskPending, "", "", 0
+				c.touchTask(t)
+			case t.Failures > 0:
+				// Run again: crash-looped tasks get another chance.
+				if t.State == TaskDone && t.Reason != "" {
+					t.State, t.AllocID, t.Reason = TaskPending, "", ""
+				}
+				t.Failures = 0
 				c.touchTask(t)
 			}
 		}

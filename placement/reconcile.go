@@ -23,7 +23,8 @@ type placeAction struct {
 type reconcileResult struct {
 	stop  []stopAction
 	place []placeAction
-	done  []int // tasks that ended for good under their restart policy
+	done   []int // tasks that ended for good under their restart policy
+	failed []int // tasks that failed on MaxFailures allocations in a row
 	// inflight is how many replacements (update or migration) are not running yet;
 	// blocked is how many more wait for them, a few at a time.
 	inflight, blocked int
@@ -87,6 +88,9 @@ func reconcile(c *Cell, js *jobState) reconcileResult {
 			res.place = append(res.place, placeAction{index: idx, why: "new"})
 		case last.DesiredStatus == DesiredRun && clientTerminal(last.ClientStatus) && finished(last):
 			res.done = append(res.done, idx)
+		case last.DesiredStatus == DesiredRun && last.ClientStatus == ClientFailed && t != nil && t.Failures+1 >= MaxFailures:
+			// A crash loop: moving it again would only churn the cell.
+			res.failed = append(res.failed, idx)
 		default:
 			why := "reschedule"
 			if last.DesiredStatus == DesiredStop {
@@ -127,6 +131,11 @@ func reconcile(c *Cell, js *jobState) reconcileResult {
 	sort.Slice(res.place, func(i, j int) bool { return res.place[i].index < res.place[j].index })
 	return res
 }
+
+// MaxFailures is how many allocations of one task may fail for good (the
+// launcher's restarts exhausted) before the scheduler stops moving it; submitting
+// the job again resets the count.
+const MaxFailures = 5
 
 // finished reports whether an ended allocation's restart policy says the task is done.
 func finished(a *Alloc) bool {

@@ -46,6 +46,12 @@ func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
 		t.State, t.Reason = TaskDone, ""
 		c.touchTask(t)
 	}
+	for _, idx := range res.failed {
+		t := js.tasks[idx]
+		t.Failures++
+		t.State, t.Reason = TaskDone, fmt.Sprintf("failed on %d allocations in a row; not moved again (run the job again to retry)", t.Failures)
+		c.touchTask(t)
+	}
 	if js.Stopped {
 		for _, t := range js.tasks {
 			if t.State != TaskDone {
@@ -92,6 +98,9 @@ func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
 		}
 		c.roomChanged = rc
 		if p.replaces != nil && p.replaces.DesiredStatus == DesiredRun {
+			if p.replaces.ClientStatus == ClientFailed {
+				t.Failures++
+			}
 			c.setDesired(p.replaces, DesiredStop, "replaced")
 		}
 		a := c.newAlloc(js, p.index, n)

@@ -259,3 +259,41 @@ func TestRestartPolicyAfterExit(t *testing.T) {
 		t.Errorf("always task that exited: state %s, live %d; want placed again", st, len(c.jobs["svc"].live))
 	}
 }
+
+func TestCrashLoopStopsMoving(t *testing.T) {
+	c := testCell(1)
+	addNode(c, "a", 8000, 16, nil)
+	addNode(c, "b", 8000, 16, nil)
+	j := job("crashy", 1, 500, 256, BandProd)
+	j.Restart = RestartAlways
+	submit(t, c, j)
+	fail := func() {
+		t.Helper()
+		for _, a := range c.jobs["crashy"].live {
+			c.index++
+			code := 1
+			if _, _, err := c.heartbeat(a.NodeID, &Heartbeat{Tasks: []TaskState{{AllocID: a.ID, State: ClientFailed, ExitCode: &code}}}); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		t.Fatal("no live allocation to fail")
+	}
+	for i := 1; i < MaxFailures; i++ {
+		fail()
+		if len(c.jobs["crashy"].live) != 1 {
+			t.Fatalf("after failure %d: %d live, want a replacement", i, len(c.jobs["crashy"].live))
+		}
+	}
+	fail()
+	task := c.jobs["crashy"].tasks[0]
+	if len(c.jobs["crashy"].live) != 0 || task.State != TaskDone || !strings.Contains(task.Reason, "failed on 5 allocations") {
+		t.Fatalf("after %d failures: live %d, task %+v", MaxFailures, len(c.jobs["crashy"].live), task)
+	}
+	// Running the job again gives it another chance.
+	j2 := job("crashy", 1, 500, 256, BandProd)
+	j2.Restart = RestartAlways
+	if ev := submit(t, c, j2); ev.Placed != 1 {
+		t.Errorf("resubmitted crash-looping job placed %d, want 1", ev.Placed)
+	}
+}

@@ -197,7 +197,10 @@ type Task struct {
 	Index   int    `json:"index"`
 	State   string `json:"state"`
 	AllocID string `json:"alloc_id,omitempty"`
-	Reason  string `json:"reason,omitempty"` // why it is pending
+	Reason  string `json:"reason,omitempty"` // why it is pending, or why it ended
+	// Failures counts allocations of this task that failed for good on their
+	// machine (the launcher's restarts exhausted) in this job version.
+	Failures int `json:"failures,omitempty"`
 }
 
 // Evaluation records one scheduling pass over a job and what came of it.
