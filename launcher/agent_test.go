@@ -3,6 +3,7 @@ package launcher
 import (
 	"context"
 	"crypto/ed25519"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -161,4 +162,34 @@ func TestAgentRefusesUnverifiedAndReportsWhy(t *testing.T) {
 		t.Errorf("a task was created despite the refusal: %+v", tk)
 	}
 	_ = st
+}
+
+// An update to a version that fails verification starts nothing of it: the
+// rollout stops at the first replacement, which reports why, and the other
+// task keeps running the old version.
+func TestAgentUpdateHaltsOnRefusal(t *testing.T) {
+	c := newAgentCell(t)
+	c.env.publishTask()
+	_, rogue, _ := ed25519.GenerateKey(nil)
+	if _, _, err := artifact.Publish(context.Background(), c.env.store, taskBinary(t), artifact.PublishOptions{
+		Name: "task", Version: "2.0.0", Keys: []ed25519.PrivateKey{rogue}}); err != nil {
+		t.Fatal(err)
+	}
+	job := "name: svc\nartifact: task@%s\ncount: 2\nresources: {cpu: 100m, memory: 64MiB}\npriority: prod\nargs: [serve]\nupdate: {max_parallel: 1}\n"
+	submit(t, c, fmt.Sprintf(job, "1.0.0"))
+	c.waitJob(t, "svc", running(2))
+	submit(t, c, fmt.Sprintf(job, "2.0.0"))
+	c.waitJob(t, "svc", func(st *placement.JobStatus) bool {
+		for _, ts := range st.Tasks {
+			if strings.Contains(ts.Message, "not in trust policy") {
+				return st.Summary["running"] == 1
+			}
+		}
+		return false
+	})
+	for _, tk := range c.env.l.List() {
+		if tk.Spec.Artifact != "task@1.0.0" {
+			t.Errorf("started %s, which fails verification", tk.Spec.Artifact)
+		}
+	}
 }
