@@ -284,7 +284,7 @@ func TestNodeProcesses(t *testing.T) {
 	if code != exitVerify {
 		t.Errorf("fetch of an untrusted release: exit %d (%s), want %d", code, errOut, exitVerify)
 	}
-	code, _, errOut = c.cli("fetch", "--timeout", "2s", "ghost@1.0.0")
+	code, _, errOut = c.cli("fetch", "ghost@1.0.0", "--timeout", "2s")
 	if code != exitNotFound || !strings.Contains(errOut, "nobody has it") {
 		t.Errorf("fetch of what nobody has: exit %d (%s), want %d", code, errOut, exitNotFound)
 	}
@@ -311,7 +311,7 @@ func TestNodeProcesses(t *testing.T) {
 	// A standard BitTorrent client downloads from the export.
 	if aria, err := exec.LookPath("aria2c"); err == nil {
 		tf := filepath.Join(dir, "hello.torrent")
-		code, out, errOut := a.cli("torrent", "--out", tf, "hello@1.0.0")
+		code, out, errOut := a.cli("torrent", "hello@1.0.0", "--out", tf)
 		if code != 0 || !strings.Contains(out, "magnet:?xt=urn:btih:"+rel.InfoHash) {
 			t.Fatalf("torrent: exit %d: %s %s", code, out, errOut)
 		}

@@ -169,12 +169,29 @@ func torrentOf(mi *metainfo.MetaInfo, rel artifact.Release) (torrentAnswer, erro
 	return torrentAnswer{Torrent: buf.Bytes(), Magnet: m.String()}, nil
 }
 
+// refFlagsAnywhere reads one NAME@VERSION argument, with flags before or after
+// it (ballena torrent api@1.4.0 --out api.torrent).
+func refFlagsAnywhere(c *cli.Context) (artifact.Ref, error) {
+	args, err := positional(c)
+	if err != nil {
+		return artifact.Ref{}, err
+	}
+	if len(args) != 1 {
+		return artifact.Ref{}, usageErrorf("%s: want one NAME@VERSION, e.g. api@1.4.0", c.Command.Name)
+	}
+	ref, err := artifact.ParseRef(args[0])
+	if err != nil {
+		return artifact.Ref{}, withCode(exitUsage, err)
+	}
+	return ref, nil
+}
+
 func fetchCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "fetch",
 		Usage:     "fetch a signed release from the mesh through the running node, verify it and keep seeding it",
 		ArgsUsage: "NAME@VERSION",
-		UsageText: "ballena fetch api@1.4.0\nballena fetch --timeout 30s --json api@1.4.0",
+		UsageText: "ballena fetch api@1.4.0\nballena fetch api@1.4.0 --timeout 30s --json",
 		Description: "Exit codes: 3 the trust policy refuses the release, 4 no node in reach has it,\n" +
 			"5 no node running here, or holders known but the wait ran out.",
 		Flags: []cli.Flag{
@@ -182,7 +199,7 @@ func fetchCommand() *cli.Command {
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
-			ref, err := refArg(c)
+			ref, err := refFlagsAnywhere(c)
 			if err != nil {
 				return err
 			}
@@ -357,13 +374,16 @@ func torrentCommand() *cli.Command {
 			"--bt-listen ADDR --tracker-listen ADDR), which points standard clients at the node's\n" +
 			"plain TCP BitTorrent listener. Without a node, it has no tracker.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "out", Usage: "file to write the .torrent to", Required: true},
+			&cli.StringFlag{Name: "out", Usage: "file to write the .torrent to (required)"},
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
-			ref, err := refArg(c)
+			ref, err := refFlagsAnywhere(c)
 			if err != nil {
 				return err
+			}
+			if c.String("out") == "" {
+				return usageErrorf("torrent: --out FILE is required, e.g. ballena torrent %s --out %s.torrent", ref, ref.Name)
 			}
 			var ans torrentAnswer
 			err = withStore(c, func(cl *localapi.Client) error {
