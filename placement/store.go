@@ -175,9 +175,11 @@ func loadCell(db *badger.DB, c *Cell) (uint64, error) {
 	}
 	for _, a := range allocs {
 		c.putAlloc(a)
-		if n := c.byID[a.NodeID]; n != nil && a.ModifyIndex > n.allocIndex {
-			n.allocIndex = a.ModifyIndex
-		}
+	}
+	// Deleted allocations leave no trace of their index: after a restart every
+	// watcher gets one fresh list rather than risk missing a change.
+	for _, n := range c.nodes {
+		n.allocIndex = index
 	}
 	for _, e := range evals {
 		if js := c.jobs[e.Job]; js != nil {
