@@ -21,8 +21,8 @@ type placeAction struct {
 }
 
 type reconcileResult struct {
-	stop  []stopAction
-	place []placeAction
+	stop   []stopAction
+	place  []placeAction
 	done   []int // tasks that ended for good under their restart policy
 	failed []int // tasks that failed on MaxFailures allocations in a row
 	// inflight is how many replacements (update or migration) are not running yet;
