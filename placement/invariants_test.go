@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -17,6 +18,9 @@ func checkInvariants(t *testing.T, c *Cell, step int, op string) {
 	perNode := map[string]Resources{}
 	perTask := map[string]int{}
 	for _, a := range c.allocs {
+		if a.Band == BandProd && strings.HasPrefix(a.DesiredDescription, "preempted") {
+			t.Fatalf("step %d (%s): prod allocation %s was preempted", step, op, a.Name())
+		}
 		if !a.live() {
 			continue
 		}
