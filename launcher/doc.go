@@ -15,7 +15,8 @@
 //	      the run config's path on the sync pipe
 //	init: makes mounts private, builds a read-only tmpfs root (the whale
 //	      bind-mounted read-only, /proc of the new PID namespace, null, zero,
-//	      full, random, urandom, a private /tmp), pivot_root, hostname,
+//	      full, random, urandom, a private /tmp, the host's resolv.conf,
+//	      hosts and CA bundle read-only), pivot_root, hostname,
 //	      no_new_privs, empties the bounding/ambient/inheritable capability
 //	      sets, setgroups/setgid/setuid, execve. Start returns when the exec
 //	      pipe closes (success) or carries init's error.

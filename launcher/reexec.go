@@ -394,7 +394,8 @@ func runInit() {
 }
 
 // setupRoot builds the task's root on a tmpfs (the binary read-only, /proc of
-// the new PID namespace, null/zero/full/random/urandom, a private /tmp),
+// the new PID namespace, null/zero/full/random/urandom, a private /tmp, the
+// host's resolv.conf, hosts and CA bundle read-only),
 // pivots into it and makes it read-only.
 func setupRoot(cfg *runConfig) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
@@ -428,6 +429,21 @@ func setupRoot(cfg *runConfig) error {
 	}
 	for _, d := range []string{"null", "zero", "full", "random", "urandom"} {
 		if err := bind("/dev/"+d, filepath.Join(r, "dev", d), unix.MS_NOSUID|unix.MS_NOEXEC); err != nil {
+			return err
+		}
+	}
+	// Name resolution and TLS roots, read-only, when the host has them: most
+	// services need them and they hold nothing secret.
+	for _, f := range []string{"/etc/resolv.conf", "/etc/hosts", "/etc/ssl/certs/ca-certificates.crt"} {
+		st, err := os.Stat(f)
+		if err != nil || !st.Mode().IsRegular() {
+			continue
+		}
+		dst := filepath.Join(r, f)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		if err := bind(f, dst, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC); err != nil {
 			return err
 		}
 	}
