@@ -393,3 +393,20 @@ func TestBadSpecs(t *testing.T) {
 		t.Errorf("start of a missing artifact: %v, want ErrNotFound", err)
 	}
 }
+
+// TestRestartReverifies: a restart is a start, so it is verified again; a key
+// revoked meanwhile stops the task from coming back.
+func TestRestartReverifies(t *testing.T) {
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"serve"}, Restart: RestartAlways})
+	waitFor(t, 10*time.Second, "ready", func() bool { return strings.Contains(e.logs(tk.ID), "ready") })
+	e.writePolicy("threshold: 1\nkeys:\n  - path: release.pub\n    names: [\"*\"]\nrevoked: [\"" + keyIDOf(t, e.pubPath) + "\"]\n")
+	if err := syscall.Kill(tk.PID, syscall.SIGTERM); err != nil { // the task ends on its own
+		t.Fatal(err)
+	}
+	tk = e.wait(tk.ID)
+	if tk.State != StateFailed || tk.Exit == nil || !strings.Contains(tk.Exit.Message, "revoked") || tk.Restarts != 0 {
+		t.Fatalf("after revocation: %s %+v restarts %d; want failed, revoked, not restarted", tk.State, tk.Exit, tk.Restarts)
+	}
+}
