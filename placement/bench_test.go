@@ -74,6 +74,7 @@ type benchResult struct {
 	memUtil, cpuUtil   float64 // when the first task did not fit
 	finalMem, finalCPU float64
 	preempted          int
+	spreadSkew         float64 // spread jobs: most tasks in one rack over an even share
 }
 
 func runScheduler(ms []benchMachine, jobs []*Job) benchResult {
@@ -109,6 +110,28 @@ func runScheduler(ms []benchMachine, jobs []*Job) benchResult {
 		}
 	}
 	res.elapsed = time.Since(start)
+	// Spread quality: for jobs spread over racks, the most tasks any rack holds,
+	// over the least an even spread would put there.
+	var skew float64
+	var spreadJobs int
+	for _, js := range c.jobs {
+		if js.Spread == "" || len(js.live) == 0 {
+			continue
+		}
+		per := map[string]int{}
+		most := 0
+		for _, a := range js.live {
+			r := c.byID[a.NodeID].Labels[js.Spread]
+			per[r]++
+			most = max(most, per[r])
+		}
+		even := (len(js.live) + len(c.labelValues[js.Spread]) - 1) / len(c.labelValues[js.Spread])
+		skew += float64(most) / float64(even)
+		spreadJobs++
+	}
+	if spreadJobs > 0 {
+		res.spreadSkew = skew / float64(spreadJobs)
+	}
 	res.finalMem = float64(c.used.Memory) / float64(c.capacity.Memory)
 	res.finalCPU = float64(c.used.CPU) / float64(c.capacity.CPU)
 	return res
@@ -208,6 +231,7 @@ func BenchmarkPlace100kOn10k(b *testing.B) {
 	b.ReportMetric(res.finalCPU, "final-cpu-util")
 	b.ReportMetric(float64(res.placed), "placed")
 	b.ReportMetric(float64(res.preempted), "preempted")
+	b.ReportMetric(res.spreadSkew, "spread-skew")
 }
 
 // BenchmarkServerSubmit measures the full path: a job file's worth of tasks

@@ -150,7 +150,7 @@ func (c *Cell) selectNode(js *jobState, retry bool) (*nodeState, []*Alloc, strin
 		return nil, nil, fmt.Sprintf("batch share exhausted: batch uses %s of the cell's %s, limit %.0f%%",
 			c.batchUsed, c.capacity, c.BatchShare*100)
 	}
-	var buf [32]*nodeState
+	var buf [40]*nodeState
 	cands := c.candidates(js, buf[:0])
 	if len(cands) > 0 {
 		best, bestScore := cands[0], c.rank(cands[0], js)
@@ -184,11 +184,13 @@ func (c *Cell) batchShareAllows(r Resources) bool {
 func (c *Cell) candidates(js *jobState, out []*nodeState) []*nodeState {
 	f := &c.free
 	g := f.g
-	want := c.k
+	want := min(c.k, cap(out)-12)
+	perCell := want
 	if js.Spread != "" {
-		want = 2 * c.k
+		// The tightest cells hold the machines this job just filled, in few racks:
+		// take a couple per cell so the candidates span many machines.
+		perCell = 2
 	}
-	want = min(want, cap(out)-4)
 	bc, bm := f.q(js.Resources.CPU, f.maxCPU), f.q(js.Resources.Memory, f.maxMem)
 	// Rows (cpu buckets) with any machine at or past the memory bucket.
 	var live []int
@@ -213,10 +215,12 @@ walk:
 				continue
 			}
 			start := c.rng.IntN(n)
-			for t := 0; t < n; t++ {
+			taken := 0
+			for t := 0; t < n && taken < perCell; t++ {
 				ns := c.nodes[cell[(start+t)%n]]
 				if js.Resources.CPU <= ns.free.CPU && js.Resources.Memory <= ns.free.Memory && feasible(ns, js) {
 					out = append(out, ns)
+					taken++
 					if len(out) >= want {
 						break walk
 					}
@@ -226,6 +230,16 @@ walk:
 	}
 	if len(out) == 0 {
 		return out
+	}
+	if js.Spread != "" {
+		// A few machines from anywhere: most likely in label values the job has
+		// few tasks in yet.
+		for t := 0; t < 16 && len(out) < cap(out)-4; t++ {
+			ns := c.nodes[c.rng.IntN(len(c.nodes))]
+			if ns.schedulable() && feasible(ns, js) && !containsNode(out, ns) {
+				out = append(out, ns)
+			}
+		}
 	}
 	// Machines that already hold the artifact skip a transfer; give a few of them a
 	// chance even if they are not among the tightest.
