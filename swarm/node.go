@@ -228,6 +228,7 @@ func (n *Node) keepConnected() {
 		return
 	}
 	wait := time.Duration(0)
+	warned := false
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -240,9 +241,15 @@ func (n *Node) keepConnected() {
 		}
 		ok, err := ConnectAll(n.ctx, n.h, n.cfg.Bootstrap)
 		if ok == 0 {
-			n.log.Warn("no bootstrap peer reachable yet", "err", err)
+			if !warned {
+				n.log.Warn("no bootstrap peer reachable yet; retrying every 5s", "err", err)
+				warned = true
+			} else {
+				n.log.Debug("no bootstrap peer reachable yet", "err", err)
+			}
 			continue
 		}
+		warned = false
 		if err != nil {
 			n.log.Debug("some bootstrap peers unreachable", "err", err)
 		}
@@ -509,7 +516,11 @@ func (n *Node) Drop(digest string) error {
 // attempt and returns an error wrapping ErrNobodyHas; a refusal by the trust
 // policy wraps the signing error.
 func (n *Node) Fetch(ctx context.Context, ref artifact.Ref, progress func(Progress)) (artifact.Release, error) {
-	if rel, _, err := n.st.Release(ref); err == nil && n.st.HasBlob(rel.Digest) {
+	if rel, env, err := n.st.Release(ref); err == nil && n.st.HasBlob(rel.Digest) {
+		// Held already; the policy may have changed since it was fetched.
+		if _, err := n.verify(env); err != nil {
+			return artifact.Release{}, fmt.Errorf("fetch %s: held here, but: %w", ref, err)
+		}
 		if err := n.engine.Seed(ctx, rel); err != nil {
 			n.log.Warn("cannot seed", "release", ref, "err", err)
 		}

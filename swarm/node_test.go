@@ -208,6 +208,11 @@ func TestFetchAcrossLine(t *testing.T) {
 	if len(st.Holds) != 1 || st.Holds[0].Digest != rel.Digest {
 		t.Errorf("status holds %v", st.Holds)
 	}
+	// Once the key is no longer trusted, a fetch of what is held refuses it.
+	leech.SetPolicy(nil)
+	if _, err := leech.Fetch(ctx, rel.Ref(), nil); !signing.IsVerification(err) {
+		t.Fatalf("fetch under a policy that no longer trusts the key: got %v", err)
+	}
 }
 
 func TestUntrustedAnnouncementDropped(t *testing.T) {
