@@ -177,8 +177,8 @@ func (e *e2e) build(pkg, name string) string {
 	return out
 }
 
-// whale is the sample service padded with random bytes to size: a valid
-// static ELF whose digest is new on every run.
+// whale is the sample service padded with random bytes to size (or a little
+// over): a valid static ELF whose digest is new on every call.
 func (e *e2e) whale(name string, size int64) string {
 	e.t.Helper()
 	hello := e.path("hello")
@@ -189,11 +189,10 @@ func (e *e2e) whale(name string, size int64) string {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if int64(len(b)) < size {
-		pad := make([]byte, size-int64(len(b)))
-		_, _ = rand.Read(pad)
-		b = append(b, pad...)
-	}
+	// At least some random bytes, so that no two artifacts share a blob.
+	pad := make([]byte, max(size-int64(len(b)), 64<<10))
+	_, _ = rand.Read(pad)
+	b = append(b, pad...)
 	out := e.path(name + ".whale")
 	if err := os.WriteFile(out, b, 0o755); err != nil {
 		e.t.Fatal(err)
