@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/urfave/cli/v2"
+
 	"ballena.dev/signing"
 )
 
@@ -196,14 +198,15 @@ func TestGCCLI(t *testing.T) {
 }
 
 func TestHelpHasExamples(t *testing.T) {
-	for _, c := range newApp().Commands {
-		if c.UsageText == "" && len(c.Subcommands) == 0 {
-			t.Errorf("%s --help has no example (UsageText)", c.Name)
-		}
-		for _, s := range c.Subcommands {
-			if s.UsageText == "" {
-				t.Errorf("%s %s --help has no example", c.Name, s.Name)
+	var walk func(path string, cmds []*cli.Command)
+	walk = func(path string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			name := strings.TrimSpace(path + " " + c.Name)
+			if c.Action != nil && c.UsageText == "" {
+				t.Errorf("ballena %s --help has no example (UsageText)", name)
 			}
+			walk(name, c.Subcommands)
 		}
 	}
+	walk("", newApp().Commands)
 }
