@@ -31,7 +31,7 @@ type Cell struct {
 	holders     map[string][]int          // artifact ref or digest -> slots holding it
 	pending     map[string]bool           // jobs with tasks waiting for room
 	dirty       map[string]bool           // jobs whose allocations changed: reconcile them
-	roomChanged bool                      // something freed room since pending jobs were last tried
+	grown       map[*nodeState]bool       // machines with more room since waiting jobs were last tried
 
 	index uint64 // index of the change being made
 	now   func() time.Time
@@ -107,6 +107,7 @@ func NewCell(batchShare float64, now func() time.Time, seed uint64) *Cell {
 		holders:     map[string][]int{},
 		pending:     map[string]bool{},
 		dirty:       map[string]bool{},
+		grown:       map[*nodeState]bool{},
 		free:        newFreeIndex(),
 		now:         now,
 		rng:         rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
@@ -205,7 +206,7 @@ func (c *Cell) indexNode(n *nodeState) {
 			}
 			m[v]++
 		}
-		c.roomChanged = true
+		c.grown[n] = true
 	}
 	for _, a := range n.Artifacts {
 		if !n.held[a] {
@@ -288,7 +289,9 @@ func (c *Cell) account(a *Alloc, sign int) {
 	r := a.Resources
 	if sign < 0 {
 		r = Resources{}.Sub(r)
-		c.roomChanged = true
+		if n != nil {
+			c.grown[n] = true
+		}
 	}
 	c.used = c.used.Add(r)
 	if a.Band == BandBatch {

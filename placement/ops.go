@@ -203,7 +203,6 @@ func (c *Cell) markDown(id string, ttl time.Duration) []*Evaluation {
 		c.setDesired(a, DesiredStop, "machine down, task lost")
 		c.dirty[a.Job] = true
 	}
-	c.roomChanged = true
 	return c.retryPending("node-down")
 }
 

@@ -81,7 +81,6 @@ func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
 			c.markPending(js, t, why, ev)
 			continue
 		}
-		rc := c.roomChanged // room freed by preemption is the preemptor's
 		for _, v := range victims {
 			c.setDesired(v, DesiredStop, fmt.Sprintf("preempted by %s[%d]", name, p.index))
 			if vj := c.jobs[v.Job]; vj != nil {
@@ -96,7 +95,6 @@ func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
 			}
 			ev.Preempted++
 		}
-		c.roomChanged = rc
 		if p.replaces != nil && p.replaces.DesiredStatus == DesiredRun {
 			if p.replaces.ClientStatus == ClientFailed {
 				t.Failures++
@@ -338,15 +336,17 @@ func needFits(r, free, capacity Resources) bool {
 }
 
 // retryPending reconciles the jobs whose allocations changed, then evaluates jobs
-// that wait for room, prod first, when room may have appeared. Bounded: a few
-// rounds, each job at most once per round.
+// that wait for room, prod first, if a machine that gained room could now hold
+// one of their tasks (like Nomad's blocked evaluations, unblocked by capacity
+// changes). Bounded: a few rounds, each job at most once per round.
 func (c *Cell) retryPending(trigger string) []*Evaluation {
 	var evs []*Evaluation
 	for _, name := range sortedKeys(c.dirty) {
 		evs = append(evs, c.evaluate(name, trigger))
 	}
-	for round := 0; round < 3 && c.roomChanged && len(c.pending) > 0; round++ {
-		c.roomChanged = false
+	for round := 0; round < 3 && len(c.grown) > 0 && len(c.pending) > 0; round++ {
+		grown := c.grown
+		c.grown = map[*nodeState]bool{}
 		names := make([]string, 0, len(c.pending))
 		for name := range c.pending {
 			names = append(names, name)
@@ -373,9 +373,22 @@ func (c *Cell) retryPending(trigger string) []*Evaluation {
 			if round == 0 && js.lastEval != nil && js.lastEval.Index == c.index {
 				continue // just evaluated in this operation
 			}
+			if !anyFits(grown, js) {
+				continue
+			}
 			evs = append(evs, c.evaluateJob(name, trigger, true))
 		}
 	}
-	c.roomChanged = false
+	clear(c.grown)
 	return evs
+}
+
+// anyFits reports whether one of the machines could take a task of js now.
+func anyFits(nodes map[*nodeState]bool, js *jobState) bool {
+	for n := range nodes {
+		if n.schedulable() && js.Resources.CPU <= n.free.CPU && js.Resources.Memory <= n.free.Memory {
+			return true
+		}
+	}
+	return false
 }

@@ -186,6 +186,8 @@ func loadCell(db *badger.DB, c *Cell) (uint64, error) {
 			js.lastEval = e
 		}
 	}
-	c.roomChanged = true
+	for _, n := range c.nodes {
+		c.grown[n] = true // waiting jobs get a try after a restart
+	}
 	return index, nil
 }
