@@ -869,24 +869,40 @@ func (l *Launcher) Remove(id string) error {
 		return err
 	}
 	delete(l.tasks, e.t.ID)
-	// Drop the staged executable or unpacked image once no task refers to it.
-	used := false
-	for _, o := range l.tasks {
-		used = used || o.t.Digest == e.t.Digest
-	}
-	if !used && artifactDigest(e.t.Digest) {
-		_ = os.Remove(filepath.Join(l.dir, "bin", e.t.Digest))
-		_ = os.RemoveAll(filepath.Join(l.dir, "images", e.t.Digest))
-	}
 	return os.RemoveAll(l.taskDir(e.t.ID))
 }
 
-func artifactDigest(d string) bool {
-	if len(d) != 64 {
-		return false
+// Prune removes staged executables and unpacked images that no task the
+// launcher knows refers to; the node calls it after the store's GC. It
+// returns the digests it dropped.
+func (l *Launcher) Prune() ([]string, error) {
+	l.mu.Lock()
+	used := map[string]bool{}
+	for _, e := range l.tasks {
+		used[e.t.Digest] = true
 	}
-	_, err := hex.DecodeString(d)
-	return err == nil
+	l.mu.Unlock()
+	var dropped []string
+	var errs []error
+	for _, sub := range []string{"bin", "images"} {
+		ents, err := os.ReadDir(filepath.Join(l.dir, sub))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, d := range ents {
+			n := d.Name()
+			if len(n) != 64 || used[n] { // also skips in-flight ".tmp-" and ".unpack-" entries
+				continue
+			}
+			if err := os.RemoveAll(filepath.Join(l.dir, sub, n)); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			dropped = append(dropped, n)
+		}
+	}
+	return dropped, errors.Join(errs...)
 }
 
 // Logs returns the task's stdout and stderr, interleaved as written. With

@@ -410,3 +410,21 @@ func TestRestartReverifies(t *testing.T) {
 		t.Fatalf("after revocation: %s %+v restarts %d; want failed, revoked, not restarted", tk.State, tk.Exit, tk.Restarts)
 	}
 }
+
+func TestPrune(t *testing.T) {
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+	tk := e.wait(e.start(TaskSpec{Artifact: ref, Args: []string{"exit", "0"}}).ID)
+	if dropped, err := e.l.Prune(); err != nil || len(dropped) != 0 {
+		t.Fatalf("prune with a task that uses the binary: %v %v", dropped, err)
+	}
+	if err := e.l.Remove(tk.ID); err != nil {
+		t.Fatal(err)
+	}
+	if dropped, err := e.l.Prune(); err != nil || len(dropped) != 1 || dropped[0] != tk.Digest {
+		t.Fatalf("prune after remove: %v %v, want [%s]", dropped, err, tk.Digest)
+	}
+	if _, err := e.l.Get(tk.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("removed task still found: %v", err)
+	}
+}

@@ -30,10 +30,6 @@ var cgroupParentFlag = &cli.StringFlag{Name: "cgroup-parent", Value: "ballena",
 // launcher opened in this process on the data dir (it adopts the tasks a
 // previous launcher left running).
 func withLauncher(c *cli.Context, viaDaemon func(*localapi.Client) error, direct func(*launcher.Launcher) error) error {
-	warm := -1 // a warm shim pays off only for a start
-	if c.Command.Name == "run" {
-		warm = 1
-	}
 	data := c.String("data")
 	if cl, err := localapi.Dial(data); err == nil {
 		return viaDaemon(cl)
@@ -48,8 +44,9 @@ func withLauncher(c *cli.Context, viaDaemon func(*localapi.Client) error, direct
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	l, err := launcher.New(launcher.Config{
-		DataDir: data, DB: st.DB(), CgroupParent: c.String("cgroup-parent"), Logger: logger, WarmShims: warm,
-		Verifier: &launcher.StoreVerifier{Store: st, PolicyPath: trustPath(c), AllowRollback: c.Bool("allow-rollback")},
+		DataDir: data, DB: st.DB(), CgroupParent: c.String("cgroup-parent"), Logger: logger,
+		WarmShims: -1, // pays off only in a long-lived launcher
+		Verifier:  &launcher.StoreVerifier{Store: st, PolicyPath: trustPath(c), AllowRollback: c.Bool("allow-rollback")},
 	})
 	if err != nil {
 		return err
