@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,5 +143,31 @@ func TestParseAddrInfos(t *testing.T) {
 		if _, err := ParseAddrInfos([]string{bad}); err == nil {
 			t.Errorf("%q parsed as a bootstrap address", bad)
 		}
+	}
+}
+
+// Without a PSK, QUIC addresses work beside TCP.
+func TestQUICWithoutPSK(t *testing.T) {
+	mk := func() host.Host {
+		key, err := LoadIdentity(filepath.Join(t.TempDir(), KeyFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := NewHost(HostConfig{Key: key, Listen: []string{"/ip4/127.0.0.1/udp/0/quic-v1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		return h
+	}
+	a, b := mk(), mk()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.Connect(ctx, peer.AddrInfo{ID: a.ID(), Addrs: a.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	conns := b.Network().ConnsToPeer(a.ID())
+	if len(conns) == 0 || !strings.Contains(conns[0].RemoteMultiaddr().String(), "/quic-v1") {
+		t.Fatalf("connections %v, want QUIC", conns)
 	}
 }

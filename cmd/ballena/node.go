@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -41,7 +42,7 @@ func nodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "upload-limit", Usage: "cap peer upload, e.g. 50MiB (per second); default unlimited"},
 			&cli.StringFlag{Name: "download-limit", Usage: "cap peer download, e.g. 100MiB (per second); default unlimited"},
 			&cli.StringFlag{Name: "bt-listen", Usage: "plain TCP BitTorrent listener for standard clients, e.g. 127.0.0.1:6881"},
-			&cli.StringFlag{Name: "tracker-listen", Usage: "HTTP tracker for standard clients (needs --bt-listen), e.g. 127.0.0.1:6880"},
+			&cli.StringFlag{Name: "tracker-listen", Usage: "HTTP tracker for standard clients, e.g. 127.0.0.1:6880 (default with --bt-listen: its host, any port)"},
 			&cli.BoolFlag{Name: "mdns", Usage: "also find nodes on the local link with mDNS"},
 			cgroupParentFlag,
 		}, agentFlags()...),
@@ -116,6 +117,14 @@ func newDaemon(c *cli.Context) (_ *daemon, err error) {
 	cfg.TrackerListen = c.String("tracker-listen")
 	if cfg.TrackerListen != "" && cfg.PlainListen == "" {
 		return nil, usageErrorf("node: --tracker-listen needs --bt-listen: the tracker hands out that address")
+	}
+	if cfg.TrackerListen == "" && cfg.PlainListen != "" {
+		// Standard clients find the node through the tracker named in the exported .torrent.
+		host, _, err := net.SplitHostPort(cfg.PlainListen)
+		if err != nil {
+			return nil, usageErrorf("node: --bt-listen %q: want HOST:PORT, e.g. 127.0.0.1:6881", cfg.PlainListen)
+		}
+		cfg.TrackerListen = net.JoinHostPort(host, "0")
 	}
 	if cfg.Bootstrap, err = swarm.ParseAddrInfos(c.StringSlice("bootstrap")); err != nil {
 		return nil, usageErrorf("node: --bootstrap: %v", err)

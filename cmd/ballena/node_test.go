@@ -234,7 +234,7 @@ func TestNodeProcesses(t *testing.T) {
 	}
 	common := []string{"--psk", psk, "--trust", trust}
 
-	a := startNode(t, "a", append(common, "--bt-listen", "127.0.0.1:0", "--tracker-listen", "127.0.0.1:0")...)
+	a := startNode(t, "a", append(common, "--bt-listen", "127.0.0.1:0")...)
 	b := startNode(t, "b", append(common, "--bootstrap", a.addr, "--auto-fetch", "hello*")...)
 	c := startNode(t, "c", append(common, "--bootstrap", b.addr, "--download-limit", "200MiB", "--upload-limit", "100MiB")...)
 	outsider := startNode(t, "outsider", "--trust", trust, "--bootstrap", a.addr)
