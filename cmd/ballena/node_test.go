@@ -300,6 +300,14 @@ func TestNodeProcesses(t *testing.T) {
 		}
 	}
 
+	// Holders exist but the wait runs out first: unavailable, not absent.
+	slow := startNode(t, "slow", append(common, "--bootstrap", a.addr, "--download-limit", "64KiB")...)
+	waitCond(t, 20*time.Second, "slow to join", func() bool { return len(slow.status(t).Peers) > 0 })
+	code, _, errOut = slow.cli("fetch", "hello@1.0.0", "--timeout", "3s")
+	if code != exitUnavailable {
+		t.Errorf("fetch that outlasts its timeout: exit %d (%s), want %d", code, errOut, exitUnavailable)
+	}
+
 	// The outsider has no PSK: no fleet node lets it in.
 	if s := outsider.status(t); len(s.Peers) != 0 {
 		t.Errorf("outsider has peers %v", s.Peers)
@@ -339,7 +347,7 @@ func TestNodeProcesses(t *testing.T) {
 		t.Errorf("after gc c holds %v and runs %v", s.Holds, s.Transfers)
 	}
 
-	for name, p := range map[string]*daemonProc{"a": a, "b": b, "c": c, "outsider": outsider} {
+	for name, p := range map[string]*daemonProc{"a": a, "b": b, "c": c, "outsider": outsider, "slow": slow} {
 		if err := p.stop(); err != nil {
 			t.Errorf("%s: SIGTERM: %v", name, err)
 		}
