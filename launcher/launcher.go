@@ -179,6 +179,11 @@ func (l *Launcher) adopt(e *entry) {
 	default:
 		l.log.Info("task ended while the launcher was away", "task", t.ID)
 		l.go_(func() { l.supervise(e, nil, true) })
+		return
+	}
+	if t.Stopping && !t.State.Final() && t.State != StateRestarting {
+		// A Stop was under way when the launcher died: finish it.
+		l.go_(func() { _ = e.cg.killAll() })
 	}
 }
 
