@@ -39,6 +39,7 @@ func TestWhaleIsolation(t *testing.T) {
 		RootWritable string
 		Args         []string
 		Env          string
+		Ifaces       []string
 	}
 	log := e.logs(tk.ID)
 	if err := json.Unmarshal([]byte(strings.TrimSpace(log)), &got); err != nil {
@@ -65,6 +66,16 @@ func TestWhaleIsolation(t *testing.T) {
 	}
 	if got.TmpErr != "" || got.RootWritable != "" {
 		t.Errorf("/tmp write error %q, root writable: %q", got.TmpErr, got.RootWritable)
+	}
+	if !slices.Equal(got.Ifaces, []string{"lo:true"}) {
+		t.Errorf("with network none the task sees interfaces %v, want only lo, up", got.Ifaces)
+	}
+	var states []State
+	for len(e.events) > 0 {
+		states = append(states, (<-e.events).State)
+	}
+	if !slices.Equal(states, []State{StateRunning, StateExited}) {
+		t.Errorf("events: %v, want running then exited", states)
 	}
 	if !slices.Equal(got.Args, []string{"a1"}) || got.Env != "hi" {
 		t.Errorf("args %v env %q", got.Args, got.Env)

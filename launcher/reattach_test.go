@@ -3,6 +3,7 @@ package launcher
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -190,6 +191,22 @@ func TestReattachAfterKill9(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(body), "ready") || !strings.HasSuffix(string(body), "term\n") {
 		t.Errorf("logs through the API: %q...", firstN(string(body), 200))
+	}
+
+	// Errors carry the codes the CLI maps to exit codes.
+	var le *localapi.Error
+	err = cb.Do(ctx, "POST", "/v1/tasks", TaskSpec{Artifact: "nope@1.0.0"}, nil)
+	if !errors.As(err, &le) || le.Code != "notfound" {
+		t.Errorf("start of a missing artifact: %v, want code notfound", err)
+	}
+	e.writePolicy("keys:\n  - path: release.pub\n    names: [\"other\"]\n")
+	err = cb.Do(ctx, "POST", "/v1/tasks", TaskSpec{Artifact: "task@1.0.0"}, nil)
+	if !errors.As(err, &le) || le.Code != "verify" {
+		t.Errorf("start refused by the policy: %v, want code verify", err)
+	}
+	err = cb.Do(ctx, "POST", "/v1/tasks", TaskSpec{Artifact: "task@1.0.0", Restart: "sometimes"}, nil)
+	if !errors.As(err, &le) || le.Code != "usage" {
+		t.Errorf("bad spec: %v, want code usage", err)
 	}
 }
 

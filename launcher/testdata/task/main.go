@@ -5,6 +5,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -128,7 +129,12 @@ func ps() {
 	if err := os.WriteFile("/x", []byte("x"), 0o600); err == nil {
 		rootErr = "root is writable"
 	}
-	out, _ := json.Marshal(map[string]any{
+	var ifaces []string
+	nis, _ := net.Interfaces()
+	for _, ni := range nis {
+		ifaces = append(ifaces, fmt.Sprintf("%s:%v", ni.Name, ni.Flags&net.FlagUp != 0))
+	}
+	out, _ := json.Marshal(map[string]any{"ifaces": ifaces,
 		"pids": pids, "uid": os.Getuid(), "gid": os.Getgid(), "hostname": host, "root": names,
 		"capEff": field("CapEff"), "capBnd": field("CapBnd"), "noNewPrivs": field("NoNewPrivs"),
 		"tmpErr": tmpErr, "rootWritable": rootErr, "args": os.Args[2:], "env": os.Getenv("GREETING"),
