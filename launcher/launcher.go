@@ -676,7 +676,7 @@ func (l *Launcher) supervise(e *entry, wait func() bool, collect bool) {
 			}
 		}
 		collect = true
-		d := min(l.cfg.RestartBackoff<<min(fails, 20), l.cfg.RestartBackoffMax)
+		d := l.backoff(fails)
 		fails++
 		select {
 		case <-time.After(d):
@@ -697,6 +697,12 @@ func (l *Launcher) supervise(e *entry, wait func() bool, collect bool) {
 		}
 		wait = l.childWaiter(cmd)
 	}
+}
+
+// backoff is the delay before a restart after fails quick failures in a row:
+// RestartBackoff doubling, capped at RestartBackoffMax.
+func (l *Launcher) backoff(fails int) time.Duration {
+	return min(l.cfg.RestartBackoff<<min(fails, 20), l.cfg.RestartBackoffMax)
 }
 
 func (l *Launcher) restart(e *entry) (*exec.Cmd, error) {

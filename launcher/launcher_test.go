@@ -337,6 +337,19 @@ func TestRefusals(t *testing.T) {
 			e.writePolicy("threshold: 1\nkeys:\n  - path: release.pub\n    names: [\"api\"]\n")
 			return "task@1.0.0"
 		}},
+		{"expired key", func(e *testEnv) string {
+			e.publishTask()
+			e.writePolicy("keys:\n  - path: release.pub\n    names: [\"*\"]\n    not_after: 2020-01-01T00:00:00Z\n")
+			return "task@1.0.0"
+		}},
+		{"threshold", func(e *testEnv) string {
+			e.publishTask()
+			if _, _, _, err := signingWriteKeyPair(e.dir, "second"); err != nil {
+				t.Fatal(err)
+			}
+			e.writePolicy("threshold: 2\nkeys:\n  - path: release.pub\n    names: [\"*\"]\n  - path: second.pub\n    names: [\"*\"]\n")
+			return "task@1.0.0"
+		}},
 		{"rollback", func(e *testEnv) string {
 			e.publish(taskBinary(t), "task", "2.0.0", artifact.KindWhale)
 			if _, err := e.l.cfg.Verifier.Verify(context.Background(), "task@2.0.0"); err != nil {
@@ -437,5 +450,22 @@ func TestPrune(t *testing.T) {
 	}
 	if _, err := e.l.Get(tk.ID); !errors.Is(err, ErrNotFound) {
 		t.Errorf("removed task still found: %v", err)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	l := &Launcher{cfg: Config{RestartBackoff: time.Second, RestartBackoffMax: time.Minute}}
+	var got []time.Duration
+	for fails := range 9 {
+		got = append(got, l.backoff(fails))
+	}
+	want := []time.Duration{1, 2, 4, 8, 16, 32, 60, 60, 60}
+	for i := range want {
+		if got[i] != want[i]*time.Second {
+			t.Fatalf("backoff = %v, want doubling from 1s capped at 1m", got)
+		}
+	}
+	if d := l.backoff(1000); d != time.Minute {
+		t.Errorf("backoff(1000) = %v", d)
 	}
 }
