@@ -126,7 +126,7 @@ func New(cfg Config) (*Launcher, error) {
 		cfg.RestartBackoffMax = time.Minute
 	}
 	if cfg.Runc == "" {
-		cfg.Runc, _ = exec.LookPath("runc")
+		cfg.Runc = findRunc()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -1033,3 +1033,17 @@ func fileExists(p string) bool {
 }
 
 func containerID(id string) string { return "ballena-" + id }
+
+// findRunc looks for runc on PATH, then where distributions put it (a
+// daemon's PATH may lack the sbin directories).
+func findRunc() string {
+	if p, err := exec.LookPath("runc"); err == nil {
+		return p
+	}
+	for _, p := range []string{"/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc"} {
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
+}
