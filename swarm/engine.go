@@ -65,8 +65,11 @@ type EngineConfig struct {
 	// StallTimeout fails a download that received no data for this long; 0 means
 	// DefaultStallTimeout.
 	StallTimeout time.Duration
-	Store        BlobStore
-	Logger       *slog.Logger
+	// NoSuperSeed turns off super-seeding (see p2pconn_superseed.go) on the
+	// torrents this node seeds from its store; for measurements.
+	NoSuperSeed bool
+	Store       BlobStore
+	Logger      *slog.Logger
 }
 
 // Progress is a snapshot of one download.
@@ -104,10 +107,11 @@ type Engine struct {
 	tracker    *tracker
 	bolt       storage.PieceCompletion
 	completion *trustedCompletion
+	ss         *superSeeder
 
 	mu        sync.Mutex
-	transfers map[string]*transfer        // by digest
-	known     map[metainfo.Hash]peerSet    // peers learned before or during a transfer
+	transfers map[string]*transfer      // by digest
+	known     map[metainfo.Hash]peerSet // peers learned before or during a transfer
 	stopRates context.CancelFunc
 }
 
@@ -174,7 +178,10 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	}
 	e.cl = cl
 	if cfg.Host != nil {
-		e.p2p = newP2PTransport(cfg.Host, e.addrs)
+		if !cfg.NoSuperSeed {
+			e.ss = newSuperSeeder()
+		}
+		e.p2p = newP2PTransport(cfg.Host, e.addrs, e.ss)
 		cl.AddListener(e.p2p)
 		cl.AddDialer(e.p2p)
 	}
@@ -205,6 +212,9 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 func (e *Engine) clientConfig() *torrent.ClientConfig {
 	tc := torrent.NewDefaultClientConfig()
 	tc.DataDir = filepath.Join(e.cfg.DataDir, "bt")
+	// Every torrent brings its own storage (fileStorage); without this the client
+	// opens a second bbolt completion db in DataDir and waits a second for its lock.
+	tc.DefaultStorage = storage.NewFileWithCompletion(tc.DataDir, storage.NewMapPieceCompletion())
 	tc.Seed = true
 	// Our own listeners and dialers only: libp2p streams and, if asked, plain TCP.
 	tc.DisableTCP = true
@@ -280,6 +290,13 @@ func (e *Engine) Seed(ctx context.Context, rel artifact.Release) error {
 	// The store verified the blob's sha256 when it took it in, and the infohash we
 	// just checked binds these piece hashes to it: skip re-hashing every piece.
 	e.completion.trust(ih)
+	if e.ss != nil {
+		var info metainfo.Info
+		if err := bencode.Unmarshal(infoBytes, &info); err != nil {
+			return fmt.Errorf("seed %s: %w", short(rel.Digest), err)
+		}
+		e.ss.add(ih, &info)
+	}
 	blob := e.cfg.Store.BlobPath(rel.Digest)
 	t, _ := e.cl.AddTorrentOpt(torrent.AddTorrentOpts{
 		InfoHash:  ih,
@@ -415,7 +432,7 @@ func (e *Engine) fetch(tr *transfer) error {
 			if err == nil {
 				return nil
 			}
-			if retried || !errors.Is(err, errDigestMismatch) {
+			if retried || !errors.Is(err, errAdopt) {
 				return cleanup(err)
 			}
 			// Pieces passed their hashes but the whole did not: re-check every piece
@@ -443,21 +460,15 @@ func (e *Engine) fetch(tr *transfer) error {
 	}
 }
 
-var errDigestMismatch = errors.New("sha256 mismatch")
+var errAdopt = errors.New("store refused the download")
 
-// finish checks the staged blob's sha256 and hands it to the store. The store
-// gets a hard link, so the torrent goes on seeding from the staging path without
-// a pause; the link is the same inode and no piece is written after completion.
+// finish hands the staged blob to the store, which re-hashes it against the
+// signed digest. The store gets a hard link, so the torrent goes on seeding from
+// the staging path without a pause; the link is the same inode and no piece is
+// written after completion.
 func (e *Engine) finish(tr *transfer) error {
 	rel := tr.rel
 	staged := filepath.Join(tr.staging, rel.Digest)
-	sum, err := sha256File(staged)
-	if err != nil {
-		return fmt.Errorf("download %s: %w", short(rel.Digest), err)
-	}
-	if sum != rel.Digest {
-		return fmt.Errorf("download %s: staged blob has sha256 %s: %w", short(rel.Digest), short(sum), errDigestMismatch)
-	}
 	link := staged + ".adopt"
 	os.Remove(link)
 	if err := os.Link(staged, link); err != nil {
@@ -465,7 +476,8 @@ func (e *Engine) finish(tr *transfer) error {
 	}
 	if err := e.cfg.Store.AdoptFile(context.Background(), link, rel.Digest); err != nil {
 		os.Remove(link)
-		return fmt.Errorf("download %s: %w", short(rel.Digest), err)
+		// Most likely the sha256 did not match although every piece passed.
+		return fmt.Errorf("download %s: %w: %w", short(rel.Digest), errAdopt, err)
 	}
 	e.completion.trust(tr.ih)
 	e.log.Debug("downloaded", "digest", short(rel.Digest), "bytes", rel.Size)
@@ -547,6 +559,9 @@ func (e *Engine) Drop(digest string) error {
 	if ok {
 		delete(e.known, tr.ih)
 		e.completion.distrust(tr.ih)
+		if e.ss != nil {
+			e.ss.remove(tr.ih)
+		}
 	}
 	e.mu.Unlock()
 	if !ok {
@@ -675,6 +690,9 @@ func (e *Engine) Close() error {
 	if e.p2p != nil {
 		e.p2p.Close()
 	}
+	if e.ss != nil {
+		e.ss.close()
+	}
 	if e.plain != nil {
 		e.plain.Close()
 	}
@@ -750,14 +768,14 @@ func (e *Engine) stagingDir(digest string) string {
 
 // fileStorage stores a single-file torrent at dir/name.
 func (e *Engine) fileStorage(dir, name string) storage.ClientImpl {
-	return storage.NewFileOpts(storage.NewFileClientOpts{
+	return noFlushStorage{storage.NewFileOpts(storage.NewFileClientOpts{
 		ClientBaseDir:   dir,
 		TorrentDirMaker: func(string, *metainfo.Info, metainfo.Hash) string { return dir },
 		FilePathMaker:   func(storage.FilePathMakerOpts) string { return name },
 		PieceCompletion: e.completion,
 		UsePartFiles:    g.Some(false),
 		Logger:          e.log,
-	})
+	})}
 }
 
 // infoBytes returns the bencoded info dict of a blob in the store, from the cache

@@ -202,10 +202,8 @@ func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-
 func (e *Engine) transferTorrent(digest string) *torrent.Torrent {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.transfers[digest].t
 }
-

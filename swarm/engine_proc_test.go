@@ -363,12 +363,15 @@ func TestCorruptPeerBanned(t *testing.T) {
 	leech := newTestEngine(t, EngineConfig{StallTimeout: time.Minute})
 	introduce(leech.h, addrInfo(honest.h))
 	introduce(leech.h, bad.ai)
-	// The corrupt peer first, so it surely serves some pieces.
+	// The corrupt peer alone first, so it surely serves pieces, then the honest one.
 	leech.AddPeers(rel.InfoHash, []peer.ID{bad.ai.ID})
-	leech.AddPeers(rel.InfoHash, []peer.ID{honest.h.ID()})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := leech.Download(ctx, rel, nil); err != nil {
+	done := make(chan error, 1)
+	go func() { done <- leech.Download(ctx, rel, nil) }()
+	waitUntil(t, time.Minute, "a ban", func() bool { return len(leech.BannedPeers()) > 0 })
+	leech.AddPeers(rel.InfoHash, []peer.ID{honest.h.ID()})
+	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	checkBlob(t, leech.store, rel.Digest)
@@ -452,4 +455,3 @@ func TestSeedComesBack(t *testing.T) {
 	}
 	checkBlob(t, leech.store, rel.Digest)
 }
-

@@ -71,15 +71,17 @@ func (m *peerAddrs) peerOf(addr string) (peer.ID, bool) {
 type p2pTransport struct {
 	h      host.Host
 	addrs  *peerAddrs
+	ss     *superSeeder // nil: no super-seeding
 	conns  chan net.Conn
 	closed chan struct{}
 	once   sync.Once
 }
 
-func newP2PTransport(h host.Host, addrs *peerAddrs) *p2pTransport {
+func newP2PTransport(h host.Host, addrs *peerAddrs, ss *superSeeder) *p2pTransport {
 	t := &p2pTransport{
 		h:      h,
 		addrs:  addrs,
+		ss:     ss,
 		conns:  make(chan net.Conn),
 		closed: make(chan struct{}),
 	}
@@ -97,11 +99,15 @@ func (t *p2pTransport) handle(s network.Stream) {
 }
 
 func (t *p2pTransport) wrap(s network.Stream) net.Conn {
-	return &p2pConn{
+	c := &p2pConn{
 		Stream: s,
 		local:  t.addrs.addrOf(t.h.ID()),
 		remote: t.addrs.addrOf(s.Conn().RemotePeer()),
 	}
+	if t.ss != nil {
+		return t.ss.wrap(c)
+	}
+	return c
 }
 
 // Accept returns the next incoming peer wire stream.
