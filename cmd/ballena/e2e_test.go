@@ -79,6 +79,7 @@ func TestE2EFleet(t *testing.T) {
 		}
 	}
 	e.checkPeerBytes("hello", helloDigest, e2eWhale, true)
+	e.checkAnswers(st, 8100)
 
 	e.nodeLossAndPartition()
 	e.untrusted()
@@ -345,6 +346,34 @@ func (e *e2e) checkPeerBytes(name, digest string, size int64, strict bool) {
 	}
 }
 
+// checkAnswers calls every running task of a job over HTTP, from the
+// server's host: each answers on its host's address, at port base+index.
+func (e *e2e) checkAnswers(st *placement.JobStatus, base int) {
+	e.t.Helper()
+	get := e.path("httpget")
+	if _, err := os.Stat(get); err != nil {
+		e.build("./testdata/httpget", "httpget")
+	}
+	for _, ts := range st.Tasks {
+		i := slices.IndexFunc(e.nodes, func(n *e2eNode) bool { return n.id == ts.NodeID })
+		if i < 0 {
+			e.t.Fatalf("task %d of job %s runs on node %s, not one of this test", ts.Index, st.Job.Name, ts.NodeID)
+		}
+		url := fmt.Sprintf("http://%s:%d/", e.nodes[i].host.Addr, base+ts.Index)
+		want := fmt.Sprintf("task %d of job %s", ts.Index, st.Job.Name)
+		var body string
+		// Running means started; the service may need a moment to listen.
+		e.waitFor("GET "+url, func() (bool, string) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			out, err := e.net.Hosts[e2eServerIP].Command(ctx, get, url).CombinedOutput()
+			body = string(out)
+			return err == nil && strings.Contains(body, want), fmt.Sprintf("%v: %s", err, out)
+		})
+		e.t.Logf("e2e: %s -> %s", url, strings.TrimSpace(body))
+	}
+}
+
 // nodeLossAndPartition kills one node (its tasks move), cuts another host off
 // the network and brings it back (its duplicates stop), restarts the killed
 // node (its orphaned task stops): no task index runs twice at the end.
@@ -406,6 +435,7 @@ func (e *e2e) nodeLossAndPartition() {
 	if len(seen) != e2eNodes {
 		t.Errorf("%d allocations of job hello run across the hosts, want %d: %v", len(seen), e2eNodes, seen)
 	}
+	e.checkAnswers(st, 8100)
 }
 
 // untrusted submits jobs for two artifacts that must never start: one signed
