@@ -59,11 +59,18 @@ type daemonProc struct {
 	addr  string // first full multiaddr it printed
 	stder *bytes.Buffer
 	done  chan error
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
 func startNode(t *testing.T, name string, args ...string) *daemonProc {
 	t.Helper()
-	data := filepath.Join(t.TempDir(), name)
+	return startNodeAt(t, name, filepath.Join(t.TempDir(), name), args...)
+}
+
+func startNodeAt(t *testing.T, name, data string, args ...string) *daemonProc {
+	t.Helper()
 	cmd := exec.Command(ballenaBinary(t), append([]string{"--data", data, "node",
 		"--listen", "/ip4/127.0.0.1/tcp/0", "--cgroup-parent", "ballena-test-" + name}, args...)...)
 	out, err := cmd.StdoutPipe()
@@ -114,20 +121,24 @@ func (p *daemonProc) stderr() string {
 	return p.cmd.Stderr.(*lockedBuffer).String()
 }
 
-// stop sends SIGTERM and expects a clean exit.
+// stop sends SIGTERM and expects a clean exit; later calls return the same result.
 func (p *daemonProc) stop() error {
-	if p.cmd.ProcessState != nil {
-		return nil
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.done:
-		p.done <- err
-		return err
-	case <-time.After(20 * time.Second):
-		_ = p.cmd.Process.Kill()
-		return errors.New("did not stop within 20s of SIGTERM")
-	}
+	p.stopOnce.Do(func() {
+		select {
+		case err := <-p.done: // exited already
+			p.stopErr = err
+			return
+		default:
+		}
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case p.stopErr = <-p.done:
+		case <-time.After(20 * time.Second):
+			_ = p.cmd.Process.Kill()
+			p.stopErr = errors.New("did not stop within 20s of SIGTERM")
+		}
+	})
+	return p.stopErr
 }
 
 // cli runs the built binary against this node's data dir.
@@ -334,6 +345,24 @@ func TestNodeProcesses(t *testing.T) {
 		}
 	} else {
 		t.Log("aria2c not installed (apt install aria2): skipping the standard client download")
+	}
+
+	// A restarted node keeps its identity and seeds what it holds again.
+	idA := a.status(t).ID
+	if err := a.stop(); err != nil {
+		t.Fatalf("a: SIGTERM: %v", err)
+	}
+	a = startNodeAt(t, "a-again", a.data, common...)
+	s := a.status(t)
+	if s.ID != idA {
+		t.Errorf("a came back as %s, was %s", s.ID, idA)
+	}
+	seeding := false
+	for _, tr := range s.Transfers {
+		seeding = seeding || (tr.Digest == rel.Digest && tr.Seeding)
+	}
+	if !seeding {
+		t.Errorf("restarted a does not seed hello@1.0.0: %+v", s.Transfers)
 	}
 
 	// gc through the daemon stops the seeding of what it removes.
