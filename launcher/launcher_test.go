@@ -40,6 +40,7 @@ func TestWhaleIsolation(t *testing.T) {
 		Args         []string
 		Env          string
 		Ifaces       []string
+		Fds          []string
 	}
 	log := e.logs(tk.ID)
 	if err := json.Unmarshal([]byte(strings.TrimSpace(log)), &got); err != nil {
@@ -66,6 +67,16 @@ func TestWhaleIsolation(t *testing.T) {
 	}
 	if got.TmpErr != "" || got.RootWritable != "" {
 		t.Errorf("/tmp write error %q, root writable: %q", got.TmpErr, got.RootWritable)
+	}
+	// Beyond 0, 1 and 2, only what the task's own Go runtime opened: the
+	// directory it was reading, its epoll and eventfd. No pipe, socket or file
+	// of the launcher.
+	for _, fd := range got.Fds {
+		n, target, _ := strings.Cut(fd, "=")
+		if n == "0" || n == "1" || n == "2" || target == "" /* the listing itself, closed since */ || strings.HasPrefix(target, "anon_inode:") || strings.HasPrefix(target, "/proc/") {
+			continue
+		}
+		t.Errorf("task holds fd %s", fd)
 	}
 	if !slices.Equal(got.Ifaces, []string{"lo:true"}) {
 		t.Errorf("with network none the task sees interfaces %v, want only lo, up", got.Ifaces)

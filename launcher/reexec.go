@@ -389,6 +389,11 @@ func runInit() {
 	if err := dropPrivileges(cfg.UID, cfg.GID); err != nil {
 		fail(err)
 	}
+	// Whatever the launcher inherited without close-on-exec stays out of the
+	// task: it gets stdin, stdout and stderr only.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		fail(fmt.Errorf("close_range: %w", err))
+	}
 	err = unix.Exec("/whale", cfg.Args, cfg.Env)
 	fail(fmt.Errorf("exec %s: %w", cfg.Args[0], err))
 }

@@ -134,7 +134,13 @@ func ps() {
 	for _, ni := range nis {
 		ifaces = append(ifaces, fmt.Sprintf("%s:%v", ni.Name, ni.Flags&net.FlagUp != 0))
 	}
-	out, _ := json.Marshal(map[string]any{"ifaces": ifaces,
+	var fds []string
+	fdEnts, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range fdEnts {
+		target, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		fds = append(fds, e.Name()+"="+target)
+	}
+	out, _ := json.Marshal(map[string]any{"ifaces": ifaces, "fds": fds,
 		"pids": pids, "uid": os.Getuid(), "gid": os.Getgid(), "hostname": host, "root": names,
 		"capEff": field("CapEff"), "capBnd": field("CapBnd"), "noNewPrivs": field("NoNewPrivs"),
 		"tmpErr": tmpErr, "rootWritable": rootErr, "args": os.Args[2:], "env": os.Getenv("GREETING"),
