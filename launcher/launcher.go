@@ -95,6 +95,11 @@ func New(cfg Config) (*Launcher, error) {
 	if cfg.DataDir == "" || cfg.DB == nil || cfg.Verifier == nil {
 		return nil, errors.New("launcher: DataDir, DB and Verifier are required")
 	}
+	if os.Getenv(modeEnv) != "" {
+		// We were re-executed as a shim or init, but main (or TestMain) did
+		// not call MaybeRunInit: refuse rather than recurse.
+		return nil, errors.New("launcher: this binary must call launcher.MaybeRunInit first thing in main (and TestMain)")
+	}
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = "ballena"
 	}
