@@ -535,7 +535,22 @@ func (n *Node) Fetch(ctx context.Context, ref artifact.Ref, progress func(Progre
 	for _, p := range holders {
 		j.addSource(n, p, nil)
 	}
-	err = n.engine.Download(ctx, rel, progress)
+	// The engine starts only once someone offers the blob, so a fetch of what
+	// nobody holds leaves nothing behind: no staged files, no DHT record.
+	select {
+	case <-j.sourced:
+	case <-j.done:
+	case <-ctx.Done():
+		if j.sources.Load() == 0 {
+			j.cancel()
+			<-j.done
+			return artifact.Release{}, fmt.Errorf("fetch %s: no node in reach holds sha256 %s: %w", ref, short(rel.Digest), ErrNobodyHas)
+		}
+	}
+	err = ctx.Err()
+	if err == nil {
+		err = n.engine.Download(ctx, rel, progress)
+	}
 	if err == nil {
 		select {
 		case <-j.done:
@@ -546,13 +561,6 @@ func (n *Node) Fetch(ctx context.Context, ref artifact.Ref, progress func(Progre
 	}
 	if err == nil {
 		return rel, nil
-	}
-	if ctx.Err() != nil && j.sources.Load() == 0 {
-		// Nobody ever offered the blob: leave nothing behind.
-		j.cancel()
-		<-j.done
-		_ = n.engine.Drop(rel.Digest)
-		return artifact.Release{}, fmt.Errorf("fetch %s: no node in reach holds sha256 %s: %w", ref, short(rel.Digest), ErrNobodyHas)
 	}
 	if ctx.Err() != nil {
 		return artifact.Release{}, fmt.Errorf("fetch %s: gave up waiting with %d holders known (the transfer goes on in the background): %w",
@@ -685,6 +693,7 @@ type fetchJob struct {
 	done    chan struct{}
 	err     error
 	sources atomic.Int32
+	sourced chan struct{} // closed when the first source is handed to the engine
 
 	mu   sync.Mutex
 	seen map[peer.ID]bool
@@ -697,7 +706,8 @@ func (n *Node) startJob(rel artifact.Release, env *signing.Envelope) *fetchJob {
 		return j
 	}
 	ctx, cancel := context.WithCancel(n.ctx)
-	j := &fetchJob{rel: rel, env: env, cancel: cancel, done: make(chan struct{}), seen: make(map[peer.ID]bool)}
+	j := &fetchJob{rel: rel, env: env, cancel: cancel, done: make(chan struct{}), sourced: make(chan struct{}),
+		seen: make(map[peer.ID]bool)}
 	n.jobs[rel.Digest] = j
 	n.wg.Go(func() { n.runJob(ctx, j) })
 	return j
@@ -716,6 +726,12 @@ func (n *Node) runJob(ctx context.Context, j *fetchJob) {
 	findCtx, stopFind := context.WithCancel(ctx)
 	defer stopFind()
 	go n.findSources(findCtx, j)
+	select {
+	case <-j.sourced:
+	case <-ctx.Done():
+		j.err = fmt.Errorf("download %s: %w", j.rel.Ref(), ctx.Err())
+		return
+	}
 	start := time.Now()
 	err := n.engine.Download(ctx, j.rel, nil)
 	if err == nil {
@@ -790,6 +806,7 @@ func (j *fetchJob) addSource(n *Node, p peer.ID, pi *peer.AddrInfo) {
 		n.engine.AddPeers(j.rel.InfoHash, []peer.ID{p})
 		if j.sources.Add(1) == 1 {
 			n.advertise(j.rel.Digest)
+			close(j.sourced)
 		}
 		n.log.Debug("source", "release", j.rel.Ref(), "peer", p)
 	}()

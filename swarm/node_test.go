@@ -1,7 +1,6 @@
 package swarm
 
 import (
-	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -52,7 +51,6 @@ type ntOpts struct {
 	psk       pnet.PSK
 	trust     []ed25519.PublicKey
 	autoFetch []string
-	stall     time.Duration
 }
 
 func ntNode(t testing.TB, o ntOpts) *Node {
@@ -75,7 +73,7 @@ func ntNode(t testing.TB, o ntOpts) *Node {
 		Store:        st,
 		Policy:       signing.PolicyForKeys(o.trust...),
 		AutoFetch:    o.autoFetch,
-		StallTimeout: cmp.Or(o.stall, 20*time.Second),
+		StallTimeout: 20 * time.Second,
 		Logger:       testLogger(t).With("node", len(o.bootstrap)),
 	})
 	if err != nil {
@@ -300,9 +298,7 @@ func TestFetchNobodyHas(t *testing.T) {
 func TestFetchHolderGone(t *testing.T) {
 	pub, priv := ntKey(t)
 	a := ntNode(t, ntOpts{trust: []ed25519.PublicKey{pub}})
-	// The engine ends a transfer that never got its torrent info only after
-	// the stall timeout: keep it short.
-	b := ntNode(t, ntOpts{bootstrap: []*Node{a}, trust: []ed25519.PublicKey{pub}, stall: 3 * time.Second})
+	b := ntNode(t, ntOpts{bootstrap: []*Node{a}, trust: []ed25519.PublicKey{pub}})
 	waitGossip(t, b, a)
 	rel, env := ntSign(t, "api", "1.0.0", 256<<10, priv)
 	// b learns of the release (as from an announcement) from a node that never
@@ -319,6 +315,12 @@ func TestFetchHolderGone(t *testing.T) {
 	}
 	if b.st.HasBlob(rel.Digest) || len(b.Engine().Transfers()) != 0 {
 		t.Fatal("fetch left a blob or a transfer behind")
+	}
+	b.mu.Lock()
+	advertised := b.provided[rel.Digest]
+	b.mu.Unlock()
+	if advertised {
+		t.Fatal("the node advertised a blob it never had a source for")
 	}
 	ntNoFiles(t, b.st.TempDir())
 }
