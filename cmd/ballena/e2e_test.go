@@ -41,10 +41,11 @@ const (
 )
 
 // TestE2EFleet publishes on one host, runs a job with a task on every host,
-// counts where the bytes came from, then kills a node, cuts a host off the
-// network and brings it back, and submits a job for an artifact the fleet
-// does not trust. Without `node --server` (not wired yet) it checks the swarm
-// half with `ballena fetch` instead.
+// counts where the bytes came from and calls every task; then kills a node,
+// cuts a host off the network and brings it back, submits jobs for an
+// untrusted and a tampered artifact, times job starts, and rolls the job over
+// to a refused release and then to a good one. Without `node --server` it
+// checks the swarm half with `ballena fetch` instead.
 func TestE2EFleet(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: starts a server and 4 nodes in network namespaces; skipped with -short")
@@ -103,6 +104,8 @@ func TestE2EFleet(t *testing.T) {
 		e2eNodes, warm.Seconds(), mib(e2eBig), fresh.Seconds(), bound.Seconds(), mib(e2eCap), e2eNodes-1, fresh.Seconds()/bound.Seconds())
 	e.checkPeerBytes("big", bigDigest, e2eBig, false)
 	e.admin("job", "stop", "big")
+
+	e.rollout()
 }
 
 // e2e is one test fleet.
@@ -510,6 +513,78 @@ func (e *e2e) waitRefused(job, ref string, count int, host string) []string {
 	return msgs
 }
 
+// rollout updates job hello, one task at a time, first to a release the fleet
+// refuses (the rollout must stop at the first refused task, the job saying
+// why, the other tasks running on), then to a good one (every task rolls over).
+func (e *e2e) rollout() {
+	t := e.t
+	const update = "update: {max_parallel: 1}\n"
+	e.jobRun(jobYAML("hello", "hello@2.0.0", e2eNodes, 8100, "") + update)
+	var bad uint64
+	e.waitFor("job hello: the update to the untrusted hello@2.0.0 is refused", func() (bool, string) {
+		st, err := e.jobStatus("hello")
+		if err != nil {
+			return false, err.Error()
+		}
+		bad = st.Job.Version
+		return slices.ContainsFunc(st.Tasks, func(ts placement.TaskStatus) bool {
+			return ts.Version == bad && strings.Contains(ts.Message, "trust")
+		}), describeJob(st)
+	})
+	// A stalled rollout is the absence of an event: watch it for a few
+	// heartbeats. Never more than max_parallel tasks may be down for it.
+	watch := time.Now().Add(3 * e2eNodeTTL)
+	for time.Now().Before(watch) {
+		st, err := e.jobStatus("hello")
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := 0
+		for _, ts := range st.Tasks {
+			if ts.Version == bad && ts.ClientStatus == placement.ClientRunning {
+				t.Fatalf("job hello: task %d runs the untrusted hello@2.0.0: %s", ts.Index, describeJob(st))
+			}
+			if ts.Version < bad && ts.ClientStatus == placement.ClientRunning && ts.Desired == placement.DesiredRun {
+				old++
+			}
+		}
+		if old < e2eNodes-1 {
+			t.Fatalf("job hello: the refused update took %d of %d tasks down (max_parallel 1): %s", e2eNodes-old, e2eNodes, describeJob(st))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("e2e: update to untrusted hello@2.0.0 stopped at the first task; %d of %d still run hello@1.0.0", e2eNodes-1, e2eNodes)
+
+	e.publish(e.nodes[1], "release.key", "hello", "3.0.0", e.whale("hello3", e2eWhale))
+	start := time.Now()
+	e.jobRun(jobYAML("hello", "hello@3.0.0", e2eNodes, 8100, "") + update)
+	var st *placement.JobStatus
+	e.waitFor("job hello: every task rolled over to hello@3.0.0", func() (bool, string) {
+		var err error
+		if st, err = e.jobStatus("hello"); err != nil {
+			return false, err.Error()
+		}
+		n := 0
+		for _, ts := range st.Tasks {
+			if ts.Version == st.Job.Version && ts.ClientStatus == placement.ClientRunning && ts.Desired == placement.DesiredRun {
+				n++
+			}
+		}
+		return n == e2eNodes, describeJob(st)
+	})
+	t.Logf("e2e: rolling update to hello@3.0.0 (published on %s), one task at a time: all %d running %.2fs after job run",
+		e.nodes[1].host.Name, e2eNodes, time.Since(start).Seconds())
+	e.checkAnswers(st, 8100)
+}
+
+func describeJob(st *placement.JobStatus) string {
+	var desc []string
+	for _, ts := range st.Tasks {
+		desc = append(desc, fmt.Sprintf("#%d v%d %s/%s/%s on %.12s %s", ts.Index, ts.Version, ts.State, ts.Desired, ts.ClientStatus, ts.NodeID, ts.Message))
+	}
+	return fmt.Sprintf("job v%d: %s", st.Job.Version, strings.Join(desc, "; "))
+}
+
 func jobYAML(name, ref string, count, portBase int, host string) string {
 	y := fmt.Sprintf("name: %s\nartifact: %s\ncount: %d\nresources: {cpu: 50m, memory: 128MiB, pids: 64}\n"+
 		"spread: host\nrestart: on-failure\nargs: [\"--port-base\", \"%d\"]\n", name, ref, count, portBase)
@@ -589,14 +664,12 @@ func (e *e2e) waitRunning(job string, want int, exclude []string) *placement.Job
 			return false, err.Error()
 		}
 		running := map[int]bool{}
-		var desc []string
 		for _, ts := range st.Tasks {
-			desc = append(desc, fmt.Sprintf("#%d %s/%s/%s on %.12s %s", ts.Index, ts.State, ts.Desired, ts.ClientStatus, ts.NodeID, ts.Message))
 			if ts.ClientStatus == placement.ClientRunning && ts.Desired == placement.DesiredRun && !slices.Contains(exclude, ts.NodeID) {
 				running[ts.Index] = true
 			}
 		}
-		return len(running) == want, strings.Join(desc, "; ")
+		return len(running) == want, describeJob(st)
 	})
 	return st
 }
