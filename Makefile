@@ -4,7 +4,7 @@ BIN     := bin/ballena
 PKGS    := ./...
 export CGO_ENABLED := 0
 
-.PHONY: build test test-short demo run clean bench-verify bench-launch
+.PHONY: build test test-short demo run clean bench-verify bench-launch bench-swarm
 
 build: ## static binary at bin/ballena
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN) ./cmd/ballena
@@ -38,6 +38,13 @@ bench-verify: ## sha256 + signature verification throughput on a 1 GiB blob
 
 bench-launch: ## launch latency p50/p99 of a whale (200 launches) beside runc run of the same binary; root
 	$(GO) test -run '^$$' -bench BenchmarkLaunch -benchtime 1x -timeout 30m ./launcher/
+
+# One seed and N leechers as separate processes on loopback, each capped at U MiB/s up
+# and down, spreading one F MiB artifact; against the fluid bound and one HTTP server.
+# Flags: BENCH_SWARM_FLAGS='-n 16 -size 256 -cap 16 -json'.
+bench-swarm: ## swarm spread time vs the fluid lower bound and a central HTTP server
+	$(GO) build -o bin/benchswarm ./swarm/benchswarm
+	bin/benchswarm $(BENCH_SWARM_FLAGS)
 
 # The whole system on one machine: `ballena dev` (placement server + node), a key,
 # the sample whale published, a job of 2 tasks placed, fetched, verified, started in
