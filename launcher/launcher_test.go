@@ -480,3 +480,20 @@ func TestBackoff(t *testing.T) {
 		t.Errorf("backoff(1000) = %v", d)
 	}
 }
+
+// TestRootUserHasNoCapabilities: uid 0 inside a task is still powerless.
+func TestRootUserHasNoCapabilities(t *testing.T) {
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+	tk := e.wait(e.start(TaskSpec{Artifact: ref, Args: []string{"ps"}, User: "0:0"}).ID)
+	var got struct {
+		UID                                      int
+		CapEff, CapBnd, NoNewPrivs, RootWritable string
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(e.logs(tk.ID))), &got); err != nil {
+		t.Fatalf("%s: %v", e.logs(tk.ID), err)
+	}
+	if got.UID != 0 || got.CapEff != "0000000000000000" || got.CapBnd != "0000000000000000" || got.NoNewPrivs != "1" || got.RootWritable != "" {
+		t.Errorf("uid 0 task: %+v", got)
+	}
+}
