@@ -31,13 +31,13 @@ import (
 )
 
 const (
-	e2eNodes    = 4                // hosts running `ballena node`
-	e2eCap      = 8 << 20          // per-node upload and download cap, bytes/s
-	e2eWhale    = 16 << 20         // the first artifact: the sample service, padded
-	e2eBig      = 64 << 20         // the fresh artifact whose spread is timed
-	e2eWait     = 60 * time.Second // bound on every wait for an event
-	e2eNodeTTL  = 3 * time.Second  // the server's node TTL: how soon tasks move
-	e2eServerIP = 0                // host index of the placement server
+	e2eNodes      = 4                // hosts running `ballena node`
+	e2eCap        = 8 << 20          // per-node upload and download cap, bytes/s
+	e2eWhale      = 16 << 20         // the first artifact: the sample service, padded
+	e2eBig        = 64 << 20         // the fresh artifact whose spread is timed
+	e2eWait       = 60 * time.Second // bound on every wait for an event
+	e2eNodeTTL    = 3 * time.Second  // the server's node TTL: how soon tasks move
+	e2eServerHost = 0                // host index of the placement server
 )
 
 // TestE2EFleet publishes on one host, runs a job with a task on every host,
@@ -142,8 +142,14 @@ func newE2E(t *testing.T) *e2e {
 	e.tasks = bytes.Contains(help, []byte("--server")) && os.Getenv("BALLENA_E2E_SWARM_ONLY") == ""
 	e.net = testnet.New(t, e2eNodes+1)
 	t.Logf("e2e: run %s, %d hosts on 10.213.x.0/24, binary %s", e.net.ID, len(e.net.Hosts), e.bin)
-	// Cleanups run last-registered first: processes die before their cgroups
-	// are emptied, and both before the namespaces go.
+	// Cleanups run last-registered first: the processes die, then what still
+	// runs in the nodes' cgroups (tasks outlive their node by design), then
+	// the namespaces go.
+	t.Cleanup(func() {
+		for i := range e2eNodes {
+			cleanCgroups(t, e.cgroupParent(i))
+		}
+	})
 	t.Cleanup(e.stopAll)
 
 	// Keys and the trust policy every node verifies against: release.key is
@@ -156,7 +162,7 @@ func newE2E(t *testing.T) *e2e {
 		t.Fatal(err)
 	}
 	if e.tasks {
-		h := e.net.Hosts[e2eServerIP]
+		h := e.net.Hosts[e2eServerHost]
 		e.server = fmt.Sprintf("http://%s:7480", h.Addr)
 		p := e.start(h, "server", e.bin, "--data", e.path("server"), "server", "--listen", h.Addr.String()+":7480",
 			"--token-file", e.path("admin.token"), "--join-token-file", e.path("join.token"), "--node-ttl", e2eNodeTTL.String())
@@ -166,6 +172,9 @@ func newE2E(t *testing.T) *e2e {
 }
 
 func (e *e2e) path(name string) string { return filepath.Join(e.dir, name) }
+
+// cgroupParent is node i's --cgroup-parent, unique to the run.
+func (e *e2e) cgroupParent(i int) string { return fmt.Sprintf("ballena-e2e-%s-%d", e.net.ID, i) }
 
 // build compiles a package of this module as a static binary into the test's dir.
 func (e *e2e) build(pkg, name string) string {
@@ -208,10 +217,8 @@ func (e *e2e) whale(name string, size int64) string {
 // bootstrapping through it; with a server, it waits until all are ready there.
 func (e *e2e) startNodes() {
 	for i := range e2eNodes {
-		n := &e2eNode{i: i, host: e.net.Hosts[i+1], data: e.path(fmt.Sprintf("node%d", i)),
-			cgroup: fmt.Sprintf("ballena-e2e-%s-%d", e.net.ID, i)}
+		n := &e2eNode{i: i, host: e.net.Hosts[i+1], data: e.path(fmt.Sprintf("node%d", i)), cgroup: e.cgroupParent(i)}
 		e.nodes = append(e.nodes, n)
-		e.t.Cleanup(func() { cleanCgroups(e.t, n.cgroup) })
 		e.startNode(n)
 	}
 	if e.tasks {
@@ -369,7 +376,7 @@ func (e *e2e) checkAnswers(st *placement.JobStatus, base int) {
 		e.waitFor("GET "+url, func() (bool, string) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			out, err := e.net.Hosts[e2eServerIP].Command(ctx, get, url).CombinedOutput()
+			out, err := e.net.Hosts[e2eServerHost].Command(ctx, get, url).CombinedOutput()
 			body = string(out)
 			return err == nil && strings.Contains(body, want), fmt.Sprintf("%v: %s", err, out)
 		})
@@ -626,7 +633,7 @@ func (e *e2e) adminErr(args ...string) (string, error) {
 	}
 	full := append(slices.Clone(args[:i]), "--server", e.server, "--token-file", e.path("admin.token"))
 	full = append(full, args[i:]...)
-	return e.run(e.net.Hosts[e2eServerIP], full...)
+	return e.run(e.net.Hosts[e2eServerHost], full...)
 }
 
 func (e *e2e) jobStatus(name string) (*placement.JobStatus, error) {
