@@ -90,6 +90,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "entrypoint", Usage: "images: override the entrypoint (space-separated)"},
 			&cli.StringFlag{Name: "workdir", Usage: "working directory inside the task"},
 			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "print the task ID and return"},
+			&cli.DurationFlag{Name: "stop-timeout", Value: 10 * time.Second, Usage: "attached: grace period between ^C (SIGTERM to the task) and SIGKILL"},
 			&cli.StringFlag{Name: "trust", Usage: "trust policy (YAML); default DATA/trust.yaml (a running node always uses its own)"},
 			&cli.BoolFlag{Name: "allow-rollback", Usage: "accept a version older than one already verified here"},
 			cgroupParentFlag, jsonFlag,
@@ -237,7 +238,7 @@ func runViaDaemon(c *cli.Context, cl *localapi.Client, spec launcher.TaskSpec) e
 		case <-c.Context.Done():
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			_ = cl.Do(ctx, http.MethodPost, "/v1/tasks/"+t.ID+"/stop", launcher.StopRequest{Timeout: "10s"}, nil)
+			_ = cl.Do(ctx, http.MethodPost, "/v1/tasks/"+t.ID+"/stop", launcher.StopRequest{Timeout: c.Duration("stop-timeout").String()}, nil)
 		case <-stopped:
 		}
 	}()
@@ -283,7 +284,7 @@ func runDirect(c *cli.Context, l *launcher.Launcher, spec launcher.TaskSpec) err
 	case t = <-final:
 	case <-c.Context.Done():
 		ctx, cancel := context.WithTimeout(bg, 30*time.Second)
-		t, err = l.Stop(ctx, t.ID, syscall.SIGTERM, 10*time.Second)
+		t, err = l.Stop(ctx, t.ID, syscall.SIGTERM, c.Duration("stop-timeout"))
 		cancel()
 		if err != nil {
 			return err

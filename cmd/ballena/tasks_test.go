@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -17,7 +20,80 @@ import (
 // ballena binary does.
 func TestMain(m *testing.M) {
 	launcher.MaybeRunInit()
+	if os.Getenv("BALLENA_TEST_MAIN") == "1" { // be the ballena binary, for signal tests
+		os.Args = append([]string{"ballena"}, os.Args[1:]...)
+		main()
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
+}
+
+// TestRunAttachedForwardsInterrupt: ^C on an attached run stops the task
+// (SIGTERM, grace, SIGKILL) and ballena exits with the task's status.
+func TestRunAttachedForwardsInterrupt(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: tasks run in new namespaces and cgroups")
+	}
+	f := newFixture(t)
+	parent := fmt.Sprintf("ballena-clitest-%d-int", os.Getpid())
+	t.Cleanup(func() {
+		for _, c := range []string{"memory", "cpu", "cpuacct", "pids", "freezer", ""} {
+			_ = syscall.Rmdir(filepath.Join("/sys/fs/cgroup", c, parent))
+		}
+	})
+	trust := f.write(t, "trust.yaml", "keys:\n  - path: release.pub\n    names: [\"api\"]\n")
+	cmd := exec.Command(os.Args[0], "--data", f.data, "run", "api@1.4.0", "--trust", trust, "--cgroup-parent", parent,
+		"--stop-timeout", "500ms", "--", "--listen", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "BALLENA_TEST_MAIN=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	serving := make(chan bool, 1)
+	go func() {
+		ok := false
+		for sc.Scan() {
+			if !ok && strings.Contains(sc.Text(), "serving on") {
+				ok = true
+				serving <- true
+			}
+		}
+		if !ok {
+			serving <- false
+		}
+	}()
+	select {
+	case ok := <-serving:
+		if !ok {
+			t.Fatalf("the task never said it was serving; stderr: %s", stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("timed out waiting for the task to serve")
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("ballena run did not end after ^C")
+	}
+	// hello does not handle SIGTERM: Go's runtime, as PID 1 of the task's
+	// namespace, cannot die of it and exits with status 2 instead.
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(stderr.String(), "exit 2") {
+		t.Fatalf("ballena run after ^C: %v, want the task's exit 2; stderr: %s", err, stderr.String())
+	}
 }
 
 func TestParseSizes(t *testing.T) {
