@@ -26,6 +26,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"ballena.dev/artifact"
+	_ "ballena.dev/swarm/internal/btfileio"
 )
 
 // ErrUnavailable means no peer served an artifact's bytes within the stall timeout.

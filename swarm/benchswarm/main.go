@@ -92,7 +92,7 @@ func run() error {
 	size := flag.Int("size", 256, "artifact size in MiB")
 	capMiB := flag.Float64("cap", 16, "upload and download cap of every node, MiB/s")
 	jsonOut := flag.Bool("json", false, "print one JSON object")
-	httpDiv := flag.Int("http-div", 4, "run the HTTP baseline on size/DIV MiB and scale its time (it is bandwidth-bound); 1 runs it whole")
+	httpDiv := flag.Int("http-div", 8, "run the HTTP baseline on size/DIV MiB and scale its time (it is bandwidth-bound); 1 runs it whole")
 	timeout := flag.Duration("timeout", 150*time.Second, "give up on the swarm run after this long")
 	keep := flag.Bool("keep", false, "keep the work dir")
 	flag.Parse()
@@ -184,6 +184,7 @@ func run() error {
 		received += m.Done.Read
 	}
 	wall := slices.Max(finish)
+	fmt.Fprintf(os.Stderr, "benchswarm: swarm done in %.1fs; now the HTTP baseline\n", wall)
 	sort.Float64s(finish)
 
 	// Where the bytes went, and what it cost.
@@ -209,7 +210,9 @@ func run() error {
 	U := float64(capB)
 	bound := max(float64(F)/U, float64(F)/U, float64(*n)*float64(F)/(U+float64(*n)*U))
 	httpSize := F / int64(*httpDiv)
-	httpSecs, err := httpBaseline(ctx, filepath.Join(seedDir, "blobs", rel.Digest), httpSize, *n, capB, capB)
+	hctx, hcancel := context.WithTimeout(context.Background(), 2*time.Duration(float64(*n)*float64(httpSize)/U*float64(time.Second))+30*time.Second)
+	defer hcancel()
+	httpSecs, err := httpBaseline(hctx, filepath.Join(seedDir, "blobs", rel.Digest), httpSize, *n, capB, capB)
 	if err != nil {
 		return fmt.Errorf("http baseline: %w", err)
 	}
