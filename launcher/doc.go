@@ -16,7 +16,8 @@
 //	init: makes mounts private, builds a read-only tmpfs root (the whale
 //	      bind-mounted read-only, /proc of the new PID namespace, null, zero,
 //	      full, random, urandom, a private /tmp, the host's resolv.conf,
-//	      hosts and CA bundle read-only), pivot_root, hostname,
+//	      hosts and CA bundle read-only; /proc/sys and friends read-only,
+//	      kcore, keys and the like masked), pivot_root, hostname,
 //	      no_new_privs, empties the bounding/ambient/inheritable capability
 //	      sets, setgroups/setgid/setuid, execve. Start returns when the exec
 //	      pipe closes (success) or carries init's error.

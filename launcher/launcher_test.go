@@ -489,11 +489,15 @@ func TestRootUserHasNoCapabilities(t *testing.T) {
 	var got struct {
 		UID                                      int
 		CapEff, CapBnd, NoNewPrivs, RootWritable string
+		Sysctl                                   string
 	}
 	if err := json.Unmarshal([]byte(strings.TrimSpace(e.logs(tk.ID))), &got); err != nil {
 		t.Fatalf("%s: %v", e.logs(tk.ID), err)
 	}
 	if got.UID != 0 || got.CapEff != "0000000000000000" || got.CapBnd != "0000000000000000" || got.NoNewPrivs != "1" || got.RootWritable != "" {
 		t.Errorf("uid 0 task: %+v", got)
+	}
+	if !strings.Contains(got.Sysctl, "read-only file system") {
+		t.Errorf("uid 0 task opening a sysctl for writing: %q, want read-only file system", got.Sysctl)
 	}
 }

@@ -467,6 +467,9 @@ func setupRoot(cfg *runConfig) error {
 	if err := unix.Mount("proc", filepath.Join(r, "proc"), "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount /proc: %w", err)
 	}
+	if err := guardProc(filepath.Join(r, "proc")); err != nil {
+		return err
+	}
 	if cfg.Hostname != "" {
 		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
 			return fmt.Errorf("sethostname: %w", err)
@@ -496,6 +499,40 @@ func setupRoot(cfg *runConfig) error {
 	}
 	if err := unix.Chdir(cwd); err != nil {
 		return fmt.Errorf("chdir %s: %w", cwd, err)
+	}
+	return nil
+}
+
+// guardProc makes the parts of /proc that reach beyond the task's namespaces
+// read-only, and hides those that leak the host, as runc does: a task may
+// run as uid 0, which file permissions alone would let write sysctls.
+func guardProc(proc string) error {
+	for _, p := range []string{"sys", "sysrq-trigger", "irq", "bus", "fs"} {
+		path := filepath.Join(proc, p)
+		if _, err := os.Lstat(path); err != nil {
+			continue
+		}
+		if err := unix.Mount(path, path, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("protect /proc/%s: %w", p, err)
+		}
+		if err := unix.Mount("", path, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("protect /proc/%s: %w", p, err)
+		}
+	}
+	for _, p := range []string{"kcore", "keys", "timer_list", "sched_debug", "latency_stats", "acpi", "scsi"} {
+		path := filepath.Join(proc, p)
+		st, err := os.Lstat(path)
+		if err != nil {
+			continue
+		}
+		if st.IsDir() {
+			err = unix.Mount("tmpfs", path, "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=0")
+		} else {
+			err = unix.Mount("/dev/null", path, "", unix.MS_BIND, "")
+		}
+		if err != nil {
+			return fmt.Errorf("mask /proc/%s: %w", p, err)
+		}
 	}
 	return nil
 }

@@ -125,6 +125,12 @@ func ps() {
 	if err := os.WriteFile("/tmp/x", []byte("x"), 0o600); err != nil {
 		tmpErr = err.Error()
 	}
+	sysctlErr := "writable"
+	if f, err := os.OpenFile("/proc/sys/kernel/domainname", os.O_WRONLY, 0); err != nil {
+		sysctlErr = err.Error()
+	} else {
+		f.Close()
+	}
 	rootErr := ""
 	if err := os.WriteFile("/x", []byte("x"), 0o600); err == nil {
 		rootErr = "root is writable"
@@ -140,7 +146,7 @@ func ps() {
 		target, _ := os.Readlink("/proc/self/fd/" + e.Name())
 		fds = append(fds, e.Name()+"="+target)
 	}
-	out, _ := json.Marshal(map[string]any{"ifaces": ifaces, "fds": fds,
+	out, _ := json.Marshal(map[string]any{"ifaces": ifaces, "fds": fds, "sysctl": sysctlErr,
 		"pids": pids, "uid": os.Getuid(), "gid": os.Getgid(), "hostname": host, "root": names,
 		"capEff": field("CapEff"), "capBnd": field("CapBnd"), "noNewPrivs": field("NoNewPrivs"),
 		"tmpErr": tmpErr, "rootWritable": rootErr, "args": os.Args[2:], "env": os.Getenv("GREETING"),
