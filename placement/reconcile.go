@@ -100,9 +100,11 @@ func reconcile(c *Cell, js *jobState) reconcileResult {
 		}
 	}
 	// Updates and migrations go a few at a time: the next batch waits until the
-	// replacements of the previous one run.
+	// replacements of the previous one run. A pending replacement of an older
+	// version (one the launcher refused, say) is not progress of this rollout:
+	// it is itself replaced, or a bad version would block every later one.
 	for _, a := range js.live {
-		if a.Replaces != "" && a.ClientStatus == ClientPending {
+		if a.Replaces != "" && a.ClientStatus == ClientPending && a.JobVersion == js.Version {
 			res.inflight++
 		}
 	}

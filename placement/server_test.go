@@ -319,6 +319,42 @@ func TestRollingUpdate(t *testing.T) {
 	t.Fatal("update did not finish in 10 steps")
 }
 
+// A version whose replacement never starts (the launcher refuses it) must not
+// block the next version: that replacement is itself replaced.
+func TestUpdatePastAStuckVersion(t *testing.T) {
+	ts := startServer(t, t.TempDir())
+	n := ts.addNode(t, 16000, 32, nil)
+	ts.submit(t, job("api", 2, 1000, 1024, BandProd))
+	n.converge()
+	bad := job("api", 2, 1000, 1024, BandProd)
+	bad.Artifact = "api@2.0.0"
+	ts.submit(t, bad) // its first replacement stays pending: n does not converge
+	good := job("api", 2, 1000, 1024, BandProd)
+	good.Artifact = "api@3.0.0"
+	ev := ts.submit(t, good)
+	if ev.Placed != 1 {
+		t.Fatalf("update past a stuck version placed %d, want 1 (notes %q)", ev.Placed, ev.Notes)
+	}
+	for _, a := range n.allocs() {
+		if a.Artifact == "api@2.0.0" && a.DesiredStatus == DesiredRun {
+			t.Errorf("the stuck 2.0.0 replacement %s is still wanted", a.ID)
+		}
+	}
+	for step := 0; step < 10; step++ {
+		v3 := 0
+		for _, a := range liveOn(n.allocs()) {
+			if a.Artifact == "api@3.0.0" && a.ClientStatus == ClientRunning {
+				v3++
+			}
+		}
+		if v3 == 2 {
+			return
+		}
+		n.converge()
+	}
+	t.Fatal("the update to 3.0.0 did not finish in 10 steps")
+}
+
 func TestSubmitConflict(t *testing.T) {
 	ts := startServer(t, t.TempDir())
 	ctx := context.Background()
