@@ -442,9 +442,15 @@ func printJobStatus(w io.Writer, st *placement.JobStatus) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TASK\tSTATE\tNODE\tALLOC\tVERSION\tSTATUS\tREASON")
 	for _, t := range st.Tasks {
-		status := orDash(t.ClientStatus)
+		status, reason := orDash(t.ClientStatus), t.Reason
 		if t.ClientStatus == placement.ClientPending {
 			status = "starting"
+			if t.Message != "" {
+				status = "blocked" // the launcher tried and says why (e.g. verification refused); it retries
+			}
+		}
+		if t.Message != "" {
+			reason = strings.TrimPrefix(reason+"; "+t.Message, "; ")
 		}
 		if t.Desired == placement.DesiredStop {
 			status += " (stopping)"
@@ -459,7 +465,7 @@ func printJobStatus(w io.Writer, st *placement.JobStatus) {
 		if t.Version > 0 {
 			version = fmt.Sprint(t.Version)
 		}
-		fmt.Fprintf(tw, "%s[%d]\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, t.Index, t.State, orDash(t.NodeID), orDash(t.AllocID), version, status, t.Reason)
+		fmt.Fprintf(tw, "%s[%d]\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, t.Index, t.State, orDash(t.NodeID), orDash(t.AllocID), version, status, reason)
 	}
 	tw.Flush()
 }
