@@ -394,8 +394,14 @@ func (e *Engine) fetch(tr *transfer) error {
 	t, _ := e.cl.AddTorrentOpt(opts)
 	e.mu.Lock()
 	tr.t = t
+	dropped := e.transfers[rel.Digest] != tr
 	e.addKnownLocked(tr)
 	e.mu.Unlock()
+	if dropped { // Drop ran before the torrent existed
+		t.Drop()
+		os.RemoveAll(tr.staging)
+		return fmt.Errorf("download %s: dropped", short(rel.Digest))
+	}
 
 	stall := time.NewTimer(e.cfg.StallTimeout)
 	defer stall.Stop()
@@ -568,8 +574,11 @@ func (e *Engine) Drop(digest string) error {
 	if !ok {
 		return nil
 	}
-	if tr.t != nil {
-		tr.t.Drop()
+	e.mu.Lock()
+	t := tr.t
+	e.mu.Unlock()
+	if t != nil {
+		t.Drop()
 	}
 	<-tr.done
 	if err := os.RemoveAll(e.stagingDir(digest)); err != nil {

@@ -25,6 +25,7 @@ const (
 	btHandshakeLen = 68
 	msgHave        = 4
 	msgBitfield    = 5
+	msgRequest     = 6
 	msgPiece       = 7
 	msgHaveAll     = 14
 
@@ -104,7 +105,7 @@ func (s *superSeeder) unstall() {
 			s.mu.Unlock()
 			for _, c := range conns {
 				c.mu.Lock()
-				if c.sentBitfield() && now.Sub(c.progress) > superSeedStall {
+				if c.sentBitfield() && now.Sub(c.progress) > superSeedStall && !c.requestedLocked() {
 					c.limit += superSeedWindow
 					c.progress = now
 					c.refillLocked(true)
@@ -195,8 +196,9 @@ type ssConn struct {
 	pending  []byte        // Have messages waiting for a message boundary
 	early    []int         // peer's haves before the torrent was known; -1 is have-all
 	out      []byte
-	limit    int       // window size
-	progress time.Time // last time the peer received a shown piece or was shown more
+	asked    map[int]bool // window pieces the peer has requested from the seed
+	limit    int          // window size
+	progress time.Time    // last time the peer received a shown piece or was shown more
 
 	rmu sync.Mutex
 	r   wireParser
@@ -304,6 +306,7 @@ func (c *ssConn) endMessageLocked(out []byte) []byte {
 	case c.w.id == msgPiece:
 		if sent, ok := c.win[c.w.piece]; ok && sent >= c.t.pieceLength(c.w.piece) {
 			delete(c.win, c.w.piece)
+			delete(c.asked, c.w.piece)
 			c.progress = time.Now()
 			c.refillLocked(true)
 		}
@@ -394,6 +397,7 @@ func (c *ssConn) peerHasLocked(i int) {
 	}
 	c.has[i] = true
 	delete(c.win, i)
+	delete(c.asked, i)
 }
 
 // Read passes the peer's bytes through and notes the pieces it announces.
@@ -401,13 +405,38 @@ func (c *ssConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
 		c.rmu.Lock()
-		haves := c.r.parse(b[:n])
+		haves, asks := c.r.parse(b[:n])
 		c.rmu.Unlock()
+		if len(asks) > 0 {
+			c.peerAsked(asks)
+		}
 		if len(haves) > 0 {
 			c.peerHas(haves)
 		}
 	}
 	return n, err
+}
+
+func (c *ssConn) peerAsked(asks []int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.asked == nil {
+		c.asked = make(map[int]bool)
+	}
+	for _, i := range asks {
+		c.asked[i] = true
+	}
+}
+
+// requestedLocked reports whether the peer asked for any piece in its window:
+// then it is only waiting for the seed's capped upload, not stalled.
+func (c *ssConn) requestedLocked() bool {
+	for i := range c.win {
+		if c.asked[i] {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *ssConn) peerHas(haves []int) {
@@ -443,8 +472,8 @@ func (c *ssConn) Close() error {
 }
 
 // parse walks the peer's stream and returns the pieces it announced, -1 for
-// have-all.
-func (p *wireParser) parse(b []byte) (haves []int) {
+// have-all, and the pieces it requested.
+func (p *wireParser) parse(b []byte) (haves, asks []int) {
 	i := 0
 	for i < len(b) {
 		if len(p.hs) < btHandshakeLen {
@@ -455,13 +484,13 @@ func (p *wireParser) parse(b []byte) (haves []int) {
 		}
 		if p.left > 0 {
 			n := min(p.left, len(b)-i)
-			if p.id == msgHave || p.id == msgBitfield {
+			if p.id == msgHave || p.id == msgBitfield || p.id == msgRequest {
 				p.payload = append(p.payload, b[i:i+n]...)
 			}
 			p.left -= n
 			i += n
 			if p.left == 0 {
-				haves = p.announced(haves)
+				haves, asks = p.announced(haves, asks)
 			}
 			continue
 		}
@@ -481,14 +510,18 @@ func (p *wireParser) parse(b []byte) (haves []int) {
 		p.hdr = p.hdr[:0]
 		p.payload = p.payload[:0]
 		if p.left == 0 {
-			haves = p.announced(haves)
+			haves, asks = p.announced(haves, asks)
 		}
 	}
-	return haves
+	return haves, asks
 }
 
-func (p *wireParser) announced(haves []int) []int {
+func (p *wireParser) announced(haves, asks []int) ([]int, []int) {
 	switch p.id {
+	case msgRequest:
+		if len(p.payload) >= 4 {
+			asks = append(asks, int(binary.BigEndian.Uint32(p.payload)))
+		}
 	case msgHave:
 		if len(p.payload) == 4 {
 			haves = append(haves, int(binary.BigEndian.Uint32(p.payload)))
@@ -505,7 +538,7 @@ func (p *wireParser) announced(haves []int) []int {
 		haves = append(haves, -1)
 	}
 	p.id = 0
-	return haves
+	return haves, asks
 }
 
 // headNeed is how many head bytes the write side needs before it can act.

@@ -1,0 +1,139 @@
+package swarm
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/anacrolix/torrent/metainfo"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// TestSuperSeedSendsAboutOneCopy has a capped seed feed three leechers that
+// relay to each other: the seed should send each piece about once.
+func TestSuperSeedSendsAboutOneCopy(t *testing.T) {
+	seed := newTestEngine(t, EngineConfig{UploadLimit: 4 << 20})
+	rel := publish(t, seed.store, 8<<20)
+	if err := seed.Seed(context.Background(), rel); err != nil {
+		t.Fatal(err)
+	}
+	var ls []*testEngine
+	for range 3 {
+		ls = append(ls, newTestEngine(t, EngineConfig{StallTimeout: time.Minute}))
+	}
+	all := []*testEngine{seed}
+	all = append(all, ls...)
+	for _, l := range ls {
+		var ids []peer.ID
+		for _, o := range all {
+			if o != l {
+				introduce(l.h, addrInfo(o.h))
+				ids = append(ids, o.h.ID())
+			}
+		}
+		l.AddPeers(rel.InfoHash, ids)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	errs := make(chan error, len(ls))
+	for _, l := range ls {
+		go func() { errs <- l.Download(ctx, rel, nil) }()
+	}
+	for range ls {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range ls {
+		checkBlob(t, l.store, rel.Digest)
+	}
+	sent := seed.Transfers()[0].BytesUploaded
+	t.Logf("seed sent %.2f copies", float64(sent)/float64(rel.Size))
+	if sent > rel.Size*3/2 {
+		t.Errorf("seed sent %d bytes, %.2f copies; super-seeding should keep it near one", sent, float64(sent)/float64(rel.Size))
+	}
+}
+
+// TestSuperSeedRewrite drives ssConn by hand: the seed's have-all becomes a
+// bitfield of a few pieces, bodiless messages pass at once, and a delivered
+// piece makes the seed show another.
+func TestSuperSeedRewrite(t *testing.T) {
+	ss := newSuperSeeder()
+	defer ss.close()
+	var ih metainfo.Hash
+	ih[0] = 7
+	info := &metainfo.Info{PieceLength: 32, Length: 32 * 10}
+	info.Pieces = make([]byte, 20*10)
+	ss.add(ih, info)
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	c := ss.wrap(a)
+	got := make(chan []byte, 100)
+	go func() {
+		for {
+			buf := make([]byte, 4096)
+			n, err := b.Read(buf)
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- buf[:n]
+		}
+	}()
+	read := func() []byte {
+		t.Helper()
+		select {
+		case m := <-got:
+			return m
+		case <-time.After(5 * time.Second):
+			t.Fatal("nothing written")
+			return nil
+		}
+	}
+	hs := make([]byte, 68)
+	hs[0] = 19
+	copy(hs[1:], "BitTorrent protocol")
+	copy(hs[28:], ih[:])
+	c.Write(hs[:28]) // anacrolix writes an incoming handshake in two parts
+	c.Write(hs[28:])
+	if m := read(); len(m) != 68 {
+		t.Fatalf("handshake came out as %d bytes", len(m))
+	}
+	c.Write([]byte{0, 0, 0, 1, msgHaveAll})
+	bf := read()
+	if bf[4] != msgBitfield {
+		t.Fatalf("have-all came out as message %d", bf[4])
+	}
+	shown := 0
+	for _, by := range bf[5:] {
+		for bit := range 8 {
+			if by&(0x80>>bit) != 0 {
+				shown++
+			}
+		}
+	}
+	if shown != superSeedWindow {
+		t.Fatalf("bitfield shows %d pieces, want %d", shown, superSeedWindow)
+	}
+	c.Write([]byte{0, 0, 0, 1, 1}) // unchoke: no body, must not wait
+	if m := read(); len(m) != 5 || m[4] != 1 {
+		t.Fatalf("unchoke came out as %v", m)
+	}
+	// Send piece 0 whole: the seed shows one more piece.
+	msg := binary.BigEndian.AppendUint32(nil, 9+32)
+	msg = append(msg, msgPiece, 0, 0, 0, 0, 0, 0, 0, 0)
+	msg = append(msg, make([]byte, 32)...)
+	c.Write(msg[:20])
+	c.Write(msg[20:])
+	var out []byte
+	for len(out) < len(msg)+9 {
+		out = append(out, read()...)
+	}
+	have := out[len(msg):]
+	if have[4] != msgHave || binary.BigEndian.Uint32(have[5:]) != superSeedWindow {
+		t.Fatalf("after a delivered piece, got %v; want have(%d)", have, superSeedWindow)
+	}
+}
