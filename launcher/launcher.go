@@ -366,6 +366,9 @@ func (l *Launcher) normalize(s *TaskSpec) error {
 	default:
 		return fmt.Errorf("%w: network %q: want host or none", ErrInvalid, s.Network)
 	}
+	if len(s.Hostname) > 64 || strings.ContainsAny(s.Hostname, "/\x00 ") {
+		return fmt.Errorf("%w: hostname %q: at most 64 characters, no spaces or slashes", ErrInvalid, s.Hostname)
+	}
 	if s.User == "" {
 		s.User = l.cfg.DefaultUser
 	}

@@ -419,6 +419,8 @@ func TestBadSpecs(t *testing.T) {
 		{Artifact: ref, Restart: "sometimes"},
 		{Artifact: ref, User: "nobody"},
 		{Artifact: ref, Network: "bridge"},
+		{Artifact: ref, Hostname: strings.Repeat("h", 65)},
+		{Artifact: ref, Env: []string{"NOEQUALS"}},
 	} {
 		if _, err := e.l.Start(context.Background(), s); !errors.Is(err, ErrInvalid) {
 			t.Errorf("start %+v: %v, want ErrInvalid", s, err)
