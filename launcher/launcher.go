@@ -400,7 +400,7 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (*exec.
 	uid, gid, _ := ParseUser(t.Spec.User)
 	hostname := t.Spec.Hostname
 	if hostname == "" {
-		hostname = art.Name
+		hostname = art.Name[:min(len(art.Name), 64)]
 	}
 	rc := runConfig{
 		ID: t.ID, Kind: art.Kind,
