@@ -51,6 +51,7 @@ type superSeeder struct {
 type ssTorrent struct {
 	pieceLen, length int64
 	shown            []int // how many peers each piece was shown to
+	open             []int // showings not yet resolved: neither sent nor had
 	cursor           int   // spreads ties across pieces
 }
 
@@ -108,6 +109,7 @@ func (s *superSeeder) unstall() {
 				if c.sentBitfield() && now.Sub(c.progress) > superSeedStall && !c.requestedLocked() {
 					c.limit += superSeedWindow
 					c.progress = now
+					c.force = true
 					c.refillLocked(true)
 					c.writePendingLocked()
 				}
@@ -121,7 +123,8 @@ func (s *superSeeder) add(ih metainfo.Hash, info *metainfo.Info) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.torrents[ih]; !ok {
-		s.torrents[ih] = &ssTorrent{pieceLen: info.PieceLength, length: info.Length, shown: make([]int, info.NumPieces())}
+		n := info.NumPieces()
+		s.torrents[ih] = &ssTorrent{pieceLen: info.PieceLength, length: info.Length, shown: make([]int, n), open: make([]int, n)}
 	}
 }
 
@@ -132,15 +135,18 @@ func (s *superSeeder) remove(ih metainfo.Hash) {
 }
 
 // pick chooses the piece to show next to a peer: one it lacks and has not been
-// shown, shown to the fewest peers so far.
-func (s *superSeeder) pick(t *ssTorrent, has, seen []bool) int {
+// shown, shown to the fewest peers so far. A piece is shown again only once
+// every earlier showing was resolved (the seed sent it, or the peer got it
+// elsewhere), so the seed never queues a second copy before the first went
+// out; force lifts that for a peer that would otherwise starve.
+func (s *superSeeder) pick(t *ssTorrent, has, seen []bool, force bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := len(t.shown)
 	best := -1
 	for k := range n {
 		i := (t.cursor + k) % n
-		if has[i] || seen[i] {
+		if has[i] || seen[i] || (t.open[i] > 0 && !force) {
 			continue
 		}
 		if best == -1 || t.shown[i] < t.shown[best] {
@@ -152,9 +158,19 @@ func (s *superSeeder) pick(t *ssTorrent, has, seen []bool) int {
 	}
 	if best >= 0 {
 		t.shown[best]++
+		t.open[best]++
 		t.cursor = (best + 1) % n
 	}
 	return best
+}
+
+// resolve closes a showing of piece i.
+func (s *superSeeder) resolve(t *ssTorrent, i int) {
+	s.mu.Lock()
+	if t.open[i] > 0 {
+		t.open[i]--
+	}
+	s.mu.Unlock()
 }
 
 func (t *ssTorrent) pieceLength(i int) int64 {
@@ -197,6 +213,7 @@ type ssConn struct {
 	early    []int         // peer's haves before the torrent was known; -1 is have-all
 	out      []byte
 	asked    map[int]bool // window pieces the peer has requested from the seed
+	force    bool         // the peer stalled once: show it pieces shown elsewhere too
 	limit    int          // window size
 	progress time.Time    // last time the peer received a shown piece or was shown more
 
@@ -307,6 +324,7 @@ func (c *ssConn) endMessageLocked(out []byte) []byte {
 		if sent, ok := c.win[c.w.piece]; ok && sent >= c.t.pieceLength(c.w.piece) {
 			delete(c.win, c.w.piece)
 			delete(c.asked, c.w.piece)
+			c.ss.resolve(c.t, c.w.piece)
 			c.progress = time.Now()
 			c.refillLocked(true)
 		}
@@ -366,7 +384,7 @@ func (c *ssConn) refillLocked(announce bool) {
 		c.win = make(map[int]int64)
 	}
 	for len(c.win) < c.limit {
-		i := c.ss.pick(c.t, c.has, c.seen)
+		i := c.ss.pick(c.t, c.has, c.seen, c.force)
 		if i < 0 {
 			return
 		}
@@ -389,15 +407,26 @@ func (c *ssConn) peerHasLocked(i int) {
 		for k := range c.has {
 			c.has[k] = true
 		}
-		clear(c.win)
+		c.resolveWindowLocked()
 		return
 	}
 	if i < 0 || i >= len(c.has) {
 		return
 	}
 	c.has[i] = true
-	delete(c.win, i)
-	delete(c.asked, i)
+	if _, ok := c.win[i]; ok {
+		delete(c.win, i)
+		delete(c.asked, i)
+		c.ss.resolve(c.t, i)
+	}
+}
+
+func (c *ssConn) resolveWindowLocked() {
+	for i := range c.win {
+		c.ss.resolve(c.t, i)
+	}
+	clear(c.win)
+	clear(c.asked)
 }
 
 // Read passes the peer's bytes through and notes the pieces it announces.
@@ -468,6 +497,11 @@ func (c *ssConn) writePendingLocked() {
 
 func (c *ssConn) Close() error {
 	c.ss.unregister(c)
+	c.mu.Lock()
+	if c.t != nil {
+		c.resolveWindowLocked()
+	}
+	c.mu.Unlock()
 	return c.Conn.Close()
 }
 
