@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -39,6 +40,7 @@ func runTestDaemon() int {
 	l, err := New(Config{
 		DataDir: dir, DB: st.DB(), CgroupParent: os.Getenv(daemonParentEnv),
 		Verifier: &StoreVerifier{Store: st, PolicyPath: filepath.Join(dir, "trust.yaml")},
+		Logger:   slog.New(slog.NewTextHandler(os.Stderr, nil)),
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "daemon:", err)
@@ -111,19 +113,23 @@ func TestReattachAfterKill9(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	a, ca := startDaemon(t, dir, parent)
-	var keep, dies Task
-	for _, tk := range []*Task{&keep, &dies} {
-		if err := ca.Do(ctx, "POST", "/v1/tasks", TaskSpec{Artifact: "task@1.0.0", Args: []string{"serve"}}, tk); err != nil {
+	var keep, dies, again Task
+	for _, tk := range []*Task{&keep, &dies, &again} {
+		spec := TaskSpec{Artifact: "task@1.0.0", Args: []string{"serve"}}
+		if tk == &again {
+			spec.Restart = RestartAlways
+		}
+		if err := ca.Do(ctx, "POST", "/v1/tasks", spec, tk); err != nil {
 			t.Fatal(err)
 		}
 	}
 	t.Cleanup(func() { // whatever happens, leave no task behind
-		for _, tk := range []Task{keep, dies} {
+		for _, tk := range []Task{keep, dies, again} {
 			_ = newTaskCgroup(parent, tk.ID).destroy()
 		}
 	})
 
-	for _, tk := range []Task{keep, dies} { // their SIGTERM handlers are in place
+	for _, tk := range []Task{keep, dies, again} { // their SIGTERM handlers are in place
 		waitFor(t, 10*time.Second, "ready", func() bool { return logSize(t, dir, tk.ID) > int64(len("ready\n")) })
 	}
 	// kill -9 the launcher: its tasks run on.
@@ -131,23 +137,20 @@ func TestReattachAfterKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = a.Wait()
-	if !alive(keep.PID, keep.PIDStart) || !alive(dies.PID, dies.PIDStart) {
+	if !alive(keep.PID, keep.PIDStart) || !alive(dies.PID, dies.PIDStart) || !alive(again.PID, again.PIDStart) {
 		t.Fatal("tasks died with their launcher")
 	}
-	// One task ends while no launcher watches: its shim records exit 7.
-	if err := syscall.Kill(dies.PID, syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the task to end", func() bool {
-		if !alive(dies.ShimPID, dies.ShimStart) {
-			return true
+	// Two tasks end while no launcher watches: their shims record exit 7.
+	for _, tk := range []Task{dies, again} {
+		if err := syscall.Kill(tk.PID, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
 		}
-		return false
-	})
+		waitFor(t, 10*time.Second, "the task to end", func() bool { return !alive(tk.ShimPID, tk.ShimStart) })
+	}
 	logBefore := logSize(t, dir, keep.ID)
 
 	_, cb := startDaemon(t, dir, parent)
-	var got Task
+	var got Task // reset before each decode: fields left out would keep old values
 	if err := cb.Do(ctx, "GET", "/v1/tasks/"+keep.ID, nil, &got); err != nil {
 		t.Fatal(err)
 	}
@@ -166,12 +169,26 @@ func TestReattachAfterKill9(t *testing.T) {
 		t.Errorf("the adopted task's parent is %d, want its original shim %d", pp, keep.ShimPID)
 	}
 	waitFor(t, 20*time.Second, "the dead task's end state", func() bool {
+		got = Task{}
 		_ = cb.Do(ctx, "GET", "/v1/tasks/"+dies.ID, nil, &got)
 		return got.State.Final()
 	})
 	if got.State != StateExited || got.Exit == nil || got.Exit.Code != 7 {
 		t.Errorf("task that ended meanwhile: %s %s, want exited with code 7", got.State, got.Exit)
 	}
+	// The one whose policy says always is restarted by the new launcher.
+	waitFor(t, 20*time.Second, "the restart", func() bool {
+		got = Task{}
+		_ = cb.Do(ctx, "GET", "/v1/tasks/"+again.ID, nil, &got)
+		return got.Restarts == 1 && got.State == StateRunning
+	})
+	if got.PID == again.PID || !alive(got.PID, got.PIDStart) {
+		t.Errorf("restarted task: pid %d (was %d) not a new live process", got.PID, again.PID)
+	}
+	if _, err := cb.Stream(ctx, "POST", "/v1/tasks/"+again.ID+"/stop", StopRequest{Timeout: "5s"}); err != nil {
+		t.Fatal(err)
+	}
+
 	// Its log keeps flowing without a launcher in between.
 	waitFor(t, 10*time.Second, "the adopted task's log to grow", func() bool { return logSize(t, dir, keep.ID) > logBefore })
 
