@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -47,6 +48,12 @@ func BenchmarkLaunch(b *testing.B) {
 		b.Fatalf("cp: %v %s", err, out)
 	}
 	runcRoot := filepath.Join(e.dir, "runc-root")
+	b.Cleanup(func() { // containers left by a failed iteration
+		out, _ := exec.Command("runc", "--root", runcRoot, "list", "-q").Output()
+		for _, id := range strings.Fields(string(out)) {
+			_ = exec.Command("runc", "--root", runcRoot, "delete", "--force", id).Run()
+		}
+	})
 	devnull, _ := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	defer devnull.Close()
 	runcLaunch := func(i int) time.Duration {

@@ -89,11 +89,7 @@ func TestReattachAfterKill9(t *testing.T) {
 	requireRoot(t)
 	dir := t.TempDir()
 	parent := fmt.Sprintf("ballena-test-%d-reattach", os.Getpid())
-	t.Cleanup(func() {
-		for _, c := range append(v1Controllers, "") {
-			_ = syscall.Rmdir(filepath.Join(cgroupRoot, c, parent))
-		}
-	})
+	t.Cleanup(func() { removeCgroupParent(parent) })
 	// Publish with the store open here, then hand the data dir to the daemons.
 	e := &testEnv{t: t, dir: dir}
 	st, err := artifact.Open(filepath.Join(dir, "store"))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,11 +37,7 @@ func TestRunAttachedForwardsInterrupt(t *testing.T) {
 	}
 	f := newFixture(t)
 	parent := fmt.Sprintf("ballena-clitest-%d-int", os.Getpid())
-	t.Cleanup(func() {
-		for _, c := range []string{"memory", "cpu", "cpuacct", "pids", "freezer", ""} {
-			_ = syscall.Rmdir(filepath.Join("/sys/fs/cgroup", c, parent))
-		}
-	})
+	t.Cleanup(func() { removeCgroupParent(parent) })
 	trust := f.write(t, "trust.yaml", "keys:\n  - path: release.pub\n    names: [\"api\"]\n")
 	cmd := exec.Command(os.Args[0], "--data", f.data, "run", "api@1.4.0", "--trust", trust, "--cgroup-parent", parent,
 		"--stop-timeout", "500ms", "--", "--listen", "127.0.0.1:0")
@@ -123,11 +120,7 @@ func TestTasksCLI(t *testing.T) {
 	}
 	f := newFixture(t)
 	parent := fmt.Sprintf("ballena-clitest-%d", os.Getpid())
-	t.Cleanup(func() {
-		for _, c := range []string{"memory", "cpu", "cpuacct", "pids", "freezer", ""} {
-			_ = syscall.Rmdir(filepath.Join("/sys/fs/cgroup", c, parent))
-		}
-	})
+	t.Cleanup(func() { removeCgroupParent(parent) })
 	trust := f.write(t, "trust.yaml", "keys:\n  - path: release.pub\n    names: [\"api\"]\n")
 	cg := "--cgroup-parent=" + parent
 
@@ -182,5 +175,32 @@ func TestTasksCLI(t *testing.T) {
 	}
 	if code, _, _ := run(t, f.data, "run", "api@1.4.0", "--memory", "lots", cg); code != exitUsage {
 		t.Errorf("run --memory lots: exit %d, want %d", code, exitUsage)
+	}
+}
+
+// removeCgroupParent kills whatever a failed test left running under a cgroup
+// parent and removes it from every hierarchy.
+func removeCgroupParent(parent string) {
+	hier, _ := filepath.Glob("/sys/fs/cgroup/*")
+	for _, h := range append(hier, "/sys/fs/cgroup") {
+		dir := filepath.Join(h, parent)
+		kids, _ := filepath.Glob(filepath.Join(dir, "*", "cgroup.procs"))
+		for _, procs := range kids {
+			b, _ := os.ReadFile(procs)
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+		for _, procs := range kids {
+			for range 100 { // busy until the killed processes are gone
+				if syscall.Rmdir(filepath.Dir(procs)) == nil {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		_ = syscall.Rmdir(dir)
 	}
 }
