@@ -21,37 +21,6 @@ import (
 	"ballena.dev/signing"
 )
 
-// classify maps the rooms' sentinel errors to exit codes.
-func classify(err error) int {
-	switch {
-	case signing.IsVerification(err):
-		return exitVerify
-	case errors.Is(err, artifact.ErrNotFound):
-		return exitNotFound
-	case errors.Is(err, artifact.ErrInvalid):
-		return exitUsage
-	case errors.Is(err, artifact.ErrStoreBusy), errors.Is(err, context.DeadlineExceeded):
-		return exitUnavailable
-	}
-	return 0
-}
-
-// apiError answers a local API request with err, classified like the CLI's exit codes.
-func apiError(w http.ResponseWriter, err error) {
-	status, code := http.StatusInternalServerError, ""
-	switch classify(err) {
-	case exitVerify:
-		status, code = http.StatusForbidden, "verify"
-	case exitNotFound:
-		status, code = http.StatusNotFound, "notfound"
-	case exitUsage:
-		status, code = http.StatusBadRequest, "usage"
-	case exitUnavailable:
-		status, code = http.StatusServiceUnavailable, "unavailable"
-	}
-	localapi.WriteError(w, status, code, err)
-}
-
 // withStore runs f on the daemon's API when a daemon serves the data dir, else
 // on the store opened in this process.
 func withStore(c *cli.Context, viaDaemon func(*localapi.Client) error, direct func(*artifact.Store) error) error {

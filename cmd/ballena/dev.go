@@ -83,9 +83,9 @@ func devCommand() *cli.Command {
 			fmt.Fprintf(c.App.Writer, "point the other commands at it:\n  export BALLENA_DATA=%s BALLENA_SERVER=%s BALLENA_TOKEN=$(cat %s)\n",
 				nodeDir, url, adminPath)
 			fmt.Fprintf(c.App.Writer, "trust policy: %s (re-read at every task start)\n", filepath.Join(nodeDir, "trust.yaml"))
+			d.beforeClose = func() { stopDevTasks(d) }
 			err = d.run(ctx)
 			cancel()
-			stopDevTasks(d)
 			<-srvDone
 			return err
 		},

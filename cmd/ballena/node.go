@@ -95,6 +95,9 @@ type daemon struct {
 	node      *swarm.Node
 	launcher  *launcher.Launcher
 	agent     *launcher.Agent // nil unless --server joins a placement service
+	// beforeClose runs when the API has stopped serving, before the rooms close:
+	// `ballena dev` stops its tasks there, while the launcher still runs.
+	beforeClose func()
 	mux       *http.ServeMux
 	cancel    context.CancelFunc
 }
@@ -256,6 +259,9 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	err := localapi.Serve(ctx, d.data, d.mux)
 	d.log.Info("node stopping")
+	if d.beforeClose != nil {
+		d.beforeClose()
+	}
 	return err
 }
 

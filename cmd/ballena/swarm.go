@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -54,35 +53,6 @@ type torrentAnswer struct {
 
 const defaultFetchTimeout = 5 * time.Minute
 
-// swarmErr classifies swarm errors like the CLI's exit codes.
-func swarmErr(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, swarm.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		return withCode(exitUnavailable, err)
-	}
-	return err
-}
-
-func swarmAPIError(w http.ResponseWriter, err error) { apiError(w, swarmErr(err)) }
-
-// apiErrorValue is apiError's body, for errors that arrive after a stream began.
-func apiErrorValue(err error) *localapi.Error {
-	e := &localapi.Error{Message: err.Error()}
-	switch exitCode(swarmErr(err)) {
-	case exitVerify:
-		e.Code = "verify"
-	case exitNotFound:
-		e.Code = "notfound"
-	case exitUnavailable:
-		e.Code = "unavailable"
-	case exitUsage:
-		e.Code = "usage"
-	}
-	return e
-}
-
 // swarmRoutes serves fetch, status and torrent export on the daemon's local API.
 func swarmRoutes(mux *http.ServeMux, n *swarm.Node, st *artifact.Store) {
 	mux.HandleFunc("POST /v1/fetch", func(w http.ResponseWriter, r *http.Request) {
@@ -124,7 +94,7 @@ func swarmRoutes(mux *http.ServeMux, n *swarm.Node, st *artifact.Store) {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		s, err := n.Status()
 		if err != nil {
-			swarmAPIError(w, err)
+			apiError(w, err)
 			return
 		}
 		localapi.WriteJSON(w, http.StatusOK, s)
@@ -137,17 +107,17 @@ func swarmRoutes(mux *http.ServeMux, n *swarm.Node, st *artifact.Store) {
 		}
 		rel, _, err := st.Release(ref)
 		if err != nil {
-			swarmAPIError(w, err)
+			apiError(w, err)
 			return
 		}
 		mi, err := n.Engine().MetaInfo(rel)
 		if err != nil {
-			swarmAPIError(w, err)
+			apiError(w, err)
 			return
 		}
 		ans, err := torrentOf(mi, rel)
 		if err != nil {
-			swarmAPIError(w, err)
+			apiError(w, err)
 			return
 		}
 		localapi.WriteJSON(w, http.StatusOK, ans)

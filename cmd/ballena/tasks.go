@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -53,21 +52,6 @@ func withLauncher(c *cli.Context, viaDaemon func(*localapi.Client) error, direct
 	}
 	defer l.Close()
 	return direct(l)
-}
-
-// taskErr gives launcher errors their exit codes.
-func taskErr(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, launcher.ErrRefused):
-		return withCode(exitVerify, err)
-	case errors.Is(err, launcher.ErrNotFound):
-		return withCode(exitNotFound, err)
-	case errors.Is(err, launcher.ErrInvalid):
-		return withCode(exitUsage, err)
-	}
-	return err
 }
 
 func runCommand() *cli.Command {
@@ -258,7 +242,7 @@ func runViaDaemon(c *cli.Context, cl *localapi.Client, spec launcher.TaskSpec) e
 func runDirect(c *cli.Context, l *launcher.Launcher, spec launcher.TaskSpec) error {
 	t, err := l.Start(c.Context, spec)
 	if err != nil {
-		return taskErr(err)
+		return err
 	}
 	if c.Bool("detach") {
 		fmt.Fprintln(c.App.ErrWriter, "ballena: no node runs on this data dir: the task runs unsupervised (no restarts) until `ballena node` adopts it")
@@ -424,7 +408,7 @@ func logsCommand() *cli.Command {
 			}, func(l *launcher.Launcher) error {
 				rc, err := l.Logs(c.Context, id, c.Bool("follow"))
 				if err != nil {
-					return taskErr(err)
+					return err
 				}
 				defer rc.Close()
 				_, err = io.Copy(c.App.Writer, rc)
@@ -466,7 +450,7 @@ func stopCommand() *cli.Command {
 			}, func(l *launcher.Launcher) error {
 				var err error
 				t, err = l.Stop(ctx, id, sig, c.Duration("timeout"))
-				return taskErr(err)
+				return err
 			})
 			if err != nil {
 				return err
