@@ -98,8 +98,8 @@ type daemon struct {
 	// beforeClose runs when the API has stopped serving, before the rooms close:
 	// `ballena dev` stops its tasks there, while the launcher still runs.
 	beforeClose func()
-	mux       *http.ServeMux
-	cancel    context.CancelFunc
+	mux         *http.ServeMux
+	cancel      context.CancelFunc
 }
 
 // newDaemon checks the flags, opens the store and starts the swarm node and

@@ -29,29 +29,22 @@ var cgroupParentFlag = &cli.StringFlag{Name: "cgroup-parent", Value: "ballena",
 // launcher opened in this process on the data dir (it adopts the tasks a
 // previous launcher left running).
 func withLauncher(c *cli.Context, viaDaemon func(*localapi.Client) error, direct func(*launcher.Launcher) error) error {
-	data := c.String("data")
-	if cl, err := localapi.Dial(data); err == nil {
-		return viaDaemon(cl)
-	}
-	st, err := artifact.Open(data)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	logger := slog.Default()
-	if !c.IsSet("log-level") { // a one-shot command: keep the launcher's chatter out of the way
-		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
-	l, err := launcher.New(launcher.Config{
-		DataDir: data, DB: st.DB(), CgroupParent: c.String("cgroup-parent"), Logger: logger,
-		WarmShims: -1, // pays off only in a long-lived launcher
-		Verifier:  &launcher.StoreVerifier{Store: st, PolicyPath: trustPath(c), AllowRollback: c.Bool("allow-rollback")},
+	return withStore(c, viaDaemon, func(st *artifact.Store) error {
+		logger := slog.Default()
+		if !c.IsSet("log-level") { // a one-shot command: keep the launcher's chatter out of the way
+			logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		}
+		l, err := launcher.New(launcher.Config{
+			DataDir: c.String("data"), DB: st.DB(), CgroupParent: c.String("cgroup-parent"), Logger: logger,
+			WarmShims: -1, // pays off only in a long-lived launcher
+			Verifier:  &launcher.StoreVerifier{Store: st, PolicyPath: trustPath(c), AllowRollback: c.Bool("allow-rollback")},
+		})
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		return direct(l)
 	})
-	if err != nil {
-		return err
-	}
-	defer l.Close()
-	return direct(l)
 }
 
 func runCommand() *cli.Command {
