@@ -570,6 +570,7 @@ func refArg(c *cli.Context) (artifact.Ref, error) {
 type artifactHooks struct {
 	Published func(ctx context.Context, rel artifact.Release, env *signing.Envelope) error // seed and announce
 	Removed   func(digest string)                                                          // stop seeding
+	Collected func()                                                                       // after a gc: drop what derived from removed blobs
 }
 
 // artifactRoutes serves the store over a daemon's local API, so that the CLI
@@ -656,6 +657,9 @@ func artifactRoutes(mux *http.ServeMux, st *artifact.Store, hooks artifactHooks)
 			if hooks.Removed != nil {
 				hooks.Removed(d)
 			}
+		}
+		if hooks.Collected != nil {
+			hooks.Collected()
 		}
 		if err != nil {
 			apiError(w, err)

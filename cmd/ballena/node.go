@@ -209,6 +209,14 @@ func (d *daemon) routes() {
 				d.log.Warn("stop seeding", "sha256", digest, "err", err)
 			}
 		},
+		Collected: func() {
+			// Staged executables and unpacked images of blobs no task uses.
+			if dropped, err := d.launcher.Prune(); err != nil {
+				d.log.Warn("prune launcher files", "err", err)
+			} else if len(dropped) > 0 {
+				d.log.Info("pruned launcher files", "digests", len(dropped))
+			}
+		},
 	})
 	swarmRoutes(d.mux, d.node, d.st)
 	d.launcher.Routes(d.mux)
