@@ -109,6 +109,7 @@ type Engine struct {
 	bolt       storage.PieceCompletion
 	completion *trustedCompletion
 	ss         *superSeeder
+	up         *rate.Limiter // nil: no upload cap
 
 	mu        sync.Mutex
 	transfers map[string]*transfer      // by digest
@@ -171,6 +172,9 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		transfers:  make(map[string]*transfer),
 		known:      make(map[metainfo.Hash]peerSet),
 	}
+	if cfg.UploadLimit > 0 {
+		e.up = rate.NewLimiter(rate.Limit(cfg.UploadLimit), limiterBurst(cfg.UploadLimit))
+	}
 	tc := e.clientConfig()
 	cl, err := torrent.NewClient(tc)
 	if err != nil {
@@ -179,10 +183,10 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	}
 	e.cl = cl
 	if cfg.Host != nil {
-		if !cfg.NoSuperSeed {
+		if !cfg.NoSuperSeed && os.Getenv("XX_NOSS") == "" {
 			e.ss = newSuperSeeder()
 		}
-		e.p2p = newP2PTransport(cfg.Host, e.addrs, e.ss)
+		e.p2p = newP2PTransport(cfg.Host, e.addrs, e.ss, e.up)
 		cl.AddListener(e.p2p)
 		cl.AddDialer(e.p2p)
 	}
@@ -193,8 +197,8 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 			return nil, fmt.Errorf("swarm engine: plain listener: %w", err)
 		}
 		e.plain = ln
-		cl.AddListener(ln)
-		cl.AddDialer(plainDialer{})
+		cl.AddListener(limitedListener{ln, e.up})
+		cl.AddDialer(plainDialer{e.up})
 	}
 	if cfg.TrackerListen != "" {
 		tr, err := startTracker(cfg.TrackerListen, e.plain.Addr().(*net.TCPAddr), e.hasInfoHash, lg)
@@ -232,11 +236,13 @@ func (e *Engine) clientConfig() *torrent.ClientConfig {
 	// With the default (1 MiB) a seeder stalls after about 2 MiB.
 	tc.MaxAllocPeerRequestDataPerConn = 32 << 20
 	tc.DropMutuallyCompletePeers = true
+	// The default (64 MiB) is counted over requestable pieces in request order,
+	// and pieces no peer shows come first: with super-seeding most pieces are
+	// hidden at first, so past 64 MiB of them a leecher would stop requesting.
+	tc.MaxUnverifiedBytes = 0
 	tc.Slogger = e.log.With("component", "torrent")
 	tc.Logger = alog.Default.WithFilterLevel(alog.Warning)
-	if e.cfg.UploadLimit > 0 {
-		tc.UploadRateLimiter = rate.NewLimiter(rate.Limit(e.cfg.UploadLimit), limiterBurst(e.cfg.UploadLimit))
-	}
+	// The upload cap is on the connections (see uploadLimitedConn).
 	if e.cfg.DownloadLimit > 0 {
 		tc.DownloadRateLimiter = rate.NewLimiter(rate.Limit(e.cfg.DownloadLimit), limiterBurst(e.cfg.DownloadLimit))
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/anacrolix/torrent/storage"
+	"golang.org/x/time/rate"
 )
 
 // trustedCompletion is the bbolt piece completion, except that torrents whose
@@ -52,14 +53,18 @@ func (c *trustedCompletion) Close() error { return nil }
 
 // plainDialer dials plain TCP BitTorrent peers and refuses the synthetic
 // addresses of libp2p peers, which only the libp2p dialer can reach.
-type plainDialer struct{}
+type plainDialer struct{ up *rate.Limiter }
 
-func (plainDialer) Dial(ctx context.Context, addr string) (net.Conn, error) {
+func (pd plainDialer) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() && ap.Addr().As16()[0] == 0xfd && ap.Port() == p2pPort {
 		return nil, fmt.Errorf("dial %s: a libp2p peer, not a TCP one", addr)
 	}
 	var d net.Dialer
-	return d.DialContext(ctx, "tcp", addr)
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil || pd.up == nil {
+		return c, err
+	}
+	return uploadLimitedConn{c, pd.up}, nil
 }
 
 func (plainDialer) DialerNetwork() string { return "tcp" }
@@ -89,4 +94,45 @@ func (p noFlushPiece) WriteTo(w io.Writer) (int64, error) {
 		return wt.WriteTo(w)
 	}
 	return io.Copy(w, io.NewSectionReader(p.PieceImpl, 0, 1<<62))
+}
+
+// uploadLimitedConn caps what a node sends, for all its connections together.
+// The cap sits on the connection instead of in anacrolix's UploadRateLimiter:
+// that one re-arms a timer to wake the peer's writer, and a wake-up that lands
+// before the writer waits is lost, stalling an upload for a keep-alive period.
+// Here the writer simply blocks in Write until the bytes may go.
+type uploadLimitedConn struct {
+	net.Conn
+	l *rate.Limiter
+}
+
+func (c uploadLimitedConn) Write(b []byte) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		k := min(len(b), c.l.Burst())
+		if err := c.l.WaitN(context.Background(), k); err != nil {
+			return n, err
+		}
+		m, err := c.Conn.Write(b[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		b = b[k:]
+	}
+	return n, nil
+}
+
+// limitedListener caps the upload of accepted plain TCP connections.
+type limitedListener struct {
+	net.Listener
+	l *rate.Limiter
+}
+
+func (ln limitedListener) Accept() (net.Conn, error) {
+	c, err := ln.Listener.Accept()
+	if err != nil || ln.l == nil {
+		return c, err
+	}
+	return uploadLimitedConn{c, ln.l}, nil
 }

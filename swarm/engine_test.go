@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"ballena.dev/artifact"
@@ -113,5 +115,52 @@ func TestCheckInfo(t *testing.T) {
 	bad.Digest = "00" + rel.Digest[2:]
 	if checkInfo(&info, bad) == nil {
 		t.Error("name mismatch accepted")
+	}
+}
+
+// TestCappedLargeDownload moves a blob larger than anacrolix's default
+// unverified-bytes window between capped engines on artifact.Store, with
+// super-seeding hiding most pieces at first. Both once stalled: the hidden
+// pieces filled that window, and the upload limiter lost writer wake-ups.
+func TestCappedLargeDownload(t *testing.T) {
+	mk := func() (*Engine, *artifact.Store, host.Host) {
+		dir := t.TempDir()
+		st, err := artifact.Open(filepath.Join(dir, "store"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		h, err := newTestHost(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		e, err := NewEngine(context.Background(), EngineConfig{
+			DataDir: filepath.Join(dir, "torrent"), Host: h, Store: st,
+			UploadLimit: 32 << 20, DownloadLimit: 32 << 20, StallTimeout: 20 * time.Second,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e, st, h
+	}
+	seed, sst, sh := mk()
+	src := newDirStore(t, t.TempDir())
+	rel := publish(t, src, 80<<20)
+	if _, _, err := sst.IngestFile(context.Background(), src.BlobPath(rel.Digest), rel.Digest); err != nil {
+		t.Fatal(err)
+	}
+	if err := seed.Seed(context.Background(), rel); err != nil {
+		t.Fatal(err)
+	}
+	leech, lst, lh := mk()
+	introduce(lh, addrInfo(sh))
+	leech.AddPeers(rel.InfoHash, []peer.ID{sh.ID()})
+	if err := leech.Download(context.Background(), rel, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := lst.VerifyBlob(context.Background(), rel.Digest); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"golang.org/x/time/rate"
 )
 
 // BTProtocol is the libp2p protocol that carries the BitTorrent peer wire between
@@ -71,17 +72,19 @@ func (m *peerAddrs) peerOf(addr string) (peer.ID, bool) {
 type p2pTransport struct {
 	h      host.Host
 	addrs  *peerAddrs
-	ss     *superSeeder // nil: no super-seeding
+	ss     *superSeeder  // nil: no super-seeding
+	up     *rate.Limiter // nil: no upload cap
 	conns  chan net.Conn
 	closed chan struct{}
 	once   sync.Once
 }
 
-func newP2PTransport(h host.Host, addrs *peerAddrs, ss *superSeeder) *p2pTransport {
+func newP2PTransport(h host.Host, addrs *peerAddrs, ss *superSeeder, up *rate.Limiter) *p2pTransport {
 	t := &p2pTransport{
 		h:      h,
 		addrs:  addrs,
 		ss:     ss,
+		up:     up,
 		conns:  make(chan net.Conn),
 		closed: make(chan struct{}),
 	}
@@ -99,13 +102,16 @@ func (t *p2pTransport) handle(s network.Stream) {
 }
 
 func (t *p2pTransport) wrap(s network.Stream) net.Conn {
-	c := &p2pConn{
+	var c net.Conn = &p2pConn{
 		Stream: s,
 		local:  t.addrs.addrOf(t.h.ID()),
 		remote: t.addrs.addrOf(s.Conn().RemotePeer()),
 	}
+	if t.up != nil {
+		c = uploadLimitedConn{c, t.up}
+	}
 	if t.ss != nil {
-		return t.ss.wrap(c)
+		c = t.ss.wrap(c)
 	}
 	return c
 }

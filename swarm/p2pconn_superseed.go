@@ -111,9 +111,8 @@ func (s *superSeeder) unstall() {
 					c.progress = now
 					c.force = true
 					c.refillLocked(true)
-					c.writePendingLocked()
 				}
-				c.mu.Unlock()
+				c.writePendingLocked()
 			}
 		}
 	}
@@ -201,7 +200,14 @@ type ssConn struct {
 	net.Conn
 	ss *superSeeder
 
-	mu       sync.Mutex // everything below
+	// mu guards the state below and is never held while writing to the
+	// stream. The read path takes only mu and never writes: a write blocked by
+	// flow control must not stop our reads, or the peer, waiting on its own
+	// writes to us, may stop reading too. wmu serializes writes; it is taken
+	// before mu. Have messages the read path queues go out from a goroutine.
+	mu       sync.Mutex
+	wmu      sync.Mutex
+	flushing bool
 	w        wireParser
 	t        *ssTorrent
 	off      bool // no super-seeding on this conn: pass everything
@@ -222,9 +228,11 @@ type ssConn struct {
 }
 
 func (c *ssConn) Write(b []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.off {
+		c.mu.Unlock()
 		return c.Conn.Write(b)
 	}
 	p := &c.w
@@ -302,14 +310,36 @@ func (c *ssConn) Write(b []byte) (int, error) {
 			out = c.endMessageLocked(out)
 		}
 	}
-	c.out = out[:0]
-	if len(out) == 0 {
-		return len(b), nil
+	// out is handed over: the next Write builds its own.
+	c.out = nil
+	c.mu.Unlock()
+	if len(out) > 0 {
+		if _, err := c.Conn.Write(out); err != nil {
+			return 0, err
+		}
 	}
-	if _, err := c.Conn.Write(out); err != nil {
+	if err := c.drainW(); err != nil {
 		return 0, err
 	}
 	return len(b), nil
+}
+
+// drainW writes queued Have messages while the stream is between messages.
+// The caller holds wmu.
+func (c *ssConn) drainW() error {
+	for {
+		c.mu.Lock()
+		if len(c.pending) == 0 || !c.atBoundaryLocked() {
+			c.mu.Unlock()
+			return nil
+		}
+		msg := c.pending
+		c.pending = nil
+		c.mu.Unlock()
+		if _, err := c.Conn.Write(msg); err != nil {
+			return err
+		}
+	}
 }
 
 // endMessageLocked runs after the last byte of a message the seed wrote.
@@ -470,14 +500,15 @@ func (c *ssConn) requestedLocked() bool {
 
 func (c *ssConn) peerHas(haves []int) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.off {
+		c.mu.Unlock()
 		return
 	}
 	for _, i := range haves {
 		c.peerHasLocked(i)
 	}
 	if c.t == nil || !c.sentBitfield() {
+		c.mu.Unlock()
 		return
 	}
 	c.progress = time.Now()
@@ -485,14 +516,24 @@ func (c *ssConn) peerHas(haves []int) {
 	c.writePendingLocked()
 }
 
-// writePendingLocked writes queued Have messages now if the seed's stream is
-// between messages; otherwise the next Write carries them.
+// writePendingLocked has queued Have messages written soon, by a goroutine of
+// their own, so the caller (the read path) never waits on a write. It is
+// called holding mu and releases it.
 func (c *ssConn) writePendingLocked() {
-	if len(c.pending) > 0 && c.atBoundaryLocked() {
-		msg := c.pending
-		c.pending = nil
-		c.Conn.Write(msg)
+	if len(c.pending) == 0 || c.flushing {
+		c.mu.Unlock()
+		return
 	}
+	c.flushing = true
+	c.mu.Unlock()
+	go func() {
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		c.mu.Lock()
+		c.flushing = false
+		c.mu.Unlock()
+		c.drainW()
+	}()
 }
 
 func (c *ssConn) Close() error {
