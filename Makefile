@@ -42,9 +42,10 @@ bench-launch: ## launch latency p50/p99 of a whale (200 launches) beside runc ru
 # One seed and N leechers as separate processes on loopback, each capped at U MiB/s up
 # and down, spreading one F MiB artifact; against the fluid bound and one HTTP server.
 # Flags: BENCH_SWARM_FLAGS='-n 16 -size 256 -cap 16 -json'.
-bench-swarm: ## swarm spread time vs the fluid lower bound and a central HTTP server
+# Every node is a `ballena node` process; the seed publishes, leechers run `ballena fetch`.
+bench-swarm: build ## swarm spread time vs the fluid lower bound and a central HTTP server
 	$(GO) build -o bin/benchswarm ./swarm/benchswarm
-	bin/benchswarm $(BENCH_SWARM_FLAGS)
+	bin/benchswarm -ballena $(BIN) $(BENCH_SWARM_FLAGS)
 
 # The whole system on one machine: `ballena dev` (placement server + node), a key,
 # the sample whale published, a job of 2 tasks placed, fetched, verified, started in

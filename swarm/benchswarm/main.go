@@ -95,6 +95,7 @@ func run() error {
 	httpDiv := flag.Int("http-div", 8, "run the HTTP baseline on size/DIV MiB and scale its time (it is bandwidth-bound); 1 runs it whole")
 	timeout := flag.Duration("timeout", 150*time.Second, "give up on the swarm run after this long")
 	keep := flag.Bool("keep", false, "keep the work dir")
+	ballena := flag.String("ballena", "", "run every node as `ballena node` from this binary (publish and fetch through its CLI); default: engine processes of this program")
 	flag.Parse()
 
 	work, err := os.MkdirTemp("", "benchswarm-")
@@ -104,22 +105,85 @@ func run() error {
 	if !*keep {
 		defer os.RemoveAll(work)
 	}
-	setup := time.Now()
 	capB := int64(*capMiB * mib)
 	F := int64(*size) * mib
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	var sw swarmRun
+	if *ballena != "" {
+		sw, err = runBallena(ctx, *ballena, work, *n, F, capB)
+	} else {
+		sw, err = runEngines(ctx, work, *n, F, capB)
+	}
+	if err != nil {
+		return err
+	}
+	rel, seedDir := sw.rel, sw.seedBlob
+	wall := slices.Max(sw.finish)
+	finish := slices.Clone(sw.finish)
+	sort.Float64s(finish)
+	setupSecs := sw.setup
+	cpu := sw.cpu
+	received := sw.received
+	st := nodeStats{Uploaded: sw.seedSent}
+	U := float64(capB)
+	bound := max(float64(F)/U, float64(F)/U, float64(*n)*float64(F)/(U+float64(*n)*U))
+	httpSize := F / int64(*httpDiv)
+	hctx, hcancel := context.WithTimeout(context.Background(), 2*time.Duration(float64(*n)*float64(httpSize)/U*float64(time.Second))+30*time.Second)
+	defer hcancel()
+	httpSecs, err := httpBaseline(hctx, seedDir, httpSize, *n, capB, capB)
+	if err != nil {
+		return fmt.Errorf("http baseline: %w", err)
+	}
+	httpSecs *= float64(F) / float64(httpSize)
+
+	res := result{
+		N: *n, SizeMiB: *size, CapMiBs: *capMiB, PieceLength: rel.PieceLength,
+		Seconds: wall, BoundSeconds: bound, Ratio: wall / bound,
+		HTTPSeconds: httpSecs, HTTPScaled: *httpDiv > 1, HTTPRatio: httpSecs / bound,
+		SeedSentMiB: float64(st.Uploaded) / mib, SeedCopies: float64(st.Uploaded) / float64(F),
+		CPUSeconds: cpu, CPUPerGiB: cpu / (float64(*n) * float64(F) / (1 << 30)),
+		FinishSeconds: finish, FirstByteSecs: finish[0],
+		WastedMiB: float64(received-int64(*n)*F) / mib,
+		CPUCores:  numCPU(), SetupSeconds: setupSecs,
+	}
+	if *httpDiv > 1 {
+		res.HTTPMeasuredAt = int(httpSize / mib)
+	}
+	if *jsonOut {
+		return json.NewEncoder(os.Stdout).Encode(res)
+	}
+	printTable(res)
+	return nil
+}
+
+// swarmRun is what one swarm run measured.
+type swarmRun struct {
+	rel      artifact.Release
+	seedBlob string    // the blob, for the HTTP baseline
+	finish   []float64 // seconds from start until each leecher held the verified blob
+	setup    float64
+	cpu      float64 // CPU seconds of all node processes
+	seedSent int64   // piece bytes the seed uploaded
+	received int64   // piece bytes all leechers received
+}
+
+// runEngines runs the seed and leechers as processes of this program, each a
+// swarm.Engine on its own libp2p host.
+func runEngines(ctx context.Context, work string, n int, F, capB int64) (swarmRun, error) {
+	var sw swarmRun
+	setup := time.Now()
 	seedDir := filepath.Join(work, "seed")
 	blob, rel, err := makeBlob(seedDir, F)
 	if err != nil {
-		return err
+		return sw, err
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
-	defer cancel()
+	sw.rel, sw.seedBlob = rel, blob
 	self, err := os.Executable()
 	if err != nil {
-		return err
+		return sw, err
 	}
-	nodes := make([]*node, *n+1)
+	nodes := make([]*node, n+1)
 	var wg sync.WaitGroup
 	var startErr error
 	var mu sync.Mutex
@@ -149,11 +213,11 @@ func run() error {
 		}
 	}()
 	if startErr != nil {
-		return startErr
+		return sw, startErr
 	}
 	seed := nodes[0]
 	if err := seed.call(cmd{Op: "seed", Rel: rel}); err != nil {
-		return err
+		return sw, err
 	}
 	var all []peer.AddrInfo
 	for _, nd := range nodes {
@@ -161,81 +225,44 @@ func run() error {
 	}
 	for _, nd := range nodes {
 		if err := nd.call(cmd{Op: "peers", Rel: rel, Peers: all}); err != nil {
-			return err
+			return sw, err
 		}
 	}
-	setupSecs := time.Since(setup).Seconds()
-
+	sw.setup = time.Since(setup).Seconds()
 	start := time.Now()
 	for _, nd := range nodes[1:] {
 		nd.send(cmd{Op: "download", Rel: rel})
 	}
-	finish := make([]float64, 0, *n)
-	var received int64
 	for _, nd := range nodes[1:] {
 		m, err := nd.wait(ctx, func(m msg) bool { return m.Done != nil })
 		if err != nil {
-			return fmt.Errorf("leecher %s: %w", nd.dir, err)
+			return sw, fmt.Errorf("leecher %s: %w", nd.dir, err)
 		}
 		if m.Done.Err != "" {
-			return fmt.Errorf("leecher %s: %s", nd.dir, m.Done.Err)
+			return sw, fmt.Errorf("leecher %s: %s", nd.dir, m.Done.Err)
 		}
-		finish = append(finish, m.Done.At.Sub(start).Seconds())
-		received += m.Done.Read
+		sw.finish = append(sw.finish, m.Done.At.Sub(start).Seconds())
+		sw.received += m.Done.Read
 	}
-	wall := slices.Max(finish)
-	fmt.Fprintf(os.Stderr, "benchswarm: swarm done in %.1fs; now the HTTP baseline\n", wall)
-	sort.Float64s(finish)
-
-	// Where the bytes went, and what it cost.
+	fmt.Fprintf(os.Stderr, "benchswarm: swarm done in %.1fs; now the HTTP baseline\n", slices.Max(sw.finish))
 	st, err := seed.stats()
 	if err != nil {
-		return err
+		return sw, err
 	}
-	var cpu float64
+	sw.seedSent = st.Uploaded
 	for _, nd := range nodes {
 		c, err := nd.exit()
 		if err != nil {
-			return err
+			return sw, err
 		}
-		cpu += c
+		sw.cpu += c
 	}
 	for _, nd := range nodes[1:] {
-		if err := verifyBlob(nd.dir, rel.Digest); err != nil {
-			return err
+		if err := verifyBlob(filepath.Join(nd.dir, "blobs", rel.Digest), rel.Digest); err != nil {
+			return sw, err
 		}
 	}
-	_ = blob
-
-	U := float64(capB)
-	bound := max(float64(F)/U, float64(F)/U, float64(*n)*float64(F)/(U+float64(*n)*U))
-	httpSize := F / int64(*httpDiv)
-	hctx, hcancel := context.WithTimeout(context.Background(), 2*time.Duration(float64(*n)*float64(httpSize)/U*float64(time.Second))+30*time.Second)
-	defer hcancel()
-	httpSecs, err := httpBaseline(hctx, filepath.Join(seedDir, "blobs", rel.Digest), httpSize, *n, capB, capB)
-	if err != nil {
-		return fmt.Errorf("http baseline: %w", err)
-	}
-	httpSecs *= float64(F) / float64(httpSize)
-
-	res := result{
-		N: *n, SizeMiB: *size, CapMiBs: *capMiB, PieceLength: rel.PieceLength,
-		Seconds: wall, BoundSeconds: bound, Ratio: wall / bound,
-		HTTPSeconds: httpSecs, HTTPScaled: *httpDiv > 1, HTTPRatio: httpSecs / bound,
-		SeedSentMiB: float64(st.Uploaded) / mib, SeedCopies: float64(st.Uploaded) / float64(F),
-		CPUSeconds: cpu, CPUPerGiB: cpu / (float64(*n) * float64(F) / (1 << 30)),
-		FinishSeconds: finish, FirstByteSecs: finish[0],
-		WastedMiB: float64(received-int64(*n)*F) / mib,
-		CPUCores:  numCPU(), SetupSeconds: setupSecs,
-	}
-	if *httpDiv > 1 {
-		res.HTTPMeasuredAt = int(httpSize / mib)
-	}
-	if *jsonOut {
-		return json.NewEncoder(os.Stdout).Encode(res)
-	}
-	printTable(res)
-	return nil
+	return sw, nil
 }
 
 func printTable(r result) {
@@ -303,10 +330,10 @@ type chachaReader struct{ c *mrand.ChaCha8 }
 
 func (r chachaReader) Read(p []byte) (int, error) { return r.c.Read(p) }
 
-func verifyBlob(dir, digest string) error {
-	f, err := os.Open(filepath.Join(dir, "blobs", digest))
+func verifyBlob(path, digest string) error {
+	f, err := os.Open(path)
 	if err != nil {
-		return fmt.Errorf("leecher %s has no blob: %w", dir, err)
+		return fmt.Errorf("leecher has no blob: %w", err)
 	}
 	defer f.Close()
 	h := sha256.New()
@@ -314,7 +341,7 @@ func verifyBlob(dir, digest string) error {
 		return err
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
-		return fmt.Errorf("leecher %s holds sha256 %s, want %s", dir, got, digest)
+		return fmt.Errorf("%s has sha256 %s, want %s", path, got, digest)
 	}
 	return nil
 }
