@@ -750,15 +750,21 @@ func (e *Engine) progress(tr *transfer) Progress {
 	return p
 }
 
-// sampleRates updates each transfer's rates once a second.
+// sampleRates updates each transfer's rates once a second and, every few
+// seconds, offers running downloads their known peers again: anacrolix forgets
+// a peer once it connected, so without this a dropped connection, or a holder
+// that restarted, would not be dialed again.
 func (e *Engine) sampleRates(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	for {
+	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
+			if n%5 == 0 {
+				e.redial()
+			}
 			e.mu.Lock()
 			for _, tr := range e.transfers {
 				if tr.t == nil {
@@ -775,6 +781,29 @@ func (e *Engine) sampleRates(ctx context.Context) {
 			}
 			e.mu.Unlock()
 		}
+	}
+}
+
+func (e *Engine) redial() {
+	type job struct {
+		t   *torrent.Torrent
+		pis []torrent.PeerInfo
+	}
+	var jobs []job
+	e.mu.Lock()
+	for _, tr := range e.transfers {
+		if tr.seeding || tr.t == nil || len(e.known[tr.ih]) == 0 {
+			continue
+		}
+		j := job{t: tr.t}
+		for _, pi := range e.known[tr.ih] {
+			j.pis = append(j.pis, pi)
+		}
+		jobs = append(jobs, j)
+	}
+	e.mu.Unlock()
+	for _, j := range jobs {
+		j.t.AddPeers(j.pis)
 	}
 }
 
