@@ -17,6 +17,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"ballena.dev/internal/ctxio"
 	"ballena.dev/signing"
 )
 
@@ -106,7 +107,7 @@ func (s *Store) IngestFile(ctx context.Context, path, wantDigest string) (string
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), ctxReader{ctx, src})
+	n, err := io.Copy(io.MultiWriter(tmp, h), ctxio.Reader(ctx, src))
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -324,7 +325,7 @@ func hashFile(ctx context.Context, path string) (string, int64, error) {
 	}
 	defer f.Close()
 	h := sha256.New()
-	n, err := io.CopyBuffer(h, ctxReader{ctx, f}, make([]byte, 1<<20))
+	n, err := io.CopyBuffer(h, ctxio.Reader(ctx, f), make([]byte, 1<<20))
 	if err != nil {
 		return "", 0, err
 	}
@@ -347,19 +348,6 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
-}
-
-// ctxReader stops a long copy when its context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 func short(d string) string {

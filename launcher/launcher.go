@@ -22,6 +22,8 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"golang.org/x/sys/unix"
+
+	"ballena.dev/internal/ctxio"
 )
 
 // keyPrefix is the launcher's part of the node's shared badger.
@@ -564,7 +566,7 @@ func (l *Launcher) executable(ctx context.Context, art Artifact) (string, error)
 	}
 	defer os.Remove(tmp.Name())
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(tmp, h), ctxReader{ctx, src}); err != nil {
+	if _, err := io.Copy(io.MultiWriter(tmp, h), ctxio.Reader(ctx, src)); err != nil {
 		tmp.Close()
 		return "", fmt.Errorf("copy blob: %w", err)
 	}
@@ -581,18 +583,6 @@ func (l *Launcher) executable(ctx context.Context, art Artifact) (string, error)
 		return "", err
 	}
 	return dst, nil
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // mergeEnv joins KEY=VALUE lists; later lists override earlier keys.

@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"ballena.dev/internal/atomicfile"
 )
 
 const (
@@ -216,27 +218,10 @@ func WriteKeyPair(dir, name string) (keyPath, pubPath, keyID string, err error) 
 
 // writeExclusive creates path (failing if it exists), writes data, sets mode
 // regardless of umask, and fsyncs. On failure it removes what it created.
-func writeExclusive(path string, data []byte, mode os.FileMode) (err error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode&0o600)
-	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%s already exists; refusing to overwrite it", path)
-		}
-		return err
+func writeExclusive(path string, data []byte, mode os.FileMode) error {
+	err := atomicfile.WriteNew(path, data, mode)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s already exists; refusing to overwrite it", path)
 	}
-	defer func() {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			os.Remove(path)
-		}
-	}()
-	if err := f.Chmod(mode); err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	return f.Sync()
+	return err
 }

@@ -23,6 +23,8 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"ballena.dev/internal/atomicfile"
 )
 
 // KeyFile is the node identity's file name inside the data dir: the libp2p
@@ -70,31 +72,7 @@ func writeFileExcl(path string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	// A hard link fails if path exists, unlike rename.
-	if err := os.Link(tmp.Name(), path); err != nil {
-		return err
-	}
-	return nil
+	return atomicfile.WriteNew(path, b, 0o600)
 }
 
 // GeneratePSK writes a new fleet pre-shared key in the libp2p private network

@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"ballena.dev/artifact"
+	"ballena.dev/internal/atomicfile"
 	"ballena.dev/internal/localapi"
 	"ballena.dev/signing"
 )
@@ -223,7 +224,7 @@ func signCommand() *cli.Command {
 			if out == "" {
 				out = strings.TrimSuffix(input, "/") + ".dsse.json"
 			}
-			if err := writeFileAtomic(out, b, 0o644); err != nil {
+			if err := atomicfile.Write(out, b, 0o644); err != nil {
 				return err
 			}
 			if c.Bool("json") {
@@ -690,29 +691,4 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-// writeFileAtomic writes a whole file or nothing: temp file, fsync, rename.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
