@@ -16,6 +16,8 @@ import (
 
 	"ballena.dev/artifact"
 	"ballena.dev/signing"
+
+	"ballena.dev/internal/cgtest"
 )
 
 var (
@@ -142,29 +144,7 @@ func (e *testEnv) close() {
 	}
 	e.l.Close()
 	e.store.Close()
-	removeCgroupParent(e.parent)
-}
-
-// removeCgroupParent kills what is left under a test's cgroup parent and
-// removes it from every hierarchy (runc makes it in more than the launcher).
-func removeCgroupParent(parent string) {
-	hier, _ := filepath.Glob(filepath.Join(cgroupRoot, "*"))
-	for _, h := range append(hier, cgroupRoot) {
-		dir := filepath.Join(h, parent)
-		kids, _ := filepath.Glob(filepath.Join(dir, "*", "cgroup.procs"))
-		for _, procs := range kids {
-			b, _ := os.ReadFile(procs)
-			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil {
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
-			}
-		}
-		for _, procs := range kids {
-			_ = removeCgroupDir(filepath.Dir(procs))
-		}
-		_ = syscall.Rmdir(dir)
-	}
+	cgtest.RemoveParent(e.parent)
 }
 
 // publish signs and stores path as name@version.

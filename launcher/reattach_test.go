@@ -20,6 +20,8 @@ import (
 
 	"ballena.dev/artifact"
 	"ballena.dev/internal/localapi"
+
+	"ballena.dev/internal/cgtest"
 )
 
 // The reattach test runs launchers as separate processes (this test binary,
@@ -89,7 +91,7 @@ func TestReattachAfterKill9(t *testing.T) {
 	requireRoot(t)
 	dir := t.TempDir()
 	parent := fmt.Sprintf("ballena-test-%d-reattach", os.Getpid())
-	t.Cleanup(func() { removeCgroupParent(parent) })
+	t.Cleanup(func() { cgtest.RemoveParent(parent) })
 	// Publish with the store open here, then hand the data dir to the daemons.
 	e := &testEnv{t: t, dir: dir}
 	st, err := artifact.Open(filepath.Join(dir, "store"))

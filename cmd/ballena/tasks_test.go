@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"ballena.dev/launcher"
+
+	"ballena.dev/internal/cgtest"
 )
 
 // TestMain lets this test binary serve as a task's shim and init, as the
@@ -36,7 +35,7 @@ func TestRunAttachedForwardsInterrupt(t *testing.T) {
 	}
 	f := newFixture(t)
 	parent := fmt.Sprintf("ballena-clitest-%d-int", os.Getpid())
-	t.Cleanup(func() { removeCgroupParent(parent) })
+	t.Cleanup(func() { cgtest.RemoveParent(parent) })
 	trust := f.write(t, "trust.yaml", "keys:\n  - path: release.pub\n    names: [\"api\"]\n")
 	cmd := exec.Command(os.Args[0], "--data", f.data, "run", "api@1.4.0", "--trust", trust, "--cgroup-parent", parent,
 		"--stop-timeout", "500ms", "--", "--listen", "127.0.0.1:0")
@@ -124,7 +123,7 @@ func TestTasksCLI(t *testing.T) {
 	}
 	f := newFixture(t)
 	parent := fmt.Sprintf("ballena-clitest-%d", os.Getpid())
-	t.Cleanup(func() { removeCgroupParent(parent) })
+	t.Cleanup(func() { cgtest.RemoveParent(parent) })
 	trust := f.write(t, "trust.yaml", "keys:\n  - path: release.pub\n    names: [\"api\"]\n")
 	cg := "--cgroup-parent=" + parent
 
@@ -179,32 +178,5 @@ func TestTasksCLI(t *testing.T) {
 	}
 	if code, _, _ := run(t, f.data, "run", "api@1.4.0", "--memory", "lots", cg); code != exitUsage {
 		t.Errorf("run --memory lots: exit %d, want %d", code, exitUsage)
-	}
-}
-
-// removeCgroupParent kills whatever a failed test left running under a cgroup
-// parent and removes it from every hierarchy.
-func removeCgroupParent(parent string) {
-	hier, _ := filepath.Glob("/sys/fs/cgroup/*")
-	for _, h := range append(hier, "/sys/fs/cgroup") {
-		dir := filepath.Join(h, parent)
-		kids, _ := filepath.Glob(filepath.Join(dir, "*", "cgroup.procs"))
-		for _, procs := range kids {
-			b, _ := os.ReadFile(procs)
-			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil {
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
-			}
-		}
-		for _, procs := range kids {
-			for range 100 { // busy until the killed processes are gone
-				if syscall.Rmdir(filepath.Dir(procs)) == nil {
-					break
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-		}
-		_ = syscall.Rmdir(dir)
 	}
 }
