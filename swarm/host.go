@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
-	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	"github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
@@ -31,9 +29,6 @@ import (
 // marshalled ed25519 private key (crypto.MarshalPrivateKey), mode 0600. Its peer ID
 // is the machine's name in the mesh.
 const KeyFile = "node.key"
-
-// mdnsService is the mDNS service name, so that only Ballena nodes answer each other.
-const mdnsService = "_ballena._udp"
 
 // LoadIdentity reads the node key at path, creating a fresh ed25519 key (0600) if
 // the file does not exist.
@@ -203,35 +198,4 @@ func ConnectAll(ctx context.Context, h host.Host, peers []peer.AddrInfo) (int, e
 	}
 	wg.Wait()
 	return ok, errors.Join(errs...)
-}
-
-// StartMDNS announces and discovers nodes on the local link and connects to
-// those it finds. Close the returned closer to stop.
-func StartMDNS(ctx context.Context, h host.Host, log *slog.Logger) (io.Closer, error) {
-	svc := mdns.NewMdnsService(h, mdnsService, mdnsNotifee{ctx: ctx, h: h, log: log})
-	if err := svc.Start(); err != nil {
-		return nil, fmt.Errorf("mdns: %w", err)
-	}
-	return svc, nil
-}
-
-type mdnsNotifee struct {
-	ctx context.Context
-	h   host.Host
-	log *slog.Logger
-}
-
-func (n mdnsNotifee) HandlePeerFound(pi peer.AddrInfo) {
-	if pi.ID == n.h.ID() {
-		return
-	}
-	go func() {
-		ctx, cancel := context.WithTimeout(n.ctx, 15*time.Second)
-		defer cancel()
-		if err := n.h.Connect(ctx, pi); err != nil {
-			n.log.Debug("mdns: connect", "peer", pi.ID, "err", err)
-			return
-		}
-		n.log.Info("mdns: connected", "peer", pi.ID)
-	}()
 }
