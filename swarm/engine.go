@@ -15,18 +15,17 @@ import (
 	"sync"
 	"time"
 
-	g "github.com/anacrolix/generics"
 	alog "github.com/anacrolix/log"
 	"github.com/anacrolix/torrent"
 	"github.com/anacrolix/torrent/bencode"
 	"github.com/anacrolix/torrent/metainfo"
+	pp "github.com/anacrolix/torrent/peer_protocol"
 	"github.com/anacrolix/torrent/storage"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"golang.org/x/time/rate"
 
 	"ballena.dev/artifact"
-	_ "ballena.dev/swarm/internal/btfileio"
 )
 
 // ErrUnavailable means no peer served an artifact's bytes within the stall timeout.
@@ -217,7 +216,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 func (e *Engine) clientConfig() *torrent.ClientConfig {
 	tc := torrent.NewDefaultClientConfig()
 	tc.DataDir = filepath.Join(e.cfg.DataDir, "bt")
-	// Every torrent brings its own storage (fileStorage); without this the client
+	// Every torrent brings its own storage (blobStorage); without this the client
 	// opens a second bbolt completion db in DataDir and waits a second for its lock.
 	tc.DefaultStorage = storage.NewFileWithCompletion(tc.DataDir, storage.NewMapPieceCompletion())
 	tc.Seed = true
@@ -247,6 +246,18 @@ func (e *Engine) clientConfig() *torrent.ClientConfig {
 		tc.DownloadRateLimiter = rate.NewLimiter(rate.Limit(e.cfg.DownloadLimit), limiterBurst(e.cfg.DownloadLimit))
 	}
 	return tc
+}
+
+// fetchChunkSize is the request size of a download: a whole piece, up to
+// 1 MiB. Fleet peers are anacrolix engines that serve any length; requesting
+// 16 KiB chunks (the BitTorrent default) multiplies the per-request work
+// (request planning, messages, writes, syscalls) by the pieces' sixteen chunks,
+// and on a loaded node that work, not the link, bounds the rate.
+func fetchChunkSize(pieceLength int64) pp.Integer {
+	if pieceLength <= 0 {
+		return 0 // the default
+	}
+	return pp.Integer(min(pieceLength, 1<<20))
 }
 
 // limiterBurst must hold a whole 16 KiB chunk and the client's largest read;
@@ -308,7 +319,7 @@ func (e *Engine) Seed(ctx context.Context, rel artifact.Release) error {
 	t, _ := e.cl.AddTorrentOpt(torrent.AddTorrentOpts{
 		InfoHash:  ih,
 		InfoBytes: infoBytes,
-		Storage:   e.fileStorage(filepath.Dir(blob), filepath.Base(blob)),
+		Storage:   blobStorage{path: blob, readOnly: true, completion: e.completion},
 	})
 	done := make(chan struct{})
 	close(done)
@@ -391,8 +402,9 @@ func (e *Engine) fetch(tr *transfer) error {
 		return fmt.Errorf("download %s: %w", short(rel.Digest), err)
 	}
 	opts := torrent.AddTorrentOpts{
-		InfoHash: tr.ih,
-		Storage:  e.fileStorage(tr.staging, rel.Digest),
+		InfoHash:  tr.ih,
+		Storage:   blobStorage{path: filepath.Join(tr.staging, rel.Digest), completion: e.completion},
+		ChunkSize: fetchChunkSize(rel.PieceLength),
 	}
 	if b, err := e.cachedInfo(tr.ih); err == nil {
 		opts.InfoBytes = b
@@ -809,18 +821,6 @@ func (e *Engine) redial() {
 
 func (e *Engine) stagingDir(digest string) string {
 	return filepath.Join(e.cfg.Store.TempDir(), "bt-"+digest)
-}
-
-// fileStorage stores a single-file torrent at dir/name.
-func (e *Engine) fileStorage(dir, name string) storage.ClientImpl {
-	return noFlushStorage{storage.NewFileOpts(storage.NewFileClientOpts{
-		ClientBaseDir:   dir,
-		TorrentDirMaker: func(string, *metainfo.Info, metainfo.Hash) string { return dir },
-		FilePathMaker:   func(storage.FilePathMakerOpts) string { return name },
-		PieceCompletion: e.completion,
-		UsePartFiles:    g.Some(false),
-		Logger:          e.log,
-	})}
 }
 
 // infoBytes returns the bencoded info dict of a blob in the store, from the cache

@@ -3,7 +3,6 @@ package swarm
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -68,33 +67,6 @@ func (pd plainDialer) Dial(ctx context.Context, addr string) (net.Conn, error) {
 }
 
 func (plainDialer) DialerNetwork() string { return "tcp" }
-
-// noFlushStorage drops anacrolix's flush of every verified piece to disk (an
-// msync or fsync per piece, a fifth of a leecher's CPU and a disk write storm).
-// A process crash loses nothing that the page cache holds; a power loss can lose
-// pieces marked complete, and then the whole-blob sha256 check before adoption
-// fails, every piece is re-verified and the bad ones fetched again.
-type noFlushStorage struct{ storage.ClientImpl }
-
-func (s noFlushStorage) OpenTorrent(ctx context.Context, info *metainfo.Info, ih metainfo.Hash) (storage.TorrentImpl, error) {
-	t, err := s.ClientImpl.OpenTorrent(ctx, info, ih)
-	if err != nil || t.Piece == nil {
-		return t, err
-	}
-	piece := t.Piece
-	t.Piece = func(p metainfo.Piece) storage.PieceImpl { return noFlushPiece{piece(p)} }
-	return t, nil
-}
-
-// noFlushPiece hides the Flusher of a piece but keeps its efficient WriteTo.
-type noFlushPiece struct{ storage.PieceImpl }
-
-func (p noFlushPiece) WriteTo(w io.Writer) (int64, error) {
-	if wt, ok := p.PieceImpl.(io.WriterTo); ok {
-		return wt.WriteTo(w)
-	}
-	return io.Copy(w, io.NewSectionReader(p.PieceImpl, 0, 1<<62))
-}
 
 // uploadLimitedConn caps what a node sends, for all its connections together.
 // The cap sits on the connection instead of in anacrolix's UploadRateLimiter:

@@ -1,0 +1,212 @@
+package swarm
+
+import (
+	"context"
+	"crypto/sha1"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"github.com/anacrolix/torrent/metainfo"
+	"github.com/anacrolix/torrent/storage"
+	"golang.org/x/sys/unix"
+)
+
+// blobStorage keeps a single-file torrent in one file, opened once: a seed
+// reads the store's blob, a download writes its staging file. It replaces
+// anacrolix's file storage, which opens and closes the file for every chunk
+// read or written, re-reads every piece from disk to hash it, reads the bbolt
+// completion db on every lookup, and syncs every verified piece: together more
+// CPU than the transfer itself on a busy node.
+type blobStorage struct {
+	path       string
+	readOnly   bool // seeding a blob the store verified: never written
+	completion storage.PieceCompletion
+}
+
+func (s blobStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih metainfo.Hash) (storage.TorrentImpl, error) {
+	if info.IsDir() {
+		return storage.TorrentImpl{}, fmt.Errorf("open %s: a blob torrent has one file", ih.HexString())
+	}
+	flag := os.O_RDWR | os.O_CREATE
+	if s.readOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(s.path, flag, 0o600)
+	if err != nil {
+		return storage.TorrentImpl{}, fmt.Errorf("open %s: %w", ih.HexString(), err)
+	}
+	t := &blobTorrent{f: f, ih: ih, s: s, hashes: make(map[int][20]byte), done: make(map[int]bool)}
+	if !s.readOnly {
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return storage.TorrentImpl{}, fmt.Errorf("open %s: %w", ih.HexString(), err)
+		}
+		// A staging file shorter than the blob was never fully allocated: any
+		// completion recorded for it belongs to an earlier file that is gone.
+		t.fresh = st.Size() < info.Length
+		if err := allocate(f, info.Length); err != nil {
+			f.Close()
+			if st.Size() == 0 {
+				os.Remove(s.path) // ours, and empty: leave nothing behind
+			}
+			return storage.TorrentImpl{}, fmt.Errorf("open %s: %w", ih.HexString(), err)
+		}
+	}
+	return storage.TorrentImpl{Piece: t.piece, Close: t.close}, nil
+}
+
+// allocate reserves the whole blob up front, so a full disk fails the download
+// at its start with ENOSPC instead of at some piece half-way.
+func allocate(f *os.File, size int64) error {
+	err := unix.Fallocate(int(f.Fd()), 0, 0, size)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
+		err = f.Truncate(size)
+	}
+	if err != nil {
+		return fmt.Errorf("reserve %d bytes for %s: %w", size, f.Name(), err)
+	}
+	return nil
+}
+
+type blobTorrent struct {
+	f     *os.File
+	ih    metainfo.Hash
+	s     blobStorage
+	fresh bool // the file was created (or extended) by this open
+
+	mu     sync.Mutex
+	hashes map[int][20]byte // sha1 of pieces written whole and not yet hashed
+	done   map[int]bool     // completion known in this process
+}
+
+func (t *blobTorrent) close() error { return t.f.Close() }
+
+func (t *blobTorrent) piece(p metainfo.Piece) storage.PieceImpl {
+	return blobPiece{t: t, index: p.Index(), off: p.Offset(), length: p.Length()}
+}
+
+// blobPiece is one piece of a blobTorrent. It implements storage.SelfHashing:
+// a piece that arrived in one write (the engine requests whole pieces) is
+// hashed from the bytes in hand instead of read back from disk.
+type blobPiece struct {
+	t      *blobTorrent
+	index  int
+	off    int64
+	length int64
+}
+
+func (p blobPiece) key() metainfo.PieceKey {
+	return metainfo.PieceKey{InfoHash: p.t.ih, Index: p.index}
+}
+
+func (p blobPiece) ReadAt(b []byte, off int64) (int, error) {
+	if off >= p.length {
+		return 0, io.EOF
+	}
+	short := off+int64(len(b)) > p.length
+	if short {
+		b = b[:p.length-off]
+	}
+	n, err := p.t.f.ReadAt(b, p.off+off)
+	if err == nil && short {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (p blobPiece) WriteAt(b []byte, off int64) (int, error) {
+	if p.t.s.readOnly {
+		return 0, fmt.Errorf("write piece %d of %s: seeding a stored blob read-only", p.index, p.t.ih.HexString())
+	}
+	if off < 0 || off+int64(len(b)) > p.length {
+		return 0, fmt.Errorf("write piece %d of %s: %d bytes at %d overrun the piece", p.index, p.t.ih.HexString(), len(b), off)
+	}
+	whole := off == 0 && int64(len(b)) == p.length
+	var sum [20]byte
+	if whole {
+		sum = sha1.Sum(b)
+	}
+	// The cached hash must describe what is on disk: concurrent writes of one
+	// piece (two peers in the endgame) are ordered by the lock.
+	p.t.mu.Lock()
+	defer p.t.mu.Unlock()
+	n, err := p.t.f.WriteAt(b, p.off+off)
+	if whole && err == nil {
+		p.t.hashes[p.index] = sum
+	} else {
+		delete(p.t.hashes, p.index)
+	}
+	return n, err
+}
+
+// SelfHash returns the sha1 of the piece: from the write that brought it whole,
+// once, or else read from disk. A second check of the same piece (a re-verify
+// after the blob failed its sha256) always reads the disk.
+func (p blobPiece) SelfHash() (metainfo.Hash, error) {
+	p.t.mu.Lock()
+	sum, ok := p.t.hashes[p.index]
+	delete(p.t.hashes, p.index)
+	p.t.mu.Unlock()
+	if ok {
+		return sum, nil
+	}
+	h := sha1.New()
+	if _, err := p.WriteTo(h); err != nil {
+		return metainfo.Hash{}, fmt.Errorf("hash piece %d of %s: %w", p.index, p.t.ih.HexString(), err)
+	}
+	var out metainfo.Hash
+	copy(out[:], h.Sum(nil))
+	return out, nil
+}
+
+// WriteTo writes the piece to w in as few reads as a 1 MiB buffer allows.
+func (p blobPiece) WriteTo(w io.Writer) (int64, error) {
+	buf := make([]byte, min(p.length, 1<<20))
+	return io.CopyBuffer(w, io.NewSectionReader(p.t.f, p.off, p.length), buf)
+}
+
+func (p blobPiece) MarkComplete() error    { return p.mark(true) }
+func (p blobPiece) MarkNotComplete() error { return p.mark(false) }
+
+func (p blobPiece) mark(complete bool) error {
+	if err := p.t.s.completion.Set(p.key(), complete); err != nil {
+		return err
+	}
+	p.t.mu.Lock()
+	p.t.done[p.index] = complete
+	if !complete {
+		delete(p.t.hashes, p.index)
+	}
+	p.t.mu.Unlock()
+	return nil
+}
+
+// Completion answers from memory once known: anacrolix asks for it far more
+// often than it changes, and a bbolt read transaction per ask adds up.
+func (p blobPiece) Completion() storage.Completion {
+	p.t.mu.Lock()
+	c, ok := p.t.done[p.index]
+	p.t.mu.Unlock()
+	if ok {
+		return storage.Completion{Ok: true, Complete: c}
+	}
+	if p.t.fresh {
+		return storage.Completion{Ok: true, Complete: false}
+	}
+	got, err := p.t.s.completion.Get(p.key())
+	if err != nil {
+		return storage.Completion{Err: err}
+	}
+	if got.Ok {
+		p.t.mu.Lock()
+		if _, set := p.t.done[p.index]; !set {
+			p.t.done[p.index] = got.Complete
+		}
+		p.t.mu.Unlock()
+	}
+	return got
+}
