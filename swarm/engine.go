@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	alog "github.com/anacrolix/log"
@@ -93,6 +94,11 @@ type TransferStats struct {
 	Peers           int     `json:"peers"`
 	BytesUploaded   int64   `json:"bytesUploaded"`   // piece data sent
 	BytesDownloaded int64   `json:"bytesDownloaded"` // piece data received, useful or not
+	// While the download ran, in steps of sampleEvery: time in which no piece
+	// data arrived, and time in which none was sent although the node held
+	// verified pieces. Where a swarm loses time against the fluid bound.
+	DownloadIdleSeconds float64 `json:"downloadIdleSeconds,omitempty"`
+	UploadIdleSeconds   float64 `json:"uploadIdleSeconds,omitempty"`
 }
 
 // Engine moves artifact blobs between nodes with BitTorrent: over libp2p streams
@@ -107,6 +113,7 @@ type Engine struct {
 	tracker    *tracker
 	bolt       storage.PieceCompletion
 	completion *trustedCompletion
+	samples    atomic.Int64 // sampling rounds done, for tests to await
 	ss         *superSeeder
 	up         *rate.Limiter // nil: no upload cap
 
@@ -131,6 +138,10 @@ type transfer struct {
 	lastDown int64
 	upRate   float64
 	downRate float64
+
+	sampleAt             time.Time
+	sampleUp, sampleDown int64
+	idleUp, idleDown     time.Duration
 }
 
 // NewEngine starts a BitTorrent client on cfg.Host and cfg.PlainListen.
@@ -625,6 +636,7 @@ func (e *Engine) Transfers() []TransferStats {
 			s.BytesUploaded = st.BytesWrittenData.Int64()
 			s.BytesDownloaded = st.BytesReadData.Int64()
 			s.UploadRate, s.DownloadRate = tr.upRate, tr.downRate
+			s.UploadIdleSeconds, s.DownloadIdleSeconds = tr.idleUp.Seconds(), tr.idleDown.Seconds()
 		}
 		out = append(out, s)
 	}
@@ -762,19 +774,24 @@ func (e *Engine) progress(tr *transfer) Progress {
 	return p
 }
 
-// sampleRates updates each transfer's rates once a second and, every few
-// seconds, offers running downloads their known peers again: anacrolix forgets
-// a peer once it connected, so without this a dropped connection, or a holder
-// that restarted, would not be dialed again.
+// sampleEvery is the resolution of idle time; rates average over a second.
+const sampleEvery = 250 * time.Millisecond
+
+// sampleRates updates each transfer's rates once a second and its idle time
+// every sampleEvery and, every few seconds, offers running downloads their
+// known peers again: anacrolix forgets a peer once it connected, so without
+// this a dropped connection, or a holder that restarted, would not be dialed
+// again.
 func (e *Engine) sampleRates(ctx context.Context) {
-	tick := time.NewTicker(time.Second)
+	const perSecond = int(time.Second / sampleEvery)
+	tick := time.NewTicker(sampleEvery)
 	defer tick.Stop()
 	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-tick.C:
-			if n%5 == 0 {
+			if n%(5*perSecond) == 0 {
 				e.redial()
 			}
 			e.mu.Lock()
@@ -784,6 +801,19 @@ func (e *Engine) sampleRates(ctx context.Context) {
 				}
 				st := tr.t.Stats()
 				up, down := st.BytesWrittenData.Int64(), st.BytesReadData.Int64()
+				if !tr.seeding && !tr.sampleAt.IsZero() {
+					dt := now.Sub(tr.sampleAt)
+					if down == tr.sampleDown {
+						tr.idleDown += dt
+					}
+					if up == tr.sampleUp && verifiedBytes(tr.t) > 0 {
+						tr.idleUp += dt
+					}
+				}
+				tr.sampleAt, tr.sampleUp, tr.sampleDown = now, up, down
+				if n%perSecond != 0 {
+					continue
+				}
 				if !tr.lastAt.IsZero() {
 					dt := now.Sub(tr.lastAt).Seconds()
 					tr.upRate = float64(up-tr.lastUp) / dt
@@ -792,6 +822,7 @@ func (e *Engine) sampleRates(ctx context.Context) {
 				tr.lastAt, tr.lastUp, tr.lastDown = now, up, down
 			}
 			e.mu.Unlock()
+			e.samples.Add(1)
 		}
 	}
 }

@@ -164,3 +164,43 @@ func TestCappedLargeDownload(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestIdleTime counts the time a download waits with nobody to fetch from, and
+// stops counting once it is done.
+func TestIdleTime(t *testing.T) {
+	seed := newTestEngine(t, EngineConfig{})
+	leech := newTestEngine(t, EngineConfig{StallTimeout: 20 * time.Second})
+	rel := publish(t, seed.store, 2<<20)
+	if err := seed.Seed(context.Background(), rel); err != nil {
+		t.Fatal(err)
+	}
+	stats := func() TransferStats {
+		for _, ts := range leech.Transfers() {
+			if ts.Digest == rel.Digest {
+				return ts
+			}
+		}
+		return TransferStats{}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- leech.Download(ctx, rel, nil) }()
+	// No peer known yet: the download idles.
+	waitUntil(t, 10*time.Second, "download idle time", func() bool { return stats().DownloadIdleSeconds >= 1 })
+	introduce(leech.h, addrInfo(seed.h))
+	leech.AddPeers(rel.InfoHash, []peer.ID{seed.h.ID()})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	idle := stats().DownloadIdleSeconds
+	if idle < 1 {
+		t.Fatalf("download idle %.2fs after waiting at least 1s for a peer", idle)
+	}
+	// Seeding now: a seed waiting for requests is not a download idling.
+	n := leech.samples.Load()
+	waitUntil(t, 10*time.Second, "two more samples", func() bool { return leech.samples.Load() >= n+2 })
+	if got := stats().DownloadIdleSeconds; got != idle {
+		t.Errorf("download idle went on after the download: %.2fs -> %.2fs", idle, got)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"ballena.dev/artifact"
+	"ballena.dev/swarm"
 )
 
 // runBallena runs the seed and leechers as `ballena node` daemons: the seed
@@ -150,38 +151,35 @@ func runBallena(ctx context.Context, bin, work string, n int, F, capB int64) (sw
 	sw.finish = finish
 	fmt.Fprintf(os.Stderr, "benchswarm: swarm done in %.1fs; now the HTTP baseline\n", time.Since(start).Seconds())
 
-	transfers := func(dir string) (up, down int64, err error) {
+	transfers := func(dir string) (ts swarm.TransferStats, err error) {
 		out, err := run(dir, "status", "--json")
 		if err != nil {
-			return 0, 0, err
+			return ts, err
 		}
-		var st struct {
-			Transfers []struct {
-				Digest          string
-				BytesUploaded   int64
-				BytesDownloaded int64
-			}
-		}
+		var st struct{ Transfers []swarm.TransferStats }
 		if err := json.Unmarshal(out, &st); err != nil {
-			return 0, 0, err
+			return ts, err
 		}
 		for _, t := range st.Transfers {
 			if t.Digest == sw.rel.Digest {
-				up += t.BytesUploaded
-				down += t.BytesDownloaded
+				return t, nil
 			}
 		}
-		return up, down, nil
+		return ts, fmt.Errorf("%s: no transfer of the artifact in its status", dir)
 	}
-	if sw.seedSent, _, err = transfers(seedDir); err != nil {
+	seedTS, err := transfers(seedDir)
+	if err != nil {
 		return sw, err
 	}
+	sw.seedSent = seedTS.BytesUploaded
 	for _, d := range dirs {
-		_, down, err := transfers(d)
+		ts, err := transfers(d)
 		if err != nil {
 			return sw, err
 		}
-		sw.received += down
+		sw.received += ts.BytesDownloaded
+		sw.idleDown = append(sw.idleDown, ts.DownloadIdleSeconds)
+		sw.idleUp = append(sw.idleUp, ts.UploadIdleSeconds)
 		if err := verifyBlob(filepath.Join(d, "blobs", "sha256", sw.rel.Digest), sw.rel.Digest); err != nil {
 			return sw, err
 		}

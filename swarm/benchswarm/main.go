@@ -85,6 +85,10 @@ type result struct {
 	CPUCores       int       `json:"cpu_cores"`
 	SetupSeconds   float64   `json:"setup_seconds"`
 	HTTPMeasuredAt int       `json:"http_measured_size_mib,omitempty"`
+	// Per leecher, sorted: seconds of its download in which nothing arrived,
+	// and in which it held verified pieces but sent nothing (250 ms steps).
+	DownloadIdle []float64 `json:"leecher_download_idle_seconds"`
+	UploadIdle   []float64 `json:"leecher_upload_idle_seconds"`
 }
 
 func run() error {
@@ -146,6 +150,7 @@ func run() error {
 		FinishSeconds: finish, FirstByteSecs: finish[0],
 		WastedMiB: float64(received-int64(*n)*F) / mib,
 		CPUCores:  numCPU(), SetupSeconds: setupSecs,
+		DownloadIdle: sorted(sw.idleDown), UploadIdle: sorted(sw.idleUp),
 	}
 	if *httpDiv > 1 {
 		res.HTTPMeasuredAt = int(httpSize / mib)
@@ -163,9 +168,11 @@ type swarmRun struct {
 	seedBlob string    // the blob, for the HTTP baseline
 	finish   []float64 // seconds from start until each leecher held the verified blob
 	setup    float64
-	cpu      float64 // CPU seconds of all node processes
-	seedSent int64   // piece bytes the seed uploaded
-	received int64   // piece bytes all leechers received
+	cpu      float64   // CPU seconds of all node processes
+	seedSent int64     // piece bytes the seed uploaded
+	received int64     // piece bytes all leechers received
+	idleDown []float64 // per leecher: seconds of its download with nothing arriving
+	idleUp   []float64 // per leecher: seconds of its download with verified pieces and nothing sent
 }
 
 // runEngines runs the seed and leechers as processes of this program, each a
@@ -243,6 +250,8 @@ func runEngines(ctx context.Context, work string, n int, F, capB int64) (swarmRu
 		}
 		sw.finish = append(sw.finish, m.Done.At.Sub(start).Seconds())
 		sw.received += m.Done.Read
+		sw.idleDown = append(sw.idleDown, m.Done.IdleDown)
+		sw.idleUp = append(sw.idleUp, m.Done.IdleUp)
 	}
 	fmt.Fprintf(os.Stderr, "benchswarm: swarm done in %.1fs; now the HTTP baseline\n", slices.Max(sw.finish))
 	st, err := seed.stats()
@@ -283,8 +292,21 @@ func printTable(r result) {
 		r.FinishSeconds[0], r.FinishSeconds[len(r.FinishSeconds)/2], r.FinishSeconds[len(r.FinishSeconds)-1])
 	fmt.Fprintf(w, "  seed sent %.0f MiB (%.2f copies); leechers received %.0f MiB beyond what they needed\n",
 		r.SeedSentMiB, r.SeedCopies, r.WastedMiB)
+	if len(r.DownloadIdle) > 0 {
+		fmt.Fprintf(w, "  leecher idle, median / max: nothing arriving %.2f / %.2f s; holding pieces, sending nothing %.2f / %.2f s\n",
+			median(r.DownloadIdle), slices.Max(r.DownloadIdle), median(r.UploadIdle), slices.Max(r.UploadIdle))
+	}
 	fmt.Fprintf(w, "  CPU %.1f s over all nodes = %.2f s per GiB delivered, on %d cores\n", r.CPUSeconds, r.CPUPerGiB, r.CPUCores)
 }
+
+func sorted(v []float64) []float64 {
+	v = slices.Clone(v)
+	sort.Float64s(v)
+	return v
+}
+
+// median of a sorted, non-empty slice.
+func median(v []float64) float64 { return v[len(v)/2] }
 
 // makeBlob writes F random bytes as the seed's blob and returns its release.
 func makeBlob(dir string, F int64) (string, artifact.Release, error) {
@@ -459,9 +481,11 @@ type msg struct {
 	OK    string         `json:"ok,omitempty"`
 	Err   string         `json:"err,omitempty"`
 	Done  *struct {
-		Err  string    `json:"err"`
-		Read int64     `json:"read"`
-		At   time.Time `json:"-"`
+		Err      string    `json:"err"`
+		Read     int64     `json:"read"`
+		IdleDown float64   `json:"idleDown"`
+		IdleUp   float64   `json:"idleUp"`
+		At       time.Time `json:"-"`
 	} `json:"done,omitempty"`
 	Stats *nodeStats `json:"stats,omitempty"`
 }
@@ -663,7 +687,13 @@ func runNode(args []string) error {
 					s = err.Error()
 				}
 				_, down := totals()
-				send(map[string]any{"done": map[string]any{"err": s, "read": down}})
+				done := map[string]any{"err": s, "read": down}
+				for _, ts := range e.Transfers() {
+					if ts.Digest == c.Rel.Digest {
+						done["idleDown"], done["idleUp"] = ts.DownloadIdleSeconds, ts.UploadIdleSeconds
+					}
+				}
+				send(map[string]any{"done": done})
 			}()
 		case "stats":
 			up, down := totals()
