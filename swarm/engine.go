@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -529,20 +528,6 @@ func (e *Engine) AddPeers(infoHash string, peers []peer.ID) {
 			continue
 		}
 		pis = append(pis, torrent.PeerInfo{Addr: p2pAddr(e.addrs.addrOf(id)), Source: torrent.PeerSourceDirect})
-	}
-	e.addPeerInfos(infoHash, pis)
-}
-
-// AddAddrs tells the engine about plain TCP BitTorrent peers ("host:port").
-func (e *Engine) AddAddrs(infoHash string, addrs []string) {
-	var pis []torrent.PeerInfo
-	for _, a := range addrs {
-		ap, err := netip.ParseAddrPort(a)
-		if err != nil {
-			e.log.Warn("ignoring bad peer address", "addr", a, "err", err)
-			continue
-		}
-		pis = append(pis, torrent.PeerInfo{Addr: net.TCPAddrFromAddrPort(ap), Source: torrent.PeerSourceDirect})
 	}
 	e.addPeerInfos(infoHash, pis)
 }
