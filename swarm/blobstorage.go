@@ -23,6 +23,7 @@ import (
 type blobStorage struct {
 	path       string
 	readOnly   bool // seeding a blob the store verified: never written
+	fresh      bool // a new staging file: recorded completion is stale
 	completion storage.PieceCompletion
 }
 
@@ -30,7 +31,7 @@ func (s blobStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih meta
 	if info.IsDir() {
 		return storage.TorrentImpl{}, fmt.Errorf("open %s: a blob torrent has one file", ih.HexString())
 	}
-	flag := os.O_RDWR | os.O_CREATE
+	flag := os.O_RDWR // the file is made by reserve
 	if s.readOnly {
 		flag = os.O_RDONLY
 	}
@@ -45,31 +46,44 @@ func (s blobStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih meta
 			f.Close()
 			return storage.TorrentImpl{}, fmt.Errorf("open %s: %w", ih.HexString(), err)
 		}
-		// A staging file shorter than the blob was never fully allocated: any
+		// A staging file shorter than the blob was never fully reserved: any
 		// completion recorded for it belongs to an earlier file that is gone.
-		t.fresh = st.Size() < info.Length
-		if err := allocate(f, info.Length); err != nil {
+		t.fresh = s.fresh || st.Size() < info.Length
+		if st.Size() != info.Length {
 			f.Close()
-			if st.Size() == 0 {
-				os.Remove(s.path) // ours, and empty: leave nothing behind
-			}
-			return storage.TorrentImpl{}, fmt.Errorf("open %s: %w", ih.HexString(), err)
+			return storage.TorrentImpl{}, fmt.Errorf("open %s: staging file holds %d bytes, the torrent %d", ih.HexString(), st.Size(), info.Length)
 		}
 	}
 	return storage.TorrentImpl{Piece: t.piece, Close: t.close}, nil
 }
 
-// allocate reserves the whole blob up front, so a full disk fails the download
-// at its start with ENOSPC instead of at some piece half-way.
-func allocate(f *os.File, size int64) error {
-	err := unix.Fallocate(int(f.Fd()), 0, 0, size)
+// reserve creates the staging file at path, or keeps the one a crash left,
+// with room for the whole blob, so a full disk fails a download at its start
+// (ENOSPC) instead of at some piece half-way. fresh reports that no earlier
+// download's pieces can be in it. A file it cannot make whole is removed if
+// reserve created it.
+func reserve(path string, size int64) (fresh bool, err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	fresh = st.Size() != size
+	err = unix.Fallocate(int(f.Fd()), 0, 0, size)
 	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) {
 		err = f.Truncate(size)
 	}
 	if err != nil {
-		return fmt.Errorf("reserve %d bytes for %s: %w", size, f.Name(), err)
+		if st.Size() == 0 {
+			os.Remove(path)
+		}
+		return false, fmt.Errorf("no room for %d bytes at %s: %w", size, path, err)
 	}
-	return nil
+	return fresh, nil
 }
 
 type blobTorrent struct {

@@ -16,8 +16,16 @@ import (
 	"github.com/anacrolix/torrent/storage"
 )
 
+// openBlob opens s as a download does: reserve, then open.
 func openBlob(t *testing.T, s blobStorage, info *metainfo.Info) storage.TorrentImpl {
 	t.Helper()
+	if !s.readOnly {
+		fresh, err := reserve(s.path, info.Length)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.fresh = fresh
+	}
 	ti, err := s.OpenTorrent(context.Background(), info, metainfo.Hash{1})
 	if err != nil {
 		t.Fatal(err)
@@ -86,10 +94,7 @@ func TestBlobStorageCompletion(t *testing.T) {
 	// A completion left from a staging file that is gone must not count.
 	pc.Set(pk, true)
 	s := blobStorage{path: filepath.Join(dir, "blob"), completion: pc}
-	ti, err := s.OpenTorrent(context.Background(), info, metainfo.Hash{1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ti := openBlob(t, s, info)
 	p := ti.Piece(info.Piece(2))
 	if c := p.Completion(); !c.Ok || c.Complete {
 		t.Fatalf("fresh file: completion %+v, want known incomplete", c)
@@ -121,9 +126,8 @@ func TestBlobStorageSeedIsReadOnly(t *testing.T) {
 	}
 }
 
-// A full disk fails the download when it starts, with ENOSPC, and leaves no
-// staging file behind.
-func TestBlobStorageFullDisk(t *testing.T) {
+// A full disk fails the reservation with ENOSPC and leaves no staging file.
+func TestReserveFullDisk(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a small tmpfs")
 	}
@@ -134,9 +138,9 @@ func TestBlobStorageFullDisk(t *testing.T) {
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
 	path := filepath.Join(dir, "blob")
 	info := &metainfo.Info{PieceLength: 1 << 20, Length: 8 << 20, Pieces: make([]byte, 8*20)}
-	_, err := blobStorage{path: path, completion: storage.NewMapPieceCompletion()}.OpenTorrent(context.Background(), info, metainfo.Hash{1})
-	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "reserve") {
-		t.Fatalf("OpenTorrent on a full disk: %v, want a reserve error with ENOSPC", err)
+	_, err := reserve(path, info.Length)
+	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "no room") {
+		t.Fatalf("reserve on a full disk: %v, want a no-room error with ENOSPC", err)
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("staging file left behind: %v", err)

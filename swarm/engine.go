@@ -192,7 +192,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	}
 	e.cl = cl
 	if cfg.Host != nil {
-		if !cfg.NoSuperSeed && os.Getenv("XX_NOSS") == "" {
+		if !cfg.NoSuperSeed {
 			e.ss = newSuperSeeder()
 		}
 		e.p2p = newP2PTransport(cfg.Host, e.addrs, e.ss, e.up)
@@ -411,9 +411,18 @@ func (e *Engine) fetch(tr *transfer) error {
 	if err := os.MkdirAll(tr.staging, 0o700); err != nil {
 		return fmt.Errorf("download %s: %w", short(rel.Digest), err)
 	}
+	// Reserve the blob's room now, from the signed size: anacrolix opens the
+	// storage only once the info arrives and swallows an error there, so a full
+	// disk would look like a swarm with nothing to give.
+	staged := filepath.Join(tr.staging, rel.Digest)
+	fresh, err := reserve(staged, rel.Size)
+	if err != nil {
+		os.Remove(tr.staging) // only if empty: a partial download stays for a resume
+		return fmt.Errorf("download %s: %w", short(rel.Digest), err)
+	}
 	opts := torrent.AddTorrentOpts{
 		InfoHash:  tr.ih,
-		Storage:   blobStorage{path: filepath.Join(tr.staging, rel.Digest), completion: e.completion},
+		Storage:   blobStorage{path: staged, fresh: fresh, completion: e.completion},
 		ChunkSize: fetchChunkSize(rel.PieceLength),
 	}
 	if b, err := e.cachedInfo(tr.ih); err == nil {

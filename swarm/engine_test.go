@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -202,5 +205,35 @@ func TestIdleTime(t *testing.T) {
 	waitUntil(t, 10*time.Second, "two more samples", func() bool { return leech.samples.Load() >= n+2 })
 	if got := stats().DownloadIdleSeconds; got != idle {
 		t.Errorf("download idle went on after the download: %.2fs -> %.2fs", idle, got)
+	}
+}
+
+// TestDownloadDiskFull fails a download whose blob does not fit at once, with
+// ENOSPC rather than a stall, and leaves no staging file.
+func TestDownloadDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	seed := newTestEngine(t, EngineConfig{})
+	leech := newTestEngine(t, EngineConfig{StallTimeout: time.Minute})
+	tmp := leech.store.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", tmp).CombinedOutput(); err != nil {
+		t.Skipf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", tmp).Run() })
+	rel := publish(t, seed.store, 4<<20)
+	if err := seed.Seed(context.Background(), rel); err != nil {
+		t.Fatal(err)
+	}
+	introduce(leech.h, addrInfo(seed.h))
+	leech.AddPeers(rel.InfoHash, []peer.ID{seed.h.ID()})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := leech.Download(ctx, rel, nil)
+	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "no room") {
+		t.Fatalf("download onto a full disk: %v; want a no-room error with ENOSPC", err)
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+		t.Errorf("left in the temp dir: %v", ents)
 	}
 }

@@ -27,7 +27,9 @@ const (
 	msgBitfield    = 5
 	msgRequest     = 6
 	msgPiece       = 7
+	msgSuggest     = 13
 	msgHaveAll     = 14
+	msgReject      = 16
 
 	// superSeedWindow is how many shown-but-unsent pieces a peer may hold:
 	// enough to keep its requests to the seed pipelined.
@@ -299,7 +301,7 @@ func (c *ssConn) Write(b []byte) (int, error) {
 		switch p.id {
 		case msgBitfield, msgHaveAll:
 			c.holding = true
-		case msgPiece:
+		case msgPiece, msgReject:
 			p.piece = int(binary.BigEndian.Uint32(p.hdr[5:9]))
 			out = append(out, p.hdr...)
 		default:
@@ -357,6 +359,18 @@ func (c *ssConn) endMessageLocked(out []byte) []byte {
 			c.ss.resolve(c.t, c.w.piece)
 			c.progress = time.Now()
 			c.refillLocked(true)
+		}
+	case c.w.id == msgReject:
+		// The peer cancelled its request of a shown piece. anacrolix plans no
+		// new requests to a peer right after it rejects one, and nothing else
+		// would make it look again: without a nudge the piece waits for the
+		// stall rule, and at the end of a download every leecher waits with it.
+		// Suggest Piece (BEP 6) makes it plan again, with the piece in view.
+		if _, ok := c.win[c.w.piece]; ok && !c.has[c.w.piece] {
+			delete(c.asked, c.w.piece)
+			out = binary.BigEndian.AppendUint32(out, 5)
+			out = append(out, msgSuggest)
+			out = binary.BigEndian.AppendUint32(out, uint32(c.w.piece))
 		}
 	}
 	c.w.id = 0
@@ -621,7 +635,7 @@ func headNeed(hdr []byte) int {
 	switch {
 	case len(hdr) < 4:
 		return 4
-	case len(hdr) >= 5 && hdr[4] == msgPiece:
+	case len(hdr) >= 5 && (hdr[4] == msgPiece || hdr[4] == msgReject):
 		return 9
 	default:
 		return 5

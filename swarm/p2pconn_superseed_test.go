@@ -136,4 +136,29 @@ func TestSuperSeedRewrite(t *testing.T) {
 	if have[4] != msgHave || binary.BigEndian.Uint32(have[5:]) != superSeedWindow {
 		t.Fatalf("after a delivered piece, got %v; want have(%d)", have, superSeedWindow)
 	}
+	// The peer cancelled its request of shown piece 1 and the seed rejects it:
+	// a Suggest for the piece follows, so that the peer plans its requests again.
+	reject := binary.BigEndian.AppendUint32(nil, 13)
+	reject = append(reject, msgReject, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 32)
+	c.Write(reject[:7])
+	c.Write(reject[7:])
+	out = nil
+	for len(out) < len(reject)+9 {
+		out = append(out, read()...)
+	}
+	suggest := out[len(reject):]
+	if suggest[4] != msgSuggest || binary.BigEndian.Uint32(suggest[5:]) != 1 {
+		t.Fatalf("after a reject of a shown piece, got %v; want suggest(1)", suggest)
+	}
+	// A reject of a piece never shown passes alone.
+	reject[8] = 9
+	c.Write(reject)
+	c.Write([]byte{0, 0, 0, 1, 1})
+	out = nil
+	for len(out) < len(reject)+5 {
+		out = append(out, read()...)
+	}
+	if len(out) != len(reject)+5 || out[len(reject)+4] != 1 {
+		t.Fatalf("a reject of an unshown piece came out as %v", out)
+	}
 }
