@@ -90,7 +90,7 @@ type blobTorrent struct {
 	f     *os.File
 	ih    metainfo.Hash
 	s     blobStorage
-	fresh bool // the file was created (or extended) by this open
+	fresh bool // no earlier download's pieces are in the file
 
 	mu     sync.Mutex
 	hashes map[int][20]byte // sha1 of pieces written whole and not yet hashed

@@ -270,8 +270,9 @@ func fetchChunkSize(pieceLength int64) pp.Integer {
 	return pp.Integer(min(pieceLength, 1<<20))
 }
 
-// limiterBurst must hold a whole 16 KiB chunk and the client's largest read;
-// beyond that, a smaller burst keeps the cap honest over short windows.
+// limiterBurst is the rate limiters' burst. Reads and writes are cut to fit it,
+// so it only trades wake-ups against how far the cap may overshoot over a
+// short window.
 func limiterBurst(limit int64) int {
 	return int(max(256<<10, min(limit/8, 1<<20)))
 }
