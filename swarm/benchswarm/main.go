@@ -65,26 +65,29 @@ func main() {
 }
 
 type result struct {
-	N              int       `json:"n"`
-	SizeMiB        int       `json:"size_mib"`
-	CapMiBs        float64   `json:"cap_mib_s"`
-	PieceLength    int64     `json:"piece_length"`
-	Seconds        float64   `json:"seconds"`
-	BoundSeconds   float64   `json:"bound_seconds"`
-	Ratio          float64   `json:"ratio"`
-	HTTPSeconds    float64   `json:"http_seconds"`
-	HTTPScaled     bool      `json:"http_scaled,omitempty"`
-	HTTPRatio      float64   `json:"http_ratio"`
-	SeedSentMiB    float64   `json:"seed_sent_mib"`
-	SeedCopies     float64   `json:"seed_copies"`
-	CPUSeconds     float64   `json:"cpu_seconds"`
-	CPUPerGiB      float64   `json:"cpu_seconds_per_gib"`
-	FinishSeconds  []float64 `json:"leecher_finish_seconds"`
-	FirstByteSecs  float64   `json:"first_finish_seconds"`
-	WastedMiB      float64   `json:"leechers_received_beyond_size_mib"`
-	CPUCores       int       `json:"cpu_cores"`
-	SetupSeconds   float64   `json:"setup_seconds"`
-	HTTPMeasuredAt int       `json:"http_measured_size_mib,omitempty"`
+	N             int       `json:"n"`
+	SizeMiB       int       `json:"size_mib"`
+	CapMiBs       float64   `json:"cap_mib_s"`
+	PieceLength   int64     `json:"piece_length"`
+	Seconds       float64   `json:"seconds"`
+	BoundSeconds  float64   `json:"bound_seconds"`
+	Ratio         float64   `json:"ratio"`
+	HTTPSeconds   float64   `json:"http_seconds"`
+	HTTPScaled    bool      `json:"http_scaled,omitempty"`
+	HTTPRatio     float64   `json:"http_ratio"`
+	SeedSentMiB   float64   `json:"seed_sent_mib"`
+	SeedCopies    float64   `json:"seed_copies"`
+	CPUSeconds    float64   `json:"cpu_seconds"`
+	CPUPerGiB     float64   `json:"cpu_seconds_per_gib"`
+	FinishSeconds []float64 `json:"leecher_finish_seconds"`
+	FirstByteSecs float64   `json:"first_finish_seconds"`
+	WastedMiB     float64   `json:"leechers_received_beyond_size_mib"`
+	CPUCores      int       `json:"cpu_cores"`
+	// CPU seconds of the nodes over seconds × cores: near 1, the machine, not
+	// the swarm, set the time, and the ratio says little about the protocol.
+	CPUBusy        float64 `json:"cpu_busy"`
+	SetupSeconds   float64 `json:"setup_seconds"`
+	HTTPMeasuredAt int     `json:"http_measured_size_mib,omitempty"`
 	// Per leecher, sorted: seconds of its download in which nothing arrived,
 	// and in which it held verified pieces but sent nothing (250 ms steps).
 	DownloadIdle []float64 `json:"leecher_download_idle_seconds"`
@@ -150,6 +153,7 @@ func run() error {
 		FinishSeconds: finish, FirstByteSecs: finish[0],
 		WastedMiB: float64(received-int64(*n)*F) / mib,
 		CPUCores:  numCPU(), SetupSeconds: setupSecs,
+		CPUBusy:      cpu / (wall * float64(numCPU())),
 		DownloadIdle: sorted(sw.idleDown), UploadIdle: sorted(sw.idleUp),
 	}
 	if *httpDiv > 1 {
@@ -296,7 +300,10 @@ func printTable(r result) {
 		fmt.Fprintf(w, "  leecher idle, median / max: nothing arriving %.2f / %.2f s; holding pieces, sending nothing %.2f / %.2f s\n",
 			median(r.DownloadIdle), slices.Max(r.DownloadIdle), median(r.UploadIdle), slices.Max(r.UploadIdle))
 	}
-	fmt.Fprintf(w, "  CPU %.1f s over all nodes = %.2f s per GiB delivered, on %d cores\n", r.CPUSeconds, r.CPUPerGiB, r.CPUCores)
+	fmt.Fprintf(w, "  CPU %.1f s over all nodes = %.2f s per GiB delivered, on %d cores (%.0f%% busy)\n", r.CPUSeconds, r.CPUPerGiB, r.CPUCores, 100*r.CPUBusy)
+	if r.CPUBusy >= 0.9 {
+		fmt.Fprintf(w, "  the CPU was saturated: the time measures this machine more than the swarm; compare with the bound at a lower -cap or -n\n")
+	}
 }
 
 func sorted(v []float64) []float64 {
