@@ -791,7 +791,8 @@ func (e *Engine) sampleRates(ctx context.Context) {
 			}
 			e.mu.Lock()
 			for _, tr := range e.transfers {
-				if tr.t == nil {
+				// A seed has no idle time to count: its rates once a second do.
+				if tr.t == nil || (tr.seeding && n%perSecond != 0) {
 					continue
 				}
 				st := tr.t.Stats()
