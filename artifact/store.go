@@ -17,6 +17,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 
+	"ballena.dev/internal/atomicfile"
 	"ballena.dev/internal/ctxio"
 	"ballena.dev/signing"
 )
@@ -156,7 +157,7 @@ func (s *Store) place(tmp, digest string) error {
 	if err := os.Rename(tmp, dst); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(dst))
+	return atomicfile.SyncDir(filepath.Dir(dst))
 }
 
 // VerifyBlob re-hashes a blob and fails unless it still has its digest.
@@ -339,15 +340,6 @@ func syncFile(path string) error {
 	}
 	defer f.Close()
 	return f.Sync()
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func short(d string) string {

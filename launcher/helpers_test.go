@@ -207,18 +207,6 @@ func (e *testEnv) logs(id string) string {
 	return b.String()
 }
 
-// waitFor polls cond every 10ms until it holds or d passes.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // children lists the PIDs whose parent is this process, but for warm shims
 // (which wait for a start and run nothing until then).
 func children() []int {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"ballena.dev/artifact"
+	"ballena.dev/internal/poll"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -140,7 +141,7 @@ func TestImageRunsUnderRunc(t *testing.T) {
 	// Overridden args, with its limits applied by runc in its cgroup.
 	tk = e.start(TaskSpec{Artifact: "taskimg@1.0.0", Args: []string{"serve"}, MemoryBytes: 48 << 20, CPUMillis: 250, Pids: 40})
 	cg := newTaskCgroup(e.parent, tk.ID)
-	waitFor(t, 10*time.Second, "ready", func() bool { return strings.Contains(e.logs(tk.ID), "ready") })
+	poll.Until(t, 10*time.Second, "ready", func() bool { return strings.Contains(e.logs(tk.ID), "ready") })
 	checks := map[string]string{
 		filepath.Join(cg.dir("memory"), "memory.limit_in_bytes"): "50331648",
 		filepath.Join(cg.dir("cpu"), "cpu.cfs_quota_us"):         "25000",

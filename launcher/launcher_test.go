@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"ballena.dev/artifact"
+	"ballena.dev/internal/poll"
 )
 
 func TestWhaleIsolation(t *testing.T) {
@@ -110,7 +111,7 @@ func TestExitCodesAndRestart(t *testing.T) {
 
 	// on-failure restarts a failing task until it is stopped.
 	tk = e.start(TaskSpec{Artifact: ref, Args: []string{"exit", "4"}, Restart: RestartOnFailure})
-	waitFor(t, 20*time.Second, "3 restarts", func() bool {
+	poll.Until(t, 20*time.Second, "3 restarts", func() bool {
 		g, _ := e.l.Get(tk.ID)
 		return g.Restarts >= 3
 	})
@@ -127,7 +128,7 @@ func TestExitCodesAndRestart(t *testing.T) {
 		t.Errorf("on-failure after exit 0: %s restarts %d", tk.State, tk.Restarts)
 	}
 	tk = e.start(TaskSpec{Artifact: ref, Args: []string{"exit", "0"}, Restart: RestartAlways})
-	waitFor(t, 20*time.Second, "2 restarts", func() bool {
+	poll.Until(t, 20*time.Second, "2 restarts", func() bool {
 		g, _ := e.l.Get(tk.ID)
 		return g.Restarts >= 2
 	})
@@ -152,7 +153,7 @@ func TestForkBombHitsPidsLimit(t *testing.T) {
 	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"bomb"}, Pids: limit, CPUMillis: 500})
 	cg := newTaskCgroup(e.parent, tk.ID)
 	pidsDir := cg.dir("pids")
-	waitFor(t, 20*time.Second, "the pids limit to refuse a fork", func() bool {
+	poll.Until(t, 20*time.Second, "the pids limit to refuse a fork", func() bool {
 		kv, _ := readKV(filepath.Join(pidsDir, "pids.events"))
 		return kv["max"] > 0
 	})
@@ -209,7 +210,7 @@ func TestStopKillsGrandchildren(t *testing.T) {
 	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"forker"}})
 	cg := newTaskCgroup(e.parent, tk.ID)
 	var pids []int
-	waitFor(t, 10*time.Second, "the grandchild", func() bool {
+	poll.Until(t, 10*time.Second, "the grandchild", func() bool {
 		pids, _ = cg.procs()
 		if g, _ := e.l.Get(tk.ID); g.State.Final() {
 			t.Fatalf("forker ended early: %s; log:\n%s", g.Exit, e.logs(tk.ID))
@@ -242,7 +243,7 @@ func TestStopGraceful(t *testing.T) {
 	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"serve"}, Restart: RestartAlways})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	waitFor(t, 10*time.Second, "ready", func() bool { return strings.Contains(e.logs(tk.ID), "ready") })
+	poll.Until(t, 10*time.Second, "ready", func() bool { return strings.Contains(e.logs(tk.ID), "ready") })
 	tk, err := e.l.Stop(ctx, tk.ID, syscall.SIGTERM, 10*time.Second)
 	if err != nil || tk.State != StateStopped || tk.Exit.Code != 7 {
 		t.Fatalf("stop: %v, state %s exit %s, want stopped with code 7", err, tk.State, tk.Exit)
@@ -437,7 +438,7 @@ func TestRestartReverifies(t *testing.T) {
 	e := newEnv(t, nil)
 	ref := e.publishTask()
 	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"serve"}, Restart: RestartAlways})
-	waitFor(t, 10*time.Second, "ready", func() bool { return strings.Contains(e.logs(tk.ID), "ready") })
+	poll.Until(t, 10*time.Second, "ready", func() bool { return strings.Contains(e.logs(tk.ID), "ready") })
 	e.writePolicy("threshold: 1\nkeys:\n  - path: release.pub\n    names: [\"*\"]\nrevoked: [\"" + keyIDOf(t, e.pubPath) + "\"]\n")
 	if err := syscall.Kill(tk.PID, syscall.SIGTERM); err != nil { // the task ends on its own
 		t.Fatal(err)

@@ -20,6 +20,7 @@ import (
 
 	"ballena.dev/artifact"
 	"ballena.dev/internal/localapi"
+	"ballena.dev/internal/poll"
 
 	"ballena.dev/internal/cgtest"
 )
@@ -79,7 +80,7 @@ func startDaemon(t *testing.T, dir, parent string) (*exec.Cmd, *localapi.Client)
 		}
 	})
 	var c *localapi.Client
-	waitFor(t, 20*time.Second, "the daemon's socket", func() bool {
+	poll.Until(t, 20*time.Second, "the daemon's socket", func() bool {
 		var err error
 		c, err = localapi.Dial(dir)
 		return err == nil
@@ -128,7 +129,7 @@ func TestReattachAfterKill9(t *testing.T) {
 	})
 
 	for _, tk := range []Task{keep, dies, again} { // their SIGTERM handlers are in place
-		waitFor(t, 10*time.Second, "ready", func() bool { return logSize(t, dir, tk.ID) > int64(len("ready\n")) })
+		poll.Until(t, 10*time.Second, "ready", func() bool { return logSize(t, dir, tk.ID) > int64(len("ready\n")) })
 	}
 	// kill -9 the launcher: its tasks run on.
 	if err := a.Process.Signal(syscall.SIGKILL); err != nil {
@@ -143,7 +144,7 @@ func TestReattachAfterKill9(t *testing.T) {
 		if err := syscall.Kill(tk.PID, syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 10*time.Second, "the task to end", func() bool { return !alive(tk.ShimPID, tk.ShimStart) })
+		poll.Until(t, 10*time.Second, "the task to end", func() bool { return !alive(tk.ShimPID, tk.ShimStart) })
 	}
 	logBefore := logSize(t, dir, keep.ID)
 
@@ -166,7 +167,7 @@ func TestReattachAfterKill9(t *testing.T) {
 	if pp := ppid(keep.PID); pp != keep.ShimPID || !alive(keep.ShimPID, keep.ShimStart) {
 		t.Errorf("the adopted task's parent is %d, want its original shim %d", pp, keep.ShimPID)
 	}
-	waitFor(t, 20*time.Second, "the dead task's end state", func() bool {
+	poll.Until(t, 20*time.Second, "the dead task's end state", func() bool {
 		got = Task{}
 		_ = cb.Do(ctx, "GET", "/v1/tasks/"+dies.ID, nil, &got)
 		return got.State.Final()
@@ -175,7 +176,7 @@ func TestReattachAfterKill9(t *testing.T) {
 		t.Errorf("task that ended meanwhile: %s %s, want exited with code 7", got.State, got.Exit)
 	}
 	// The one whose policy says always is restarted by the new launcher.
-	waitFor(t, 20*time.Second, "the restart", func() bool {
+	poll.Until(t, 20*time.Second, "the restart", func() bool {
 		got = Task{}
 		_ = cb.Do(ctx, "GET", "/v1/tasks/"+again.ID, nil, &got)
 		return got.Restarts == 1 && got.State == StateRunning
@@ -188,7 +189,7 @@ func TestReattachAfterKill9(t *testing.T) {
 	}
 
 	// Its log keeps flowing without a launcher in between.
-	waitFor(t, 10*time.Second, "the adopted task's log to grow", func() bool { return logSize(t, dir, keep.ID) > logBefore })
+	poll.Until(t, 10*time.Second, "the adopted task's log to grow", func() bool { return logSize(t, dir, keep.ID) > logBefore })
 
 	// The new launcher notices the adopted task's end (it is not its parent).
 	var stopped Task

@@ -2,11 +2,8 @@ package swarm
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -926,19 +923,6 @@ func checkInfo(info *metainfo.Info, rel artifact.Release) error {
 		return fmt.Errorf("torrent piece length %d, release says %d", info.PieceLength, rel.PieceLength)
 	}
 	return nil
-}
-
-func sha256File(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("hash %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func short(digest string) string {

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -23,39 +22,15 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 
 	"ballena.dev/artifact"
+	"ballena.dev/swarm/internal/dirstore"
 )
 
-// dirStore is a BlobStore on a plain directory, with the same contract as
-// artifact.Store (re-hash, then rename into place) but without badger, so that
-// many engines fit in one test process.
-type dirStore struct{ dir string }
-
-func newDirStore(t testing.TB, dir string) *dirStore {
-	for _, d := range []string{"blobs", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return &dirStore{dir}
-}
-
-func (s *dirStore) BlobPath(d string) string { return filepath.Join(s.dir, "blobs", d) }
-func (s *dirStore) TempDir() string          { return filepath.Join(s.dir, "tmp") }
-func (s *dirStore) HasBlob(d string) bool {
-	_, err := os.Stat(s.BlobPath(d))
-	return err == nil
-}
-
-func (s *dirStore) AdoptFile(ctx context.Context, path, want string) error {
-	got, err := sha256File(path)
+func newDirStore(t testing.TB, dir string) *dirstore.Store {
+	s, err := dirstore.New(dir)
 	if err != nil {
-		return err
+		t.Fatal(err)
 	}
-	if got != want {
-		os.Remove(path)
-		return fmt.Errorf("adopt: sha256 %s, want %s", got, want)
-	}
-	return os.Rename(path, s.BlobPath(want))
+	return s
 }
 
 // publish writes size random bytes into the store and returns their release.
@@ -137,7 +112,7 @@ func newTestHost(dir string) (host.Host, error) {
 type testEngine struct {
 	*Engine
 	h     host.Host
-	store *dirStore
+	store *dirstore.Store
 }
 
 func newTestEngine(t testing.TB, cfg EngineConfig) *testEngine {
@@ -182,23 +157,12 @@ func (w testWriter) Write(b []byte) (int, error) {
 
 func checkBlob(t testing.TB, s BlobStore, digest string) {
 	t.Helper()
-	got, err := sha256File(s.BlobPath(digest))
+	got, err := dirstore.SHA256File(s.BlobPath(digest))
 	if err != nil {
 		t.Fatalf("blob not in store: %v", err)
 	}
 	if got != digest {
 		t.Fatalf("blob sha256 %s, want %s", got, digest)
-	}
-}
-
-func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

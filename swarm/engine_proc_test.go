@@ -18,6 +18,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"ballena.dev/artifact"
+	"ballena.dev/internal/poll"
+	"ballena.dev/swarm/internal/dirstore"
 )
 
 // The fault tests run engines as separate processes (this test binary re-executed
@@ -79,9 +81,10 @@ func runHelper(cfg helperConfig, in io.Reader, out io.Writer) error {
 		return err
 	}
 	defer h.Close()
-	store := &dirStore{filepath.Join(cfg.Dir, "store")}
-	os.MkdirAll(store.TempDir(), 0o700)
-	os.MkdirAll(filepath.Join(store.dir, "blobs"), 0o700)
+	store, err := dirstore.New(filepath.Join(cfg.Dir, "store"))
+	if err != nil {
+		return err
+	}
 	e, err := NewEngine(context.Background(), EngineConfig{
 		DataDir: cfg.Dir, Host: h, Store: store,
 		UploadLimit: cfg.Up, DownloadLimit: cfg.Down, StallTimeout: cfg.Stall,
@@ -183,7 +186,7 @@ type proc struct {
 	msgs  chan helperMsg
 	ai    peer.AddrInfo
 	dir   string
-	store *dirStore
+	store *dirstore.Store
 }
 
 func startProc(t *testing.T, cfg helperConfig) *proc {
@@ -207,7 +210,7 @@ func startProc(t *testing.T, cfg helperConfig) *proc {
 		t.Fatal(err)
 	}
 	p := &proc{t: t, cmd: cmd, in: in, msgs: make(chan helperMsg, 100000), dir: cfg.Dir,
-		store: &dirStore{filepath.Join(cfg.Dir, "store")}}
+		store: &dirstore.Store{Dir: filepath.Join(cfg.Dir, "store")}}
 	t.Cleanup(p.kill)
 	go func() {
 		defer close(p.msgs)
@@ -369,7 +372,7 @@ func TestCorruptPeerBanned(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- leech.Download(ctx, rel, nil) }()
-	waitUntil(t, time.Minute, "a ban", func() bool { return len(leech.BannedPeers()) > 0 })
+	poll.Until(t, time.Minute, "a ban", func() bool { return len(leech.BannedPeers()) > 0 })
 	leech.AddPeers(rel.InfoHash, []peer.ID{honest.h.ID()})
 	if err := <-done; err != nil {
 		t.Fatal(err)

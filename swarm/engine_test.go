@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"ballena.dev/artifact"
+	"ballena.dev/internal/poll"
 )
 
 var _ BlobStore = (*artifact.Store)(nil)
@@ -190,7 +191,7 @@ func TestIdleTime(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- leech.Download(ctx, rel, nil) }()
 	// No peer known yet: the download idles.
-	waitUntil(t, 10*time.Second, "download idle time", func() bool { return stats().DownloadIdleSeconds >= 1 })
+	poll.Until(t, 10*time.Second, "download idle time", func() bool { return stats().DownloadIdleSeconds >= 1 })
 	introduce(leech.h, addrInfo(seed.h))
 	leech.AddPeers(rel.InfoHash, []peer.ID{seed.h.ID()})
 	if err := <-done; err != nil {
@@ -202,7 +203,7 @@ func TestIdleTime(t *testing.T) {
 	}
 	// Seeding now: a seed waiting for requests is not a download idling.
 	n := leech.samples.Load()
-	waitUntil(t, 10*time.Second, "two more samples", func() bool { return leech.samples.Load() >= n+2 })
+	poll.Until(t, 10*time.Second, "two more samples", func() bool { return leech.samples.Load() >= n+2 })
 	if got := stats().DownloadIdleSeconds; got != idle {
 		t.Errorf("download idle went on after the download: %.2fs -> %.2fs", idle, got)
 	}

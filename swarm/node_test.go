@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/pnet"
 
 	"ballena.dev/artifact"
+	"ballena.dev/internal/poll"
 	"ballena.dev/signing"
 )
 
@@ -142,24 +143,11 @@ func ntSign(t testing.TB, name, version string, size int, priv ed25519.PrivateKe
 	return ntRelease{rel, p}, env
 }
 
-// waitFor polls cond until it holds or d passes; it waits for effects that
-// have no event to subscribe to (a gossip mesh forming, a background fetch).
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // waitMesh waits until every node sees the others it is connected to on the
 // release topic, so an announcement reaches them.
 func waitGossip(t testing.TB, n *Node, want ...*Node) {
 	t.Helper()
-	waitFor(t, 20*time.Second, "gossip peers", func() bool {
+	poll.Until(t, 20*time.Second, "gossip peers", func() bool {
 		ps := n.Gossip().Peers()
 		for _, w := range want {
 			if !slices.Contains(ps, w.ID()) {
@@ -224,7 +212,7 @@ func TestUntrustedAnnouncementDropped(t *testing.T) {
 	// The same publisher's next announcement arrives after the first one on the
 	// same stream: once the trusted one is fetched, the untrusted one was judged.
 	good := ntPublish(t, pub, "api", "1.0.0", 100<<10, privGood)
-	waitFor(t, 30*time.Second, "auto-fetch of the trusted release", func() bool {
+	poll.Until(t, 30*time.Second, "auto-fetch of the trusted release", func() bool {
 		_, _, err := recv.st.Release(good.Ref())
 		return err == nil
 	})
@@ -262,7 +250,7 @@ func TestAutoFetch(t *testing.T) {
 
 	other := ntPublish(t, src, "db", "1.0.0", 64<<10, priv)
 	rel := ntPublish(t, src, "api-gw", "2.0.0", 1<<20, priv)
-	waitFor(t, 30*time.Second, "auto-fetch", func() bool {
+	poll.Until(t, 30*time.Second, "auto-fetch", func() bool {
 		_, _, err := auto.st.Release(rel.Ref())
 		return err == nil
 	})
@@ -342,7 +330,7 @@ func TestFetchLateJoiner(t *testing.T) {
 	seed := ntNode(t, ntOpts{trust: []ed25519.PublicKey{pub}})
 	rel := ntPublish(t, seed, "api", "1.0.0", 512<<10, priv)
 	late := ntNode(t, ntOpts{bootstrap: []*Node{seed}, trust: []ed25519.PublicKey{pub}})
-	waitFor(t, 20*time.Second, "connection", func() bool { return len(late.Host().Network().Peers()) > 0 })
+	poll.Until(t, 20*time.Second, "connection", func() bool { return len(late.Host().Network().Peers()) > 0 })
 	late.mu.Lock()
 	_, known := late.known[rel.Ref()]
 	late.mu.Unlock()
@@ -373,7 +361,7 @@ func TestForgedRecordDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := ntPublish(t, src, "db", "1.0.0", 64<<10, priv)
-	waitFor(t, 30*time.Second, "auto-fetch of the honest release", func() bool {
+	poll.Until(t, 30*time.Second, "auto-fetch of the honest release", func() bool {
 		_, _, err := recv.st.Release(good.Ref())
 		return err == nil
 	})
@@ -394,7 +382,7 @@ func TestAutoFetchCatchUp(t *testing.T) {
 	old := ntPublish(t, src, "api", "1.0.0", 64<<10, priv)
 	cur := ntPublish(t, src, "api", "1.10.0", 64<<10, priv)
 	auto := ntNode(t, ntOpts{bootstrap: []*Node{src}, trust: []ed25519.PublicKey{pub}, autoFetch: []string{"api"}})
-	waitFor(t, 30*time.Second, "catch-up fetch of api@1.10.0", func() bool {
+	poll.Until(t, 30*time.Second, "catch-up fetch of api@1.10.0", func() bool {
 		_, _, err := auto.st.Release(cur.Ref())
 		return err == nil
 	})

@@ -15,6 +15,8 @@ import (
 
 	"github.com/anacrolix/torrent/bencode"
 	"github.com/anacrolix/torrent/metainfo"
+
+	"ballena.dev/swarm/internal/dirstore"
 )
 
 // TestAria2cDownloads exports a .torrent from an engine and has aria2c, a
@@ -67,7 +69,7 @@ func TestAria2cDownloads(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("aria2c: %v", err)
 	}
-	got, err := sha256File(filepath.Join(out, rel.Digest))
+	got, err := dirstore.SHA256File(filepath.Join(out, rel.Digest))
 	if err != nil {
 		t.Fatal(err)
 	}

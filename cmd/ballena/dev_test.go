@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"ballena.dev/internal/poll"
 	"ballena.dev/launcher"
 	"ballena.dev/placement"
 )
@@ -73,7 +74,7 @@ func TestDevRunsTheSampleJob(t *testing.T) {
 		t.Fatalf("dev printed no server URL in 60s\n%s", stderr.String())
 	}
 	nodeDir := filepath.Join(devDir, "node")
-	waitCond(t, 20*time.Second, "the node's local API", func() bool {
+	poll.Until(t, 20*time.Second, "the node's local API", func() bool {
 		_, err := os.Stat(filepath.Join(nodeDir, "ballena.sock"))
 		return err == nil
 	})
@@ -104,13 +105,13 @@ func TestDevRunsTheSampleJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	cli("job", "run", "hello.yaml")
-	waitCond(t, 60*time.Second, "2 running tasks", func() bool {
+	poll.Until(t, 60*time.Second, "2 running tasks", func() bool {
 		var st placement.JobStatus
 		return json.Unmarshal([]byte(cli("job", "status", "--json", "hello")), &st) == nil && st.Summary["running"] == 2
 	})
 	for i := 0; i < 2; i++ {
 		var body string
-		waitCond(t, 20*time.Second, fmt.Sprintf("task %d answering", i), func() bool {
+		poll.Until(t, 20*time.Second, fmt.Sprintf("task %d answering", i), func() bool {
 			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", base+i))
 			if err != nil {
 				return false

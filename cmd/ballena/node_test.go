@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"ballena.dev/artifact"
+	"ballena.dev/internal/poll"
 	"ballena.dev/signing"
 	"ballena.dev/swarm"
 )
@@ -110,7 +111,7 @@ func startNodeAt(t *testing.T, name, data string, args ...string) *daemonProc {
 		t.Fatalf("%s printed no address in 30s\n%s", name, p.stderr())
 	}
 	// The socket comes up right after the addresses are printed.
-	waitCond(t, 10*time.Second, name+" local API", func() bool {
+	poll.Until(t, 10*time.Second, name+" local API", func() bool {
 		_, err := os.Stat(filepath.Join(data, "ballena.sock"))
 		return err == nil
 	})
@@ -197,18 +198,6 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
-// waitCond polls for effects of other processes, which offer no event to wait on.
-func waitCond(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func sha256Of(t *testing.T, path string) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -249,7 +238,7 @@ func TestNodeProcesses(t *testing.T) {
 	b := startNode(t, "b", append(common, "--bootstrap", a.addr, "--auto-fetch", "hello*")...)
 	c := startNode(t, "c", append(common, "--bootstrap", b.addr, "--download-limit", "200MiB", "--upload-limit", "100MiB")...)
 	outsider := startNode(t, "outsider", "--trust", trust, "--bootstrap", a.addr)
-	waitCond(t, 20*time.Second, "b to see a and c", func() bool { return len(b.status(t).Peers) == 2 })
+	poll.Until(t, 20*time.Second, "b to see a and c", func() bool { return len(b.status(t).Peers) == 2 })
 
 	// An untrusted release first, then a trusted one: once b has auto-fetched
 	// the second, it has judged the first.
@@ -259,7 +248,7 @@ func TestNodeProcesses(t *testing.T) {
 	if code, _, errOut := a.cli("publish", "--key", keyPath, "--name", "hello", "--version", "1.0.0", whale); code != 0 {
 		t.Fatalf("publish: %d %s", code, errOut)
 	}
-	waitCond(t, 60*time.Second, "b to auto-fetch hello@1.0.0", func() bool { return b.holds(t, "hello@1.0.0") })
+	poll.Until(t, 60*time.Second, "b to auto-fetch hello@1.0.0", func() bool { return b.holds(t, "hello@1.0.0") })
 	if b.holds(t, "hello@6.6.6") {
 		t.Fatal("b auto-fetched a release signed by an untrusted key")
 	}
@@ -313,7 +302,7 @@ func TestNodeProcesses(t *testing.T) {
 
 	// Holders exist but the wait runs out first: unavailable, not absent.
 	slow := startNode(t, "slow", append(common, "--bootstrap", a.addr, "--download-limit", "64KiB")...)
-	waitCond(t, 20*time.Second, "slow to join", func() bool { return len(slow.status(t).Peers) > 0 })
+	poll.Until(t, 20*time.Second, "slow to join", func() bool { return len(slow.status(t).Peers) > 0 })
 	code, _, errOut = slow.cli("fetch", "hello@1.0.0", "--timeout", "3s")
 	if code != exitUnavailable {
 		t.Errorf("fetch that outlasts its timeout: exit %d (%s), want %d", code, errOut, exitUnavailable)

@@ -17,7 +17,7 @@ func Write(path string, data []byte, mode os.FileMode) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 // WriteNew writes path only if nothing is there yet; otherwise it fails with an
@@ -32,7 +32,7 @@ func WriteNew(path string, data []byte, mode os.FileMode) error {
 	if err := os.Link(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 func temp(path string, data []byte, mode os.FileMode) (string, error) {
@@ -58,7 +58,8 @@ func temp(path string, data []byte, mode os.FileMode) (string, error) {
 	return name, nil
 }
 
-func syncDir(dir string) error {
+// SyncDir makes the names in dir durable, so that a rename or link survives a crash.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err

@@ -46,6 +46,7 @@ import (
 
 	"ballena.dev/artifact"
 	"ballena.dev/swarm"
+	"ballena.dev/swarm/internal/dirstore"
 )
 
 const mib = 1 << 20
@@ -360,16 +361,11 @@ type chachaReader struct{ c *mrand.ChaCha8 }
 func (r chachaReader) Read(p []byte) (int, error) { return r.c.Read(p) }
 
 func verifyBlob(path, digest string) error {
-	f, err := os.Open(path)
+	got, err := dirstore.SHA256File(path)
 	if err != nil {
 		return fmt.Errorf("leecher has no blob: %w", err)
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
+	if got != digest {
 		return fmt.Errorf("%s has sha256 %s, want %s", path, got, digest)
 	}
 	return nil
@@ -632,11 +628,10 @@ func runNode(args []string) error {
 		return err
 	}
 	defer h.Close()
-	st := &dirStore{*dir}
-	if err := os.MkdirAll(st.TempDir(), 0o700); err != nil {
+	st, err := dirstore.New(*dir)
+	if err != nil {
 		return err
 	}
-	os.MkdirAll(filepath.Join(*dir, "blobs"), 0o700)
 	e, err := swarm.NewEngine(context.Background(), swarm.EngineConfig{
 		DataDir: *dir, Host: h, Store: st, UploadLimit: *up, DownloadLimit: *down,
 		StallTimeout: time.Minute,
@@ -693,11 +688,10 @@ func runNode(args []string) error {
 				if err != nil {
 					s = err.Error()
 				}
-				_, down := totals()
-				done := map[string]any{"err": s, "read": down}
+				done := map[string]any{"err": s}
 				for _, ts := range e.Transfers() {
 					if ts.Digest == c.Rel.Digest {
-						done["idleDown"], done["idleUp"] = ts.DownloadIdleSeconds, ts.UploadIdleSeconds
+						done["read"], done["idleDown"], done["idleUp"] = ts.BytesDownloaded, ts.DownloadIdleSeconds, ts.UploadIdleSeconds
 					}
 				}
 				send(map[string]any{"done": done})
@@ -708,32 +702,4 @@ func runNode(args []string) error {
 		}
 	}
 	return sc.Err()
-}
-
-// dirStore keeps blobs at dir/blobs/<digest>.
-type dirStore struct{ dir string }
-
-func (s *dirStore) BlobPath(d string) string { return filepath.Join(s.dir, "blobs", d) }
-func (s *dirStore) TempDir() string          { return filepath.Join(s.dir, "tmp") }
-func (s *dirStore) HasBlob(d string) bool {
-	_, err := os.Stat(s.BlobPath(d))
-	return err == nil
-}
-
-func (s *dirStore) AdoptFile(ctx context.Context, path, want string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	h := sha256.New()
-	_, err = io.Copy(h, f)
-	f.Close()
-	if err != nil {
-		return err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want {
-		os.Remove(path)
-		return fmt.Errorf("adopt %s: sha256 %s, want %s", path, got, want)
-	}
-	return os.Rename(path, s.BlobPath(want))
 }
