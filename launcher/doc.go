@@ -39,4 +39,27 @@
 // start time of task and shim, so a reused PID is not mistaken for them),
 // watches adopted shims through pidfds, and reads exit.json of those that
 // ended meanwhile.
+//
+// # Where things are
+//
+//	launcher.go   Config, New (defaults, reopening records), Close
+//	task.go       what a task is: TaskSpec, Task, states, exit info
+//	verify.go     Verifier: the artifact check before every start
+//	start.go      Start: validate the spec, write run.json, start the shim
+//	warmpool.go   the pool of warm shims whose init already waits in fresh namespaces
+//	staged.go     executable copies of whales and unpacked images; Prune
+//	image.go      images: unpack a rootfs once per digest, config.json for runc
+//	cgroup.go     the task's cgroup: limits, usage, oom_kill, kill all
+//	supervise.go  watching a run, recording its end, restarting by policy; adopting after a restart
+//	control.go    Stop, Wait, Get, List, Remove
+//	records.go    task records in badger, snapshots and events
+//	logs.go       the log the shim writes with rotation, and reading it back
+//	reexec.go     MaybeRunInit and run.json: what the launcher tells its re-executed self
+//	shim.go       the shim: forks init, reports the task's PID, waits, writes exit.json
+//	shim_oci.go   the shim's runc create + start for images
+//	init.go       init: PID 1 of the task, drops privileges and execs the whale
+//	rootfs.go     init's read-only root: mounts, masked /proc paths, pivot_root
+//	proc.go       PID + start time, so that a reused PID is not taken for a task
+//	api.go        the local HTTP routes over a Launcher
+//	agent.go      the placement agent: assignments in, task states out
 package launcher

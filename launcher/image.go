@@ -2,6 +2,7 @@ package launcher
 
 import (
 	"archive/tar"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -62,7 +63,7 @@ func (l *Launcher) prepareBundle(ctx context.Context, t Task, art Artifact, uid,
 	}
 	env := mergeEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp"},
 		cf.Config.Env, art.Env, []string{"HOSTNAME=" + hostname}, t.Spec.Env)
-	cwd := cmp(t.Spec.WorkingDir, cmp(art.WorkingDir, cf.Config.WorkingDir))
+	cwd := cmp.Or(t.Spec.WorkingDir, art.WorkingDir, cf.Config.WorkingDir)
 	if cwd == "" {
 		cwd = "/"
 	}

@@ -204,3 +204,21 @@ func (lr *logReader) Close() error {
 	}
 	return nil
 }
+
+// Logs returns the task's stdout and stderr, interleaved as written. With
+// follow it keeps streaming until the task ends or ctx is done.
+func (l *Launcher) Logs(ctx context.Context, id string, follow bool) (io.ReadCloser, error) {
+	e, err := l.lookup(id)
+	if err != nil {
+		return nil, err
+	}
+	done := func() bool {
+		select {
+		case <-e.final:
+			return true
+		default:
+			return false
+		}
+	}
+	return newLogReader(ctx, l.logPath(e.t.ID), l.cfg.LogKeep, follow, done), nil
+}

@@ -1,0 +1,78 @@
+package launcher
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+)
+
+// warmShim is a shim waiting for a run config on ctrl.
+type warmShim struct {
+	cmd    *exec.Cmd
+	status *os.File // read end of its status pipe
+	ctrl   *os.File // write end of its control pipe
+}
+
+// refill starts a warm shim in the background for the pool.
+func (l *Launcher) refill() {
+	if cap(l.pool) == 0 || l.ctx.Err() != nil {
+		return
+	}
+	l.wg.Go(func() {
+		ws, err := l.spawnWarm()
+		if err != nil {
+			l.log.Warn("warm shim", "err", err)
+			return
+		}
+		select {
+		case l.pool <- ws:
+		default:
+			ws.discard()
+		}
+	})
+}
+
+func (l *Launcher) spawnWarm() (*warmShim, error) {
+	sr, sw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	cr, cw, err := os.Pipe()
+	if err != nil {
+		sr.Close()
+		sw.Close()
+		return nil, err
+	}
+	shimLog, err := os.OpenFile(filepath.Join(l.dir, "shim.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer shimLog.Close()
+	cmd := &exec.Cmd{
+		Path:        "/proc/self/exe",
+		Args:        []string{"ballena-shim-warm"},
+		Env:         []string{modeEnv + "=shim"},
+		Stdout:      shimLog,
+		Stderr:      shimLog,
+		ExtraFiles:  []*os.File{sw, cr},
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	err = cmd.Start()
+	sw.Close()
+	cr.Close()
+	if err != nil {
+		sr.Close()
+		cw.Close()
+		return nil, fmt.Errorf("start shim: %w", err)
+	}
+	return &warmShim{cmd: cmd, status: sr, ctrl: cw}, nil
+}
+
+// discard ends an unused warm shim: EOF on its control pipe.
+func (ws *warmShim) discard() {
+	ws.ctrl.Close()
+	ws.status.Close()
+	_ = ws.cmd.Wait()
+}
