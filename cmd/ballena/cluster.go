@@ -133,50 +133,6 @@ func clientFlags() []cli.Flag {
 	}
 }
 
-// positional returns the command's positional arguments, applying any of its
-// flags given after them (urfave/cli stops parsing flags at the first argument,
-// but `ballena job status api --json` should work).
-func positional(c *cli.Context) ([]string, error) {
-	var args []string
-	rest := c.Args().Slice()
-	for i := 0; i < len(rest); i++ {
-		a := rest[i]
-		if a == "--" {
-			return append(args, rest[i+1:]...), nil
-		}
-		if !strings.HasPrefix(a, "-") || a == "-" {
-			args = append(args, a)
-			continue
-		}
-		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		var flag cli.Flag
-		for _, f := range c.Command.Flags {
-			for _, n := range f.Names() {
-				if n == name {
-					flag = f
-				}
-			}
-		}
-		if flag == nil {
-			return nil, usageErrorf("unknown flag %s (see --help)", a)
-		}
-		if _, isBool := flag.(*cli.BoolFlag); isBool && !hasValue {
-			value, hasValue = "true", true
-		}
-		if !hasValue {
-			if i+1 >= len(rest) {
-				return nil, usageErrorf("flag %s needs a value", a)
-			}
-			i++
-			value = rest[i]
-		}
-		if err := c.Set(name, value); err != nil {
-			return nil, usageErrorf("flag %s: %v", a, err)
-		}
-	}
-	return args, nil
-}
-
 // placementClient builds an admin client from --server and the token sources.
 // Reads work without a token on loopback, so a missing token is not an error here.
 func placementClient(c *cli.Context) (*placement.Client, error) {
@@ -253,10 +209,7 @@ func jobCommand() *cli.Command {
 				Flags: append(clientFlags(), jsonFlag,
 					&cli.Uint64Flag{Name: "if-index", Usage: "refuse (409) unless the job is still at this modify index (0: must be new)"}),
 				Action: func(c *cli.Context) error {
-					args, err := positional(c)
-					if err != nil {
-						return err
-					}
+					args := c.Args().Slice()
 					if len(args) != 1 {
 						return usageErrorf("job run takes one job file (got %d arguments)", len(args))
 					}
@@ -295,10 +248,7 @@ func jobCommand() *cli.Command {
 				UsageText: "ballena job status api\nballena job status api --json\nballena job status",
 				Flags:     append(clientFlags(), jsonFlag),
 				Action: func(c *cli.Context) error {
-					args, err := positional(c)
-					if err != nil {
-						return err
-					}
+					args := c.Args().Slice()
 					cl, err := placementClient(c)
 					if err != nil {
 						return err
@@ -342,10 +292,7 @@ func jobCommand() *cli.Command {
 				UsageText: "ballena job stop api",
 				Flags:     append(clientFlags(), jsonFlag),
 				Action: func(c *cli.Context) error {
-					args, err := positional(c)
-					if err != nil {
-						return err
-					}
+					args := c.Args().Slice()
 					if len(args) != 1 {
 						return usageErrorf("job stop takes one job name")
 					}
@@ -477,10 +424,7 @@ func nodesCommand() *cli.Command {
 		UsageText: "ballena nodes\nballena nodes --json --server http://10.0.0.1:7480",
 		Flags:     append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts"}),
 		Action: func(c *cli.Context) error {
-			args, err := positional(c)
-			if err != nil {
-				return err
-			}
+			args := c.Args().Slice()
 			if len(args) > 0 {
 				return usageErrorf("nodes takes no arguments (got %q)", args[0])
 			}
@@ -534,10 +478,7 @@ func nodeDrainCommand() *cli.Command {
 		Flags: append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts"},
 			&cli.BoolFlag{Name: "disable", Usage: "stop draining: the machine takes new tasks again"}),
 		Action: func(c *cli.Context) error {
-			args, err := positional(c)
-			if err != nil {
-				return err
-			}
+			args := c.Args().Slice()
 			if len(args) != 1 {
 				return usageErrorf("node drain takes one node ID")
 			}

@@ -30,7 +30,7 @@ func TestServerJobNodesCLI(t *testing.T) {
 	go func() {
 		app := newApp()
 		app.Writer, app.ErrWriter = &serverOut, &serverOut
-		done <- app.RunContext(ctx, []string{"ballena", "server", "--data", dir, "--listen", addr, "--node-ttl", "1h"})
+		done <- runApp(ctx, app, []string{"ballena", "server", "--data", dir, "--listen", addr, "--node-ttl", "1h"})
 	}()
 	defer func() {
 		cancel()
@@ -85,7 +85,7 @@ func TestServerJobNodesCLI(t *testing.T) {
 	if code != 0 || !strings.Contains(out, node.NodeID()) || !strings.Contains(out, "2000m/2000m") || !strings.Contains(out, "rack=r1") {
 		t.Errorf("nodes: %d %q", code, out)
 	}
-	code, out, _ = runDrain(t, dir, append(srv, node.NodeID()[:20])...)
+	code, out, _ = run(t, dir, append(append([]string{"node", "drain"}, srv...), node.NodeID()[:20])...)
 	if code != 0 || !strings.Contains(out, "draining") {
 		t.Errorf("node drain: %d %q", code, out)
 	}
@@ -116,37 +116,8 @@ func TestServerJobNodesCLI(t *testing.T) {
 		{"unknown node", append(append([]string{"node", "drain"}, srv...), "12D3KooWnope"), exitNotFound, "no node"},
 	} {
 		code, _, msg := run(t, dir, tc.args...)
-		if tc.args[0] == "node" {
-			code, _, msg = runDrain(t, dir, tc.args[2:]...)
-		}
 		if code != tc.code || !strings.Contains(msg, tc.msg) {
 			t.Errorf("%s: exit %d %q, want %d containing %q", tc.name, code, msg, tc.code, tc.msg)
 		}
 	}
-}
-
-// runDrain runs `ballena node drain ARGS`, mounting the command on the node
-// command if its owner has not yet.
-func runDrain(t *testing.T, data string, args ...string) (int, string, string) {
-	t.Helper()
-	app := newApp()
-	for _, c := range app.Commands {
-		if c.Name != "node" {
-			continue
-		}
-		mounted := false
-		for _, s := range c.Subcommands {
-			mounted = mounted || s.Name == "drain"
-		}
-		if !mounted {
-			c.Subcommands = append(c.Subcommands, nodeDrainCommand())
-		}
-	}
-	var out bytes.Buffer
-	app.Writer, app.ErrWriter = &out, &out
-	err := app.RunContext(context.Background(), append([]string{"ballena", "--data", data, "node", "drain"}, args...))
-	if err != nil {
-		return exitCode(err), out.String(), oneLine(err)
-	}
-	return 0, out.String(), ""
 }

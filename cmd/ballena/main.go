@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -18,7 +17,7 @@ import (
 func main() {
 	launcher.MaybeRunInit() // a task's shim or init: never returns
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newApp().RunContext(ctx, os.Args)
+	err := runApp(ctx, newApp(), os.Args)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ballena: "+oneLine(err))
@@ -26,8 +25,13 @@ func main() {
 	}
 }
 
+// runApp runs the CLI with flags accepted anywhere on the line (see normalizeArgs).
+func runApp(ctx context.Context, app *cli.App, args []string) error {
+	return app.RunContext(ctx, normalizeArgs(app, args))
+}
+
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "ballena",
 		Usage:                "ship signed software to a fleet, peer to peer, and run it isolated",
 		EnableBashCompletion: true,
@@ -53,7 +57,22 @@ func newApp() *cli.App {
 		},
 		Commands:       commands(),
 		ExitErrHandler: func(*cli.Context, error) {}, // main prints and picks the exit code
+		OnUsageError:   usageError,
 	}
+	var walk func([]*cli.Command)
+	walk = func(cmds []*cli.Command) {
+		for _, c := range cmds {
+			c.OnUsageError = usageError
+			walk(c.Subcommands)
+		}
+	}
+	walk(app.Commands)
+	return app
+}
+
+// usageError gives flag-parsing errors the usage exit code and a pointer to --help.
+func usageError(c *cli.Context, err error, _ bool) error {
+	return usageErrorf("%v (see %s --help)", err, c.Command.FullName())
 }
 
 // commands lists every subcommand; each room's commands live in their own file.
@@ -84,5 +103,3 @@ func defaultDataDir() string {
 	}
 	return ".ballena"
 }
-
-var _ = errors.New

@@ -17,8 +17,27 @@ func run(t *testing.T, data string, args ...string) (int, string, string) {
 	app := newApp()
 	var out bytes.Buffer
 	app.Writer, app.ErrWriter = &out, &out
-	err := app.RunContext(context.Background(), append([]string{"ballena", "--data", data}, args...))
+	// --data goes after the command name, where people type it.
+	argv := []string{"ballena"}
+	if len(args) > 0 {
+		argv = append(argv, args[0])
+		args = args[1:]
+	}
+	argv = append(append(argv, "--data", data), args...)
+	err := runApp(context.Background(), app, argv)
 	if err != nil {
+		return exitCode(err), out.String(), oneLine(err)
+	}
+	return 0, out.String(), ""
+}
+
+// runArgv runs the CLI in-process on exactly argv, as a user would type it.
+func runArgv(t *testing.T, argv ...string) (int, string, string) {
+	t.Helper()
+	app := newApp()
+	var out bytes.Buffer
+	app.Writer, app.ErrWriter = &out, &out
+	if err := runApp(context.Background(), app, argv); err != nil {
 		return exitCode(err), out.String(), oneLine(err)
 	}
 	return 0, out.String(), ""

@@ -139,23 +139,6 @@ func torrentOf(mi *metainfo.MetaInfo, rel artifact.Release) (torrentAnswer, erro
 	return torrentAnswer{Torrent: buf.Bytes(), Magnet: m.String()}, nil
 }
 
-// refFlagsAnywhere reads one NAME@VERSION argument, with flags before or after
-// it (ballena torrent api@1.4.0 --out api.torrent).
-func refFlagsAnywhere(c *cli.Context) (artifact.Ref, error) {
-	args, err := positional(c)
-	if err != nil {
-		return artifact.Ref{}, err
-	}
-	if len(args) != 1 {
-		return artifact.Ref{}, usageErrorf("%s: want one NAME@VERSION, e.g. api@1.4.0", c.Command.Name)
-	}
-	ref, err := artifact.ParseRef(args[0])
-	if err != nil {
-		return artifact.Ref{}, withCode(exitUsage, err)
-	}
-	return ref, nil
-}
-
 func fetchCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "fetch",
@@ -169,7 +152,7 @@ func fetchCommand() *cli.Command {
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
-			ref, err := refFlagsAnywhere(c)
+			ref, err := refArg(c)
 			if err != nil {
 				return err
 			}
@@ -348,7 +331,7 @@ func torrentCommand() *cli.Command {
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
-			ref, err := refFlagsAnywhere(c)
+			ref, err := refArg(c)
 			if err != nil {
 				return err
 			}

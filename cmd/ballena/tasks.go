@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -73,10 +71,7 @@ func runCommand() *cli.Command {
 			cgroupParentFlag, jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
-			c, args, err := interspersed(c)
-			if err != nil {
-				return err
-			}
+			args := c.Args().Slice()
 			spec, err := taskSpec(c, args)
 			if err != nil {
 				return err
@@ -90,48 +85,6 @@ func runCommand() *cli.Command {
 			return withLauncher(c, nil, func(l *launcher.Launcher) error { return runDirect(c, l, spec) })
 		},
 	}
-}
-
-// interspersed lets flags follow the first argument, as in
-// `ballena run api@1.4.0 --memory 256MiB -- --port 8080`: urfave/cli stops
-// at the first argument, so the flags after it are parsed again here, on top
-// of those given before it. Flag parsing stops at the next plain argument
-// or at "--"; everything from there on is returned as arguments.
-func interspersed(c *cli.Context) (*cli.Context, []string, error) {
-	args := c.Args().Slice()
-	if len(args) < 2 {
-		return c, args, nil
-	}
-	rest, tail := args[1:], []string(nil)
-	if i := slices.Index(rest, "--"); i >= 0 {
-		rest, tail = rest[:i], rest[i+1:]
-	}
-	set := flag.NewFlagSet(c.Command.Name, flag.ContinueOnError)
-	set.SetOutput(io.Discard)
-	var early []string
-	for _, f := range c.Command.Flags {
-		if err := f.Apply(set); err != nil {
-			return nil, nil, err
-		}
-		name := f.Names()[0]
-		if !c.IsSet(name) {
-			continue
-		}
-		if _, ok := f.(*cli.StringSliceFlag); ok {
-			for _, v := range c.StringSlice(name) {
-				early = append(early, "--"+name+"="+v)
-			}
-			continue
-		}
-		early = append(early, "--"+name+"="+fmt.Sprint(c.Value(name)))
-	}
-	if err := set.Parse(append(early, rest...)); err != nil {
-		return nil, nil, usageErrorf("%s: %v", c.Command.Name, err)
-	}
-	nc := cli.NewContext(c.App, set, c.Lineage()[1])
-	nc.Command = c.Command
-	nc.Context = c.Context
-	return nc, append(append([]string{args[0]}, set.Args()...), tail...), nil
 }
 
 func taskSpec(c *cli.Context, args []string) (launcher.TaskSpec, error) {
@@ -375,10 +328,7 @@ func logsCommand() *cli.Command {
 		UsageText: "ballena logs 3f2a9c\nballena logs -f 3f2a9c",
 		Flags:     []cli.Flag{&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing until the task ends or ^C"}, cgroupParentFlag},
 		Action: func(c *cli.Context) error {
-			c, args, err := interspersed(c)
-			if err != nil {
-				return err
-			}
+			args := c.Args().Slice()
 			if len(args) != 1 {
 				return usageErrorf("logs: which task? e.g. ballena logs 3f2a9c (see ballena ps)")
 			}
@@ -422,10 +372,7 @@ func stopCommand() *cli.Command {
 			cgroupParentFlag, jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
-			c, args, err := interspersed(c)
-			if err != nil {
-				return err
-			}
+			args := c.Args().Slice()
 			if len(args) != 1 {
 				return usageErrorf("stop: which task? e.g. ballena stop 3f2a9c (see ballena ps)")
 			}
