@@ -1,0 +1,49 @@
+package swarm
+
+import (
+	"fmt"
+	"sort"
+
+	"ballena.dev/artifact"
+)
+
+// PeerStatus is one connected peer.
+type PeerStatus struct {
+	ID    string   `json:"id"`
+	Addrs []string `json:"addrs"`
+}
+
+// Status is what `ballena status` shows.
+type Status struct {
+	ID        string             `json:"id"`
+	Addrs     []string           `json:"addrs"`
+	Peers     []PeerStatus       `json:"peers"`
+	DHTPeers  int                `json:"dhtPeers"`
+	Holds     []artifact.Release `json:"holds"`
+	Transfers []TransferStats    `json:"transfers"`
+}
+
+// Status reports the node's identity, peers, holdings and transfers.
+func (n *Node) Status() (Status, error) {
+	s := Status{ID: n.h.ID().String(), Addrs: FullAddrs(n.h), DHTPeers: n.disc.RoutingTableSize()}
+	for _, p := range n.h.Network().Peers() {
+		ps := PeerStatus{ID: p.String()}
+		for _, c := range n.h.Network().ConnsToPeer(p) {
+			ps.Addrs = append(ps.Addrs, c.RemoteMultiaddr().String())
+		}
+		s.Peers = append(s.Peers, ps)
+	}
+	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].ID < s.Peers[j].ID })
+	rels, err := n.st.Releases()
+	if err != nil {
+		return s, fmt.Errorf("status: %w", err)
+	}
+	for _, r := range rels {
+		if n.st.HasBlob(r.Digest) {
+			s.Holds = append(s.Holds, r)
+		}
+	}
+	s.Transfers = n.engine.Transfers()
+	sort.Slice(s.Transfers, func(i, j int) bool { return s.Transfers[i].Name < s.Transfers[j].Name })
+	return s, nil
+}

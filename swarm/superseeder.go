@@ -1,0 +1,176 @@
+package swarm
+
+import (
+	"net"
+	"sync"
+	"time"
+
+	"github.com/anacrolix/torrent/metainfo"
+)
+
+// Super-seeding, as the physical limit asks: the original seed sends each piece
+// once before it sends any piece twice. anacrolix has no such mode, so it is
+// done on the wire. On the seed's connections to fleet peers, ssConn rewrites
+// what the seed advertises: instead of "have all", each peer is shown a few
+// pieces (a window) that it lacks and that were shown to as few peers as
+// possible. A peer requests only what it was shown; once it holds a shown piece,
+// from the seed or from anyone, the seed shows it another. The peers fetch the
+// rest from each other, at their own upload rates.
+//
+// The seed's engine never learns of the rewrite: it believes the peer knows it
+// has everything, and serves whatever the peer requests.
+
+// superSeedWindow is how many shown-but-unsent pieces a peer may hold:
+// enough to keep its requests to the seed pipelined.
+const superSeedWindow = 4
+
+// superSeedStall is how long a peer may leave its window unrequested before
+// it is shown more: it may not want the pieces it was shown (a piece it
+// believes requested elsewhere, say), and must never starve.
+const superSeedStall = 2 * time.Second
+
+// superSeeder tracks, per torrent the node seeds, how often each piece was shown.
+type superSeeder struct {
+	mu       sync.Mutex
+	torrents map[metainfo.Hash]*ssTorrent
+	conns    map[*ssConn]struct{}
+	stop     chan struct{}
+	started  bool
+}
+
+type ssTorrent struct {
+	pieceLen, length int64
+	shown            []int // how many peers each piece was shown to
+	open             []int // showings not yet resolved: neither sent nor had
+	cursor           int   // spreads ties across pieces
+}
+
+func newSuperSeeder() *superSeeder {
+	return &superSeeder{
+		torrents: make(map[metainfo.Hash]*ssTorrent),
+		conns:    make(map[*ssConn]struct{}),
+		stop:     make(chan struct{}),
+	}
+}
+
+func (s *superSeeder) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+}
+
+func (s *superSeeder) register(c *ssConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conns[c] = struct{}{}
+	if !s.started {
+		s.started = true
+		go s.unstall()
+	}
+}
+
+func (s *superSeeder) unregister(c *ssConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// unstall widens the window of peers that have not requested what they were shown.
+func (s *superSeeder) unstall() {
+	tick := time.NewTicker(superSeedStall / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-tick.C:
+			s.mu.Lock()
+			conns := make([]*ssConn, 0, len(s.conns))
+			for c := range s.conns {
+				conns = append(conns, c)
+			}
+			s.mu.Unlock()
+			for _, c := range conns {
+				c.mu.Lock()
+				if c.sentBitfield() && now.Sub(c.progress) > superSeedStall && !c.requestedLocked() {
+					c.limit += superSeedWindow
+					c.progress = now
+					c.force = true
+					c.refillLocked(true)
+				}
+				c.writePendingLocked()
+			}
+		}
+	}
+}
+
+func (s *superSeeder) add(ih metainfo.Hash, info *metainfo.Info) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.torrents[ih]; !ok {
+		n := info.NumPieces()
+		s.torrents[ih] = &ssTorrent{pieceLen: info.PieceLength, length: info.Length, shown: make([]int, n), open: make([]int, n)}
+	}
+}
+
+func (s *superSeeder) remove(ih metainfo.Hash) {
+	s.mu.Lock()
+	delete(s.torrents, ih)
+	s.mu.Unlock()
+}
+
+// pick chooses the piece to show next to a peer: one it lacks and has not been
+// shown, shown to the fewest peers so far. A piece is shown again only once
+// every earlier showing was resolved (the seed sent it, or the peer got it
+// elsewhere), so the seed never queues a second copy before the first went
+// out; force lifts that for a peer that would otherwise starve.
+func (s *superSeeder) pick(t *ssTorrent, has, seen []bool, force bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := len(t.shown)
+	best := -1
+	for k := range n {
+		i := (t.cursor + k) % n
+		if has[i] || seen[i] || (t.open[i] > 0 && !force) {
+			continue
+		}
+		if best == -1 || t.shown[i] < t.shown[best] {
+			best = i
+			if t.shown[i] == 0 {
+				break
+			}
+		}
+	}
+	if best >= 0 {
+		t.shown[best]++
+		t.open[best]++
+		t.cursor = (best + 1) % n
+	}
+	return best
+}
+
+// resolve closes a showing of piece i.
+func (s *superSeeder) resolve(t *ssTorrent, i int) {
+	s.mu.Lock()
+	if t.open[i] > 0 {
+		t.open[i]--
+	}
+	s.mu.Unlock()
+}
+
+func (t *ssTorrent) pieceLength(i int) int64 {
+	if i == len(t.shown)-1 {
+		return t.length - int64(i)*t.pieceLen
+	}
+	return t.pieceLen
+}
+
+// wrap returns c with super-seeding for torrents registered when its handshake
+// goes out; other torrents pass through untouched.
+func (s *superSeeder) wrap(c net.Conn) net.Conn {
+	return &ssConn{Conn: c, ss: s}
+}
