@@ -121,9 +121,8 @@ func (a *Agent) Run(ctx context.Context, l *Launcher) error {
 		interval = 5 * time.Second
 	}
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); a.reportLoop(ctx) }()
-	go func() { defer wg.Done(); a.heartbeatLoop(ctx, interval) }()
+	wg.Go(func() { a.reportLoop(ctx) })
+	wg.Go(func() { a.heartbeatLoop(ctx, interval) })
 	err = a.watchLoop(ctx)
 	wg.Wait()
 	return err

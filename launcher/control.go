@@ -3,6 +3,7 @@ package launcher
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -78,10 +79,7 @@ func (l *Launcher) Get(id string) (Task, error) {
 // List returns every task the launcher knows, newest first.
 func (l *Launcher) List() []Task {
 	l.mu.Lock()
-	es := make([]*entry, 0, len(l.tasks))
-	for _, e := range l.tasks {
-		es = append(es, e)
-	}
+	es := slices.Collect(maps.Values(l.tasks))
 	l.mu.Unlock()
 	ts := make([]Task, 0, len(es))
 	for _, e := range es {

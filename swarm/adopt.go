@@ -6,15 +6,19 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"ballena.dev/artifact"
+	"ballena.dev/signing"
 )
 
 var errAdopt = errors.New("store refused the download")
 
-// finish hands the staged blob to the store, which re-hashes it against the
-// signed digest. The store gets a hard link, so the torrent goes on seeding from
+// adoptBlob hands the staged blob to the store, which re-hashes it against the
+// signed digest as it takes it in: the last check of stage 4 and the blob's
+// half of stage 5 are one step. The store gets a hard link, so the torrent goes on seeding from
 // the staging path without a pause; the link is the same inode and no piece is
 // written after completion.
-func (e *Engine) finish(tr *transfer) error {
+func (e *Engine) adoptBlob(tr *transfer) error {
 	rel := tr.rel
 	staged := filepath.Join(tr.staging, rel.Digest)
 	link := staged + ".adopt"
@@ -29,5 +33,15 @@ func (e *Engine) finish(tr *transfer) error {
 	}
 	e.completion.trust(tr.ih)
 	e.log.Debug("downloaded", "digest", short(rel.Digest), "bytes", rel.Size)
+	return nil
+}
+
+// adoptRelease stores the signed release beside its adopted blob and
+// advertises the blob on the DHT.
+func (n *Node) adoptRelease(rel artifact.Release, env *signing.Envelope) error {
+	if err := n.st.PutRelease(rel, env); err != nil {
+		return err
+	}
+	n.advertise(rel.Digest)
 	return nil
 }

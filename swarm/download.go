@@ -92,10 +92,27 @@ func (e *Engine) run(tr *transfer) {
 	close(tr.done)
 }
 
+// fetch is stage 3 of a fetch (see fetch.go) for one transfer, and it ends
+// in stages 4 and 5 for the blob: the torrent's info and pieces are checked
+// as they arrive, the whole blob when the store adopts it.
 func (e *Engine) fetch(tr *transfer) error {
+	t, err := e.addDownload(tr)
+	if err != nil {
+		return err
+	}
+	stall := time.NewTimer(e.cfg.StallTimeout)
+	defer stall.Stop()
+	if err := e.awaitInfo(tr, t, stall); err != nil {
+		return err
+	}
+	return e.downloadPieces(tr, t, stall)
+}
+
+// addDownload reserves the blob's room in the staging dir and adds the torrent.
+func (e *Engine) addDownload(tr *transfer) (*torrent.Torrent, error) {
 	rel := tr.rel
 	if err := os.MkdirAll(tr.staging, 0o700); err != nil {
-		return fmt.Errorf("download %s: %w", short(rel.Digest), err)
+		return nil, fmt.Errorf("download %s: %w", short(rel.Digest), err)
 	}
 	// Reserve the blob's room now, from the signed size: anacrolix opens the
 	// storage only once the info arrives and swallows an error there, so a full
@@ -104,7 +121,7 @@ func (e *Engine) fetch(tr *transfer) error {
 	fresh, err := reserve(staged, rel.Size)
 	if err != nil {
 		os.Remove(tr.staging) // only if empty: a partial download stays for a resume
-		return fmt.Errorf("download %s: %w", short(rel.Digest), err)
+		return nil, fmt.Errorf("download %s: %w", short(rel.Digest), err)
 	}
 	opts := torrent.AddTorrentOpts{
 		InfoHash:  tr.ih,
@@ -123,33 +140,35 @@ func (e *Engine) fetch(tr *transfer) error {
 	if dropped { // Drop ran before the torrent existed
 		t.Drop()
 		os.RemoveAll(tr.staging)
-		return fmt.Errorf("download %s: dropped", short(rel.Digest))
+		return nil, fmt.Errorf("download %s: dropped", short(rel.Digest))
 	}
+	return t, nil
+}
 
-	stall := time.NewTimer(e.cfg.StallTimeout)
-	defer stall.Stop()
-	cleanup := func(err error) error {
-		// Keep verified pieces for a later resume; leave nothing if there are none.
-		if verifiedBytes(t) == 0 {
-			t.Drop()
-			os.RemoveAll(tr.staging)
-		}
-		return err
-	}
+// awaitInfo waits for a peer to send the torrent's info and checks it against
+// the signed release (stage 4's first check).
+func (e *Engine) awaitInfo(tr *transfer, t *torrent.Torrent, stall *time.Timer) error {
+	rel := tr.rel
 	select {
 	case <-t.GotInfo():
 	case <-stall.C:
-		return cleanup(fmt.Errorf("download %s: no peer holds it (none sent its torrent info within %s): %w",
+		return e.abandon(tr, t, fmt.Errorf("download %s: no peer holds it (none sent its torrent info within %s): %w",
 			short(rel.Digest), e.cfg.StallTimeout, ErrUnavailable))
 	case <-e.cl.Closed():
-		return cleanup(fmt.Errorf("download %s: engine closed", short(rel.Digest)))
+		return e.abandon(tr, t, fmt.Errorf("download %s: engine closed", short(rel.Digest)))
 	}
 	if err := checkInfo(t.Info(), rel); err != nil {
-		return cleanup(fmt.Errorf("download %s: %w", short(rel.Digest), err))
+		return e.abandon(tr, t, fmt.Errorf("download %s: %w", short(rel.Digest), err))
 	}
 	e.saveInfo(tr.ih, t.Metainfo().InfoBytes)
-	t.DownloadAll()
+	return nil
+}
 
+// downloadPieces fetches every piece, failing when no data arrives for the
+// stall timeout, and hands the complete blob to adoptBlob (stages 4 and 5).
+func (e *Engine) downloadPieces(tr *transfer, t *torrent.Torrent, stall *time.Timer) error {
+	rel := tr.rel
+	t.DownloadAll()
 	lastHave, lastRead := int64(-1), int64(-1)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
@@ -158,19 +177,19 @@ func (e *Engine) fetch(tr *transfer) error {
 		complete := t.Complete().On()
 		select {
 		case <-complete:
-			err := e.finish(tr)
+			err := e.adoptBlob(tr)
 			if err == nil {
 				return nil
 			}
 			if retried || !errors.Is(err, errAdopt) {
-				return cleanup(err)
+				return e.abandon(tr, t, err)
 			}
 			// Pieces passed their hashes but the whole did not: re-check every piece
 			// from disk and fetch again what fails.
 			retried = true
 			e.log.Warn("blob failed its sha256 after all pieces passed; re-verifying", "digest", short(rel.Digest))
 			if err := t.VerifyData(); err != nil {
-				return cleanup(fmt.Errorf("download %s: re-verify: %w", short(rel.Digest), err))
+				return e.abandon(tr, t, fmt.Errorf("download %s: re-verify: %w", short(rel.Digest), err))
 			}
 		case <-tick.C:
 			st := t.Stats()
@@ -180,14 +199,24 @@ func (e *Engine) fetch(tr *transfer) error {
 				stall.Reset(e.cfg.StallTimeout)
 			}
 		case <-stall.C:
-			return cleanup(fmt.Errorf("download %s: no data from any peer for %s (have %d of %d bytes): %w",
+			return e.abandon(tr, t, fmt.Errorf("download %s: no data from any peer for %s (have %d of %d bytes): %w",
 				short(rel.Digest), e.cfg.StallTimeout, verifiedBytes(t), rel.Size, ErrUnavailable))
 		case <-t.Closed():
-			return cleanup(fmt.Errorf("download %s: dropped", short(rel.Digest)))
+			return e.abandon(tr, t, fmt.Errorf("download %s: dropped", short(rel.Digest)))
 		case <-e.cl.Closed():
 			return fmt.Errorf("download %s: engine closed", short(rel.Digest))
 		}
 	}
+}
+
+// abandon ends a failed download with err. Verified pieces stay for a later
+// resume; if there are none, nothing is left behind.
+func (e *Engine) abandon(tr *transfer, t *torrent.Torrent, err error) error {
+	if verifiedBytes(t) == 0 {
+		t.Drop()
+		os.RemoveAll(tr.staging)
+	}
+	return err
 }
 
 // fetchChunkSize is the request size of a download: a whole piece, up to

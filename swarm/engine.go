@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -239,10 +241,7 @@ func (e *Engine) Close() error {
 		errs = append(errs, e.cl.Close()...)
 	}
 	e.mu.Lock()
-	trs := make([]*transfer, 0, len(e.transfers))
-	for _, tr := range e.transfers {
-		trs = append(trs, tr)
-	}
+	trs := slices.Collect(maps.Values(e.transfers))
 	e.mu.Unlock()
 	for _, tr := range trs {
 		<-tr.done

@@ -13,6 +13,23 @@ import (
 	"ballena.dev/signing"
 )
 
+// A fetch takes a signed release from the mesh into this node's store in five
+// stages, each owned by one file:
+//
+//	1 resolve   resolve.go   ref → a release whose envelope this node's policy accepts
+//	2 holders   holders.go   peers that hold or fetch the blob, fed to the engine as found
+//	3 download  download.go  the torrent: staging room, info, pieces, stall timeout
+//	4 verify    verify.go    info against the signed release; pieces against the
+//	                         signed infohash; the whole blob against the signed digest
+//	5 adopt     adopt.go     the blob into the store, then the release record; advertise
+//
+// Fetch runs stage 1 and hands stages 2 to 5 to a fetchJob (runJob), which
+// outlives a caller that gives up: a transfer that has holders goes on for the
+// swarm. The engine runs stages 3 to 5 for the blob in one goroutine per
+// transfer (Engine.fetch), because the whole-blob check is made by the store
+// while it adopts the file, and a failure there sends the download back to
+// re-check its pieces.
+
 // ErrNobodyHas means no node in reach knows the release or holds its blob. It
 // wraps artifact.ErrNotFound.
 var ErrNobodyHas = fmt.Errorf("nobody has it: %w", artifact.ErrNotFound)
@@ -24,57 +41,31 @@ var ErrNobodyHas = fmt.Errorf("nobody has it: %w", artifact.ErrNotFound)
 // attempt and returns an error wrapping ErrNobodyHas; a refusal by the trust
 // policy wraps the signing error.
 func (n *Node) Fetch(ctx context.Context, ref artifact.Ref, progress func(Progress)) (artifact.Release, error) {
-	if rel, env, err := n.st.Release(ref); err == nil && n.st.HasBlob(rel.Digest) {
-		// Held already; the policy may have changed since it was fetched.
-		if _, err := n.verify(env); err != nil {
-			return artifact.Release{}, fmt.Errorf("fetch %s: held here, but: %w", ref, err)
-		}
-		if err := n.engine.Seed(ctx, rel); err != nil {
-			n.log.Warn("cannot seed", "release", ref, "err", err)
-		}
-		n.advertise(rel.Digest)
-		return rel, nil
-	}
-	rel, env, holders, err := n.find(ctx, ref)
+	// 1. Resolve the release.
+	rel, env, holders, held, err := n.resolveRelease(ctx, ref)
 	if err != nil {
 		return artifact.Release{}, fmt.Errorf("fetch %s: %w", ref, err)
 	}
-	j := n.startJob(rel, env)
-	for _, p := range holders {
-		j.addSource(n, p, nil)
-	}
-	// The engine starts only once someone offers the blob, so a fetch of what
-	// nobody holds leaves nothing behind: no staged files, no DHT record.
-	select {
-	case <-j.sourced:
-	case <-j.done:
-	case <-ctx.Done():
-		if j.sources.Load() == 0 {
-			j.cancel()
-			<-j.done
-			return artifact.Release{}, fmt.Errorf("fetch %s: no node in reach holds sha256 %s: %w", ref, short(rel.Digest), ErrNobodyHas)
-		}
-	}
-	err = ctx.Err()
-	if err == nil {
-		err = n.engine.Download(ctx, rel, progress)
-	}
-	if err == nil {
-		select {
-		case <-j.done:
-			err = j.err
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-	}
-	if err == nil {
+	if held {
+		n.offer(ctx, rel)
 		return rel, nil
 	}
-	if ctx.Err() != nil {
-		return artifact.Release{}, fmt.Errorf("fetch %s: gave up waiting with %d holders known (the transfer goes on in the background): %w",
-			ref, j.sources.Load(), ErrUnavailable)
+	// 2. Find holders. The job keeps looking and feeding them to the engine;
+	// this call waits only for the first.
+	j := n.startJob(rel, env)
+	if err := n.awaitHolder(ctx, j, holders); err != nil {
+		return artifact.Release{}, fmt.Errorf("fetch %s: %w", ref, err)
 	}
-	return artifact.Release{}, fmt.Errorf("fetch %s: %w", ref, err)
+	// 3 to 5. The job downloads, verifies and adopts; this call follows the
+	// same transfer for progress.
+	if err := n.awaitJob(ctx, j, progress); err != nil {
+		if ctx.Err() != nil {
+			return artifact.Release{}, fmt.Errorf("fetch %s: gave up waiting with %d holders known (the transfer goes on in the background): %w",
+				ref, j.sources.Load(), ErrUnavailable)
+		}
+		return artifact.Release{}, fmt.Errorf("fetch %s: %w", ref, err)
+	}
+	return rel, nil
 }
 
 // fetchJob is one blob being fetched; it outlives a Fetch call that gives up,
@@ -92,6 +83,7 @@ type fetchJob struct {
 	seen map[peer.ID]bool
 }
 
+// startJob starts the job for rel's blob, or returns the one already running.
 func (n *Node) startJob(rel artifact.Release, env *signing.Envelope) *fetchJob {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -106,6 +98,7 @@ func (n *Node) startJob(rel artifact.Release, env *signing.Envelope) *fetchJob {
 	return j
 }
 
+// runJob runs stages 2 to 5 for one blob and records why it ended in j.err.
 func (n *Node) runJob(ctx context.Context, j *fetchJob) {
 	defer func() {
 		n.mu.Lock()
@@ -116,9 +109,12 @@ func (n *Node) runJob(ctx context.Context, j *fetchJob) {
 		j.cancel()
 		close(j.done)
 	}()
+	// 2. Find holders until the job ends. The engine starts only once someone
+	// offers the blob, so a fetch of what nobody holds leaves nothing behind:
+	// no staged files, no DHT record.
 	findCtx, stopFind := context.WithCancel(ctx)
 	defer stopFind()
-	go n.findSources(findCtx, j)
+	go n.findHolders(findCtx, j)
 	select {
 	case <-j.sourced:
 	case <-ctx.Done():
@@ -126,15 +122,33 @@ func (n *Node) runJob(ctx context.Context, j *fetchJob) {
 		return
 	}
 	start := time.Now()
+	// 3, 4 and the blob's half of 5: download, verify, adopt the blob.
 	err := n.engine.Download(ctx, j.rel, nil)
+	// 5. Adopt the release record and advertise the blob.
 	if err == nil {
-		err = n.st.PutRelease(j.rel, j.env)
+		err = n.adoptRelease(j.rel, j.env)
 	}
 	if err != nil {
 		j.err = fmt.Errorf("download %s: %w", j.rel.Ref(), err)
 		return
 	}
-	n.advertise(j.rel.Digest)
 	n.log.Info("fetched", "release", j.rel.Ref(), "sha256", short(j.rel.Digest), "bytes", j.rel.Size,
 		"seconds", time.Since(start).Seconds())
+}
+
+// awaitJob follows the job's transfer, reporting progress, until the job
+// ends or ctx does.
+func (n *Node) awaitJob(ctx context.Context, j *fetchJob, progress func(Progress)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := n.engine.Download(ctx, j.rel, progress); err != nil {
+		return err
+	}
+	select {
+	case <-j.done:
+		return j.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -2,6 +2,9 @@ package swarm
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -9,9 +12,29 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 )
 
-// findSources keeps feeding the engine holders found through gossip, the DHT
+// awaitHolder hands the engine the holders stage 1 found and waits for the
+// job's first source. If ctx ends before there is one, it cancels the job,
+// which leaves nothing behind, and fails with ErrNobodyHas.
+func (n *Node) awaitHolder(ctx context.Context, j *fetchJob, holders []peer.ID) error {
+	for _, p := range holders {
+		j.addSource(n, p, nil)
+	}
+	select {
+	case <-j.sourced:
+	case <-j.done:
+	case <-ctx.Done():
+		if j.sources.Load() == 0 {
+			j.cancel()
+			<-j.done
+			return fmt.Errorf("no node in reach holds sha256 %s: %w", short(j.rel.Digest), ErrNobodyHas)
+		}
+	}
+	return nil
+}
+
+// findHolders keeps feeding the engine holders found through gossip, the DHT
 // and connected peers until the job ends; new leechers become sources too.
-func (n *Node) findSources(ctx context.Context, j *fetchJob) {
+func (n *Node) findHolders(ctx context.Context, j *fetchJob) {
 	wait := 500 * time.Millisecond
 	for {
 		for _, p := range n.holdersOf(j.rel.Digest) {
@@ -78,11 +101,7 @@ func (j *fetchJob) addSource(n *Node, p peer.ID, pi *peer.AddrInfo) {
 func (n *Node) holdersOf(digest string) []peer.ID {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	var out []peer.ID
-	for p := range n.holders[digest] {
-		out = append(out, p)
-	}
-	return out
+	return slices.Collect(maps.Keys(n.holders[digest]))
 }
 
 func (n *Node) addHolderLocked(digest string, p peer.ID) {

@@ -1,7 +1,9 @@
 package swarm
 
 import (
+	"maps"
 	"net"
+	"slices"
 
 	"github.com/anacrolix/torrent"
 	"github.com/anacrolix/torrent/metainfo"
@@ -54,11 +56,7 @@ func (e *Engine) addPeerInfos(infoHash string, pis []torrent.PeerInfo) {
 }
 
 func (e *Engine) addKnownLocked(tr *transfer) {
-	var pis []torrent.PeerInfo
-	for _, pi := range e.known[tr.ih] {
-		pis = append(pis, pi)
-	}
-	if len(pis) > 0 {
+	if pis := slices.Collect(maps.Values(e.known[tr.ih])); len(pis) > 0 {
 		tr.t.AddPeers(pis)
 	}
 }
@@ -74,11 +72,7 @@ func (e *Engine) redial() {
 		if tr.seeding || tr.t == nil || len(e.known[tr.ih]) == 0 {
 			continue
 		}
-		j := job{t: tr.t}
-		for _, pi := range e.known[tr.ih] {
-			j.pis = append(j.pis, pi)
-		}
-		jobs = append(jobs, j)
+		jobs = append(jobs, job{t: tr.t, pis: slices.Collect(maps.Values(e.known[tr.ih]))})
 	}
 	e.mu.Unlock()
 	for _, j := range jobs {

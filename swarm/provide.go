@@ -3,7 +3,11 @@ package swarm
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
+
+	"ballena.dev/artifact"
 )
 
 // seedHeld seeds every stored release whose blob is here and advertises it.
@@ -25,6 +29,14 @@ func (n *Node) seedHeld(ctx context.Context) error {
 		n.advertise(rel.Digest)
 	}
 	return nil
+}
+
+// offer seeds a blob the store already holds and advertises it.
+func (n *Node) offer(ctx context.Context, rel artifact.Release) {
+	if err := n.engine.Seed(ctx, rel); err != nil {
+		n.log.Warn("cannot seed", "release", rel.Ref(), "err", err)
+	}
+	n.advertise(rel.Digest)
 }
 
 // advertise marks digest as provided by this node and publishes a DHT record in
@@ -65,10 +77,7 @@ func (n *Node) reprovide() {
 		case <-t.C:
 		}
 		n.mu.Lock()
-		var ds []string
-		for d := range n.provided {
-			ds = append(ds, d)
-		}
+		ds := slices.Collect(maps.Keys(n.provided))
 		n.mu.Unlock()
 		for _, d := range ds {
 			n.provide(d)

@@ -11,6 +11,21 @@ import (
 	"ballena.dev/signing"
 )
 
+// resolveRelease is stage 1 of a fetch: ref to a release this node's trust
+// policy accepts, with the peers known to hold its blob. held says the store
+// has the blob already; it is checked against the policy again, which may
+// have changed since it was fetched.
+func (n *Node) resolveRelease(ctx context.Context, ref artifact.Ref) (rel artifact.Release, env *signing.Envelope, holders []peer.ID, held bool, err error) {
+	if rel, env, err := n.st.Release(ref); err == nil && n.st.HasBlob(rel.Digest) {
+		if _, err := n.verify(env); err != nil {
+			return artifact.Release{}, nil, nil, false, fmt.Errorf("held here, but: %w", err)
+		}
+		return rel, env, nil, true, nil
+	}
+	rel, env, holders, err = n.find(ctx, ref)
+	return rel, env, holders, false, err
+}
+
 // find resolves ref to a verified signed release: from the store, from
 // announcements, or by asking connected peers, until ctx ends. It also returns
 // the peers known to hold the blob.

@@ -2,7 +2,8 @@ package swarm
 
 import (
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 
 	"ballena.dev/artifact"
 )
@@ -33,7 +34,7 @@ func (n *Node) Status() (Status, error) {
 		}
 		s.Peers = append(s.Peers, ps)
 	}
-	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].ID < s.Peers[j].ID })
+	slices.SortFunc(s.Peers, func(a, b PeerStatus) int { return strings.Compare(a.ID, b.ID) })
 	rels, err := n.st.Releases()
 	if err != nil {
 		return s, fmt.Errorf("status: %w", err)
@@ -44,6 +45,6 @@ func (n *Node) Status() (Status, error) {
 		}
 	}
 	s.Transfers = n.engine.Transfers()
-	sort.Slice(s.Transfers, func(i, j int) bool { return s.Transfers[i].Name < s.Transfers[j].Name })
+	slices.SortFunc(s.Transfers, func(a, b TransferStats) int { return strings.Compare(a.Name, b.Name) })
 	return s, nil
 }

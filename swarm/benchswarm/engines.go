@@ -52,9 +52,7 @@ func runEngines(ctx context.Context, work string, n int, F, capB int64) (swarmRu
 		if i > 0 {
 			dir = filepath.Join(work, fmt.Sprintf("leech%02d", i))
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			nd, err := startNode(ctx, self, dir, capB)
 			mu.Lock()
 			defer mu.Unlock()
@@ -62,7 +60,7 @@ func runEngines(ctx context.Context, work string, n int, F, capB int64) (swarmRu
 				startErr = errors.Join(startErr, err)
 			}
 			nodes[i] = nd
-		}()
+		})
 	}
 	wg.Wait()
 	defer func() {

@@ -170,9 +170,7 @@ func printTable(r result) {
 }
 
 func sorted(v []float64) []float64 {
-	v = slices.Clone(v)
-	sort.Float64s(v)
-	return v
+	return slices.Sorted(slices.Values(v))
 }
 
 // median of a sorted, non-empty slice.
