@@ -27,4 +27,47 @@
 // Bytes: the Engine (engine.go) runs anacrolix/torrent with its peer wire over
 // libp2p streams, and optionally plain TCP plus an HTTP tracker for standard
 // clients. Node ties it all together over one artifact store.
+//
+// # Where things are
+//
+// The mesh:
+//
+//	host.go        identity, PSK, the libp2p host
+//	discovery.go   kad-dht provider records and peer lookups; mDNS
+//	gossip.go      the release topic and its validator
+//	lookup.go      the release lookup protocol, both sides
+//
+// The node:
+//
+//	node.go        NodeConfig, NewNode, staying connected to the mesh, Drop, Close
+//	releases.go    verified releases heard or looked up; Announce; answering lookups
+//	autofetch.go   fetching matching announcements; catching up with newly connected peers
+//	provide.go     seeding and advertising what the store holds, renewing DHT records
+//	status.go      Status
+//
+// A fetch, stage by stage (fetch.go tells the whole story):
+//
+//	fetch.go       Fetch and the fetch job that runs stages 2 to 5
+//	resolve.go     1 resolve the release
+//	holders.go     2 find holders, feeding them to the engine as found
+//	download.go    3 download: Engine.Download, the torrent, the stall timeout
+//	verify.go      4 verify: the torrent against the signed release
+//	adopt.go       5 adopt: the blob into the store, then the release record
+//
+// The engine:
+//
+//	engine.go      EngineConfig, NewEngine, the anacrolix client's settings, Close
+//	transfers.go   the torrents it runs: Seed, Drop
+//	peers.go       peers handed to transfers, remembered and dialed again
+//	stats.go       TransferStats, Pieces, rates and idle time
+//	metainfo.go    torrent info: cached, computed from a stored blob, MetaInfo
+//	blobstorage.go storage that writes a download straight into one staged blob
+//	completion.go  piece completion that trusts blobs the store verified whole
+//	p2pconn.go     the peer wire over libp2p streams
+//	plaintcp.go    plain TCP for standard BitTorrent clients
+//	tracker.go     the HTTP tracker that points standard clients at plain TCP
+//	ratelimit.go   the upload cap on connections; limiter bursts
+//	superseeder.go super-seeding: which piece to show which peer
+//	p2pconn_superseed.go  the seed's connections rewritten to show it
+//	btwire.go      the BitTorrent wire, parsed in passing
 package swarm

@@ -52,7 +52,7 @@ type EngineConfig struct {
 	// StallTimeout fails a download that received no data for this long; 0 means
 	// DefaultStallTimeout.
 	StallTimeout time.Duration
-	// NoSuperSeed turns off super-seeding (see p2pconn_superseed.go) on the
+	// NoSuperSeed turns off super-seeding (see superseeder.go) on the
 	// torrents this node seeds from its store; for measurements.
 	NoSuperSeed bool
 	Store       BlobStore
@@ -194,13 +194,6 @@ func (e *Engine) clientConfig() *torrent.ClientConfig {
 		tc.DownloadRateLimiter = rate.NewLimiter(rate.Limit(e.cfg.DownloadLimit), limiterBurst(e.cfg.DownloadLimit))
 	}
 	return tc
-}
-
-// limiterBurst is the rate limiters' burst. Reads and writes are cut to fit it,
-// so it only trades wake-ups against how far the cap may overshoot over a
-// short window.
-func limiterBurst(limit int64) int {
-	return int(max(256<<10, min(limit/8, 1<<20)))
 }
 
 // PlainAddr is the plain TCP BitTorrent address, or nil.

@@ -9,6 +9,14 @@
 // learns every other node's address up front, as the mesh (DHT and gossip)
 // would tell it. The bench measures where the bytes go: how many bytes the seed
 // sent, each leecher's finish time, CPU seconds per GiB delivered.
+//
+//	main.go          flags, the run, the table
+//	engines.go       the swarm.Engine run: one node process per peer
+//	node.go          the parent's handle on a node process
+//	nodeproc.go      the node process itself ("benchswarm node")
+//	ballena.go       the same swarm through real ballena node daemons
+//	blob.go          the artifact under test
+//	httpbaseline.go  N downloads from one capped HTTP server
 package main
 
 import (
