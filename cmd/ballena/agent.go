@@ -1,23 +1,13 @@
 package main
 
 import (
-	"bufio"
-	"context"
-	"crypto/ed25519"
-	"fmt"
 	"os"
-	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"ballena.dev/artifact"
-	"ballena.dev/launcher"
-	"ballena.dev/placement"
-	"ballena.dev/swarm"
+	"ballena.dev/internal/daemon"
+	"ballena.dev/internal/units"
 )
 
 // agentFlags join a node to a placement service (`ballena node --server URL`).
@@ -33,116 +23,48 @@ func agentFlags() []cli.Flag {
 	}
 }
 
-// agentConfig reads the agent flags; ok is false when no --server is given.
-func agentConfig(c *cli.Context, nodeKey ed25519.PrivateKey, addrs []string, fetch func(context.Context, artifact.Ref) error, holdings launcher.Holdings) (cfg launcher.AgentConfig, ok bool, err error) {
+// agentConfig reads the agent flags; nil when no --server is given.
+func agentConfig(c *cli.Context) (*daemon.AgentConfig, error) {
 	server := c.String("server")
 	if server == "" {
-		return cfg, false, nil
+		return nil, nil
 	}
 	tokFile := c.String("join-token-file")
 	if tokFile == "" {
-		return cfg, false, usageErrorf("node: --server needs --join-token-file (the cell's join token)")
+		return nil, usageErrorf("node: --server needs --join-token-file (the cell's join token)")
 	}
 	tok, err := os.ReadFile(tokFile)
 	if err != nil {
-		return cfg, false, usageErrorf("node: --join-token-file: %v", err)
+		return nil, usageErrorf("node: --join-token-file: %v", err)
 	}
-	pc, err := placement.NewNodeClient(server, strings.TrimSpace(string(tok)), nodeKey)
-	if err != nil {
-		return cfg, false, usageErrorf("node: --server: %v", err)
-	}
-	labels := map[string]string{}
-	for _, l := range c.StringSlice("label") {
-		k, v, found := strings.Cut(l, "=")
-		if !found || k == "" {
-			return cfg, false, usageErrorf("node: --label %q: want KEY=VALUE", l)
-		}
-		labels[k] = v
-	}
-	capacity := placement.Resources{CPU: int64(runtime.NumCPU()) * 1000, Memory: memTotal() * 9 / 10, PIDs: 32768}
-	if s := c.String("capacity-cpu"); s != "" {
-		if capacity.CPU, err = placement.ParseCPU(s, false); err != nil {
-			return cfg, false, usageErrorf("node: --capacity-cpu: %v", err)
-		}
-	}
-	if s := c.String("capacity-memory"); s != "" {
-		if capacity.Memory, err = parseBytes(s); err != nil {
-			return cfg, false, usageErrorf("node: --capacity-memory: %v", err)
-		}
-	}
-	return launcher.AgentConfig{Placement: pc, Fetch: fetch, Holdings: holdings, Addrs: addrs,
-		Labels: labels, Capacity: capacity}, true, nil
-}
-
-// nodeSigningKey is the node's mesh identity as an ed25519 key: the same key
-// signs its requests to the placement service, so one name means one machine.
-func nodeSigningKey(dataDir string) (ed25519.PrivateKey, error) {
-	sk, err := swarm.LoadIdentity(filepath.Join(dataDir, swarm.KeyFile))
+	ac, err := machineFlags(c)
 	if err != nil {
 		return nil, err
 	}
-	raw, err := sk.Raw()
-	if err != nil || len(raw) != ed25519.PrivateKeySize {
-		return nil, fmt.Errorf("node key: not an ed25519 private key")
-	}
-	return ed25519.PrivateKey(raw), nil
+	ac.Server, ac.JoinToken = server, strings.TrimSpace(string(tok))
+	return ac, nil
 }
 
-// holdings lists what the store holds, as the placement service's ranking wants it.
-func holdings(st *artifact.Store) launcher.Holdings {
-	return func() []string {
-		rels, err := st.Releases()
-		if err != nil {
-			return nil
+// machineFlags reads what a node tells the cell about its machine: labels and capacity.
+func machineFlags(c *cli.Context) (*daemon.AgentConfig, error) {
+	ac := &daemon.AgentConfig{Labels: map[string]string{}}
+	for _, l := range c.StringSlice("label") {
+		k, v, found := strings.Cut(l, "=")
+		if !found || k == "" {
+			return nil, usageErrorf("node: --label %q: want KEY=VALUE", l)
 		}
-		out := make([]string, 0, 2*len(rels))
-		for _, r := range rels {
-			out = append(out, r.Ref().String(), "sha256:"+r.Digest)
-		}
-		return out
+		ac.Labels[k] = v
 	}
-}
-
-// memTotal reads MemTotal from /proc/meminfo, in bytes.
-func memTotal() int64 {
-	f, err := os.Open("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "MemTotal:" {
-			kb, _ := strconv.ParseInt(fields[1], 10, 64)
-			return kb << 10
+	var err error
+	if s := c.String("capacity-cpu"); s != "" {
+		if ac.Capacity.CPU, err = units.ParseCPU(s); err != nil {
+			return nil, usageErrorf("node: --capacity-cpu: %v", err)
 		}
 	}
-	return 0
-}
-
-// newAgent joins the daemon to a placement service when --server is given:
-// the agent fetches through this node's swarm and starts through its launcher.
-func (d *daemon) newAgent(c *cli.Context) error {
-	key, err := nodeSigningKey(d.data)
-	if err != nil {
-		return err
-	}
-	fetch := func(ctx context.Context, ref artifact.Ref) error {
-		if _, _, err := d.st.Release(ref); err == nil {
-			return nil
+	if s := c.String("capacity-memory"); s != "" {
+		if ac.Capacity.Memory, err = units.ParseBytes(s); err != nil {
+			return nil, usageErrorf("node: --capacity-memory: %v", err)
 		}
-		// Bounded, so that the agent reports "nobody has it" and tries again later.
-		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		defer cancel()
-		_, err := d.node.Fetch(ctx, ref, nil)
-		return err
 	}
-	cfg, ok, err := agentConfig(c, key, swarm.FullAddrs(d.node.Host()), fetch, holdings(d.st))
-	if err != nil || !ok {
-		return err
-	}
-	cfg.Logger = d.log
-	d.agent = launcher.NewAgent(cfg)
-	return nil
+	return ac, nil
 }

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"crypto/ed25519"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,7 +16,9 @@ import (
 
 	"ballena.dev/artifact"
 	"ballena.dev/internal/atomicfile"
+	"ballena.dev/internal/daemon"
 	"ballena.dev/internal/localapi"
+	"ballena.dev/internal/units"
 	"ballena.dev/signing"
 )
 
@@ -139,12 +139,6 @@ func publishOptions(c *cli.Context) (artifact.PublishOptions, error) {
 	return opts, nil
 }
 
-// publishRequest asks a daemon to import a file the CLI has already signed.
-type publishRequest struct {
-	Path     string            `json:"path"`
-	Envelope *signing.Envelope `json:"envelope"`
-}
-
 func publishCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "publish",
@@ -174,7 +168,7 @@ func publishCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				return cl.Do(c.Context, http.MethodPost, "/v1/artifacts", publishRequest{abs, env}, &rel)
+				return cl.Do(c.Context, http.MethodPost, "/v1/artifacts", localapi.PublishRequest{Path: abs, Envelope: env}, &rel)
 			}, func(st *artifact.Store) error {
 				rel, _, err = artifact.Publish(c.Context, st, input, opts)
 				return err
@@ -185,7 +179,7 @@ func publishCommand() *cli.Command {
 			if c.Bool("json") {
 				return printJSON(c.App.Writer, rel)
 			}
-			fmt.Fprintf(c.App.Writer, "published %s %s sha256:%s (%s)\n", rel.Ref(), rel.Kind, rel.Digest, humanBytes(rel.Size))
+			fmt.Fprintf(c.App.Writer, "published %s %s sha256:%s (%s)\n", rel.Ref(), rel.Kind, rel.Digest, units.FormatBytes(rel.Size))
 			return nil
 		},
 	}
@@ -262,7 +256,7 @@ func lsCommand() *cli.Command {
 			tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tVERSION\tKIND\tSIZE\tDIGEST\tPUBLISHED")
 			for _, r := range rels {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tsha256:%s\t%s\n", r.Name, r.Version, r.Kind, humanBytes(r.Size), r.Digest[:12], r.PublishedAt.Format(time.RFC3339))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\tsha256:%s\t%s\n", r.Name, r.Version, r.Kind, units.FormatBytes(r.Size), r.Digest[:12], r.PublishedAt.Format(time.RFC3339))
 			}
 			return tw.Flush()
 		},
@@ -298,11 +292,6 @@ func describe(rel artifact.Release, env *signing.Envelope) (provenance, error) {
 	return p, nil
 }
 
-type releaseWithEnvelope struct {
-	Release  artifact.Release  `json:"release"`
-	Envelope *signing.Envelope `json:"envelope"`
-}
-
 func inspectCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "inspect",
@@ -315,7 +304,7 @@ func inspectCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			var rw releaseWithEnvelope
+			var rw localapi.ReleaseWithEnvelope
 			err = withStore(c, func(cl *localapi.Client) error {
 				return cl.Do(c.Context, http.MethodGet, "/v1/artifacts/"+ref.String(), nil, &rw)
 			}, func(st *artifact.Store) (err error) {
@@ -339,8 +328,8 @@ func inspectCommand() *cli.Command {
 			fmt.Fprintf(w, "%s\n", p.Ref())
 			fmt.Fprintf(w, "  kind:\t%s (%s)\n", p.Kind, p.Arch)
 			fmt.Fprintf(w, "  digest:\tsha256:%s\n", p.Digest)
-			fmt.Fprintf(w, "  size:\t%s (%d bytes)\n", humanBytes(p.Size), p.Size)
-			fmt.Fprintf(w, "  infohash:\t%s (pieces of %s)\n", p.InfoHash, humanBytes(p.PieceLength))
+			fmt.Fprintf(w, "  size:\t%s (%d bytes)\n", units.FormatBytes(p.Size), p.Size)
+			fmt.Fprintf(w, "  infohash:\t%s (pieces of %s)\n", p.InfoHash, units.FormatBytes(p.PieceLength))
 			if len(p.Entrypoint)+len(p.Cmd) > 0 {
 				fmt.Fprintf(w, "  runs:\t%s\n", strings.Join(append(append([]string{}, p.Entrypoint...), p.Cmd...), " "))
 			}
@@ -362,17 +351,6 @@ func inspectCommand() *cli.Command {
 	}
 }
 
-// verifyRequest asks a daemon to verify a stored release against a policy file.
-type verifyRequest struct {
-	Trust         string `json:"trust"`
-	AllowRollback bool   `json:"allowRollback"`
-}
-
-type verifyResult struct {
-	Release artifact.Release `json:"release"`
-	KeyIDs  []string         `json:"keyIds"`
-}
-
 func verifyCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "verify",
@@ -391,7 +369,7 @@ func verifyCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return usageErrorf("verify: want one NAME@VERSION or, with --envelope, one PATH")
 			}
-			var res verifyResult
+			var res localapi.VerifyResult
 			var err error
 			if c.IsSet("envelope") {
 				res, err = verifyOffline(c)
@@ -410,17 +388,17 @@ func verifyCommand() *cli.Command {
 	}
 }
 
-func verifyOffline(c *cli.Context) (verifyResult, error) {
+func verifyOffline(c *cli.Context) (localapi.VerifyResult, error) {
 	var pol *signing.Policy
 	switch {
 	case c.IsSet("pub") && c.IsSet("trust"):
-		return verifyResult{}, usageErrorf("verify: give --pub or --trust, not both")
+		return localapi.VerifyResult{}, usageErrorf("verify: give --pub or --trust, not both")
 	case c.IsSet("pub"):
 		var pubs []ed25519.PublicKey
 		for _, p := range c.StringSlice("pub") {
 			k, err := signing.LoadPublicKey(p)
 			if err != nil {
-				return verifyResult{}, withCode(exitUsage, fmt.Errorf("--pub: %w", err))
+				return localapi.VerifyResult{}, withCode(exitUsage, fmt.Errorf("--pub: %w", err))
 			}
 			pubs = append(pubs, k)
 		}
@@ -428,48 +406,48 @@ func verifyOffline(c *cli.Context) (verifyResult, error) {
 	case c.IsSet("trust"):
 		p, err := signing.LoadPolicy(c.String("trust"))
 		if err != nil {
-			return verifyResult{}, withCode(exitUsage, err)
+			return localapi.VerifyResult{}, withCode(exitUsage, err)
 		}
 		pol = p
 	default:
-		return verifyResult{}, usageErrorf("verify --envelope needs --pub KEY or --trust POLICY")
+		return localapi.VerifyResult{}, usageErrorf("verify --envelope needs --pub KEY or --trust POLICY")
 	}
 	b, err := os.ReadFile(c.String("envelope"))
 	if err != nil {
-		return verifyResult{}, withCode(exitUsage, err)
+		return localapi.VerifyResult{}, withCode(exitUsage, err)
 	}
 	env, err := signing.ParseEnvelope(b)
 	if err != nil {
-		return verifyResult{}, fmt.Errorf("%s: %w", c.String("envelope"), err)
+		return localapi.VerifyResult{}, fmt.Errorf("%s: %w", c.String("envelope"), err)
 	}
 	rel, v, err := artifact.VerifyEnvelope(env, pol, time.Now())
 	if err != nil {
-		return verifyResult{}, err
+		return localapi.VerifyResult{}, err
 	}
 	path := c.Args().First()
 	digest, err := artifact.HashFile(c.Context, path)
 	if err != nil {
-		return verifyResult{}, withCode(exitUsage, err)
+		return localapi.VerifyResult{}, withCode(exitUsage, err)
 	}
 	if digest != rel.Digest {
-		return verifyResult{}, artifact.Tagged(signing.ErrSubjectMismatch, "%s does not match the envelope: its sha256 is %s, the envelope signs %s for %s",
+		return localapi.VerifyResult{}, artifact.Tagged(signing.ErrSubjectMismatch, "%s does not match the envelope: its sha256 is %s, the envelope signs %s for %s",
 			path, digest[:12], rel.Digest[:12], rel.Ref())
 	}
-	return verifyResult{rel, v.KeyIDs}, nil
+	return localapi.VerifyResult{Release: rel, KeyIDs: v.KeyIDs}, nil
 }
 
-func verifyStored(c *cli.Context) (verifyResult, error) {
+func verifyStored(c *cli.Context) (localapi.VerifyResult, error) {
 	ref, err := refArg(c)
 	if err != nil {
-		return verifyResult{}, err
+		return localapi.VerifyResult{}, err
 	}
 	trust := trustPath(c)
-	var res verifyResult
+	var res localapi.VerifyResult
 	err = withStore(c, func(cl *localapi.Client) error {
 		return cl.Do(c.Context, http.MethodPost, "/v1/artifacts/"+ref.String()+"/verify",
-			verifyRequest{Trust: trust, AllowRollback: c.Bool("allow-rollback")}, &res)
+			localapi.VerifyRequest{Trust: trust, AllowRollback: c.Bool("allow-rollback")}, &res)
 	}, func(st *artifact.Store) error {
-		pol, err := loadTrust(trust)
+		pol, err := daemon.LoadTrust(trust)
 		if err != nil {
 			return err
 		}
@@ -477,7 +455,7 @@ func verifyStored(c *cli.Context) (verifyResult, error) {
 		if err != nil {
 			return err
 		}
-		res = verifyResult{rel, v.KeyIDs}
+		res = localapi.VerifyResult{Release: rel, KeyIDs: v.KeyIDs}
 		return nil
 	})
 	return res, err
@@ -493,17 +471,6 @@ func trustPath(c *cli.Context) string {
 		p = abs
 	}
 	return p
-}
-
-func loadTrust(path string) (*signing.Policy, error) {
-	pol, err := signing.LoadPolicy(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, withCode(exitUsage, fmt.Errorf("no trust policy at %s: write one (see README, \"Trust policy\") or pass --trust", path))
-	}
-	if err != nil {
-		return nil, withCode(exitUsage, err)
-	}
-	return pol, nil
 }
 
 func gcCommand() *cli.Command {
@@ -565,125 +532,6 @@ func refArg(c *cli.Context) (artifact.Ref, error) {
 		return artifact.Ref{}, withCode(exitUsage, err)
 	}
 	return ref, nil
-}
-
-// artifactHooks lets the node daemon react to store changes made over its API.
-type artifactHooks struct {
-	Published func(ctx context.Context, rel artifact.Release, env *signing.Envelope) error // seed and announce
-	Removed   func(digest string)                                                          // stop seeding
-	Collected func()                                                                       // after a gc: drop what derived from removed blobs
-}
-
-// artifactRoutes serves the store over a daemon's local API, so that the CLI
-// works while the daemon holds the store open.
-func artifactRoutes(mux *http.ServeMux, st *artifact.Store, hooks artifactHooks) {
-	mux.HandleFunc("GET /v1/artifacts", func(w http.ResponseWriter, r *http.Request) {
-		rels, err := st.Releases()
-		if err != nil {
-			apiError(w, err)
-			return
-		}
-		if rels == nil {
-			rels = []artifact.Release{}
-		}
-		localapi.WriteJSON(w, http.StatusOK, rels)
-	})
-	mux.HandleFunc("POST /v1/artifacts", func(w http.ResponseWriter, r *http.Request) {
-		var req publishRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Envelope == nil {
-			localapi.WriteError(w, http.StatusBadRequest, "usage", fmt.Errorf("publish: want {path, envelope}"))
-			return
-		}
-		rel, err := st.Import(r.Context(), req.Path, req.Envelope)
-		if err == nil && hooks.Published != nil {
-			err = hooks.Published(r.Context(), rel, req.Envelope)
-		}
-		if err != nil {
-			apiError(w, err)
-			return
-		}
-		localapi.WriteJSON(w, http.StatusOK, rel)
-	})
-	mux.HandleFunc("GET /v1/artifacts/{ref}", func(w http.ResponseWriter, r *http.Request) {
-		ref, err := artifact.ParseRef(r.PathValue("ref"))
-		if err != nil {
-			localapi.WriteError(w, http.StatusBadRequest, "usage", err)
-			return
-		}
-		rel, env, err := st.Release(ref)
-		if err != nil {
-			apiError(w, err)
-			return
-		}
-		localapi.WriteJSON(w, http.StatusOK, releaseWithEnvelope{rel, env})
-	})
-	mux.HandleFunc("DELETE /v1/artifacts/{ref}", func(w http.ResponseWriter, r *http.Request) {
-		ref, err := artifact.ParseRef(r.PathValue("ref"))
-		if err != nil {
-			localapi.WriteError(w, http.StatusBadRequest, "usage", err)
-			return
-		}
-		if err := st.DeleteRelease(ref); err != nil {
-			apiError(w, err)
-			return
-		}
-		localapi.WriteJSON(w, http.StatusOK, struct{}{})
-	})
-	mux.HandleFunc("POST /v1/artifacts/{ref}/verify", func(w http.ResponseWriter, r *http.Request) {
-		ref, err := artifact.ParseRef(r.PathValue("ref"))
-		if err != nil {
-			localapi.WriteError(w, http.StatusBadRequest, "usage", err)
-			return
-		}
-		var req verifyRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			localapi.WriteError(w, http.StatusBadRequest, "usage", err)
-			return
-		}
-		pol, err := loadTrust(req.Trust)
-		if err != nil {
-			localapi.WriteError(w, http.StatusBadRequest, "usage", err)
-			return
-		}
-		rel, v, err := st.Verify(r.Context(), ref, pol, artifact.VerifyOptions{AllowRollback: req.AllowRollback})
-		if err != nil {
-			apiError(w, err)
-			return
-		}
-		localapi.WriteJSON(w, http.StatusOK, verifyResult{rel, v.KeyIDs})
-	})
-	mux.HandleFunc("POST /v1/gc", func(w http.ResponseWriter, r *http.Request) {
-		removed, err := st.GC(r.Context())
-		for _, d := range removed {
-			if hooks.Removed != nil {
-				hooks.Removed(d)
-			}
-		}
-		if hooks.Collected != nil {
-			hooks.Collected()
-		}
-		if err != nil {
-			apiError(w, err)
-			return
-		}
-		if removed == nil {
-			removed = []string{}
-		}
-		localapi.WriteJSON(w, http.StatusOK, removed)
-	})
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func orDash(s string) string {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"ballena.dev/internal/daemon"
 	"ballena.dev/placement"
 )
 
@@ -30,12 +31,6 @@ func devCommand() *cli.Command {
 	flags = append(flags,
 		&cli.StringFlag{Name: "api-listen", Value: "127.0.0.1:7480", Usage: "placement API listen address"},
 		&cli.StringFlag{Name: "dir", Usage: "data dir to use and keep (default: a new temporary dir, removed at exit)"},
-		// Set by dev itself; hidden so that newDaemon reads them like `node` flags.
-		&cli.StringFlag{Name: "data", Hidden: true},
-		&cli.StringSliceFlag{Name: "listen", Hidden: true},
-		&cli.StringFlag{Name: "server", Hidden: true},
-		&cli.StringFlag{Name: "join-token-file", Hidden: true},
-		&cli.StringFlag{Name: "cgroup-parent", Value: "ballena-dev", Hidden: true},
 	)
 	return &cli.Command{
 		Name:  "dev",
@@ -69,22 +64,19 @@ func devCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			for name, v := range map[string]string{"data": nodeDir, "listen": "/ip4/127.0.0.1/tcp/0",
-				"server": url, "join-token-file": joinPath} {
-				if err := c.Set(name, v); err != nil {
-					return err
-				}
-			}
-			d, err := newDaemon(c)
+			cfg, err := devNodeConfig(c, nodeDir, url, joinPath)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.App.Writer, "ballena dev: placement server %s, node %s, data in %s\n", url, d.node.ID(), dir)
+			d, err := daemon.New(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.Writer, "ballena dev: placement server %s, node %s, data in %s\n", url, d.ID(), dir)
 			fmt.Fprintf(c.App.Writer, "point the other commands at it:\n  export BALLENA_DATA=%s BALLENA_SERVER=%s BALLENA_TOKEN=$(cat %s)\n",
 				nodeDir, url, adminPath)
 			fmt.Fprintf(c.App.Writer, "trust policy: %s (re-read at every task start)\n", filepath.Join(nodeDir, "trust.yaml"))
-			d.beforeClose = func() { stopDevTasks(d) }
-			err = d.run(ctx)
+			err = d.Run(ctx)
 			cancel()
 			<-srvDone
 			return err
@@ -92,14 +84,38 @@ func devCommand() *cli.Command {
 	}
 }
 
+// devNodeConfig is the node half of dev: the node flags dev shares, on the dev
+// data dir, loopback only, joined to the dev server, its tasks stopped at exit.
+func devNodeConfig(c *cli.Context, nodeDir, serverURL, joinPath string) (daemon.Config, error) {
+	cfg, err := nodeConfig(c)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.DataDir, cfg.CgroupParent = nodeDir, "ballena-dev"
+	if !c.IsSet("trust") {
+		cfg.TrustPath = "" // the dev node's own DATA/trust.yaml
+	}
+	cfg.Swarm.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	join, err := placement.ReadToken(joinPath)
+	if err != nil {
+		return cfg, err
+	}
+	if cfg.Placement, err = machineFlags(c); err != nil {
+		return cfg, err
+	}
+	cfg.Placement.Server, cfg.Placement.JoinToken = serverURL, join
+	cfg.BeforeClose = stopDevTasks
+	return cfg, nil
+}
+
 // stopDevTasks stops what a throwaway cluster started, so that nothing outlives it.
-func stopDevTasks(d *daemon) {
+func stopDevTasks(d *daemon.Daemon) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	for _, t := range d.launcher.List() {
+	for _, t := range d.Launcher().List() {
 		if !t.State.Final() {
-			if _, err := d.launcher.Stop(ctx, t.ID, syscall.SIGTERM, 5*time.Second); err != nil {
-				d.log.Warn("stop task", "id", t.ID, "err", err)
+			if _, err := d.Launcher().Stop(ctx, t.ID, syscall.SIGTERM, 5*time.Second); err != nil {
+				d.Logger().Warn("stop task", "id", t.ID, "err", err)
 			}
 		}
 	}

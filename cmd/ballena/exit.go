@@ -1,17 +1,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 
-	"ballena.dev/artifact"
-	"ballena.dev/internal/localapi"
-	"ballena.dev/launcher"
-	"ballena.dev/signing"
-	"ballena.dev/swarm"
+	"ballena.dev/internal/daemon"
 )
 
 // Exit codes. Scripts can tell a refusal to trust from a missing artifact from a
@@ -50,22 +44,6 @@ func exitCode(err error) int {
 	if errors.As(err, &ce) {
 		return ce.code
 	}
-	var le *localapi.Error
-	if errors.As(err, &le) {
-		switch le.Code {
-		case "verify":
-			return exitVerify
-		case "notfound":
-			return exitNotFound
-		case "unavailable":
-			return exitUnavailable
-		case "usage":
-			return exitUsage
-		}
-	}
-	if errors.Is(err, localapi.ErrNoDaemon) {
-		return exitUnavailable
-	}
 	if c := classify(err); c != 0 {
 		return c
 	}
@@ -77,45 +55,11 @@ func oneLine(err error) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", " ")), " ")
 }
 
-// classify maps the rooms' sentinel errors to exit codes (0: none matched).
+// classify maps the rooms' errors to exit codes (0: none matched), through the
+// daemon's classification, so that the CLI and the local API agree.
 func classify(err error) int {
-	switch {
-	case signing.IsVerification(err), errors.Is(err, launcher.ErrRefused):
-		return exitVerify
-	case errors.Is(err, artifact.ErrNotFound), errors.Is(err, launcher.ErrNotFound):
-		return exitNotFound
-	case errors.Is(err, artifact.ErrInvalid), errors.Is(err, launcher.ErrInvalid):
-		return exitUsage
-	case errors.Is(err, artifact.ErrStoreBusy), errors.Is(err, swarm.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		return exitUnavailable
-	}
-	return 0
-}
-
-// apiErrorValue is the local API's error body for err, coded like the exit codes,
-// for errors that arrive after a stream began.
-func apiErrorValue(err error) *localapi.Error {
-	e := &localapi.Error{Message: err.Error()}
-	switch exitCode(err) {
-	case exitVerify:
-		e.Code = "verify"
-	case exitNotFound:
-		e.Code = "notfound"
-	case exitUnavailable:
-		e.Code = "unavailable"
-	case exitUsage:
-		e.Code = "usage"
-	}
-	return e
-}
-
-// apiError answers a local API request with err, its status and code matching the exit codes.
-func apiError(w http.ResponseWriter, err error) {
-	e := apiErrorValue(err)
-	status := map[string]int{"verify": http.StatusForbidden, "notfound": http.StatusNotFound,
-		"usage": http.StatusBadRequest, "unavailable": http.StatusServiceUnavailable}[e.Code]
-	if status == 0 {
-		status = http.StatusInternalServerError
-	}
-	localapi.WriteJSON(w, status, e)
+	return map[string]int{
+		daemon.CodeVerify: exitVerify, daemon.CodeNotFound: exitNotFound,
+		daemon.CodeUsage: exitUsage, daemon.CodeUnavailable: exitUnavailable,
+	}[daemon.Code(err)]
 }

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -72,7 +73,7 @@ func newApp() *cli.App {
 
 // usageError gives flag-parsing errors the usage exit code and a pointer to --help.
 func usageError(c *cli.Context, err error, _ bool) error {
-	return usageErrorf("%v (see %s --help)", err, c.Command.FullName())
+	return usageErrorf("%v (see %s --help)", err, cmp.Or(c.Command.HelpName, c.App.Name))
 }
 
 // commands lists every subcommand; each room's commands live in their own file.

@@ -6,18 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 
 	"github.com/urfave/cli/v2"
 
-	"ballena.dev/artifact"
-	"ballena.dev/internal/localapi"
-	"ballena.dev/launcher"
-	"ballena.dev/signing"
+	"ballena.dev/internal/daemon"
+	"ballena.dev/internal/units"
 	"ballena.dev/swarm"
 )
 
@@ -48,11 +43,11 @@ func nodeCommand() *cli.Command {
 		}, agentFlags()...),
 		Subcommands: []*cli.Command{pskCommand(), nodeDrainCommand()},
 		Action: func(c *cli.Context) error {
-			d, err := newDaemon(c)
+			cfg, err := nodeConfig(c)
 			if err != nil {
 				return err
 			}
-			return d.run(c.Context)
+			return runNode(c.Context, cfg)
 		},
 	}
 }
@@ -83,213 +78,64 @@ func pskCommand() *cli.Command {
 	}
 }
 
-// daemon is one `ballena node` process: the store, the swarm node, the
-// launcher and the local API that the CLI talks to. Later rooms (a placement
-// client) hang off it too.
-type daemon struct {
-	data      string
-	trustPath string
-	trustSet  bool
-	log       *slog.Logger
-	st        *artifact.Store
-	node      *swarm.Node
-	launcher  *launcher.Launcher
-	agent     *launcher.Agent // nil unless --server joins a placement service
-	// beforeClose runs when the API has stopped serving, before the rooms close:
-	// `ballena dev` stops its tasks there, while the launcher still runs.
-	beforeClose func()
-	mux         *http.ServeMux
-	cancel      context.CancelFunc
-}
-
-// newDaemon checks the flags, opens the store and starts the swarm node and
-// the launcher. Every bad flag is reported before anything starts.
-func newDaemon(c *cli.Context) (_ *daemon, err error) {
-	d := &daemon{data: c.String("data"), log: slog.Default(), mux: http.NewServeMux()}
+// nodeConfig turns the node's flags into a daemon.Config. Every bad flag is
+// reported here, before anything starts.
+func nodeConfig(c *cli.Context) (daemon.Config, error) {
+	cfg := daemon.Config{
+		DataDir:       c.String("data"),
+		TrustPath:     trustPath(c),
+		TrustRequired: c.IsSet("trust"),
+		CgroupParent:  c.String("cgroup-parent"),
+		Logger:        slog.Default(),
+		Stdout:        c.App.Writer,
+	}
 	if c.NArg() > 0 {
-		return nil, usageErrorf("node: unexpected argument %q (subcommands: psk, drain)", c.Args().First())
+		return cfg, usageErrorf("node: unexpected argument %q (subcommands: psk, drain)", c.Args().First())
 	}
-	cfg := swarm.NodeConfig{
-		DataDir:     d.data,
-		Listen:      c.StringSlice("listen"),
-		AutoFetch:   c.StringSlice("auto-fetch"),
-		PlainListen: c.String("bt-listen"),
-		MDNS:        c.Bool("mdns"),
-		Logger:      d.log,
+	sc := swarm.NodeConfig{
+		Listen:        c.StringSlice("listen"),
+		AutoFetch:     c.StringSlice("auto-fetch"),
+		PlainListen:   c.String("bt-listen"),
+		TrackerListen: c.String("tracker-listen"),
+		MDNS:          c.Bool("mdns"),
 	}
-	cfg.TrackerListen = c.String("tracker-listen")
-	if cfg.TrackerListen != "" && cfg.PlainListen == "" {
-		return nil, usageErrorf("node: --tracker-listen needs --bt-listen: the tracker hands out that address")
+	if sc.TrackerListen != "" && sc.PlainListen == "" {
+		return cfg, usageErrorf("node: --tracker-listen needs --bt-listen: the tracker hands out that address")
 	}
-	if cfg.TrackerListen == "" && cfg.PlainListen != "" {
+	if sc.TrackerListen == "" && sc.PlainListen != "" {
 		// Standard clients find the node through the tracker named in the exported .torrent.
-		host, _, err := net.SplitHostPort(cfg.PlainListen)
+		host, _, err := net.SplitHostPort(sc.PlainListen)
 		if err != nil {
-			return nil, usageErrorf("node: --bt-listen %q: want HOST:PORT, e.g. 127.0.0.1:6881", cfg.PlainListen)
+			return cfg, usageErrorf("node: --bt-listen %q: want HOST:PORT, e.g. 127.0.0.1:6881", sc.PlainListen)
 		}
-		cfg.TrackerListen = net.JoinHostPort(host, "0")
+		sc.TrackerListen = net.JoinHostPort(host, "0")
 	}
-	if cfg.Bootstrap, err = swarm.ParseAddrInfos(c.StringSlice("bootstrap")); err != nil {
-		return nil, usageErrorf("node: --bootstrap: %v", err)
+	var err error
+	if sc.Bootstrap, err = swarm.ParseAddrInfos(c.StringSlice("bootstrap")); err != nil {
+		return cfg, usageErrorf("node: --bootstrap: %v", err)
 	}
 	if p := c.String("psk"); p != "" {
-		if cfg.PSK, err = swarm.LoadPSK(p); err != nil {
-			return nil, usageErrorf("node: --psk: %v", err)
+		if sc.PSK, err = swarm.LoadPSK(p); err != nil {
+			return cfg, usageErrorf("node: --psk: %v", err)
 		}
 	}
-	for flag, dst := range map[string]*int64{"upload-limit": &cfg.UploadLimit, "download-limit": &cfg.DownloadLimit} {
+	for flag, dst := range map[string]*int64{"upload-limit": &sc.UploadLimit, "download-limit": &sc.DownloadLimit} {
 		if s := c.String(flag); s != "" {
-			if *dst, err = parseBytes(strings.TrimSuffix(strings.TrimSuffix(s, "/s"), "ps")); err != nil {
-				return nil, usageErrorf("node: --%s: %v", flag, err)
+			if *dst, err = units.ParseBytes(strings.TrimSuffix(strings.TrimSuffix(s, "/s"), "ps")); err != nil {
+				return cfg, usageErrorf("node: --%s: %v", flag, err)
 			}
 		}
 	}
-	d.trustPath, d.trustSet = trustPath(c), c.IsSet("trust")
-	if cfg.Policy, err = d.loadPolicy(); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(d.data, 0o700); err != nil {
-		return nil, fmt.Errorf("node: data dir: %w", err)
-	}
-	if d.st, err = artifact.Open(d.data); err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			d.close()
-		}
-	}()
-	cfg.Store = d.st
-	ctx, cancel := context.WithCancel(c.Context)
-	d.cancel = cancel
-	if d.node, err = swarm.NewNode(ctx, cfg); err != nil {
-		return nil, fmt.Errorf("node: %w", err)
-	}
-	var onEvent func(launcher.Task)
-	if err := d.newAgent(c); err != nil {
-		return nil, err
-	}
-	if d.agent != nil {
-		onEvent = d.agent.Observe
-	}
-	d.launcher, err = launcher.New(launcher.Config{
-		OnEvent: onEvent,
-		DataDir: d.data, DB: d.st.DB(), CgroupParent: c.String("cgroup-parent"), Logger: d.log,
-		Verifier: &launcher.StoreVerifier{Store: d.st, PolicyPath: d.trustPath},
-	})
+	cfg.Swarm = sc
+	cfg.Placement, err = agentConfig(c)
+	return cfg, err
+}
+
+// runNode runs the daemon that cfg describes until ctx ends.
+func runNode(ctx context.Context, cfg daemon.Config) error {
+	d, err := daemon.New(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("node: %w", err)
+		return err
 	}
-	d.routes()
-	return d, nil
-}
-
-// loadPolicy reads the trust policy. A missing default policy is allowed (the
-// node then trusts nothing, and says so); a missing --trust is an error.
-func (d *daemon) loadPolicy() (*signing.Policy, error) {
-	pol, err := signing.LoadPolicy(d.trustPath)
-	if errors.Is(err, os.ErrNotExist) && !d.trustSet {
-		d.log.Warn("no trust policy: every announcement and fetch will be refused until one exists (then send SIGHUP)",
-			"path", d.trustPath)
-		return signing.PolicyForKeys(), nil
-	}
-	if err != nil {
-		return nil, usageErrorf("node: --trust: %v", err)
-	}
-	return pol, nil
-}
-
-func (d *daemon) routes() {
-	artifactRoutes(d.mux, d.st, artifactHooks{
-		Published: func(ctx context.Context, rel artifact.Release, env *signing.Envelope) error {
-			return d.node.Announce(ctx, rel, env)
-		},
-		Removed: func(digest string) {
-			if err := d.node.Drop(digest); err != nil {
-				d.log.Warn("stop seeding", "sha256", digest, "err", err)
-			}
-		},
-		Collected: func() {
-			// Staged executables and unpacked images of blobs no task uses.
-			if dropped, err := d.launcher.Prune(); err != nil {
-				d.log.Warn("prune launcher files", "err", err)
-			} else if len(dropped) > 0 {
-				d.log.Info("pruned launcher files", "digests", len(dropped))
-			}
-		},
-	})
-	swarmRoutes(d.mux, d.node, d.st)
-	d.launcher.Routes(d.mux)
-}
-
-// run serves the local API until ctx ends (SIGTERM, SIGINT), then stops
-// everything. SIGHUP re-reads the trust policy.
-func (d *daemon) run(ctx context.Context) error {
-	defer d.close()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				if pol, err := d.loadPolicy(); err != nil {
-					d.log.Error("trust policy not reloaded", "err", err)
-				} else {
-					d.node.SetPolicy(pol)
-					d.log.Info("trust policy reloaded", "path", d.trustPath)
-				}
-			}
-		}
-	}()
-	addrs := swarm.FullAddrs(d.node.Host())
-	d.log.Info("node started", "id", d.node.ID(), "addrs", strings.Join(addrs, " "),
-		"socket", localapi.SocketPath(d.data))
-	// Also on stdout, one per line, for scripts and for other nodes' --bootstrap.
-	fmt.Printf("node %s\n", d.node.ID())
-	for _, a := range addrs {
-		fmt.Printf("listening %s\n", a)
-	}
-	if a := d.node.Engine().PlainAddr(); a != nil {
-		fmt.Printf("bittorrent %s\n", a)
-	}
-	if u := d.node.Engine().TrackerURL(); u != "" {
-		fmt.Printf("tracker %s\n", u)
-	}
-	if d.agent != nil {
-		go func() {
-			if err := d.agent.Run(ctx, d.launcher); err != nil {
-				d.log.Error("placement agent stopped", "err", err)
-			}
-		}()
-	}
-	err := localapi.Serve(ctx, d.data, d.mux)
-	d.log.Info("node stopping")
-	if d.beforeClose != nil {
-		d.beforeClose()
-	}
-	return err
-}
-
-func (d *daemon) close() {
-	if d.cancel != nil {
-		d.cancel()
-	}
-	if d.launcher != nil {
-		if err := d.launcher.Close(); err != nil {
-			d.log.Warn("launcher close", "err", err)
-		}
-	}
-	if d.node != nil {
-		if err := d.node.Close(); err != nil {
-			d.log.Warn("swarm close", "err", err)
-		}
-	}
-	if d.st != nil {
-		if err := d.st.Close(); err != nil {
-			d.log.Warn("store close", "err", err)
-		}
-	}
+	return d.Run(ctx)
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,124 +19,11 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"ballena.dev/artifact"
+	"ballena.dev/internal/daemon"
 	"ballena.dev/internal/localapi"
+	"ballena.dev/internal/units"
 	"ballena.dev/swarm"
 )
-
-// fetchRequest asks the daemon to fetch a release from the mesh.
-type fetchRequest struct {
-	Ref     string  `json:"ref"`
-	Timeout float64 `json:"timeoutSeconds"` // 0: the daemon's default
-}
-
-// fetchEvent is one JSON line of the fetch stream: progress, then either the
-// release or an error.
-type fetchEvent struct {
-	Progress *fetchProgress    `json:"progress,omitempty"`
-	Release  *artifact.Release `json:"release,omitempty"`
-	Error    *localapi.Error   `json:"error,omitempty"`
-}
-
-type fetchProgress struct {
-	Have  int64   `json:"have"`
-	Total int64   `json:"total"`
-	Peers int     `json:"peers"`
-	Rate  float64 `json:"rate"` // bytes per second
-}
-
-// torrentAnswer is a release's standard .torrent and magnet link.
-type torrentAnswer struct {
-	Torrent []byte `json:"torrent"` // bencoded metainfo
-	Magnet  string `json:"magnet"`
-}
-
-const defaultFetchTimeout = 5 * time.Minute
-
-// swarmRoutes serves fetch, status and torrent export on the daemon's local API.
-func swarmRoutes(mux *http.ServeMux, n *swarm.Node, st *artifact.Store) {
-	mux.HandleFunc("POST /v1/fetch", func(w http.ResponseWriter, r *http.Request) {
-		var req fetchRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			localapi.WriteError(w, http.StatusBadRequest, "usage", fmt.Errorf("fetch: want {ref, timeoutSeconds}: %v", err))
-			return
-		}
-		ref, err := artifact.ParseRef(req.Ref)
-		if err != nil {
-			localapi.WriteError(w, http.StatusBadRequest, "usage", err)
-			return
-		}
-		timeout := defaultFetchTimeout
-		if req.Timeout > 0 {
-			timeout = time.Duration(req.Timeout * float64(time.Second))
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), timeout)
-		defer cancel()
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		w.WriteHeader(http.StatusOK)
-		enc := json.NewEncoder(w)
-		flusher, _ := w.(http.Flusher)
-		send := func(ev fetchEvent) {
-			_ = enc.Encode(ev)
-			if flusher != nil {
-				flusher.Flush()
-			}
-		}
-		rel, err := n.Fetch(ctx, ref, func(p swarm.Progress) {
-			send(fetchEvent{Progress: &fetchProgress{Have: p.Have, Total: p.Total, Peers: p.Peers, Rate: p.DownloadRate}})
-		})
-		if err != nil {
-			send(fetchEvent{Error: apiErrorValue(err)})
-			return
-		}
-		send(fetchEvent{Release: &rel})
-	})
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		s, err := n.Status()
-		if err != nil {
-			apiError(w, err)
-			return
-		}
-		localapi.WriteJSON(w, http.StatusOK, s)
-	})
-	mux.HandleFunc("GET /v1/torrent/{ref}", func(w http.ResponseWriter, r *http.Request) {
-		ref, err := artifact.ParseRef(r.PathValue("ref"))
-		if err != nil {
-			localapi.WriteError(w, http.StatusBadRequest, "usage", err)
-			return
-		}
-		rel, _, err := st.Release(ref)
-		if err != nil {
-			apiError(w, err)
-			return
-		}
-		mi, err := n.Engine().MetaInfo(rel)
-		if err != nil {
-			apiError(w, err)
-			return
-		}
-		ans, err := torrentOf(mi, rel)
-		if err != nil {
-			apiError(w, err)
-			return
-		}
-		localapi.WriteJSON(w, http.StatusOK, ans)
-	})
-}
-
-func torrentOf(mi *metainfo.MetaInfo, rel artifact.Release) (torrentAnswer, error) {
-	var buf bytes.Buffer
-	if err := mi.Write(&buf); err != nil {
-		return torrentAnswer{}, fmt.Errorf("torrent %s: %w", rel.Ref(), err)
-	}
-	info, err := mi.UnmarshalInfo()
-	if err != nil {
-		return torrentAnswer{}, fmt.Errorf("torrent %s: %w", rel.Ref(), err)
-	}
-	ih := mi.HashInfoBytes()
-	m := mi.Magnet(&ih, &info)
-	m.DisplayName = rel.Ref().String()
-	return torrentAnswer{Torrent: buf.Bytes(), Magnet: m.String()}, nil
-}
 
 func fetchCommand() *cli.Command {
 	return &cli.Command{
@@ -148,7 +34,7 @@ func fetchCommand() *cli.Command {
 		Description: "Exit codes: 3 the trust policy refuses the release, 4 no node in reach has it,\n" +
 			"5 no node running here, or holders known but the wait ran out.",
 		Flags: []cli.Flag{
-			&cli.DurationFlag{Name: "timeout", Value: defaultFetchTimeout, Usage: "give up after this long"},
+			&cli.DurationFlag{Name: "timeout", Value: daemon.DefaultFetchTimeout, Usage: "give up after this long"},
 			jsonFlag,
 		},
 		Action: func(c *cli.Context) error {
@@ -166,7 +52,7 @@ func fetchCommand() *cli.Command {
 			// The daemon bounds the fetch; this bound only covers a daemon that stops answering.
 			ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout")+30*time.Second)
 			defer cancel()
-			resp, err := cl.Stream(ctx, http.MethodPost, "/v1/fetch", fetchRequest{Ref: ref.String(), Timeout: c.Duration("timeout").Seconds()})
+			resp, err := cl.Stream(ctx, http.MethodPost, "/v1/fetch", localapi.FetchRequest{Ref: ref.String(), Timeout: c.Duration("timeout").Seconds()})
 			if err != nil {
 				return err
 			}
@@ -175,7 +61,7 @@ func fetchCommand() *cli.Command {
 			sc := bufio.NewScanner(resp.Body)
 			sc.Buffer(make([]byte, 64<<10), 1<<20)
 			for sc.Scan() {
-				var ev fetchEvent
+				var ev localapi.FetchEvent
 				if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 					return fmt.Errorf("fetch %s: bad answer from the node: %w", ref, err)
 				}
@@ -193,7 +79,7 @@ func fetchCommand() *cli.Command {
 						return printJSON(c.App.Writer, ev.Release)
 					}
 					fmt.Fprintf(c.App.Writer, "fetched %s sha256:%s (%s), verified and seeding\n",
-						ev.Release.Ref(), ev.Release.Digest, humanBytes(ev.Release.Size))
+						ev.Release.Ref(), ev.Release.Digest, units.FormatBytes(ev.Release.Size))
 					return nil
 				}
 			}
@@ -223,7 +109,7 @@ func newProgressView(w io.Writer, label string) *progressView {
 	return &progressView{w: w, label: label, tty: tty}
 }
 
-func (v *progressView) update(p fetchProgress) {
+func (v *progressView) update(p localapi.FetchProgress) {
 	if v.tty {
 		if v.bar == nil && p.Total > 0 {
 			v.bar = progressbar.NewOptions64(p.Total,
@@ -250,7 +136,7 @@ func (v *progressView) update(p fetchProgress) {
 		pct = 100 * float64(p.Have) / float64(p.Total)
 	}
 	fmt.Fprintf(v.w, "%s: %s of %s (%.0f%%), %d peers, %s/s\n",
-		v.label, humanBytes(p.Have), humanBytes(p.Total), pct, p.Peers, humanBytes(int64(p.Rate)))
+		v.label, units.FormatBytes(p.Have), units.FormatBytes(p.Total), pct, p.Peers, units.FormatBytes(int64(p.Rate)))
 }
 
 func (v *progressView) finish() {
@@ -294,7 +180,7 @@ func printStatus(out io.Writer, s swarm.Status) error {
 	fmt.Fprintf(out, "holds: %d releases\n", len(s.Holds))
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	for _, r := range s.Holds {
-		fmt.Fprintf(w, "  %s\t%s\t%s\tsha256:%s\n", r.Ref(), r.Kind, humanBytes(r.Size), r.Digest[:16])
+		fmt.Fprintf(w, "  %s\t%s\t%s\tsha256:%s\n", r.Ref(), r.Kind, units.FormatBytes(r.Size), r.Digest[:16])
 	}
 	if err := w.Flush(); err != nil {
 		return err
@@ -311,8 +197,8 @@ func printStatus(out io.Writer, s swarm.Status) error {
 			state = "seeding"
 		}
 		fmt.Fprintf(w, "  %s\t%s\t%s/%s\t%d\t%s\t%s\t%s\n", orDash(t.Name), state,
-			humanBytes(t.BytesHave), humanBytes(t.BytesTotal), t.Peers,
-			humanBytes(int64(t.DownloadRate)), humanBytes(int64(t.UploadRate)), humanBytes(t.BytesUploaded))
+			units.FormatBytes(t.BytesHave), units.FormatBytes(t.BytesTotal), t.Peers,
+			units.FormatBytes(int64(t.DownloadRate)), units.FormatBytes(int64(t.UploadRate)), units.FormatBytes(t.BytesUploaded))
 	}
 	return w.Flush()
 }
@@ -338,7 +224,7 @@ func torrentCommand() *cli.Command {
 			if c.String("out") == "" {
 				return usageErrorf("torrent: --out FILE is required, e.g. ballena torrent %s --out %s.torrent", ref, ref.Name)
 			}
-			var ans torrentAnswer
+			var ans localapi.TorrentAnswer
 			err = withStore(c, func(cl *localapi.Client) error {
 				return cl.Do(c.Context, http.MethodGet, "/v1/torrent/"+ref.String(), nil, &ans)
 			}, func(st *artifact.Store) error {
@@ -358,7 +244,7 @@ func torrentCommand() *cli.Command {
 					return err
 				}
 				mi := &metainfo.MetaInfo{InfoBytes: b, CreatedBy: "ballena", CreationDate: rel.PublishedAt.Unix(), Comment: ref.String()}
-				ans, err = torrentOf(mi, rel)
+				ans, err = daemon.TorrentOf(mi, rel)
 				return err
 			})
 			if err != nil {

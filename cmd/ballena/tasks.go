@@ -16,6 +16,7 @@ import (
 
 	"ballena.dev/artifact"
 	"ballena.dev/internal/localapi"
+	"ballena.dev/internal/units"
 	"ballena.dev/launcher"
 	"github.com/urfave/cli/v2"
 )
@@ -106,52 +107,16 @@ func taskSpec(c *cli.Context, args []string) (launcher.TaskSpec, error) {
 	}
 	var err error
 	if m := c.String("memory"); m != "" {
-		if spec.MemoryBytes, err = parseBytes(m); err != nil {
+		if spec.MemoryBytes, err = units.ParseBytes(m); err != nil {
 			return spec, usageErrorf("--memory: %v", err)
 		}
 	}
 	if v := c.String("cpu"); v != "" {
-		if spec.CPUMillis, err = parseMillis(v); err != nil {
+		if spec.CPUMillis, err = units.ParseCPU(v); err != nil {
 			return spec, usageErrorf("--cpu: %v", err)
 		}
 	}
 	return spec, nil
-}
-
-// parseBytes reads sizes such as 256MiB, 256M, 1G, 1.5GiB or 1048576 (binary units).
-func parseBytes(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
-	num, unit := t, ""
-	if i >= 0 {
-		num, unit = t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
-	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f <= 0 {
-		return 0, fmt.Errorf("%q: want a size such as 256MiB or 1G", s)
-	}
-	mult := map[string]float64{"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
-		"g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}[unit]
-	if mult == 0 {
-		return 0, fmt.Errorf("%q: unknown unit %q (use KiB, MiB, GiB)", s, unit)
-	}
-	return int64(f * mult), nil
-}
-
-// parseMillis reads CPU amounts: "500m" (thousandths) or "1.5" (CPUs).
-func parseMillis(s string) (int64, error) {
-	if m, ok := strings.CutSuffix(s, "m"); ok {
-		n, err := strconv.ParseInt(m, 10, 64)
-		if err != nil || n <= 0 {
-			return 0, fmt.Errorf("%q: want e.g. 500m or 1.5", s)
-		}
-		return n, nil
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f <= 0 {
-		return 0, fmt.Errorf("%q: want e.g. 500m or 1.5", s)
-	}
-	return int64(f * 1000), nil
 }
 
 func runViaDaemon(c *cli.Context, cl *localapi.Client, spec launcher.TaskSpec) error {

@@ -96,27 +96,6 @@ func TestRunAttachedForwardsInterrupt(t *testing.T) {
 	}
 }
 
-func TestParseSizes(t *testing.T) {
-	for in, want := range map[string]int64{"256MiB": 256 << 20, "256M": 256 << 20, "1G": 1 << 30, "1.5GiB": 3 << 29, "4096": 4096, "64 KiB": 64 << 10} {
-		if got, err := parseBytes(in); err != nil || got != want {
-			t.Errorf("parseBytes(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "12XB", "-1M", "M"} {
-		if _, err := parseBytes(in); err == nil {
-			t.Errorf("parseBytes(%q) accepted", in)
-		}
-	}
-	for in, want := range map[string]int64{"500m": 500, "1.5": 1500, "2": 2000} {
-		if got, err := parseMillis(in); err != nil || got != want {
-			t.Errorf("parseMillis(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	if _, err := parseMillis("lots"); err == nil {
-		t.Error("parseMillis(lots) accepted")
-	}
-}
-
 func TestTasksCLI(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: tasks run in new namespaces and cgroups")
