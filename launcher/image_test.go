@@ -102,7 +102,7 @@ func buildImage(t testing.TB) string {
 
 func requireRunc(t testing.TB) {
 	if _, err := exec.LookPath("runc"); err != nil {
-		t.Skip("needs runc for images")
+		t.Fatal("runc is needed for images: apt-get install runc (.ci/run installs it)")
 	}
 }
 

@@ -25,7 +25,7 @@ func openssl(t *testing.T, args ...string) ([]byte, error) {
 func needOpenSSL(t *testing.T) {
 	t.Helper()
 	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed (apt-get install openssl)")
+		t.Fatal("openssl is needed: apt-get install openssl (.ci/run installs it)")
 	}
 	if out, err := openssl(t, "pkeyutl", "-help"); !strings.Contains(string(out), "-rawin") {
 		t.Skipf("openssl pkeyutl has no -rawin (need OpenSSL 3): %v", err)

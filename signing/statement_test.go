@@ -80,7 +80,7 @@ func TestParseStatementRefusals(t *testing.T) {
 
 func TestDetectSource(t *testing.T) {
 	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git not installed")
+		t.Fatal("git is needed: apt-get install git")
 	}
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

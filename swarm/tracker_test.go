@@ -24,7 +24,7 @@ import (
 func TestAria2cDownloads(t *testing.T) {
 	aria, err := exec.LookPath("aria2c")
 	if err != nil {
-		t.Skip("aria2c not installed (apt-get install aria2)")
+		t.Fatal("aria2c is needed: apt-get install aria2 (.ci/run installs it)")
 	}
 	e := newTestEngine(t, EngineConfig{PlainListen: "127.0.0.1:0", TrackerListen: "127.0.0.1:0"})
 	rel := publish(t, e.store, 5<<20+777)

@@ -44,8 +44,7 @@ const (
 // counts where the bytes came from and calls every task; then kills a node,
 // cuts a host off the network and brings it back, submits jobs for an
 // untrusted and a tampered artifact, times job starts, and rolls the job over
-// to a refused release and then to a good one. Without `node --server` it
-// checks the swarm half with `ballena fetch` instead.
+// to a refused release and then to a good one.
 func TestE2EFleet(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: starts a server and 4 nodes in network namespaces; skipped with -short")
@@ -58,12 +57,6 @@ func TestE2EFleet(t *testing.T) {
 
 	whale := e.whale("hello", e2eWhale)
 	helloDigest := e.publish(e.nodes[0], "release.key", "hello", "1.0.0", whale)
-	if !e.tasks {
-		t.Log("e2e: no placement (`ballena node --help` has no --server, or BALLENA_E2E_SWARM_ONLY is set): testing the swarm half (fetch) only")
-		e.swarmOnly(helloDigest)
-		return
-	}
-
 	// A task on every host, fetched through the mesh.
 	start := time.Now()
 	e.jobRun(jobYAML("hello", "hello@1.0.0", e2eNodes, 8100, ""))
@@ -114,7 +107,6 @@ type e2e struct {
 	dir    string
 	bin    string
 	net    *testnet.Net
-	tasks  bool // the node runs placed tasks (--server)
 	server string
 	nodes  []*e2eNode
 	procs  []*proc
@@ -134,12 +126,6 @@ type e2eNode struct {
 func newE2E(t *testing.T) *e2e {
 	e := &e2e{t: t, dir: t.TempDir()}
 	e.bin = e.build("./", "ballena")
-	help, err := exec.Command(e.bin, "node", "--help").CombinedOutput()
-	if err != nil {
-		t.Fatalf("ballena node --help: %v: %s", err, help)
-	}
-	// BALLENA_E2E_SWARM_ONLY=1 leaves placement out, to look at the swarm alone.
-	e.tasks = bytes.Contains(help, []byte("--server")) && os.Getenv("BALLENA_E2E_SWARM_ONLY") == ""
 	e.net = testnet.New(t, e2eNodes+1)
 	t.Logf("e2e: run %s, %d hosts on 10.213.x.0/24, binary %s", e.net.ID, len(e.net.Hosts), e.bin)
 	// Cleanups run last-registered first: the processes die, then what still
@@ -161,13 +147,11 @@ func newE2E(t *testing.T) *e2e {
 	if err := os.WriteFile(e.path("trust.yaml"), []byte(trust), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if e.tasks {
-		h := e.net.Hosts[e2eServerHost]
-		e.server = fmt.Sprintf("http://%s:7480", h.Addr)
-		p := e.start(h, "server", e.bin, "--data", e.path("server"), "server", "--listen", h.Addr.String()+":7480",
-			"--token-file", e.path("admin.token"), "--join-token-file", e.path("join.token"), "--node-ttl", e2eNodeTTL.String())
-		p.waitLine(t, "placement server listening")
-	}
+	h := e.net.Hosts[e2eServerHost]
+	e.server = fmt.Sprintf("http://%s:7480", h.Addr)
+	p := e.start(h, "server", e.bin, "server", "--data", e.path("server"), "--listen", h.Addr.String()+":7480",
+		"--token-file", e.path("admin.token"), "--join-token-file", e.path("join.token"), "--node-ttl", e2eNodeTTL.String())
+	p.waitLine(t, "placement server listening")
 	return e
 }
 
@@ -221,26 +205,24 @@ func (e *e2e) startNodes() {
 		e.nodes = append(e.nodes, n)
 		e.startNode(n)
 	}
-	if e.tasks {
-		e.waitFor("every node ready at the server", func() (bool, string) {
-			nodes, err := e.nodeInfos()
-			if err != nil {
-				return false, err.Error()
+	e.waitFor("every node ready at the server", func() (bool, string) {
+		nodes, err := e.nodeInfos()
+		if err != nil {
+			return false, err.Error()
+		}
+		ready := 0
+		for _, n := range nodes {
+			if n.Status == placement.NodeReady {
+				ready++
 			}
-			ready := 0
-			for _, n := range nodes {
-				if n.Status == placement.NodeReady {
-					ready++
-				}
-			}
-			return ready == e2eNodes, fmt.Sprintf("%d of %d ready", ready, e2eNodes)
-		})
-	}
+		}
+		return ready == e2eNodes, fmt.Sprintf("%d of %d ready", ready, e2eNodes)
+	})
 }
 
 func (e *e2e) startNode(n *e2eNode) {
 	e.t.Helper()
-	args := []string{"--data", n.data, "node",
+	args := []string{"node", "--data", n.data,
 		"--listen", fmt.Sprintf("/ip4/%s/tcp/7400", n.host.Addr),
 		"--trust", e.path("trust.yaml"),
 		"--upload-limit", fmt.Sprint(e2eCap), "--download-limit", fmt.Sprint(e2eCap),
@@ -248,10 +230,8 @@ func (e *e2e) startNode(n *e2eNode) {
 	if n.i > 0 {
 		args = append(args, "--bootstrap", e.nodes[0].addr)
 	}
-	if e.tasks {
-		args = append(args, "--server", e.server, "--join-token-file", e.path("join.token"),
-			"--label", fmt.Sprintf("host=h%d", n.i))
-	}
+	args = append(args, "--server", e.server, "--join-token-file", e.path("join.token"),
+		"--label", fmt.Sprintf("host=h%d", n.i))
 	n.proc = e.start(n.host, fmt.Sprintf("node%d", n.i), e.bin, args...)
 	n.id = strings.TrimPrefix(n.proc.waitLine(e.t, "node "), "node ")
 	n.addr = strings.TrimPrefix(n.proc.waitLine(e.t, "listening /ip4/"+n.host.Addr.String()+"/"), "listening ")
@@ -274,39 +254,6 @@ func (e *e2e) publish(n *e2eNode, key, name, version, path string) string {
 		e.t.Fatalf("publish %s@%s --json: %v: %s", name, version, err, out)
 	}
 	return rel.Digest
-}
-
-// swarmOnly is the test without placement: the other nodes fetch through the
-// mesh at once, and the bytes are counted; then the 64 MiB spread is timed.
-func (e *e2e) swarmOnly(helloDigest string) {
-	e.fetchAll("hello@1.0.0")
-	e.checkPeerBytes("hello", helloDigest, e2eWhale, true)
-	big := e.whale("big", e2eBig)
-	bigDigest := e.publish(e.nodes[0], "release.key", "big", "1.0.0", big)
-	start := time.Now()
-	e.fetchAll("big@1.0.0")
-	took := time.Since(start)
-	bound := fluidBound(e2eBig, e2eCap, e2eCap, e2eCap, e2eNodes-1)
-	e.t.Logf("e2e: %d nodes fetched fresh %s in %.2fs (fluid bound %.2fs at %s/s per node: ratio %.2f)",
-		e2eNodes-1, mib(e2eBig), took.Seconds(), bound.Seconds(), mib(e2eCap), took.Seconds()/bound.Seconds())
-	e.checkPeerBytes("big", bigDigest, e2eBig, false)
-}
-
-func (e *e2e) fetchAll(ref string) {
-	e.t.Helper()
-	var wg sync.WaitGroup
-	errs := make([]error, len(e.nodes))
-	for i, n := range e.nodes[1:] {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, errs[i] = e.run(n.host, "--data", n.data, "fetch", "--json", "--timeout", "60s", ref)
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		e.t.Fatalf("fetch %s: %v", ref, err)
-	}
 }
 
 // checkPeerBytes reads every node's transfer counters for an artifact and
