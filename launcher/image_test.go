@@ -164,9 +164,7 @@ func TestImageRunsUnderRunc(t *testing.T) {
 	if err != nil || tk.State != StateStopped || tk.Exit.Code != 7 {
 		t.Fatalf("stop image task: %v %s %s", err, tk.State, tk.Exit)
 	}
-	if cg.exists() {
-		t.Errorf("cgroup left after stop")
-	}
+	assertNoCgroup(t, cg.path, "after stop")
 
 	// OOM under runc is told apart too.
 	tk = e.wait(e.start(TaskSpec{Artifact: "taskimg@1.0.0", Args: []string{"hog"}, MemoryBytes: 32 << 20}).ID)
@@ -176,23 +174,38 @@ func TestImageRunsUnderRunc(t *testing.T) {
 }
 
 func TestUnpackRefusesEscapes(t *testing.T) {
-	for _, entries := range [][]tarEntry{
-		{{name: "evil", typ: tar.TypeSymlink, link: "/"}, {name: "evil/etc/x", body: "x", mode: 0o644}},
-		{{name: "up", typ: tar.TypeSymlink, link: "../../.."}, {name: "up/x", body: "x", mode: 0o644}},
+	for _, tc := range []struct {
+		entries []tarEntry
+		escaped func(root string) string // where the file lands if the link is followed
+	}{
+		{[]tarEntry{{name: "evil", typ: tar.TypeSymlink, link: "/"}, {name: "evil/etc/x", body: "x", mode: 0o644}},
+			func(string) string { return "/etc/x" }},
+		{[]tarEntry{{name: "up", typ: tar.TypeSymlink, link: "../.."}, {name: "up/x", body: "x", mode: 0o644}},
+			func(root string) string { return filepath.Join(root, "../..", "x") }},
 	} {
-		dir := t.TempDir()
-		l := layerOf(t, entries...)
+		// Each case in a directory of its own, two levels down, so that "../.."
+		// from the root lands in a place this test owns and can look at.
+		root := filepath.Join(t.TempDir(), "a", "rootfs")
+		if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		target := tc.escaped(root)
+		if _, err := os.Stat(target); err == nil {
+			t.Fatalf("%s exists before the unpack", target)
+		}
+		l := layerOf(t, tc.entries...)
 		rc, err := l.Uncompressed()
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = unpack(context.Background(), rc, filepath.Join(dir, "rootfs"))
+		err = unpack(context.Background(), rc, root)
 		rc.Close()
 		if err == nil {
-			t.Errorf("unpack of %v succeeded, want an error", entries)
+			t.Errorf("unpack of %v succeeded, want an error", tc.entries)
 		}
-		if _, err := os.Stat("/etc/x"); err == nil {
-			t.Fatal("unpack wrote /etc/x outside its root")
+		if _, err := os.Stat(target); err == nil {
+			t.Errorf("unpack wrote %s outside its root", target)
+			os.Remove(target)
 		}
 	}
 }

@@ -95,9 +95,7 @@ func TestWhaleIsolation(t *testing.T) {
 	if e.l.List()[0].ID != tk.ID {
 		t.Errorf("List does not hold the task")
 	}
-	if _, err := os.Stat(filepath.Join(cgroupRoot, "memory", tk.Cgroup)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("cgroup %s left behind after exit: %v", tk.Cgroup, err)
-	}
+	assertNoCgroup(t, tk.Cgroup, "after exit")
 }
 
 func TestExitCodesAndRestart(t *testing.T) {
@@ -167,9 +165,7 @@ func TestForkBombHitsPidsLimit(t *testing.T) {
 	if err != nil || tk.State != StateStopped {
 		t.Fatalf("stop bomb: %v, state %s", err, tk.State)
 	}
-	if cg.exists() {
-		t.Errorf("cgroup %s still exists after stop", cg.path)
-	}
+	assertNoCgroup(t, cg.path, "after stop")
 	// The machine still forks.
 	if out, err := exec.Command("/bin/true").CombinedOutput(); err != nil {
 		t.Fatalf("machine unhealthy after fork bomb: %v %s", err, out)
