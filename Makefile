@@ -10,10 +10,15 @@ build: ## static binary at bin/ballena
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN) ./cmd/ballena
 	@! readelf -lW $(BIN) | grep -q INTERP || { echo "$(BIN) is not static"; exit 1; }
 
+# The concurrent packages run under the race detector. It needs cgo, for this test
+# run only: the shipped binary (build) stays static.
+RACE_PKGS := ./swarm/... ./launcher/... ./placement/... ./cmd/...
 # Root is needed for cgroup, namespace and runc tests; they skip with a reason otherwise.
-test: build ## every test, fuzz seed corpora included
+test: build ## every test, fuzz seed corpora included; go.mod must be tidy
+	$(GO) mod tidy -diff
 	$(GO) vet $(PKGS)
-	$(GO) test -count=1 -timeout 15m $(PKGS)
+	$(GO) test -count=1 -timeout 15m $$($(GO) list $(PKGS) | grep -v -e /swarm -e /launcher -e /placement -e /cmd/)
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 
 test-short:
 	$(GO) test -count=1 -short $(PKGS)
