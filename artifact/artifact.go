@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"ballena.dev/signing"
 )
 
 // Kind is the kind of an artifact.
@@ -49,14 +51,19 @@ var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,127}$`)
 // dots, dashes and underscores, so names are safe in paths, keys and globs.
 func ValidName(s string) bool { return nameRE.MatchString(s) }
 
-// ParseRef parses "name@version".
+// ParseRef parses "name@version". It is the one rule for references: the store,
+// the launcher and the placement service all read them with it, so a job names
+// only what a node will accept. Errors wrap ErrInvalid.
 func ParseRef(s string) (Ref, error) {
 	name, version, ok := strings.Cut(s, "@")
 	if !ok || name == "" || version == "" {
-		return Ref{}, fmt.Errorf("artifact reference %q: want name@version, e.g. api@1.4.0", s)
+		return Ref{}, Tagged(ErrInvalid, "artifact reference %q: want name@version, e.g. api@1.4.0", s)
 	}
 	if !ValidName(name) {
-		return Ref{}, fmt.Errorf("artifact reference %q: name must be lower-case letters, digits, '.', '-' or '_'", s)
+		return Ref{}, Tagged(ErrInvalid, "artifact reference %q: name must be lower-case letters, digits, '.', '-' or '_'", s)
+	}
+	if err := signing.ValidateVersion(version); err != nil {
+		return Ref{}, Tagged(ErrInvalid, "artifact reference %q: %v", s, err)
 	}
 	return Ref{Name: name, Version: version}, nil
 }

@@ -1,9 +1,10 @@
 package placement
 
 import (
+	"ballena.dev/artifact"
+	"ballena.dev/internal/units"
 	"errors"
 	"fmt"
-	"math"
 	"regexp"
 	"sort"
 	"strconv"
@@ -118,8 +119,8 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 			}
 		case "artifact":
 			j.Artifact = p.str(v, field)
-			if p.err == nil && !refRE.MatchString(j.Artifact) {
-				p.fail(v, field, "%q is not an artifact reference like api@1.4.0", j.Artifact)
+			if _, err := artifact.ParseRef(j.Artifact); p.err == nil && err != nil {
+				p.fail(v, field, "%q is not an artifact reference a node accepts: %s", j.Artifact, refReason(err))
 			}
 		case "digest":
 			j.Digest = strings.TrimPrefix(p.str(v, field), "sha256:")
@@ -133,15 +134,15 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 			p.fields(v, "resources.", []string{"cpu", "memory", "pids"}, func(key string, v *yaml.Node, field string) {
 				switch key {
 				case "cpu":
-					c, err := ParseCPU(v.Value, v.Tag == "!!int")
+					c, err := units.ParseCPU(v.Value)
 					if err != nil || v.Kind != yaml.ScalarNode {
-						p.fail(v, field, "%q is not a cpu amount (500m, 2000 millicores, or 0.5 cores)", v.Value)
+						p.fail(v, field, "%q is not a cpu amount (500m is half a CPU, 2 is two)", v.Value)
 					}
 					j.Resources.CPU = c
 				case "memory":
-					m, err := ParseSize(v.Value)
+					m, err := units.ParseBytes(v.Value)
 					if err != nil || v.Kind != yaml.ScalarNode {
-						p.fail(v, field, "%q is not a size (e.g. 256MiB, 1GiB, 512M, or bytes)", v.Value)
+						p.fail(v, field, "%q is not a size (e.g. 256MiB, 1GiB; 512M is 512MiB)", v.Value)
 					}
 					j.Resources.Memory = m
 				case "pids":
@@ -315,7 +316,6 @@ func contains(list []string, s string) bool {
 
 var (
 	nameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-	refRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9._/-]{0,127}@[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
 	digestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	envRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
@@ -341,8 +341,8 @@ func (j *Job) Validate() error {
 	switch {
 	case !nameRE.MatchString(j.Name):
 		return bad("name", "%q is not a job name", j.Name)
-	case !refRE.MatchString(j.Artifact):
-		return bad("artifact", "%q is not an artifact reference like api@1.4.0", j.Artifact)
+	case refErr(j.Artifact) != nil:
+		return bad("artifact", "%q is not an artifact reference a node accepts: %s", j.Artifact, refReason(refErr(j.Artifact)))
 	case j.Digest != "" && !digestRE.MatchString(j.Digest):
 		return bad("digest", "%q is not a sha256 digest", j.Digest)
 	case j.Count < 0 || j.Count > MaxCount:
@@ -397,70 +397,21 @@ func specEqual(a, b *Job) bool {
 	return true
 }
 
-// ParseCPU reads a cpu amount: "500m" (millicores), a whole number of millicores
-// when isInt, or a decimal number of cores ("0.5", "2.0").
-func ParseCPU(s string, isInt bool) (int64, error) {
-	s = strings.TrimSpace(s)
-	if m, ok := strings.CutSuffix(s, "m"); ok {
-		v, err := strconv.ParseInt(m, 10, 64)
-		if err != nil || v <= 0 {
-			return 0, fmt.Errorf("%q is not a cpu amount", s)
-		}
-		return v, nil
-	}
-	if isInt {
-		v, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || v <= 0 {
-			return 0, fmt.Errorf("%q is not a cpu amount", s)
-		}
-		return v, nil
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f <= 0 || math.IsInf(f, 0) || f > 1e6 {
-		return 0, fmt.Errorf("%q is not a cpu amount", s)
-	}
-	return int64(math.Round(f * 1000)), nil
+// FormatSize prints bytes the way job files and the CLI read them (internal/units).
+func FormatSize(n int64) string { return units.FormatBytes(n) }
+
+func refErr(ref string) error {
+	_, err := artifact.ParseRef(ref)
+	return err
 }
 
-var sizeUnits = map[string]int64{
-	"": 1, "b": 1,
-	"k": 1000, "kb": 1000, "m": 1000 * 1000, "mb": 1000 * 1000, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-	"ki": 1 << 10, "kib": 1 << 10, "mi": 1 << 20, "mib": 1 << 20, "gi": 1 << 30, "gib": 1 << 30, "ti": 1 << 40, "tib": 1 << 40,
-}
-
-var sizeRE = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)$`)
-
-// ParseSize reads a size such as "256MiB", "1GiB", "512M" (SI) or plain bytes.
-func ParseSize(s string) (int64, error) {
-	m := sizeRE.FindStringSubmatch(strings.TrimSpace(s))
-	if m == nil {
-		return 0, fmt.Errorf("%q is not a size", s)
+// refReason is ParseRef's complaint without the reference it repeats.
+func refReason(err error) string {
+	msg := err.Error()
+	if _, after, ok := strings.Cut(msg, ": "); ok {
+		return after
 	}
-	unit, ok := sizeUnits[strings.ToLower(m[2])]
-	if !ok {
-		return 0, fmt.Errorf("%q is not a size", s)
-	}
-	f, err := strconv.ParseFloat(m[1], 64)
-	if err != nil || f <= 0 || f*float64(unit) > 1<<62 {
-		return 0, fmt.Errorf("%q is not a size", s)
-	}
-	return int64(f * float64(unit)), nil
-}
-
-// FormatSize prints bytes with a binary unit.
-func FormatSize(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
-	f := float64(n)
-	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	if i == 0 {
-		return fmt.Sprintf("%dB", n)
-	}
-	s := strconv.FormatFloat(f, 'f', 1, 64)
-	return strings.TrimSuffix(s, ".0") + units[i]
+	return msg
 }
 
 func sortedKeys[V any](m map[string]V) []string {

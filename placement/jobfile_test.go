@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"ballena.dev/artifact"
 	"os"
 	"reflect"
 	"strings"
@@ -32,7 +33,7 @@ func TestParseJobFile(t *testing.T) {
 }
 
 func TestParseJobDefaults(t *testing.T) {
-	j, err := ParseJob("w.yaml", []byte("name: w\nartifact: w@1.0.0\nresources: {cpu: 2000, memory: 1GiB}\n"))
+	j, err := ParseJob("w.yaml", []byte("name: w\nartifact: w@1.0.0\nresources: {cpu: 2000m, memory: 1GiB}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,8 +44,8 @@ func TestParseJobDefaults(t *testing.T) {
 		t.Errorf("defaults: %+v", j)
 	}
 	j, err = ParseJob("w.yaml", []byte("name: w\nartifact: w@1.0.0\nresources: {cpu: 1.5, memory: 512M}\n"))
-	if err != nil || j.Resources.CPU != 1500 || j.Resources.Memory != 512e6 {
-		t.Errorf("cores and SI sizes: %+v, %v", j, err)
+	if err != nil || j.Resources.CPU != 1500 || j.Resources.Memory != 512<<20 {
+		t.Errorf("cores and IEC sizes: %+v, %v", j, err)
 	}
 }
 
@@ -62,7 +63,7 @@ func TestParseJobErrors(t *testing.T) {
 		{"negative count", base + "count: -1\n", "api.yaml:6: count: -1 is out of range"},
 		{"bad artifact", "name: api\nartifact: api\n", `api.yaml:2: artifact: "api" is not an artifact reference`},
 		{"missing artifact", "name: api\nresources: {cpu: 1, memory: 1Mi}\n", "api.yaml:1: artifact: is required"},
-		{"missing memory", "name: api\nartifact: a@1\nresources: {cpu: 100m}\n", "api.yaml:3: resources.memory: is required"},
+		{"missing memory", "name: api\nartifact: a@1.0.0\nresources: {cpu: 100m}\n", "api.yaml:3: resources.memory: is required"},
 		{"constraint without op", base + "constraints:\n  - label: zone\n", "api.yaml:7: constraints[0]: needs one of equals"},
 		{"constraint two ops", base + "constraints:\n  - label: zone\n    equals: a\n    in: [b]\n", "api.yaml:9: constraints[0].in: only one of"},
 		{"bad restart", base + "restart: sometimes\n", `api.yaml:6: restart: "sometimes" is not a restart policy`},
@@ -82,18 +83,24 @@ func TestParseJobErrors(t *testing.T) {
 	}
 }
 
-func TestSizes(t *testing.T) {
-	for in, want := range map[string]int64{"256MiB": 256 << 20, "1GiB": 1 << 30, "1.5Gi": 3 << 29, "512M": 512e6, "4096": 4096, "2kb": 2000} {
-		if got, err := ParseSize(in); err != nil || got != want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
+func TestJobUnitsAndRefsFollowTheNode(t *testing.T) {
+	// Sizes are IEC like the CLI's (8G = 8GiB) and a bare cpu number is CPUs.
+	j, err := ParseJob("w.yaml", []byte("name: w\nartifact: w@1.0.0\nresources: {cpu: 2, memory: 8G}\n"))
+	if err != nil || j.Resources.Memory != 8<<30 || j.Resources.CPU != 2000 {
+		t.Fatalf("8G and cpu 2: %+v, %v", j, err)
 	}
-	for _, in := range []string{"256XB", "", "-1Mi", "MiB", "1e9"} {
-		if _, err := ParseSize(in); err == nil {
-			t.Errorf("ParseSize(%q) accepted", in)
+	// A reference no node accepts is refused at submit, naming the field.
+	for _, ref := range []string{"team/api@1.0.0", "API@1.0.0", "api@latest"} {
+		_, err := ParseJob("w.yaml", []byte("name: w\nartifact: "+ref+"\nresources: {cpu: 1, memory: 1Mi}\n"))
+		if err == nil || !strings.Contains(err.Error(), "w.yaml:2: artifact:") {
+			t.Errorf("artifact %s: %v, want a refusal on line 2", ref, err)
 		}
-	}
-	if FormatSize(256<<20) != "256MiB" || FormatSize(3<<29) != "1.5GiB" {
-		t.Errorf("FormatSize: %s %s", FormatSize(256<<20), FormatSize(3<<29))
+		if _, perr := artifact.ParseRef(ref); perr == nil {
+			t.Errorf("artifact.ParseRef(%s) accepts what the job file refuses", ref)
+		}
+		api := &Job{Name: "w", Artifact: ref, Resources: Resources{CPU: 100, Memory: 1 << 20}}
+		if err := api.Validate(); err == nil || !strings.Contains(err.Error(), "artifact") {
+			t.Errorf("Validate with artifact %s: %v", ref, err)
+		}
 	}
 }
