@@ -240,6 +240,11 @@ func askPeer(ctx context.Context, cfg *tls.Config, addr string, req joinRequest)
 // handshake has checked its certificate).
 func (s *Server) handleJoin(conn *tls.Conn, r *bufio.Reader) {
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	select {
+	case <-s.raftReady:
+	case <-time.After(10 * time.Second):
+		return
+	}
 	var req joinRequest
 	line, err := r.ReadBytes('\n')
 	if err != nil || json.Unmarshal(line, &req) != nil {
@@ -390,6 +395,7 @@ func (s *Server) startRaft() error {
 		return fmt.Errorf("start raft: %w", err)
 	}
 	s.raft = r
+	close(s.raftReady)
 	if cc == nil && !s.raftHadState {
 		if err := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: conf.LocalID, Address: raft.ServerAddress(s.self.Raft)}}}).Error(); err != nil {
 			return fmt.Errorf("bootstrap the cell: %w", err)

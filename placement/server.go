@@ -54,6 +54,7 @@ type Server struct {
 	guard        replayGuard
 	raft         *raft.Raft
 	raftHadState bool
+	raftReady    chan struct{} // closed once raft is set
 	closers      []func() error
 	self         ServerInfo
 	proxy        *httputil.ReverseProxy
@@ -128,7 +129,7 @@ func Open(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, db: db, log: opts.Logger, notify: make(chan struct{}), origin: randomID(),
-		inflight: make(chan inflightBatch, 16), queueCh: make(chan struct{}, 1), self: ServerInfo{Name: "local"}}
+		inflight: make(chan inflightBatch, 16), raftReady: make(chan struct{}), queueCh: make(chan struct{}, 1), self: ServerInfo{Name: "local"}}
 	s.closers = append(s.closers, db.Close)
 	if opts.Cell != nil {
 		s.self = ServerInfo{Name: opts.Cell.Identity.Name, API: opts.Cell.APIURL}
