@@ -47,7 +47,7 @@
 //	verify.go     Verifier: the artifact check before every start
 //	start.go      Start: validate the spec, write run.json, start the shim
 //	warmpool.go   the pool of warm shims whose init already waits in fresh namespaces
-//	staged.go     executable copies of whales and unpacked images; Prune
+//	staged.go     the executable copy of a whale its user may run; Prune of staged files
 //	image.go      images: unpack a rootfs once per digest, config.json for runc
 //	cgroup.go     the task's cgroup: limits, usage, oom_kill, kill all
 //	supervise.go  watching a run, recording its end, restarting by policy; adopting after a restart

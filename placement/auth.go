@@ -103,7 +103,22 @@ func (g *replayGuard) check(sig string, now time.Time) bool {
 	return true
 }
 
-var errUnauthorized = errors.New("unauthorized")
+var (
+	errUnauthorized = errors.New("unauthorized")
+	errRevoked      = errors.New("revoked")
+)
+
+// checkRequestTime checks a node request's time header against the clock window.
+func checkRequestTime(r *http.Request, now time.Time) error {
+	nanos, err := strconv.ParseInt(r.Header.Get(HeaderTime), 10, 64)
+	if err != nil {
+		return fmt.Errorf("%w: bad %s", errUnauthorized, HeaderTime)
+	}
+	if d := now.Sub(time.Unix(0, nanos)); d > signatureWindow || d < -signatureWindow {
+		return fmt.Errorf("%w: request time is %v away from the server's clock (window %v)", errUnauthorized, d.Round(time.Second), signatureWindow)
+	}
+	return nil
+}
 
 // verifyNodeRequest checks a signed node request against pub (or, when pub is nil,
 // against the key that keyFor returns for the claimed node).
@@ -127,7 +142,7 @@ func verifyNodeRequest(r *http.Request, body []byte, now time.Time, guard *repla
 	}
 	pub := keyFor(id)
 	if pub == nil {
-		return "", fmt.Errorf("%w: node %s is not registered", errUnauthorized, id)
+		return "", fmt.Errorf("%w: node %s is not registered or is revoked", errUnauthorized, id)
 	}
 	if !ed25519.Verify(pub, signingString(r.Method, r.URL.RequestURI(), ts, r.Header.Get(HeaderNonce), body), sig) {
 		return "", fmt.Errorf("%w: bad signature for node %s", errUnauthorized, id)

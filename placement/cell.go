@@ -74,19 +74,20 @@ type jobState struct {
 // changes collects what an operation touched, for the store to persist; a nil
 // value in a map means the record was deleted.
 type changes struct {
-	nodes  map[string]*Node
-	jobs   map[string]*Job
-	allocs map[string]*Alloc
-	tasks  map[string]*Task
-	evals  []*Evaluation
+	servers map[string]*ServerInfo
+	nodes   map[string]*Node
+	jobs    map[string]*Job
+	allocs  map[string]*Alloc
+	tasks   map[string]*Task
+	evals   []*Evaluation
 }
 
 func newChanges() *changes {
-	return &changes{nodes: map[string]*Node{}, jobs: map[string]*Job{}, allocs: map[string]*Alloc{}, tasks: map[string]*Task{}}
+	return &changes{servers: map[string]*ServerInfo{}, nodes: map[string]*Node{}, jobs: map[string]*Job{}, allocs: map[string]*Alloc{}, tasks: map[string]*Task{}}
 }
 
 func (ch *changes) empty() bool {
-	return len(ch.nodes)+len(ch.jobs)+len(ch.allocs)+len(ch.tasks)+len(ch.evals) == 0
+	return len(ch.servers)+len(ch.nodes)+len(ch.jobs)+len(ch.allocs)+len(ch.tasks)+len(ch.evals) == 0
 }
 
 // NewCell returns an empty cell. now may be nil (time.Now); seed makes the random

@@ -4,27 +4,68 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
 // Client talks to a placement server: as an admin (NewClient) or as a machine's
 // launcher (NewNodeClient), which signs every request with the node key.
 type Client struct {
-	base    string
+	servers []string // base URLs; the client moves along the list on failure
+	cur     atomic.Int32
 	hc      *http.Client
 	token   string // admin token, or join token for a node client
 	nodeKey ed25519.PrivateKey
 	nodeID  string
 	// Now is the clock used to sign node requests; time.Now if nil.
 	Now func() time.Time
+	// FailoverWait bounds how long a request keeps trying the servers of the list
+	// while none answers or none knows a leader (default 15s; the context may end
+	// it sooner).
+	FailoverWait time.Duration
+}
+
+// ClientOption configures a Client.
+type ClientOption func(*Client)
+
+// WithTLS makes the client verify the servers with cfg (the cell CA; see
+// cellca.ClientConfig).
+func WithTLS(cfg *tls.Config) ClientOption {
+	return func(c *Client) {
+		c.hc.Transport = &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true,
+			Proxy: nil, DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+			TLSHandshakeTimeout: 5 * time.Second, IdleConnTimeout: 90 * time.Second, MaxIdleConnsPerHost: 8}
+	}
+}
+
+// ParseServers splits a comma-separated list of server URLs and checks each.
+func ParseServers(list string) ([]string, error) {
+	var out []string
+	for _, s := range strings.Split(list, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		u, err := url.Parse(s)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("server URL %q: want https://host:port", s)
+		}
+		out = append(out, strings.TrimRight(s, "/"))
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no placement server URL given")
+	}
+	return out, nil
 }
 
 // APIError is an error answer from the server.
@@ -48,21 +89,26 @@ func IsUnauthorized(err error) bool {
 	return errors.As(err, &ae) && (ae.Status == http.StatusUnauthorized || ae.Status == http.StatusForbidden)
 }
 
-// NewClient returns an admin client; token may be empty for reads on loopback.
-func NewClient(serverURL, adminToken string) (*Client, error) {
-	u, err := url.Parse(serverURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("server URL %q: want http://host:port", serverURL)
+// NewClient returns an admin client of the servers in serverURLs (comma-separated:
+// it moves to the next one when a server is unreachable or knows no leader).
+func NewClient(serverURLs, adminToken string, opts ...ClientOption) (*Client, error) {
+	servers, err := ParseServers(serverURLs)
+	if err != nil {
+		return nil, err
 	}
 	// Admin calls are short; a node client's long-polls are bounded by their wait
 	// and its context instead.
-	return &Client{base: strings.TrimRight(serverURL, "/"), hc: &http.Client{Timeout: 2 * time.Minute}, token: adminToken}, nil
+	c := &Client{servers: servers, hc: &http.Client{Timeout: 2 * time.Minute}, token: adminToken}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
 }
 
 // NewNodeClient returns the client a launcher uses: it registers with joinToken
 // and signs every request with nodeKey, whose libp2p peer ID is the node's ID.
-func NewNodeClient(serverURL, joinToken string, nodeKey ed25519.PrivateKey) (*Client, error) {
-	c, err := NewClient(serverURL, joinToken)
+func NewNodeClient(serverURLs, joinToken string, nodeKey ed25519.PrivateKey, opts ...ClientOption) (*Client, error) {
+	c, err := NewClient(serverURLs, joinToken, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +120,7 @@ func NewNodeClient(serverURL, joinToken string, nodeKey ed25519.PrivateKey) (*Cl
 		return nil, err
 	}
 	c.nodeKey, c.nodeID = nodeKey, id
-	c.hc = &http.Client{}
+	c.hc.Timeout = 0
 	return c, nil
 }
 
@@ -88,7 +134,13 @@ func (c *Client) now() time.Time {
 	return time.Now()
 }
 
-// do sends a JSON request; signed requests carry the node signature, others the token.
+// Server is the URL the client currently talks to.
+func (c *Client) Server() string { return c.servers[int(c.cur.Load())%len(c.servers)] }
+
+// do sends a JSON request; signed requests carry the node signature, others the
+// token. When a server cannot be reached, or answers that it knows no leader,
+// the request goes to the next server of the list, round and round with a short
+// pause, for up to FailoverWait.
 func (c *Client) do(ctx context.Context, method, path string, in, out any, signed bool) error {
 	var body []byte
 	if in != nil {
@@ -97,16 +149,50 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any, signe
 			return err
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, bytes.NewReader(body))
-	if err != nil {
-		return err
+	wait := c.FailoverWait
+	if wait <= 0 {
+		wait = 15 * time.Second
 	}
-	if in != nil {
+	deadline := time.Now().Add(wait)
+	pause := 100 * time.Millisecond
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		i := int(c.cur.Load())
+		base := c.servers[i%len(c.servers)]
+		err, retry := c.once(ctx, base, method, path, body, in != nil, out, signed)
+		if err == nil || !retry || ctx.Err() != nil {
+			return err
+		}
+		lastErr = err
+		c.cur.CompareAndSwap(int32(i), int32((i+1)%len(c.servers)))
+		if time.Now().After(deadline) {
+			return lastErr
+		}
+		if (attempt+1)%len(c.servers) == 0 {
+			// Every server tried once: give an election a moment.
+			select {
+			case <-ctx.Done():
+				return lastErr
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, time.Second)
+		}
+	}
+}
+
+// once sends the request to one server; retry says whether another server (or
+// a later try) might do better.
+func (c *Client) once(ctx context.Context, base, method, path string, body []byte, hasBody bool, out any, signed bool) (error, bool) {
+	req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(body))
+	if err != nil {
+		return err, false
+	}
+	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if signed {
 		if c.nodeKey == nil {
-			return errors.New("this request needs a node client (NewNodeClient)")
+			return errors.New("this request needs a node client (NewNodeClient)"), false
 		}
 		signRequest(req, c.nodeID, c.nodeKey, c.now(), body)
 	}
@@ -115,12 +201,13 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any, signe
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("placement server %s: %w", c.base, err)
+		var ce *tls.CertificateVerificationError
+		return fmt.Errorf("placement server %s: %w", base, err), !errors.As(err, &ce)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("placement server %s: read answer: %w", c.base, err)
+		return fmt.Errorf("placement server %s: read answer: %w", base, err), true
 	}
 	if resp.StatusCode >= 300 {
 		var ae apiError
@@ -130,14 +217,15 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any, signe
 				ae.Error = resp.Status
 			}
 		}
-		return &APIError{Status: resp.StatusCode, Message: ae.Error}
+		e := &APIError{Status: resp.StatusCode, Message: ae.Error}
+		return e, resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusBadGateway
 	}
 	if out != nil {
 		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("placement server %s: decode answer: %w", c.base, err)
+			return fmt.Errorf("placement server %s: decode answer: %w", base, err), false
 		}
 	}
-	return nil
+	return nil, false
 }
 
 // Register joins the node to the cell (or rejoins after a restart). Its answer
@@ -248,4 +336,40 @@ func (c *Client) Drain(ctx context.Context, nodeID string, enable bool) (*Submit
 		return nil, fmt.Errorf("drain %s: %w", nodeID, err)
 	}
 	return &out, nil
+}
+
+// Revoke takes a node's credentials away: it can no longer heartbeat or receive
+// allocations, and its tasks move elsewhere.
+func (c *Client) Revoke(ctx context.Context, nodeID string) (*SubmitResponse, error) {
+	var out SubmitResponse
+	if err := c.do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(nodeID)+"/revoke", nil, &out, false); err != nil {
+		return nil, fmt.Errorf("revoke %s: %w", nodeID, err)
+	}
+	return &out, nil
+}
+
+// Members lists the cell's servers and how each is.
+func (c *Client) Members(ctx context.Context) ([]Member, error) {
+	var out []Member
+	if err := c.do(ctx, http.MethodGet, "/v1/cell/members", nil, &out, false); err != nil {
+		return nil, fmt.Errorf("list servers: %w", err)
+	}
+	return out, nil
+}
+
+// RemoveServer takes a server out of the cell's Raft configuration.
+func (c *Client) RemoveServer(ctx context.Context, name string) error {
+	if err := c.do(ctx, http.MethodPost, "/v1/cell/remove", RemoveRequest{Name: name}, nil, false); err != nil {
+		return fmt.Errorf("remove server %s: %w", name, err)
+	}
+	return nil
+}
+
+// Status returns the server's summary of the cell (GET /v1/status).
+func (c *Client) Status(ctx context.Context) (map[string]any, error) {
+	var out map[string]any
+	if err := c.do(ctx, http.MethodGet, "/v1/status", nil, &out, false); err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	return out, nil
 }

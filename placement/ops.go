@@ -206,6 +206,21 @@ func (c *Cell) markDown(id string, ttl time.Duration) []*Evaluation {
 	return c.retryPending("node-down")
 }
 
+// revokeNode takes a machine's credentials away: it is down for good (until an
+// admin registers a new key), and its tasks move elsewhere.
+func (c *Cell) revokeNode(id string) ([]*Evaluation, error) {
+	n := c.byID[id]
+	if n == nil {
+		return nil, fmt.Errorf("node %s: %w", id, ErrNotFound)
+	}
+	c.updateNode(n, func(nd *Node) { nd.Revoked, nd.Status = true, NodeDown })
+	for _, a := range sortedAllocs(n.live) {
+		c.setDesired(a, DesiredStop, "machine's credentials revoked")
+		c.dirty[a.Job] = true
+	}
+	return c.retryPending("node-revoke"), nil
+}
+
 func (c *Cell) jobStatus(name string) (*JobStatus, error) {
 	js := c.jobs[name]
 	if js == nil {

@@ -452,13 +452,36 @@ func TestAuthRefusals(t *testing.T) {
 		{"node acting for another", "POST", "/v1/nodes/" + other.NodeID() + "/heartbeat", hbBody,
 			signed("POST", "/v1/nodes/"+other.NodeID()+"/heartbeat", hbBody, node.NodeID(), node.nodeKey, now), 403},
 		{"allocations unsigned", "GET", "/v1/nodes/" + node.NodeID() + "/allocations", nil, nil, 401},
-		{"open read on loopback", "GET", "/v1/nodes", nil, nil, 200},
-		{"unknown job", "GET", "/v1/jobs/nope", nil, nil, 404},
+		{"read on loopback without token", "GET", "/v1/nodes", nil, nil, 401},
+		{"status without token", "GET", "/v1/status", nil, nil, 401},
+		{"read with the join token", "GET", "/v1/jobs", nil, map[string]string{"Authorization": "Bearer " + testJoin}, 403},
+		{"read with the admin token", "GET", "/v1/nodes", nil, map[string]string{"Authorization": "Bearer " + testAdmin}, 200},
+		{"unknown job", "GET", "/v1/jobs/nope", nil, map[string]string{"Authorization": "Bearer " + testAdmin}, 404},
+		{"body over the cap", "POST", "/v1/jobs", bytes.Repeat([]byte(" "), maxBody+1), map[string]string{"Authorization": "Bearer " + testAdmin}, 413},
 	}
 	for _, tc := range cases {
 		if got, msg := raw(tc.method, tc.path, tc.body, tc.hdr); got != tc.want {
 			t.Errorf("%s: status %d (%s), want %d", tc.name, got, msg, tc.want)
 		}
+	}
+	// Credentials are checked before the body is read: a request without them is
+	// refused while its body is still being sent (this body never ends).
+	for _, path := range []string{"/v1/jobs", "/v1/nodes/register", hbPath} {
+		pr, pw := io.Pipe()
+		rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		req, _ := http.NewRequestWithContext(rctx, "POST", ts.url+path, pr)
+		go pw.Write([]byte("{"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Errorf("POST %s with an endless body and no credentials: %v (the server waited for the body)", path, err)
+		} else {
+			if resp.StatusCode != 401 {
+				t.Errorf("POST %s with an endless body and no credentials: %d, want 401", path, resp.StatusCode)
+			}
+			resp.Body.Close()
+		}
+		cancel()
+		pw.Close()
 	}
 	// Registering a key under another node's ID fails: the ID is the key's.
 	_, key2, _ := ed25519.GenerateKey(nil)

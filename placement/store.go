@@ -24,7 +24,7 @@ const (
 )
 
 func openDB(dir string) (*badger.DB, error) {
-	opts := badger.DefaultOptions(dir).WithSyncWrites(true).WithLogger(nil).
+	opts := badger.DefaultOptions(dir).WithSyncWrites(false).WithLogger(nil).
 		WithNumVersionsToKeep(1).WithCompactL0OnClose(true)
 	db, err := badger.Open(opts)
 	if err != nil {

@@ -125,6 +125,8 @@ type Node struct {
 	Artifacts []string          `json:"artifacts,omitempty"` // held refs (name@version) and digests
 	Status    string            `json:"status"`
 	Drain     bool              `json:"drain,omitempty"`
+	// Revoked nodes may no longer heartbeat, register or receive allocations.
+	Revoked bool `json:"revoked,omitempty"`
 
 	RegisteredAt time.Time `json:"registered_at,omitzero"`
 	LastSeen     time.Time `json:"last_seen,omitzero"`

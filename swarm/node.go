@@ -133,7 +133,7 @@ func NewNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 	if n.gossip, err = NewGossip(ctx, h, n.verify, n.announced, n.log); err != nil {
 		return nil, err
 	}
-	ServeLookup(h, n.resolve, n.listKnown, n.log)
+	ServeLookup(h, n.answerLookup, n.answerList, n.log)
 	if len(cfg.AutoFetch) > 0 {
 		if err := n.watchPeers(); err != nil {
 			return nil, err

@@ -15,7 +15,7 @@ type knownRelease struct {
 	env *signing.Envelope
 }
 
-// notify wakes everyone waiting for news about releases or holders. Callers hold n.mu.
+// notifyLocked wakes everyone waiting for news about releases or holders. Callers hold n.mu.
 func (n *Node) notifyLocked() {
 	close(n.newInfo)
 	n.newInfo = make(chan struct{})
@@ -54,8 +54,8 @@ func (n *Node) Announce(ctx context.Context, rel artifact.Release, env *signing.
 	return n.gossip.Announce(ctx, rel, env)
 }
 
-// resolve answers the lookup protocol from the store and the verified cache.
-func (n *Node) resolve(ref artifact.Ref) (artifact.Release, *signing.Envelope, bool, bool) {
+// answerLookup answers the lookup protocol from the store and the verified cache.
+func (n *Node) answerLookup(ref artifact.Ref) (artifact.Release, *signing.Envelope, bool, bool) {
 	if rel, env, err := n.st.Release(ref); err == nil {
 		return rel, env, n.st.HasBlob(rel.Digest) || n.fetching(rel.Digest), true
 	}
@@ -75,9 +75,9 @@ func (n *Node) fetching(digest string) bool {
 	return j != nil && j.sources.Load() > 0
 }
 
-// listKnown answers list requests: releases held here, then verified
+// answerList answers list requests: releases held here, then verified
 // announcements heard.
-func (n *Node) listKnown() []knownAnswer {
+func (n *Node) answerList() []knownAnswer {
 	var out []knownAnswer
 	seen := make(map[artifact.Ref]bool)
 	if rels, err := n.st.Releases(); err == nil {

@@ -42,15 +42,12 @@ func (e *Engine) Seed(ctx context.Context, rel artifact.Release) error {
 		return fmt.Errorf("seed %s: %w", short(rel.Digest), artifact.ErrNotFound)
 	}
 	e.mu.Lock()
-	if tr, ok := e.transfers[rel.Digest]; ok {
-		e.mu.Unlock()
-		if tr.seeding {
-			return nil
-		}
-		// A download of the same blob is running; it seeds once done.
+	_, running := e.transfers[rel.Digest]
+	e.mu.Unlock()
+	if running {
+		// Seeding already, or downloading: a download seeds once done.
 		return nil
 	}
-	e.mu.Unlock()
 	infoBytes, err := e.infoBytes(ctx, rel)
 	if err != nil {
 		return fmt.Errorf("seed %s: %w", short(rel.Digest), err)
@@ -90,7 +87,9 @@ func (e *Engine) Drop(digest string) error {
 	e.mu.Lock()
 	tr, ok := e.transfers[digest]
 	delete(e.transfers, digest)
+	var t *torrent.Torrent
 	if ok {
+		t = tr.t // nil until the download added it; it drops itself then
 		delete(e.known, tr.ih)
 		e.completion.distrust(tr.ih)
 		if e.ss != nil {
@@ -101,9 +100,6 @@ func (e *Engine) Drop(digest string) error {
 	if !ok {
 		return nil
 	}
-	e.mu.Lock()
-	t := tr.t
-	e.mu.Unlock()
 	if t != nil {
 		t.Drop()
 	}

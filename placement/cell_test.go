@@ -1,0 +1,291 @@
+package placement
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"ballena.dev/internal/poll"
+	"ballena.dev/placement/cellca"
+)
+
+// cellMember is one server of an in-process cell: real Raft over mutual TLS on
+// loopback, and the HTTPS API.
+type cellMember struct {
+	name    string
+	dir     string
+	srv     *Server
+	api     string
+	raftLn  net.Listener
+	apiLn   net.Listener
+	cancel  context.CancelFunc
+	stopped bool
+}
+
+type raftCell struct {
+	t       *testing.T
+	cellDir string
+	members []*cellMember
+}
+
+// startRaftCell starts n servers that bootstrap a cell together.
+func startRaftCell(t *testing.T, n int) *raftCell {
+	t.Helper()
+	tc := &raftCell{t: t, cellDir: filepath.Join(t.TempDir(), "cell")}
+	if err := cellca.Init(tc.cellDir); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := cellca.Load(tc.cellDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raftAddrs []string
+	for i := range n {
+		m := &cellMember{name: fmt.Sprintf("s%d", i+1), dir: t.TempDir()}
+		if err := ca.IssueServer(m.name, []string{"127.0.0.1"}, filepath.Join(m.dir, "tls")); err != nil {
+			t.Fatal(err)
+		}
+		if m.raftLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if m.apiLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		m.api = "https://" + m.apiLn.Addr().String()
+		raftAddrs = append(raftAddrs, m.raftLn.Addr().String())
+		tc.members = append(tc.members, m)
+	}
+	for i, m := range tc.members {
+		var join []string
+		for j, a := range raftAddrs {
+			if j != i {
+				join = append(join, a)
+			}
+		}
+		tc.open(m, n, join)
+	}
+	t.Cleanup(func() {
+		for _, m := range tc.members {
+			tc.stop(m)
+		}
+	})
+	return tc
+}
+
+func (tc *raftCell) open(m *cellMember, expect int, join []string) {
+	tc.t.Helper()
+	id, err := cellca.LoadIdentity(filepath.Join(m.dir, "tls"), "")
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	s, err := Open(Options{Dir: filepath.Join(m.dir, "state"), AdminToken: testAdmin, JoinToken: testJoin,
+		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		ForwardTLS: cellca.ClientConfig(id.Pool),
+		Cell: &CellConfig{Identity: id, RaftListener: m.raftLn, APIURL: m.api, BootstrapExpect: expect, Join: join,
+			Timeout: 300 * time.Millisecond}})
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	m.srv = s
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	m.stopped = false
+	go s.Serve(ctx, m.apiLn)
+	go s.Run(ctx)
+}
+
+func (tc *raftCell) stop(m *cellMember) {
+	if m.stopped {
+		return
+	}
+	m.stopped = true
+	m.cancel()
+	m.srv.Close()
+	m.apiLn.Close()
+	m.raftLn.Close()
+}
+
+// restart opens a stopped member again on the same addresses and state.
+func (tc *raftCell) restart(m *cellMember) {
+	tc.t.Helper()
+	var err error
+	if m.raftLn, err = net.Listen("tcp", m.raftLn.Addr().String()); err != nil {
+		tc.t.Fatal(err)
+	}
+	if m.apiLn, err = net.Listen("tcp", m.apiLn.Addr().String()); err != nil {
+		tc.t.Fatal(err)
+	}
+	tc.open(m, 0, nil)
+}
+
+func (tc *raftCell) urls() string {
+	var s string
+	for i, m := range tc.members {
+		if i > 0 {
+			s += ","
+		}
+		s += m.api
+	}
+	return s
+}
+
+func (tc *raftCell) client(urls string) *Client {
+	tc.t.Helper()
+	pool, err := cellca.LoadPool(filepath.Join(tc.cellDir, cellca.CAFile))
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	cl, err := NewClient(urls, testAdmin, WithTLS(cellca.ClientConfig(pool)))
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	return cl
+}
+
+func (tc *raftCell) tlsOpt() ClientOption {
+	tc.t.Helper()
+	pool, err := cellca.LoadPool(filepath.Join(tc.cellDir, cellca.CAFile))
+	if err != nil {
+		tc.t.Fatal(err)
+	}
+	return WithTLS(cellca.ClientConfig(pool))
+}
+
+// leader waits until exactly one running member leads, and returns it.
+func (tc *raftCell) leader() *cellMember {
+	tc.t.Helper()
+	var lead *cellMember
+	poll.Until(tc.t, 30*time.Second, "one leader", func() bool {
+		lead = nil
+		for _, m := range tc.members {
+			if !m.stopped && m.srv.IsLeader() {
+				if lead != nil {
+					return false
+				}
+				lead = m
+			}
+		}
+		return lead != nil
+	})
+	return lead
+}
+
+// TestCellReplicatesAndFailsOver: writes through a follower reach the leader;
+// every server holds them; a node heartbeats through any server; when the
+// leader stops, another is elected, nothing acknowledged is lost, and the
+// client moves to a live server of its list on its own; the old leader, back,
+// catches up as a follower.
+func TestCellReplicatesAndFailsOver(t *testing.T) {
+	tc := startRaftCell(t, 3)
+	ctx := context.Background()
+	start := time.Now()
+	lead := tc.leader()
+	t.Logf("first leader %s elected after %v", lead.name, time.Since(start).Round(time.Millisecond))
+	var follower *cellMember
+	for _, m := range tc.members {
+		if m != lead {
+			follower = m
+			break
+		}
+	}
+	fcl := tc.client(follower.api)
+	_, key, _ := ed25519.GenerateKey(nil)
+	nc, err := NewNodeClient(follower.api, testJoin, key, tc.tlsOpt())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := nc.Register(ctx, NodeRegistration{Capacity: Resources{CPU: 64000, Memory: 256 * gib}}); err != nil {
+		t.Fatalf("register through a follower: %v", err)
+	}
+	var acked []string
+	for i := range 5 {
+		name := fmt.Sprintf("api%d", i)
+		if _, err := fcl.SubmitJob(ctx, job(name, 3, 100, 64, BandProd)); err != nil {
+			t.Fatalf("submit through a follower: %v", err)
+		}
+		acked = append(acked, name)
+	}
+	if _, err := nc.Heartbeat(ctx, Heartbeat{}); err != nil {
+		t.Fatalf("heartbeat through a follower: %v", err)
+	}
+	// Every server holds the jobs and the allocations (the node may watch any).
+	for _, m := range tc.members {
+		poll.Until(t, 10*time.Second, m.name+" to apply the jobs", func() bool {
+			m.srv.mu.Lock()
+			defer m.srv.mu.Unlock()
+			return len(m.srv.cell.jobs) == 5 && len(m.srv.cell.allocs) == 15
+		})
+	}
+	l, err := nc.WatchAllocations(ctx, 0, 0)
+	if err != nil || len(l.Allocations) != 15 {
+		t.Fatalf("allocations watched on a follower: %v, %d", err, len(l.Allocations))
+	}
+
+	// The leader goes; a client with every URL moves on by itself.
+	cl := tc.client(tc.urls())
+	stopped := time.Now()
+	tc.stop(lead)
+	next := tc.leader()
+	elected := time.Since(stopped)
+	if _, err := cl.SubmitJob(ctx, job("after", 1, 100, 64, BandProd)); err != nil {
+		t.Fatalf("submit after the leader stopped: %v", err)
+	}
+	t.Logf("leader %s stopped; %s elected after %v, first write accepted after %v", lead.name, next.name,
+		elected.Round(time.Millisecond), time.Since(stopped).Round(time.Millisecond))
+	for _, name := range append(acked, "after") {
+		st, err := cl.JobStatus(ctx, name)
+		if err != nil {
+			t.Fatalf("acknowledged job %s after failover: %v", name, err)
+		}
+		if st.Summary["starting"]+st.Summary["running"] != st.Job.Count {
+			t.Errorf("job %s after failover: %v", name, st.Summary)
+		}
+	}
+	// The node was given a fresh TTL by the new leader, not marked down.
+	nodes, err := cl.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].Status != NodeReady {
+		t.Fatalf("nodes after failover: %v %+v", err, nodes)
+	}
+	// The old leader comes back and catches up as a follower.
+	tc.restart(lead)
+	poll.Until(t, 20*time.Second, lead.name+" to catch up", func() bool {
+		lead.srv.mu.Lock()
+		defer lead.srv.mu.Unlock()
+		return lead.srv.cell.jobs["after"] != nil
+	})
+	if lead.srv.IsLeader() && next.srv.IsLeader() {
+		t.Fatal("two leaders")
+	}
+	members, err := cl.Members(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaders, healthy := 0, 0
+	for _, m := range members {
+		if m.Leader {
+			leaders++
+		}
+		if m.Healthy {
+			healthy++
+		}
+	}
+	if len(members) != 3 || leaders != 1 {
+		t.Fatalf("members: %+v", members)
+	}
+	poll.Until(t, 10*time.Second, "three healthy members", func() bool {
+		members, err = cl.Members(ctx)
+		healthy = 0
+		for _, m := range members {
+			if m.Healthy {
+				healthy++
+			}
+		}
+		return err == nil && healthy == 3
+	})
+}
