@@ -4,42 +4,16 @@ import (
 	"context"
 	"crypto/ed25519"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
+
+	"ballena.dev/internal/testbin"
 
 	"ballena.dev/signing"
 )
 
-var (
-	whaleOnce sync.Once
-	whalePath string
-	whaleErr  error
-)
-
-// staticWhale builds testdata/hello once per test run: a real static binary.
-func staticWhale(t testing.TB) string {
-	t.Helper()
-	whaleOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ballena-artifact-test-")
-		if err != nil {
-			whaleErr = err
-			return
-		}
-		whalePath = filepath.Join(dir, "hello")
-		cmd := exec.Command("go", "build", "-o", whalePath, "../testdata/hello")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			whaleErr = err
-			t.Logf("%s", out)
-		}
-	})
-	if whaleErr != nil {
-		t.Fatalf("build sample whale: %v", whaleErr)
-	}
-	return whalePath
-}
+// staticWhale is testdata/hello built static, once per test run: a real static binary.
+func staticWhale(t testing.TB) string { return testbin.Build(t, "../testdata/hello") }
 
 func openStore(t testing.TB) *Store {
 	t.Helper()

@@ -5,14 +5,14 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"ballena.dev/internal/testbin"
 
 	"ballena.dev/artifact"
 	"ballena.dev/signing"
@@ -20,45 +20,18 @@ import (
 	"ballena.dev/internal/cgtest"
 )
 
-var (
-	helperDir  string
-	helperOnce sync.Once
-	helperPath string
-	helperErr  error
-)
-
 func TestMain(m *testing.M) {
 	MaybeRunInit()
 	if os.Getenv(daemonEnv) != "" {
 		os.Exit(runTestDaemon())
 	}
-	var err error
-	helperDir, err = os.MkdirTemp("", "launcher-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(helperDir)
+	testbin.Cleanup()
 	os.Exit(code)
 }
 
-// taskBinary builds testdata/task once per test run (static, CGO_ENABLED=0).
-func taskBinary(t testing.TB) string {
-	t.Helper()
-	helperOnce.Do(func() {
-		helperPath = filepath.Join(helperDir, "task")
-		cmd := exec.Command("go", "build", "-o", helperPath, "./testdata/task")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			helperErr = fmt.Errorf("build testdata/task: %v\n%s", err, out)
-		}
-	})
-	if helperErr != nil {
-		t.Fatal(helperErr)
-	}
-	return helperPath
-}
+// taskBinary is testdata/task built static, once per test run.
+func taskBinary(t testing.TB) string { return testbin.Build(t, "./testdata/task") }
 
 // requireRoot skips tests that need root and cgroups.
 func requireRoot(t testing.TB) {

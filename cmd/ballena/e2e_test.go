@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"ballena.dev/internal/testbin"
 	"ballena.dev/internal/testnet"
 	"ballena.dev/launcher"
 	"ballena.dev/placement"
@@ -125,7 +126,7 @@ type e2eNode struct {
 
 func newE2E(t *testing.T) *e2e {
 	e := &e2e{t: t, dir: t.TempDir()}
-	e.bin = e.build("./", "ballena")
+	e.bin = testbin.Build(t, ".")
 	e.net = testnet.New(t, e2eNodes+1)
 	t.Logf("e2e: run %s, %d hosts on 10.213.x.0/24, binary %s", e.net.ID, len(e.net.Hosts), e.bin)
 	// Cleanups run last-registered first: the processes die, then what still
@@ -160,29 +161,11 @@ func (e *e2e) path(name string) string { return filepath.Join(e.dir, name) }
 // cgroupParent is node i's --cgroup-parent, unique to the run.
 func (e *e2e) cgroupParent(i int) string { return fmt.Sprintf("ballena-e2e-%s-%d", e.net.ID, i) }
 
-// build compiles a package of this module as a static binary into the test's dir.
-func (e *e2e) build(pkg, name string) string {
-	e.t.Helper()
-	out := e.path(name)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		e.t.Fatalf("go build %s: %v\n%s", pkg, err, b)
-	}
-	return out
-}
-
 // whale is the sample service padded with random bytes to size (or a little
 // over): a valid static ELF whose digest is new on every call.
 func (e *e2e) whale(name string, size int64) string {
 	e.t.Helper()
-	hello := e.path("hello")
-	if _, err := os.Stat(hello); err != nil {
-		e.build("../../testdata/hello", "hello")
-	}
-	b, err := os.ReadFile(hello)
+	b, err := os.ReadFile(testbin.Build(e.t, "../../testdata/hello"))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -307,10 +290,7 @@ func (e *e2e) checkPeerBytes(name, digest string, size int64, strict bool) {
 // server's host: each answers on its host's address, at port base+index.
 func (e *e2e) checkAnswers(st *placement.JobStatus, base int) {
 	e.t.Helper()
-	get := e.path("httpget")
-	if _, err := os.Stat(get); err != nil {
-		e.build("./testdata/httpget", "httpget")
-	}
+	get := testbin.Build(e.t, "./testdata/httpget")
 	for _, ts := range st.Tasks {
 		i := slices.IndexFunc(e.nodes, func(n *e2eNode) bool { return n.id == ts.NodeID })
 		if i < 0 {

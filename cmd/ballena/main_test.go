@@ -4,11 +4,10 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
+
+	"ballena.dev/internal/testbin"
 )
 
 // run runs the CLI in-process and returns its exit code, stdout and the one-line error.
@@ -43,34 +42,8 @@ func runArgv(t *testing.T, argv ...string) (int, string, string) {
 	return 0, out.String(), ""
 }
 
-var (
-	helloOnce sync.Once
-	helloPath string
-	helloErr  error
-)
-
-// sampleWhale builds testdata/hello static, once per test binary.
-func sampleWhale(t *testing.T) string {
-	t.Helper()
-	helloOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ballena-cli-test-")
-		if err != nil {
-			helloErr = err
-			return
-		}
-		helloPath = filepath.Join(dir, "hello")
-		cmd := exec.Command("go", "build", "-o", helloPath, "../../testdata/hello")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			helloErr = err
-			t.Logf("%s", out)
-		}
-	})
-	if helloErr != nil {
-		t.Fatalf("build sample whale: %v", helloErr)
-	}
-	return helloPath
-}
+// sampleWhale is testdata/hello built static, once per test binary.
+func sampleWhale(t *testing.T) string { return testbin.Build(t, "../../testdata/hello") }
 
 func copyFile(t *testing.T, src, dst string) string {
 	t.Helper()

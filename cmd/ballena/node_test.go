@@ -17,40 +17,17 @@ import (
 	"testing"
 	"time"
 
+	"ballena.dev/internal/testbin"
+
 	"ballena.dev/artifact"
 	"ballena.dev/internal/poll"
 	"ballena.dev/signing"
 	"ballena.dev/swarm"
 )
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// ballenaBinary builds this command once per test binary, for tests that need
-// real daemon processes.
-func ballenaBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ballena-bin-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "ballena")
-		cmd := exec.Command("go", "build", "-o", binPath, ".")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("%v: %s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatalf("build ballena: %v", binErr)
-	}
-	return binPath
-}
+// ballenaBinary is this command built static once per test binary, for tests
+// that need real daemon processes.
+func ballenaBinary(t *testing.T) string { return testbin.Build(t, ".") }
 
 // daemonProc is one `ballena node` process.
 type daemonProc struct {
@@ -145,7 +122,7 @@ func (p *daemonProc) stop() error {
 // cli runs the built binary against this node's data dir.
 func (p *daemonProc) cli(args ...string) (int, string, string) {
 	p.t.Helper()
-	cmd := exec.Command(binPath, append([]string{"--data", p.data}, args...)...)
+	cmd := exec.Command(ballenaBinary(p.t), append(args, "--data", p.data)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -13,6 +13,7 @@ import (
 	"ballena.dev/launcher"
 
 	"ballena.dev/internal/cgtest"
+	"ballena.dev/internal/testbin"
 )
 
 // TestMain lets this test binary serve as a task's shim and init, as the
@@ -24,7 +25,9 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
 }
 
 // TestRunAttachedForwardsInterrupt: ^C on an attached run stops the task
