@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"ballena.dev/internal/errkind"
 	"ballena.dev/signing"
 )
 
@@ -113,17 +114,7 @@ func (r Release) validate() error {
 	return nil
 }
 
-// taggedError reads as its own message but matches kind with errors.Is, so
-// the CLI prints one plain line and still picks the right exit code.
-type taggedError struct {
-	kind error
-	msg  string
-}
-
-func (e *taggedError) Error() string        { return e.msg }
-func (e *taggedError) Is(target error) bool { return target == e.kind }
-
-// Tagged returns an error reading as the formatted message that matches kind under errors.Is.
-func Tagged(kind error, format string, a ...any) error {
-	return &taggedError{kind: kind, msg: fmt.Sprintf(format, a...)}
-}
+// Tagged returns an error reading as the formatted message that matches kind
+// under errors.Is (see internal/errkind): one plain line for the CLI, and the
+// right exit code.
+func Tagged(kind error, format string, a ...any) error { return errkind.Errorf(kind, format, a...) }

@@ -2,7 +2,8 @@ package signing
 
 import (
 	"errors"
-	"fmt"
+
+	"ballena.dev/internal/errkind"
 )
 
 // Sentinel errors. Every error this package returns for bad input wraps one of
@@ -37,38 +38,13 @@ func IsVerification(err error) bool {
 	return false
 }
 
-// kindError carries a precise message while matching a sentinel with errors.Is.
-// The sentinel's own text stays out of the message: "key 3fa1… is revoked" says
-// more than "revoked key: key 3fa1… is revoked".
-type kindError struct {
-	kind  error
-	msg   string
-	cause error // optional underlying error, also matched by errors.Is/As
-}
-
-func (e *kindError) Error() string { return e.msg }
-
-func (e *kindError) Unwrap() []error {
-	if e.cause != nil {
-		return []error{e.kind, e.cause}
-	}
-	return []error{e.kind}
-}
-
-// refusef returns an error of the given kind; a %w verb in format keeps its
-// operand reachable through errors.Is and errors.As.
+// refusef returns an error of the given kind (see internal/errkind).
 func refusef(kind error, format string, args ...any) error {
-	wrapped := fmt.Errorf(format, args...)
-	return &kindError{kind: kind, msg: wrapped.Error(), cause: errors.Unwrap(wrapped)}
+	return errkind.Errorf(kind, format, args...)
 }
 
 // withPrefix prefixes a message while keeping what the error matches.
-func withPrefix(prefix string, err error) error {
-	if ke, ok := err.(*kindError); ok {
-		return &kindError{kind: ke.kind, msg: prefix + ": " + ke.msg, cause: ke.cause}
-	}
-	return fmt.Errorf("%s: %w", prefix, err)
-}
+func withPrefix(prefix string, err error) error { return errkind.WithPrefix(prefix, err) }
 
 // shortID abbreviates a key ID for messages; 16 hex digits are plenty to find
 // the key in a policy file.
