@@ -60,6 +60,6 @@
 //	init.go       init: PID 1 of the task, drops privileges and execs the whale
 //	rootfs.go     init's read-only root: mounts, masked /proc paths, pivot_root
 //	proc.go       PID + start time, so that a reused PID is not taken for a task
-//	api.go        the local HTTP routes over a Launcher
+//	stoprequest.go how a stop is asked for (signal, grace period); the local API that serves tasks is internal/daemon
 //	agent.go      the placement agent: assignments in, task states out
 package launcher

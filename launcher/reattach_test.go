@@ -3,11 +3,10 @@ package launcher
 import (
 	"bytes"
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -19,7 +18,6 @@ import (
 	"time"
 
 	"ballena.dev/artifact"
-	"ballena.dev/internal/localapi"
 	"ballena.dev/internal/poll"
 
 	"ballena.dev/internal/cgtest"
@@ -30,8 +28,11 @@ import (
 const (
 	daemonEnv       = "_LAUNCHER_TEST_DAEMON"        // data dir
 	daemonParentEnv = "_LAUNCHER_TEST_CGROUP_PARENT" // cgroup parent
+	startSpecsEnv   = "_LAUNCHER_TEST_START"         // JSON []TaskSpec to start
 )
 
+// runTestDaemon is the first launcher: it starts the tasks named in
+// startSpecsEnv, prints each as a JSON line, and runs until it is killed.
 func runTestDaemon() int {
 	dir := os.Getenv(daemonEnv)
 	st, err := artifact.Open(filepath.Join(dir, "store"))
@@ -50,25 +51,39 @@ func runTestDaemon() int {
 		return 1
 	}
 	defer l.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	mux := http.NewServeMux()
-	l.Routes(mux)
-	if err := localapi.Serve(ctx, dir, mux); err != nil {
-		fmt.Fprintln(os.Stderr, "daemon:", err)
+	var specs []TaskSpec
+	if err := json.Unmarshal([]byte(os.Getenv(startSpecsEnv)), &specs); err != nil {
+		fmt.Fprintln(os.Stderr, "daemon: specs:", err)
 		return 1
 	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	enc := json.NewEncoder(os.Stdout)
+	for _, spec := range specs {
+		tk, err := l.Start(ctx, spec)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "daemon: start:", err)
+			return 1
+		}
+		enc.Encode(tk)
+	}
+	<-ctx.Done()
 	return 0
 }
 
-// startDaemon runs a launcher daemon on dir and returns it with a client once
-// its socket answers.
-func startDaemon(t *testing.T, dir, parent string) (*exec.Cmd, *localapi.Client) {
+// startDaemon runs a launcher in a process of its own on dir, has it start
+// specs, and returns it with the tasks it started.
+func startDaemon(t *testing.T, dir, parent string, specs []TaskSpec) (*exec.Cmd, []Task) {
 	t.Helper()
+	js, _ := json.Marshal(specs)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), daemonEnv+"="+dir, daemonParentEnv+"="+parent)
+	cmd.Env = append(os.Environ(), daemonEnv+"="+dir, daemonParentEnv+"="+parent, startSpecsEnv+"="+string(js))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -79,13 +94,17 @@ func startDaemon(t *testing.T, dir, parent string) (*exec.Cmd, *localapi.Client)
 			t.Logf("daemon %d stderr:\n%s", cmd.Process.Pid, stderr.String())
 		}
 	})
-	var c *localapi.Client
-	poll.Until(t, 20*time.Second, "the daemon's socket", func() bool {
-		var err error
-		c, err = localapi.Dial(dir)
-		return err == nil
-	})
-	return cmd, c
+	// The pipe closes if the daemon dies: the decode fails instead of hanging.
+	dec := json.NewDecoder(out)
+	tasks := make([]Task, len(specs))
+	for i := range tasks {
+		if err := dec.Decode(&tasks[i]); err != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			t.Fatalf("daemon: task %d: %v\n%s", i, err, stderr.String())
+		}
+	}
+	return cmd, tasks
 }
 
 func TestReattachAfterKill9(t *testing.T) {
@@ -111,17 +130,11 @@ func TestReattachAfterKill9(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	a, ca := startDaemon(t, dir, parent)
-	var keep, dies, again Task
-	for _, tk := range []*Task{&keep, &dies, &again} {
-		spec := TaskSpec{Artifact: "task@1.0.0", Args: []string{"serve"}}
-		if tk == &again {
-			spec.Restart = RestartAlways
-		}
-		if err := ca.Do(ctx, "POST", "/v1/tasks", spec, tk); err != nil {
-			t.Fatal(err)
-		}
-	}
+	serve := TaskSpec{Artifact: "task@1.0.0", Args: []string{"serve"}}
+	always := serve
+	always.Restart = RestartAlways
+	a, started := startDaemon(t, dir, parent, []TaskSpec{serve, serve, always})
+	keep, dies, again := started[0], started[1], started[2]
 	t.Cleanup(func() { // whatever happens, leave no task behind
 		for _, tk := range []Task{keep, dies, again} {
 			_ = newTaskCgroup(parent, tk.ID).destroy()
@@ -148,9 +161,23 @@ func TestReattachAfterKill9(t *testing.T) {
 	}
 	logBefore := logSize(t, dir, keep.ID)
 
-	_, cb := startDaemon(t, dir, parent)
-	var got Task // reset before each decode: fields left out would keep old values
-	if err := cb.Do(ctx, "GET", "/v1/tasks/"+keep.ID, nil, &got); err != nil {
+	// The second launcher, in this process, adopts what the first left.
+	st, err = artifact.Open(filepath.Join(dir, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	b, err := New(Config{
+		DataDir: dir, DB: st.DB(), CgroupParent: parent,
+		Verifier: &StoreVerifier{Store: st, PolicyPath: e.policy},
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	got, err := b.Get(keep.ID)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if got.State != StateRunning || got.PID != keep.PID || got.Restarts != 0 {
@@ -168,8 +195,7 @@ func TestReattachAfterKill9(t *testing.T) {
 		t.Errorf("the adopted task's parent is %d, want its original shim %d", pp, keep.ShimPID)
 	}
 	poll.Until(t, 20*time.Second, "the dead task's end state", func() bool {
-		got = Task{}
-		_ = cb.Do(ctx, "GET", "/v1/tasks/"+dies.ID, nil, &got)
+		got, _ = b.Get(dies.ID)
 		return got.State.Final()
 	})
 	if got.State != StateExited || got.Exit == nil || got.Exit.Code != 7 {
@@ -177,14 +203,13 @@ func TestReattachAfterKill9(t *testing.T) {
 	}
 	// The one whose policy says always is restarted by the new launcher.
 	poll.Until(t, 20*time.Second, "the restart", func() bool {
-		got = Task{}
-		_ = cb.Do(ctx, "GET", "/v1/tasks/"+again.ID, nil, &got)
+		got, _ = b.Get(again.ID)
 		return got.Restarts == 1 && got.State == StateRunning
 	})
 	if got.PID == again.PID || !alive(got.PID, got.PIDStart) {
 		t.Errorf("restarted task: pid %d (was %d) not a new live process", got.PID, again.PID)
 	}
-	if _, err := cb.Stream(ctx, "POST", "/v1/tasks/"+again.ID+"/stop", StopRequest{Timeout: "5s"}); err != nil {
+	if _, err := b.Stop(ctx, again.ID, syscall.SIGTERM, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 
@@ -192,37 +217,21 @@ func TestReattachAfterKill9(t *testing.T) {
 	poll.Until(t, 10*time.Second, "the adopted task's log to grow", func() bool { return logSize(t, dir, keep.ID) > logBefore })
 
 	// The new launcher notices the adopted task's end (it is not its parent).
-	var stopped Task
-	if err := cb.Do(ctx, "POST", "/v1/tasks/"+keep.ID+"/stop", StopRequest{Timeout: "5s"}, &stopped); err != nil {
+	stopped, err := b.Stop(ctx, keep.ID, syscall.SIGTERM, 5*time.Second)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if stopped.State != StateStopped || stopped.Exit == nil || stopped.Exit.Code != 7 {
 		t.Errorf("stop of the adopted task: %s %s, want stopped with code 7", stopped.State, stopped.Exit)
 	}
-	resp, err := cb.Stream(ctx, "GET", "/v1/tasks/"+keep.ID+"/logs", nil)
+	rc, err := b.Logs(ctx, keep.ID, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body, _ := io.ReadAll(rc)
+	rc.Close()
 	if !strings.Contains(string(body), "ready") || !strings.HasSuffix(string(body), "term\n") {
-		t.Errorf("logs through the API: %q...", firstN(string(body), 200))
-	}
-
-	// Errors carry the codes the CLI maps to exit codes.
-	var le *localapi.Error
-	err = cb.Do(ctx, "POST", "/v1/tasks", TaskSpec{Artifact: "nope@1.0.0"}, nil)
-	if !errors.As(err, &le) || le.Code != "notfound" {
-		t.Errorf("start of a missing artifact: %v, want code notfound", err)
-	}
-	e.writePolicy("keys:\n  - path: release.pub\n    names: [\"other\"]\n")
-	err = cb.Do(ctx, "POST", "/v1/tasks", TaskSpec{Artifact: "task@1.0.0"}, nil)
-	if !errors.As(err, &le) || le.Code != "verify" {
-		t.Errorf("start refused by the policy: %v, want code verify", err)
-	}
-	err = cb.Do(ctx, "POST", "/v1/tasks", TaskSpec{Artifact: "task@1.0.0", Restart: "sometimes"}, nil)
-	if !errors.As(err, &le) || le.Code != "usage" {
-		t.Errorf("bad spec: %v, want code usage", err)
+		t.Errorf("logs of the adopted task: %q...", firstN(string(body), 200))
 	}
 }
 

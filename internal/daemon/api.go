@@ -15,6 +15,7 @@ import (
 
 	"ballena.dev/artifact"
 	"ballena.dev/internal/localapi"
+	"ballena.dev/launcher"
 	"ballena.dev/signing"
 	"ballena.dev/swarm"
 )
@@ -25,7 +26,7 @@ const DefaultFetchTimeout = 5 * time.Minute
 // maxBody caps request bodies: they are small JSON documents.
 const maxBody = 1 << 20
 
-// routes registers the whole local API:
+// routes registers the whole local API, the one place that serves it:
 //
 //	GET    /v1/artifacts                  -> []artifact.Release
 //	POST   /v1/artifacts                  PublishRequest -> artifact.Release (seeded and announced)
@@ -36,7 +37,6 @@ const maxBody = 1 << 20
 //	POST   /v1/fetch                      FetchRequest -> stream of FetchEvent (NDJSON)
 //	GET    /v1/status                     -> swarm.Status
 //	GET    /v1/torrent/{ref}              -> TorrentAnswer
-//	and, served by launcher.Routes:
 //	POST   /v1/tasks                      launcher.TaskSpec -> launcher.Task (201)
 //	GET    /v1/tasks                      -> []launcher.Task
 //	GET    /v1/tasks/{id}                 -> launcher.Task
@@ -55,9 +55,27 @@ func (d *Daemon) routes() {
 	m.HandleFunc("POST /v1/fetch", d.fetch)
 	m.HandleFunc("GET /v1/status", d.status)
 	m.HandleFunc("GET /v1/torrent/{ref}", withRef(d.torrent))
-	// The task routes are the launcher's own (launcher.Routes): its tests serve
-	// them without a whole node.
-	d.launcher.Routes(m)
+	m.HandleFunc("POST /v1/tasks", d.startTask)
+	m.HandleFunc("GET /v1/tasks", func(w http.ResponseWriter, r *http.Request) {
+		localapi.WriteJSON(w, http.StatusOK, d.launcher.List())
+	})
+	m.HandleFunc("GET /v1/tasks/{id}", func(w http.ResponseWriter, r *http.Request) {
+		t, err := d.launcher.Get(r.PathValue("id"))
+		reply(w, http.StatusOK, t, err)
+	})
+	m.HandleFunc("POST /v1/tasks/{id}/stop", d.stopTask)
+	m.HandleFunc("GET /v1/tasks/{id}/wait", func(w http.ResponseWriter, r *http.Request) {
+		t, err := d.launcher.Wait(r.Context(), r.PathValue("id"))
+		reply(w, http.StatusOK, t, err)
+	})
+	m.HandleFunc("GET /v1/tasks/{id}/logs", d.logs)
+	m.HandleFunc("DELETE /v1/tasks/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.launcher.Remove(r.PathValue("id")); err != nil {
+			writeError(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
 }
 
 // reply writes v with status, or err.
@@ -227,6 +245,62 @@ func TorrentOf(mi *metainfo.MetaInfo, rel artifact.Release) (localapi.TorrentAns
 	m := mi.Magnet(&ih, &info)
 	m.DisplayName = rel.Ref().String()
 	return localapi.TorrentAnswer{Torrent: buf.Bytes(), Magnet: m.String()}, nil
+}
+
+func (d *Daemon) startTask(w http.ResponseWriter, r *http.Request) {
+	var spec launcher.TaskSpec
+	if err := decodeBody(r, &spec); err != nil {
+		usage(w, fmt.Errorf("task spec: %w", err))
+		return
+	}
+	t, err := d.launcher.Start(r.Context(), spec)
+	reply(w, http.StatusCreated, t, err)
+}
+
+func (d *Daemon) stopTask(w http.ResponseWriter, r *http.Request) {
+	var req launcher.StopRequest
+	if r.ContentLength != 0 {
+		if err := decodeBody(r, &req); err != nil {
+			usage(w, fmt.Errorf("stop request: %w", err))
+			return
+		}
+	}
+	sig, timeout, err := req.Parse()
+	if err != nil {
+		usage(w, err)
+		return
+	}
+	t, err := d.launcher.Stop(r.Context(), r.PathValue("id"), sig, timeout)
+	reply(w, http.StatusOK, t, err)
+}
+
+// logs streams a task's output; with follow=1 until the task ends or the client goes.
+func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) {
+	follow := r.URL.Query().Get("follow") == "1" || r.URL.Query().Get("follow") == "true"
+	rc, err := d.launcher.Logs(r.Context(), r.PathValue("id"), follow)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	fl, _ := w.(http.Flusher)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := rc.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // LoadTrust reads a trust policy file for a verification; a missing file says

@@ -81,6 +81,9 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if cfg.Stdout == nil {
 		cfg.Stdout = os.Stdout
 	}
+	if cfg.Placement != nil && (cfg.Placement.Server == "" || cfg.Placement.JoinToken == "") {
+		return nil, usageErrorf("node: joining a cell needs --server and --join-token-file (the cell's join token)")
+	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
 	sc := cfg.Swarm
 	sc.DataDir, sc.Logger = cfg.DataDir, cfg.Logger
