@@ -30,7 +30,7 @@ import (
 // cellServer is one `ballena server` process of a test cell.
 type cellServer struct {
 	name, dir, tlsDir string
-	api, raft         string // host:port
+	api, raft         string        // host:port
 	host              *testnet.Host // nil: loopback
 	cmd               *exec.Cmd
 	stderr            *lockedBuffer

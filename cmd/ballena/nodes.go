@@ -17,10 +17,10 @@ import (
 
 func nodesCommand() *cli.Command {
 	return &cli.Command{
-		Name:      "nodes",
-		Usage:     "list the machines the placement service knows: state, capacity, allocated, labels, held artifacts",
-		UsageText: "ballena nodes\nballena nodes --json --server https://10.0.0.1:7480 --ca cell/ca.pem\nballena nodes revoke 12D3KooWRm3...",
-		Flags:     append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts"}),
+		Name:        "nodes",
+		Usage:       "list the machines the placement service knows: state, capacity, allocated, labels, held artifacts",
+		UsageText:   "ballena nodes\nballena nodes --json --server https://10.0.0.1:7480 --ca cell/ca.pem\nballena nodes revoke 12D3KooWRm3...",
+		Flags:       append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts"}),
 		Subcommands: []*cli.Command{nodesRevokeCommand()},
 		Action: func(c *cli.Context) error {
 			args := c.Args().Slice()
