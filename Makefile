@@ -59,7 +59,7 @@ RUN := .run
 run: build ## the embedded cluster: publish, place and run the sample service
 	@rm -rf $(RUN) && mkdir -p $(RUN)
 	$(GO) build -trimpath -o $(RUN)/hello ./testdata/hello
-	@set -e; cd $(RUN); B=../$(BIN); export BALLENA_DATA=$$PWD/dev/node BALLENA_SERVER=http://127.0.0.1:7480; \
+	@set -e; cd $(RUN); B=../$(BIN); export BALLENA_DATA=$$PWD/dev/node BALLENA_SERVER=https://127.0.0.1:7480 BALLENA_CA=$$PWD/dev/server/ca.pem; \
 	$$B dev --dir $$PWD/dev > dev.log 2>&1 & DEV=$$!; trap 'kill $$DEV 2>/dev/null; wait $$DEV 2>/dev/null' EXIT; \
 	for i in $$(seq 100); do [ -S dev/node/ballena.sock ] && break; sleep 0.1; done; \
 	export BALLENA_TOKEN=$$(cat dev/server/admin.token); \

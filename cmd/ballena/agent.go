@@ -14,7 +14,9 @@ import (
 func agentFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "server", EnvVars: []string{"BALLENA_SERVER"},
-			Usage: "placement service URL; the node then runs the tasks it is assigned"},
+			Usage: "placement server URLs, comma-separated (the node moves to the next when one fails); the node then runs the tasks it is assigned"},
+		&cli.StringFlag{Name: "ca", EnvVars: []string{"BALLENA_CA"},
+			Usage: "the cell CA certificate (ca.pem) that signed the placement servers' certificates"},
 		&cli.StringFlag{Name: "join-token-file", EnvVars: []string{"BALLENA_JOIN_TOKEN_FILE"},
 			Usage: "file holding the cell's join token (the server's --join-token-file, or its admin token)"},
 		&cli.StringSliceFlag{Name: "label", Usage: "machine label KEY=VALUE for constraints and spread, e.g. rack=r1; repeatable"},
@@ -41,7 +43,7 @@ func agentConfig(c *cli.Context) (*daemon.AgentConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	ac.Server, ac.JoinToken = server, strings.TrimSpace(string(tok))
+	ac.Server, ac.JoinToken, ac.CA = server, strings.TrimSpace(string(tok)), c.String("ca")
 	return ac, nil
 }
 

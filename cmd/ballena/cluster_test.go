@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
+	"encoding/json"
+
 	"net"
 	"net/http"
 	"os"
@@ -11,6 +14,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"ballena.dev/internal/poll"
+	"ballena.dev/placement/cellca"
 
 	"ballena.dev/placement"
 )
@@ -38,29 +44,45 @@ func TestServerJobNodesCLI(t *testing.T) {
 			t.Errorf("server: %v", err)
 		}
 	}()
-	url := "http://" + addr
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(url + "/v1/status")
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server did not answer within 30s: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond) // waiting for a port to open has no event to await
-	}
+	url := "https://" + addr
 	tokPath := filepath.Join(dir, "admin.token")
-	if fi, err := os.Stat(tokPath); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("admin token file: %v %v", fi, err)
+	// Waiting for a port to open has no event to await.
+	poll.Until(t, 30*time.Second, "the server's CA and API", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil && fileExists(filepath.Join(dir, "ca.pem"))
+	})
+	// A cell of one without cell flags made its own CA and tokens; secrets are 0600.
+	for _, f := range []string{"admin.token", "join.token", "ca.key", "tls/key.pem"} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", f, fi, err)
+		}
+	}
+	pool, err := cellca.LoadPool(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The API is HTTPS only, TLS 1.3, with the cell CA's certificate.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MaxVersion: tls.VersionTLS12}}}
+	if resp, err := hc.Get(url + "/v1/status"); err == nil {
+		resp.Body.Close()
+		t.Fatal("the API accepted TLS 1.2")
+	}
+	if resp, err := http.Get("http://" + addr + "/v1/status"); err == nil && resp.StatusCode < 400 {
+		resp.Body.Close()
+		t.Fatal("the API answered plain HTTP")
+	}
+	if code, _, msg := run(t, t.TempDir(), "nodes", "--server", url, "--token-file", tokPath); code != exitUnavailable || !strings.Contains(msg, "--ca") {
+		t.Errorf("a client without the cell CA: exit %d %q, want %d and a pointer to --ca", code, msg, exitUnavailable)
 	}
 	join, err := placement.ReadToken(filepath.Join(dir, "join.token"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, key, _ := ed25519.GenerateKey(nil)
-	node, err := placement.NewNodeClient(url, join, key)
+	node, err := placement.NewNodeClient(url, join, key, placement.WithTLS(cellca.ClientConfig(pool)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,12 +134,66 @@ func TestServerJobNodesCLI(t *testing.T) {
 		{"unknown job", append([]string{"job", "status", "nope"}, srv...), exitNotFound, "not found"},
 		{"wrong token", []string{"job", "stop", "--server", url, "--token-file", wrongTok, "api"}, exitFailure, "wrong admin token"},
 		{"token file with garbage", []string{"job", "stop", "--server", url, "--token-file", jobFile, "api"}, exitUsage, "more than one printable token"},
-		{"no server", []string{"nodes", "--server", "http://127.0.0.1:1"}, exitUnavailable, "placement server"},
+		{"no server", []string{"nodes", "--server", "https://127.0.0.1:1"}, exitUnavailable, "placement server"},
+		{"http server URL list with garbage", []string{"nodes", "--server", url + ",ftp://x"}, exitUsage, "want https://host:port"},
 		{"unknown node", append(append([]string{"node", "drain"}, srv...), "12D3KooWnope"), exitNotFound, "no node"},
 	} {
 		code, _, msg := run(t, dir, tc.args...)
 		if code != tc.code || !strings.Contains(msg, tc.msg) {
 			t.Errorf("%s: exit %d %q, want %d containing %q", tc.name, code, msg, tc.code, tc.msg)
 		}
+	}
+
+	// The cell of one lists itself as its leader, healthy.
+	code, out, msg = run(t, dir, "server", "members", "--json", "--server", url)
+	var members []map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &members) != nil || len(members) != 1 ||
+		members[0]["leader"] != true || members[0]["healthy"] != true || members[0]["name"] == "" {
+		t.Errorf("server members --json: %d %q %s", code, out, msg)
+	}
+	// A revoked node can no longer heartbeat, and says so.
+	if code, out, msg := run(t, dir, "nodes", "revoke", node.NodeID(), "--server", url); code != 0 || !strings.Contains(out, "revoked") {
+		t.Fatalf("nodes revoke: %d %q %s", code, out, msg)
+	}
+	if _, err := node.Heartbeat(ctx, placement.Heartbeat{}); !placement.IsUnauthorized(err) {
+		t.Errorf("heartbeat of a revoked node: %v, want refused", err)
+	}
+	if _, _, err := node.Register(ctx, placement.NodeRegistration{Capacity: placement.Resources{CPU: 2000, Memory: 4 << 30}}); !placement.IsUnauthorized(err) {
+		t.Errorf("registration of a revoked node: %v, want refused", err)
+	}
+}
+
+func TestCellInitAndCert(t *testing.T) {
+	cell := filepath.Join(t.TempDir(), "cell")
+	if code, out, msg := run(t, t.TempDir(), "cell", "init", "--out", cell); code != 0 || !strings.Contains(out, "ca.pem") {
+		t.Fatalf("cell init: %d %q %s", code, out, msg)
+	}
+	for f, mode := range map[string]os.FileMode{"ca.pem": 0o644, "ca.key": 0o600, "admin.token": 0o600, "join.token": 0o600} {
+		if fi, err := os.Stat(filepath.Join(cell, f)); err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: %v %v, want mode %v", f, fi, err, mode)
+		}
+	}
+	if code, _, msg := run(t, t.TempDir(), "cell", "init", "--out", cell); code != exitUsage || !strings.Contains(msg, "already holds a CA") {
+		t.Errorf("cell init over a cell: %d %s", code, msg)
+	}
+	out := filepath.Join(t.TempDir(), "s1-tls")
+	if code, _, msg := run(t, t.TempDir(), "cell", "cert", "--cell", cell, "--server", "--name", "s1", "--host", "10.0.0.1", "--out", out); code != 0 {
+		t.Fatalf("cell cert: %d %s", code, msg)
+	}
+	id, err := cellca.LoadIdentity(out, filepath.Join(cell, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id.Name != "s1" || id.Cert.Leaf.VerifyHostname("10.0.0.1") != nil || id.Cert.Leaf.VerifyHostname("127.0.0.1") != nil {
+		t.Errorf("certificate: name %q, hosts %v %v", id.Name, id.Cert.Leaf.IPAddresses, id.Cert.Leaf.DNSNames)
+	}
+	if fi, err := os.Stat(filepath.Join(out, "key.pem")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("key.pem: %v %v", fi, err)
+	}
+	// A certificate from another CA is not a server of this cell.
+	other := filepath.Join(t.TempDir(), "other")
+	run(t, t.TempDir(), "cell", "init", "--out", other)
+	if _, err := cellca.LoadIdentity(out, filepath.Join(other, "ca.pem")); err == nil {
+		t.Error("a certificate of another cell's CA was accepted")
 	}
 }

@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -23,7 +21,7 @@ func devCommand() *cli.Command {
 	var flags []cli.Flag
 	for _, f := range nodeCommand().Flags {
 		switch f.Names()[0] {
-		case "server", "join-token-file", "listen", "cgroup-parent":
+		case "server", "join-token-file", "listen", "cgroup-parent", "ca":
 			continue // dev sets these itself
 		}
 		flags = append(flags, f)
@@ -60,11 +58,12 @@ func devCommand() *cli.Command {
 			}
 			ctx, cancel := context.WithCancel(c.Context)
 			defer cancel()
-			url, adminPath, joinPath, srvDone, err := startPlacement(ctx, srvDir, c.String("api-listen"))
+			ps, err := startPlacement(ctx, srvDir, c.String("api-listen"))
 			if err != nil {
 				return err
 			}
-			cfg, err := devNodeConfig(c, nodeDir, url, joinPath)
+			url := ps.url
+			cfg, err := devNodeConfig(c, nodeDir, url, ps.joinPath, ps.caPath)
 			if err != nil {
 				return err
 			}
@@ -73,12 +72,12 @@ func devCommand() *cli.Command {
 				return err
 			}
 			fmt.Fprintf(c.App.Writer, "ballena dev: placement server %s, node %s, data in %s\n", url, d.ID(), dir)
-			fmt.Fprintf(c.App.Writer, "point the other commands at it:\n  export BALLENA_DATA=%s BALLENA_SERVER=%s BALLENA_TOKEN=$(cat %s)\n",
-				nodeDir, url, adminPath)
+			fmt.Fprintf(c.App.Writer, "point the other commands at it:\n  export BALLENA_DATA=%s BALLENA_SERVER=%s BALLENA_CA=%s BALLENA_TOKEN=$(cat %s)\n",
+				nodeDir, url, ps.caPath, ps.adminPath)
 			fmt.Fprintf(c.App.Writer, "trust policy: %s (re-read at every task start)\n", filepath.Join(nodeDir, "trust.yaml"))
 			err = d.Run(ctx)
 			cancel()
-			<-srvDone
+			<-ps.done
 			return err
 		},
 	}
@@ -86,7 +85,7 @@ func devCommand() *cli.Command {
 
 // devNodeConfig is the node half of dev: the node flags dev shares, on the dev
 // data dir, loopback only, joined to the dev server, its tasks stopped at exit.
-func devNodeConfig(c *cli.Context, nodeDir, serverURL, joinPath string) (daemon.Config, error) {
+func devNodeConfig(c *cli.Context, nodeDir, serverURL, joinPath, caPath string) (daemon.Config, error) {
 	cfg, err := nodeConfig(c)
 	if err != nil {
 		return cfg, err
@@ -103,7 +102,7 @@ func devNodeConfig(c *cli.Context, nodeDir, serverURL, joinPath string) (daemon.
 	if cfg.Placement, err = machineFlags(c); err != nil {
 		return cfg, err
 	}
-	cfg.Placement.Server, cfg.Placement.JoinToken = serverURL, join
+	cfg.Placement.Server, cfg.Placement.JoinToken, cfg.Placement.CA = serverURL, join, caPath
 	cfg.BeforeClose = stopDevTasks
 	return cfg, nil
 }
@@ -121,42 +120,18 @@ func stopDevTasks(d *daemon.Daemon) {
 	}
 }
 
-// startPlacement serves a placement server from dir on listen until ctx ends;
-// done closes when it has shut down.
-func startPlacement(ctx context.Context, dir, listen string) (url, adminPath, joinPath string, done <-chan struct{}, err error) {
-	adminPath, joinPath = filepath.Join(dir, "admin.token"), filepath.Join(dir, "join.token")
-	admin, _, err := placement.LoadOrCreateToken(adminPath)
+// startPlacement runs a placement server, a cell of one with its own CA and
+// tokens in dir, on listen until ctx ends; done closes when it has shut down.
+func startPlacement(ctx context.Context, dir, listen string) (ps *placementServer, err error) {
+	quiet := slog.Default().With("component", "placement")
+	ps, err = startServer(ctx, serverSetup{dataDir: dir, cellDir: dir, ownCell: true, name: "dev",
+		listen: listen, raftListen: "127.0.0.1:0", expect: 1, batchShare: placement.DefaultBatchShare,
+		nodeTTL: placement.DefaultNodeTTL, log: quiet, quickElection: true})
 	if err != nil {
-		return "", "", "", nil, err
-	}
-	join, _, err := placement.LoadOrCreateToken(joinPath)
-	if err != nil {
-		return "", "", "", nil, err
-	}
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return "", "", "", nil, withCode(exitUnavailable, fmt.Errorf("placement listen: %w (is another server running? try --api-listen)", err))
-	}
-	s, err := placement.Open(placement.Options{Dir: filepath.Join(dir, "placement"), AdminToken: admin, JoinToken: join})
-	if err != nil {
-		ln.Close()
-		return "", "", "", nil, err
-	}
-	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	ch := make(chan struct{})
-	go s.Run(ctx)
-	go func() {
-		defer close(ch)
-		defer s.Close()
-		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			fmt.Fprintln(os.Stderr, "ballena dev: placement server:", err)
+		if code := exitCode(err); code == exitUnavailable {
+			return nil, withCode(exitUnavailable, fmt.Errorf("placement %w (try --api-listen)", err))
 		}
-	}()
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		hs.Shutdown(sctx)
-	}()
-	return "http://" + ln.Addr().String(), adminPath, joinPath, ch, nil
+		return nil, err
+	}
+	return ps, nil
 }

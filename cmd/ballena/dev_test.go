@@ -56,18 +56,29 @@ func TestDevRunsTheSampleJob(t *testing.T) {
 			t.Logf("dev stderr:\n%s", stderr.String())
 		}
 	})
-	urls := make(chan string, 1)
+	// The export line points the other commands at the server: its URL and the CA
+	// it made for itself.
+	exports := make(chan map[string]string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			if _, rest, ok := strings.Cut(sc.Text(), "placement server "); ok {
-				urls <- strings.TrimSuffix(strings.Fields(rest)[0], ",")
+			if rest, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "export "); ok {
+				env := map[string]string{}
+				for _, kv := range strings.Fields(rest) {
+					k, v, _ := strings.Cut(kv, "=")
+					env[k] = v
+				}
+				exports <- env
 			}
 		}
 	}()
-	var url string
+	var url, caPath string
 	select {
-	case url = <-urls:
+	case env := <-exports:
+		url, caPath = env["BALLENA_SERVER"], env["BALLENA_CA"]
+		if !strings.HasPrefix(url, "https://") || caPath != filepath.Join(devDir, "server", "ca.pem") {
+			t.Fatalf("export line: %v", env)
+		}
 	case err := <-done:
 		t.Fatalf("dev exited at start: %v\n%s", err, stderr.String())
 	case <-time.After(60 * time.Second):
@@ -86,7 +97,7 @@ func TestDevRunsTheSampleJob(t *testing.T) {
 		t.Helper()
 		c := exec.Command(bin, append([]string{"--data", nodeDir}, args...)...)
 		c.Dir = dir
-		c.Env = append(os.Environ(), "BALLENA_SERVER="+url, "BALLENA_TOKEN="+strings.TrimSpace(string(token)))
+		c.Env = append(os.Environ(), "BALLENA_SERVER="+url, "BALLENA_CA="+caPath, "BALLENA_TOKEN="+strings.TrimSpace(string(token)))
 		b, err := c.CombinedOutput()
 		if err != nil {
 			t.Fatalf("ballena %s: %v\n%s", strings.Join(args, " "), err, b)

@@ -149,7 +149,7 @@ func newE2E(t *testing.T) *e2e {
 		t.Fatal(err)
 	}
 	h := e.net.Hosts[e2eServerHost]
-	e.server = fmt.Sprintf("http://%s:7480", h.Addr)
+	e.server = fmt.Sprintf("https://%s:7480", h.Addr) // the server makes its cell CA in its data dir
 	p := e.start(h, "server", e.bin, "server", "--data", e.path("server"), "--listen", h.Addr.String()+":7480",
 		"--token-file", e.path("admin.token"), "--join-token-file", e.path("join.token"), "--node-ttl", e2eNodeTTL.String())
 	p.waitLine(t, "placement server listening")
@@ -213,7 +213,7 @@ func (e *e2e) startNode(n *e2eNode) {
 	if n.i > 0 {
 		args = append(args, "--bootstrap", e.nodes[0].addr)
 	}
-	args = append(args, "--server", e.server, "--join-token-file", e.path("join.token"),
+	args = append(args, "--server", e.server, "--ca", filepath.Join(e.path("server"), "ca.pem"), "--join-token-file", e.path("join.token"),
 		"--label", fmt.Sprintf("host=h%d", n.i))
 	n.proc = e.start(n.host, fmt.Sprintf("node%d", n.i), e.bin, args...)
 	n.id = strings.TrimPrefix(n.proc.waitLine(e.t, "node "), "node ")
@@ -558,7 +558,7 @@ func (e *e2e) adminErr(args ...string) (string, error) {
 	if args[0] == "job" || args[0] == "node" {
 		i = 2
 	}
-	full := append(slices.Clone(args[:i]), "--server", e.server, "--token-file", e.path("admin.token"))
+	full := append(slices.Clone(args[:i]), "--server", e.server, "--ca", filepath.Join(e.path("server"), "ca.pem"), "--token-file", e.path("admin.token"))
 	full = append(full, args[i:]...)
 	return e.run(e.net.Hosts[e2eServerHost], full...)
 }

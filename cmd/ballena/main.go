@@ -86,8 +86,8 @@ func commands() []*cli.Command {
 		// the node daemon and the mesh (node.go, swarm.go)
 		nodeCommand(), fetchCommand(), statusCommand(), torrentCommand(),
 		devCommand(),
-		// the placement service (cluster.go)
-		serverCommand(), jobCommand(), nodesCommand(),
+		// the placement service (server.go, cell.go, jobs.go, nodes.go; client.go: the shared client flags)
+		serverCommand(), cellCommand(), jobCommand(), nodesCommand(),
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"ballena.dev/artifact"
 	"ballena.dev/launcher"
 	"ballena.dev/placement"
+	"ballena.dev/placement/cellca"
 	"ballena.dev/swarm"
 )
 
@@ -22,7 +23,8 @@ import (
 // registers the machine, heartbeats, watches its allocations and runs them
 // through this node's swarm and launcher.
 type AgentConfig struct {
-	Server    string            // placement server URL
+	Server    string            // placement server URLs, comma-separated
+	CA        string            // the cell CA (ca.pem) that signed the servers' certificates
 	JoinToken string            // the cell's join token
 	Labels    map[string]string // for constraints and spread, e.g. rack=r1
 	// Capacity offered to tasks; a zero CPU or Memory means all cores, 90% of RAM.
@@ -38,7 +40,15 @@ func (d *Daemon) newAgent(ac AgentConfig) (*launcher.Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	pc, err := placement.NewNodeClient(ac.Server, ac.JoinToken, key)
+	var opts []placement.ClientOption
+	if ac.CA != "" {
+		pool, err := cellca.LoadPool(ac.CA)
+		if err != nil {
+			return nil, usageErrorf("node: --ca: %v", err)
+		}
+		opts = append(opts, placement.WithTLS(cellca.ClientConfig(pool)))
+	}
+	pc, err := placement.NewNodeClient(ac.Server, ac.JoinToken, key, opts...)
 	if err != nil {
 		return nil, usageErrorf("node: --server: %v", err)
 	}
