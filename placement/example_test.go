@@ -3,48 +3,81 @@ package placement_test
 import (
 	"context"
 	"crypto/ed25519"
+	"fmt"
 	"log"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"sort"
 	"time"
 
 	"ballena.dev/placement"
 )
 
-// A launcher's loop: register, then watch allocations and heartbeat.
+// A machine joins a cell and runs what it is given: register, watch its
+// allocations, report each one's state. Here the cell is a cell of one on
+// loopback; a launcher does the same against a cell's server list and CA.
 func ExampleNewNodeClient() {
-	var nodeKey ed25519.PrivateKey // the node's key from its data dir
-	cl, err := placement.NewNodeClient("http://127.0.0.1:7480", "JOIN-TOKEN", nodeKey)
+	dir, err := os.MkdirTemp("", "placement-example-")
 	if err != nil {
 		log.Fatal(err)
 	}
-	ctx := context.Background()
-	reg, kill, err := cl.Register(ctx, placement.NodeRegistration{
-		Addrs:     []string{"/ip4/10.0.0.5/tcp/7400"},
-		Labels:    map[string]string{"rack": "r12", "zone": "eu-1"},
-		Capacity:  placement.Resources{CPU: 16000, Memory: 64 << 30, PIDs: 32768},
-		Artifacts: []string{"api@1.4.0", "sha256:2c26b46b..."},
-	})
+	defer os.RemoveAll(dir)
+	srv, err := placement.Open(placement.Options{Dir: dir, AdminToken: "ADMIN-TOKEN", JoinToken: "JOIN-TOKEN",
+		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		log.Fatal(err)
 	}
-	_ = kill // tasks this machine still runs that it must stop
-	var index uint64
-	for {
-		l, err := cl.WatchAllocations(ctx, index, 30*time.Second)
-		if err != nil {
-			time.Sleep(time.Second)
-			continue
-		}
-		index = l.Index
-		for _, a := range l.Allocations {
-			switch a.DesiredStatus {
-			case placement.DesiredRun:
-				// fetch a.Artifact, verify, start with a.Resources, a.Args, a.Env; then:
-				cl.ReportTaskState(ctx, placement.TaskState{AllocID: a.ID, State: placement.ClientRunning})
-			case placement.DesiredStop:
-				// kill it, then report complete so that the server forgets it.
-			}
-		}
-		// Separately, every reg.HeartbeatInterval: cl.Heartbeat(ctx, placement.Heartbeat{Tasks: ...}).
-		_ = reg.HeartbeatInterval
+	defer srv.Close()
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	_, nodeKey, _ := ed25519.GenerateKey(nil) // a node uses the key in its data dir
+	cl, err := placement.NewNodeClient(hs.URL, "JOIN-TOKEN", nodeKey)
+	if err != nil {
+		log.Fatal(err)
 	}
+	if _, _, err := cl.Register(ctx, placement.NodeRegistration{
+		Labels:   map[string]string{"rack": "r12"},
+		Capacity: placement.Resources{CPU: 16000, Memory: 64 << 30, PIDs: 32768},
+	}); err != nil {
+		log.Fatal(err)
+	}
+
+	// An admin runs a job of two tasks.
+	admin, err := placement.NewClient(hs.URL, "ADMIN-TOKEN")
+	if err != nil {
+		log.Fatal(err)
+	}
+	job, err := placement.ParseJob("api.yaml", []byte("name: api\nartifact: api@1.4.0\ncount: 2\nresources: {cpu: 500m, memory: 256MiB}\n"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	if _, err := admin.SubmitJob(ctx, job); err != nil {
+		log.Fatal(err)
+	}
+
+	// The machine sees them, starts them, and says so.
+	l, err := cl.WatchAllocations(ctx, 0, 5*time.Second)
+	if err != nil {
+		log.Fatal(err)
+	}
+	sort.Slice(l.Allocations, func(i, j int) bool { return l.Allocations[i].TaskIndex < l.Allocations[j].TaskIndex })
+	for _, a := range l.Allocations {
+		fmt.Printf("%s[%d] %s %s %s\n", a.Job, a.TaskIndex, a.Artifact, a.Resources, a.DesiredStatus)
+		if err := cl.ReportTaskState(ctx, placement.TaskState{AllocID: a.ID, State: placement.ClientRunning}); err != nil {
+			log.Fatal(err)
+		}
+	}
+	st, err := admin.JobStatus(ctx, "api")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("running:", st.Summary["running"])
+	// Output:
+	// api[0] api@1.4.0 cpu 500m, memory 256MiB run
+	// api[1] api@1.4.0 cpu 500m, memory 256MiB run
+	// running: 2
 }
