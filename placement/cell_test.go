@@ -29,15 +29,21 @@ type cellMember struct {
 }
 
 type raftCell struct {
-	t       *testing.T
+	t       testing.TB
 	cellDir string
 	members []*cellMember
+	tune    func(*CellConfig)
 }
 
 // startRaftCell starts n servers that bootstrap a cell together.
-func startRaftCell(t *testing.T, n int) *raftCell {
+func startRaftCell(t testing.TB, n int) *raftCell {
+	return startRaftCellWith(t, n, nil)
+}
+
+// startRaftCellWith is startRaftCell with each server's CellConfig adjusted by tune.
+func startRaftCellWith(t testing.TB, n int, tune func(*CellConfig)) *raftCell {
 	t.Helper()
-	tc := &raftCell{t: t, cellDir: filepath.Join(t.TempDir(), "cell")}
+	tc := &raftCell{t: t, cellDir: filepath.Join(t.TempDir(), "cell"), tune: tune}
 	if err := cellca.Init(tc.cellDir); err != nil {
 		t.Fatal(err)
 	}
@@ -84,11 +90,14 @@ func (tc *raftCell) open(m *cellMember, expect int, join []string) {
 	if err != nil {
 		tc.t.Fatal(err)
 	}
+	cc := &CellConfig{Identity: id, RaftListener: m.raftLn, APIURL: m.api, BootstrapExpect: expect, Join: join,
+		Timeout: 300 * time.Millisecond}
+	if tc.tune != nil {
+		tc.tune(cc)
+	}
 	s, err := Open(Options{Dir: filepath.Join(m.dir, "state"), AdminToken: testAdmin, JoinToken: testJoin,
 		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
-		ForwardTLS: cellca.ClientConfig(id.Pool),
-		Cell: &CellConfig{Identity: id, RaftListener: m.raftLn, APIURL: m.api, BootstrapExpect: expect, Join: join,
-			Timeout: 300 * time.Millisecond}})
+		ForwardTLS: cellca.ClientConfig(id.Pool), Cell: cc})
 	if err != nil {
 		tc.t.Fatal(err)
 	}
@@ -288,4 +297,52 @@ func TestCellReplicatesAndFailsOver(t *testing.T) {
 		}
 		return err == nil && healthy == 3
 	})
+}
+
+// TestCellSnapshotCatchUp: the log is compacted behind snapshots, so a server
+// that was down while the cell moved on comes back through a snapshot
+// (installed from the leader), then the log; a server restarted after that
+// starts from its own state on disk.
+func TestCellSnapshotCatchUp(t *testing.T) {
+	tc := startRaftCellWith(t, 3, func(cc *CellConfig) {
+		cc.SnapshotThreshold, cc.SnapshotInterval = 32, 100*time.Millisecond
+	})
+	ctx := context.Background()
+	lead := tc.leader()
+	var away *cellMember
+	for _, m := range tc.members {
+		if m != lead {
+			away = m
+			break
+		}
+	}
+	tc.stop(away)
+	cl := tc.client(lead.api)
+	for i := range 200 {
+		if _, err := cl.SubmitJob(ctx, job(fmt.Sprintf("j%03d", i), 1, 100, 64, BandBatch)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll.Until(t, 20*time.Second, "a snapshot past the away server's log", func() bool {
+		st := lead.srv.raft.Stats()
+		return st["last_snapshot_index"] != "0" && st["last_snapshot_index"] != ""
+	})
+	tc.restart(away)
+	poll.Until(t, 30*time.Second, away.name+" to catch up", func() bool {
+		away.srv.mu.Lock()
+		defer away.srv.mu.Unlock()
+		return len(away.srv.cell.jobs) == 200
+	})
+	if away.srv.Stats().SnapshotsRestored == 0 {
+		t.Error("the server that was away caught up without a snapshot: the log was not compacted")
+	}
+	// Its state is on disk: a restart serves the same jobs at once.
+	tc.stop(away)
+	tc.restart(away)
+	away.srv.mu.Lock()
+	n := len(away.srv.cell.jobs)
+	away.srv.mu.Unlock()
+	if n != 200 {
+		t.Errorf("after a restart, %s holds %d jobs before any replication, want 200", away.name, n)
+	}
 }

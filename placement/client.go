@@ -373,3 +373,40 @@ func (c *Client) Status(ctx context.Context) (map[string]any, error) {
 	}
 	return out, nil
 }
+
+// Backup writes a consistent copy of the cell's committed state to w (see
+// RestoreBackup), from the first server of the list that answers.
+func (c *Client) Backup(ctx context.Context, w io.Writer) error {
+	var lastErr error
+	for range c.servers {
+		base := c.Server()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/cell/backup", nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		resp, err := c.hc.Do(req)
+		if err == nil && resp.StatusCode == http.StatusOK {
+			_, err = io.Copy(w, resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				return fmt.Errorf("backup from %s: %w", base, err)
+			}
+			return nil
+		}
+		if err == nil {
+			var ae apiError
+			data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+			json.Unmarshal(data, &ae)
+			err = &APIError{Status: resp.StatusCode, Message: ae.Error}
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				return fmt.Errorf("backup: %w", err)
+			}
+		}
+		lastErr = fmt.Errorf("backup from %s: %w", base, err)
+		i := c.cur.Load()
+		c.cur.CompareAndSwap(i, (i+1)%int32(len(c.servers)))
+	}
+	return lastErr
+}

@@ -43,8 +43,10 @@ type CellConfig struct {
 	BootstrapExpect int
 	// Join lists Raft addresses of other servers.
 	Join []string
-	// SnapshotThreshold is how many log entries trigger a snapshot; default 8192.
+	// SnapshotThreshold is how many log entries trigger a snapshot (default 8192),
+	// checked every SnapshotInterval (default 2m); the log is then compacted.
 	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
 	// Timeouts scale Raft's heartbeat and election timeouts; default 1s.
 	Timeout time.Duration
 }
@@ -375,6 +377,9 @@ func (s *Server) startRaft() error {
 			conf.HeartbeatTimeout, conf.ElectionTimeout = cc.Timeout, cc.Timeout
 			conf.LeaderLeaseTimeout = cc.Timeout / 2
 		}
+		if cc.SnapshotInterval > 0 {
+			conf.SnapshotInterval = cc.SnapshotInterval
+		}
 		if cc.SnapshotThreshold > 0 {
 			conf.SnapshotThreshold = cc.SnapshotThreshold
 			conf.TrailingLogs = min(conf.TrailingLogs, cc.SnapshotThreshold)
@@ -594,6 +599,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err := s.reloadLocked(); err != nil {
 		return err
 	}
+	s.stats.SnapshotsRestored++
 	s.log.Info("state restored from a snapshot", "raft_index", s.appliedRaft, "index", s.committed)
 	close(s.notify)
 	s.notify = make(chan struct{})

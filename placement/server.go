@@ -6,12 +6,13 @@ import (
 	"crypto/tls"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/hashicorp/raft"
 	"io"
 	"log/slog"
 	"net"
@@ -19,6 +20,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -85,6 +88,9 @@ type CommitStats struct {
 	Entries    uint64 // Raft entries this server appended as leader
 	Operations uint64 // operations they carried
 	Bytes      uint64
+	// SnapshotsRestored counts snapshots installed into this server's state (a
+	// follower too far behind for the compacted log).
+	SnapshotsRestored uint64
 }
 
 type pendingOp struct {
@@ -427,7 +433,19 @@ func (s *Server) ackLoop(ctx context.Context) {
 			return
 		case b = <-s.inflight:
 		}
-		err := b.f.Error()
+		// A future still queued inside Raft when it shuts down is never answered:
+		// wait for it beside ctx.
+		errc := make(chan error, 1)
+		go func() { errc <- b.f.Error() }()
+		var err error
+		select {
+		case err = <-errc:
+		case <-ctx.Done():
+			for _, p := range b.ops {
+				p.done <- fmt.Errorf("%w (the server is shutting down)", ErrNoQuorum)
+			}
+			return
+		}
 		if err == nil {
 			if rerr, ok := b.f.Response().(error); ok {
 				err = rerr
@@ -652,6 +670,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/cell/self", s.admin(s.handleSelf))
 	mux.HandleFunc("GET /v1/cell/members", s.admin(s.handleMembers))
 	mux.HandleFunc("POST /v1/cell/remove", s.admin(s.atLeader(s.handleRemove)))
+	mux.HandleFunc("GET /v1/cell/backup", s.admin(s.atLeader(s.handleBackup)))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no endpoint %s %s (the API is under /v1/)", r.Method, r.URL.Path))
 	})
@@ -1255,6 +1274,60 @@ func (s *Server) askSelf(ctx context.Context, api, auth string, out *SelfInfo) e
 		return fmt.Errorf("%s answered %s", api, resp.Status)
 	}
 	return json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(out)
+}
+
+// handleBackup streams a consistent copy of the committed state, in the format
+// of the Raft snapshots (RestoreBackup reads it).
+func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request) {
+	// Everything the working state holds is committed first, then one read
+	// transaction is the backup.
+	s.mu.Lock()
+	need := s.planned
+	s.mu.Unlock()
+	if err := s.waitCommitted(r.Context(), need); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	s.fsmMu.Lock()
+	txn := s.db.NewTransaction(false)
+	s.fsmMu.Unlock()
+	defer txn.Discard()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	if err := writeSnapshot(txn, w); err != nil {
+		s.log.Warn("backup", "err", err)
+	}
+}
+
+// RestoreBackup fills the empty state directory dir with a backup (GET
+// /v1/cell/backup, `ballena server backup`), so that a new cell starts from it:
+// open a server on dir afterwards and it bootstraps with that state.
+func RestoreBackup(dir string, r io.Reader) error {
+	if _, err := os.Stat(filepath.Join(dir, "raft", "raft.db")); err == nil {
+		return fmt.Errorf("restore into %s: it holds Raft state already; restore into a new data dir", dir)
+	}
+	db, err := openDB(dir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	empty := true
+	if err := db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{})
+		defer it.Close()
+		it.Rewind()
+		empty = !it.Valid()
+		return nil
+	}); err != nil {
+		return err
+	}
+	if !empty {
+		return fmt.Errorf("restore into %s: it holds state already; restore into a new data dir", dir)
+	}
+	if _, err := restoreSnapshot(db, r); err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	// The new cell's log starts at 1: its entries must not be taken for old ones.
+	return db.Update(func(txn *badger.Txn) error { return txn.Delete([]byte(keyRaftIndex)) })
 }
 
 // RemoveRequest names a server to take out of the cell's configuration.

@@ -56,8 +56,9 @@ func serverCommand() *cli.Command {
 			&cli.StringFlag{Name: "join-token-file", Usage: "join token file for machines (default CELL/join.token; created 0600 if absent)"},
 			&cli.Float64Flag{Name: "batch-share", Value: placement.DefaultBatchShare, Usage: "largest share of the cell's cpu and memory batch tasks may use"},
 			&cli.DurationFlag{Name: "node-ttl", Value: placement.DefaultNodeTTL, Usage: "a machine silent this long is down and its tasks move"},
+			&cli.StringFlag{Name: "restore", Usage: "start a new cell from a backup (ballena server backup): the first server only, on an empty --data"},
 		},
-		Subcommands: []*cli.Command{serverMembersCommand(), serverRemoveCommand()},
+		Subcommands: []*cli.Command{serverMembersCommand(), serverRemoveCommand(), serverBackupCommand()},
 		Action:      runServer,
 	}
 }
@@ -104,6 +105,21 @@ func runServer(c *cli.Context) error {
 			return usageErrorf("--listen %q: give --raft-listen too when the API port is not fixed", listen)
 		}
 		raftListen = net.JoinHostPort(host, strconv.Itoa(p+1))
+	}
+	if f := c.String("restore"); f != "" {
+		if len(joins) > 0 && expect <= 1 {
+			return usageErrorf("--restore starts a new cell: give it to the first server (with --bootstrap-expect), not to one joining")
+		}
+		in, err := os.Open(f)
+		if err != nil {
+			return withCode(exitUsage, fmt.Errorf("--restore: %w", err))
+		}
+		err = placement.RestoreBackup(filepath.Join(dir, "placement"), in)
+		in.Close()
+		if err != nil {
+			return withCode(exitUsage, err)
+		}
+		fmt.Fprintf(c.App.Writer, "state restored from %s\n", f)
 	}
 	cellDir := c.String("cell")
 	ownCell := cellDir == ""
@@ -321,6 +337,45 @@ func serverRemoveCommand() *cli.Command {
 				return placementErr(err)
 			}
 			fmt.Fprintf(c.App.Writer, "server %s removed from the cell\n", c.Args().First())
+			return nil
+		},
+	}
+}
+
+func serverBackupCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "backup",
+		Usage: "write a consistent copy of the cell's state (the Raft snapshot format) to FILE; restore with `server --restore`",
+		UsageText: "ballena server backup cell-2026-12-02.snap\n" +
+			"ballena server backup --server https://10.0.0.1:7480,https://10.0.0.2:7480 --ca cell/ca.pem cell.snap",
+		Flags: clientFlags(),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usageErrorf("server backup takes one output file")
+			}
+			cl, err := placementClient(c)
+			if err != nil {
+				return err
+			}
+			path := c.Args().First()
+			tmp := path + ".tmp"
+			f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+			if err != nil {
+				return withCode(exitUsage, fmt.Errorf("backup file: %w", err))
+			}
+			err = cl.Backup(c.Context, f)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err == nil {
+				err = os.Rename(tmp, path)
+			}
+			if err != nil {
+				os.Remove(tmp)
+				return placementErr(err)
+			}
+			fi, _ := os.Stat(path)
+			fmt.Fprintf(c.App.Writer, "backup written to %s (%d bytes)\n", path, fi.Size())
 			return nil
 		},
 	}
