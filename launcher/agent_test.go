@@ -6,13 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"ballena.dev/artifact"
+	"ballena.dev/internal/testnet"
 	"ballena.dev/placement"
 )
 
@@ -32,13 +31,8 @@ func newAgentCell(t *testing.T) *agentCell {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: srv.Handler()}
-	go hs.Serve(ln)
-	url := "http://" + ln.Addr().String()
+	t.Cleanup(func() { srv.Close() }) // after the HTTP server below is closed
+	url := testnet.Serve(t, srv.Handler())
 	admin, err := placement.NewClient(url, "admin")
 	if err != nil {
 		t.Fatal(err)
@@ -68,8 +62,6 @@ func newAgentCell(t *testing.T) *agentCell {
 	t.Cleanup(func() {
 		cancel()
 		<-done
-		hs.Close()
-		srv.Close()
 	})
 	return &agentCell{env: env, admin: admin, srv: srv}
 }

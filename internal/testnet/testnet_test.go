@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -271,5 +272,24 @@ func TestKillAll(t *testing.T) {
 	case <-exited:
 	case <-time.After(10 * time.Second):
 		t.Fatal("process in the namespace survived KillAll")
+	}
+}
+
+func TestLoopbackServe(t *testing.T) {
+	url := Serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hi") }))
+	if !strings.HasPrefix(url, "http://127.0.0.1:") {
+		t.Fatalf("url %s is not on loopback", url)
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "hi" {
+		t.Errorf("got %q", b)
+	}
+	if a := FreeAddr(t); !strings.HasPrefix(a, "127.0.0.1:") {
+		t.Errorf("FreeAddr %s is not on loopback", a)
 	}
 }
