@@ -1,6 +1,6 @@
 package main
 
-// The fleet end to end (issue 6): a placement server and several `ballena node`
+// The fleet end to end: a placement server and several `ballena node`
 // processes, each host in its own network namespace on a private bridge
 // (internal/testnet), driven through the real binary as a user would.
 

@@ -79,7 +79,7 @@ func usageError(c *cli.Context, err error, _ bool) error {
 // commands lists every subcommand; each room's commands live in their own file.
 func commands() []*cli.Command {
 	return []*cli.Command{
-		// signed artifacts (artifact.go, keys.go)
+		// signed artifacts (keys.go, publish.go, store.go, verify.go; output.go: --json and formatting)
 		keyCommand(), signCommand(), publishCommand(), lsCommand(), inspectCommand(), verifyCommand(), rmCommand(), gcCommand(),
 		// tasks (tasks.go)
 		runCommand(), psCommand(), logsCommand(), stopCommand(),
