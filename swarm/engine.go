@@ -49,9 +49,13 @@ type EngineConfig struct {
 	// UploadLimit and DownloadLimit cap the node's peer traffic in bytes per
 	// second; 0 is unlimited.
 	UploadLimit, DownloadLimit int64
-	// StallTimeout fails a download that received no data for this long; 0 means
+	// StallTimeout fails a download that verified no piece for this long; 0 means
 	// DefaultStallTimeout.
 	StallTimeout time.Duration
+	// PartialTimeout removes a partial download that no transfer wants once its
+	// files have not been written for this long; 0 leaves them (RemovePartials
+	// still can).
+	PartialTimeout time.Duration
 	// NoSuperSeed turns off super-seeding (see superseeder.go) on the
 	// torrents this node seeds from its store; for measurements.
 	NoSuperSeed bool
@@ -158,6 +162,9 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	e.stopRates = cancel
 	go e.sampleRates(rctx)
+	if cfg.PartialTimeout > 0 {
+		go e.sweepPartials(rctx)
+	}
 	return e, nil
 }
 
@@ -180,8 +187,11 @@ func (e *Engine) clientConfig() *torrent.ClientConfig {
 	tc.DisableAcceptRateLimiting = true
 	// libp2p already encrypts; MSE on top would only burn CPU.
 	tc.HeaderObfuscationPolicy = torrent.HeaderObfuscationPolicy{}
-	// With the default (1 MiB) a seeder stalls after about 2 MiB.
-	tc.MaxAllocPeerRequestDataPerConn = 32 << 20
+	// The piece data a seeder holds in memory for one connection's requests:
+	// maxPipelinedRequests requests of fetchChunkSize's largest chunk. With the
+	// default (1 MiB, one such request) a seeder stalls after about 2 MiB; a
+	// peer that asks for more than this waits for its earlier requests to go out.
+	tc.MaxAllocPeerRequestDataPerConn = maxPipelinedRequests * maxChunk
 	tc.DropMutuallyCompletePeers = true
 	// The default (64 MiB) is counted over requestable pieces in request order,
 	// and pieces no peer shows come first: with super-seeding most pieces are
