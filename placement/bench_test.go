@@ -372,7 +372,7 @@ func BenchmarkCellPlace100kOn10k(b *testing.B) {
 		single = nil
 		base = heapInUse()
 
-		tc := startRaftCell(b, 3)
+		tc := startRaftCellWith(b, 3, func(cc *CellConfig) { cc.Timeout = time.Second })
 		for _, m := range tc.members {
 			m.srv.log = quiet
 		}
