@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/klauspost/compress/s2"
 	"github.com/hashicorp/raft"
 )
 
@@ -45,6 +46,7 @@ type op struct {
 const (
 	entryMagic   = 'B'
 	entryVersion = 1
+	entryS2      = 2 // the same, the body after the two header bytes compressed with s2
 )
 
 func appendUvarint(b []byte, v uint64) []byte { return binary.AppendUvarint(b, v) }
@@ -64,7 +66,11 @@ func encodeEntry(origin string, ops [][]byte) []byte {
 	for _, o := range ops {
 		b = appendBytes(b, o)
 	}
-	return b
+	// JSON records compress several times over: less for Raft's log to write and
+	// to send to every follower.
+	z := make([]byte, 2, 2+s2.MaxEncodedLen(len(b)-2))
+	z[0], z[1] = entryMagic, entryS2
+	return z[:2+len(s2.Encode(z[2:cap(z)], b[2:]))]
 }
 
 type reader struct {
@@ -101,10 +107,17 @@ func (r *reader) bytes() []byte {
 
 // decodeEntry reads an entry; the records point into data.
 func decodeEntry(data []byte) (string, []*op, error) {
-	if len(data) < 2 || data[0] != entryMagic || data[1] != entryVersion {
+	if len(data) < 2 || data[0] != entryMagic || data[1] != entryVersion && data[1] != entryS2 {
 		return "", nil, errors.New("not a placement entry (or of another version)")
 	}
-	r := &reader{b: data[2:]}
+	body := data[2:]
+	if data[1] == entryS2 {
+		var err error
+		if body, err = s2.Decode(nil, body); err != nil {
+			return "", nil, fmt.Errorf("decode entry: %w", err)
+		}
+	}
+	r := &reader{b: body}
 	origin := string(r.bytes())
 	count := r.uvarint()
 	if r.err != nil || count > uint64(len(data)) {
