@@ -12,8 +12,8 @@ import (
 	"strings"
 
 	"github.com/dgraph-io/badger/v4"
-	"github.com/klauspost/compress/s2"
 	"github.com/hashicorp/raft"
+	"github.com/klauspost/compress/s2"
 )
 
 // Replication. The leader computes each operation on its in-memory Cell, and the
