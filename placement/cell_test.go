@@ -33,6 +33,9 @@ type raftCell struct {
 	cellDir string
 	members []*cellMember
 	tune    func(*CellConfig)
+	now     func() time.Time // every server's clock (nil: time.Now)
+	ttl     time.Duration    // node TTL (0: the default)
+	noSweep bool             // do not run Server.Run: the test sweeps by hand
 }
 
 // startRaftCell starts n servers that bootstrap a cell together.
@@ -42,8 +45,13 @@ func startRaftCell(t testing.TB, n int) *raftCell {
 
 // startRaftCellWith is startRaftCell with each server's CellConfig adjusted by tune.
 func startRaftCellWith(t testing.TB, n int, tune func(*CellConfig)) *raftCell {
+	return startRaftCellOf(t, n, &raftCell{tune: tune})
+}
+
+// startRaftCellOf starts n servers configured by tc's fields.
+func startRaftCellOf(t testing.TB, n int, tc *raftCell) *raftCell {
 	t.Helper()
-	tc := &raftCell{t: t, cellDir: filepath.Join(t.TempDir(), "cell"), tune: tune}
+	tc.t, tc.cellDir = t, filepath.Join(t.TempDir(), "cell")
 	if err := cellca.Init(tc.cellDir); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +104,7 @@ func (tc *raftCell) open(m *cellMember, expect int, join []string) {
 		tc.tune(cc)
 	}
 	s, err := Open(Options{Dir: filepath.Join(m.dir, "state"), AdminToken: testAdmin, JoinToken: testJoin,
-		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: tc.now, NodeTTL: tc.ttl,
 		ForwardTLS: cellca.ClientConfig(id.Pool), Cell: cc})
 	if err != nil {
 		tc.t.Fatal(err)
@@ -106,7 +114,9 @@ func (tc *raftCell) open(m *cellMember, expect int, join []string) {
 	m.cancel = cancel
 	m.stopped = false
 	go s.Serve(ctx, m.apiLn)
-	go s.Run(ctx)
+	if !tc.noSweep {
+		go s.Run(ctx)
+	}
 }
 
 func (tc *raftCell) stop(m *cellMember) {
@@ -344,5 +354,57 @@ func TestCellSnapshotCatchUp(t *testing.T) {
 	away.srv.mu.Unlock()
 	if n != 200 {
 		t.Errorf("after a restart, %s holds %d jobs before any replication, want 200", away.name, n)
+	}
+}
+
+// TestCellHeartbeatsStayInMemory: heartbeats that change nothing add nothing to
+// the Raft log (deadlines live in the leader's memory), and a new leader gives
+// every machine a fresh TTL before it marks any down: a machine silent for longer
+// than the TTL at the moment of the failover stays ready, and goes down only
+// when it stays silent a full TTL under the new leader.
+func TestCellHeartbeatsStayInMemory(t *testing.T) {
+	clock := newFakeClock()
+	tc := startRaftCellOf(t, 3, &raftCell{now: clock.Now, ttl: 2 * time.Second, noSweep: true})
+	ctx := context.Background()
+	lead := tc.leader()
+	_, key, _ := ed25519.GenerateKey(nil)
+	nc, err := NewNodeClient(tc.urls(), testJoin, key, tc.tlsOpt())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Now = clock.Now
+	if _, _, err := nc.Register(ctx, NodeRegistration{Capacity: Resources{CPU: 4000, Memory: 8 * gib}}); err != nil {
+		t.Fatal(err)
+	}
+	before := lead.srv.Stats().Entries
+	for range 20 {
+		if _, err := nc.Heartbeat(ctx, Heartbeat{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := lead.srv.Stats().Entries; after != before {
+		t.Errorf("20 heartbeats that changed nothing added %d Raft entries", after-before)
+	}
+	// The machine falls silent for longer than the TTL, and the leader dies
+	// before it sweeps.
+	clock.Advance(5 * time.Second)
+	tc.stop(lead)
+	next := tc.leader()
+	if err := next.srv.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	cl := tc.client(tc.urls())
+	nodes, err := cl.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].Status != NodeReady {
+		t.Fatalf("right after the failover: %v %+v, want the machine ready (a grace period)", err, nodes)
+	}
+	// Still silent a full TTL under the new leader: down.
+	clock.Advance(3 * time.Second)
+	if err := next.srv.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err = cl.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].Status != NodeDown {
+		t.Fatalf("a TTL after the failover: %v %+v, want the machine down", err, nodes)
 	}
 }
