@@ -68,7 +68,14 @@ func TestRestartAfterKeyExpiry(t *testing.T) {
 	poll.Until(t, 10*time.Second, "ready again", func() bool { return strings.Count(e.logs(tk.ID), "ready") >= 2 })
 
 	// Revocation stops everything at once, expired or not.
+	if rt := e.l.RevokedTasks(); len(rt) != 0 {
+		t.Fatalf("tasks reported revoked before any revocation: %+v", rt)
+	}
 	e.writePolicy(policy + "revoked: [\"" + keyIDOf(t, e.pubPath) + "\"]\n")
+	rt := e.l.RevokedTasks()
+	if len(rt) != 1 || rt[0].ID != tk.ID || !strings.Contains(rt[0].Revoked, "revoked") {
+		t.Fatalf("revoked tasks %+v; want the running task, marked", rt)
+	}
 	g, _ := e.l.Get(tk.ID)
 	if err := syscall.Kill(g.PID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -72,6 +72,21 @@ func (v *StoreVerifier) VerifyRestart(ctx context.Context, ref string) (Artifact
 	return Artifact{}, err
 }
 
+// policy is Policy, or the policy file read afresh.
+func (v *StoreVerifier) policy() (*signing.Policy, error) {
+	if v.Policy != nil {
+		return v.Policy, nil
+	}
+	if _, err := os.Stat(v.PolicyPath); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no trust policy at %s: write one or pass --trust", ErrRefused, v.PolicyPath)
+	}
+	pol, err := signing.LoadPolicy(v.PolicyPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	return pol, nil
+}
+
 func (v *StoreVerifier) now() time.Time {
 	if v.Now != nil {
 		return v.Now()
@@ -86,15 +101,9 @@ func (v *StoreVerifier) verify(ctx context.Context, ref string, at time.Time) (A
 	if err != nil {
 		return Artifact{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	pol := v.Policy
-	if pol == nil {
-		if _, err := os.Stat(v.PolicyPath); errors.Is(err, os.ErrNotExist) {
-			return Artifact{}, fmt.Errorf("%w: no trust policy at %s: write one or pass --trust", ErrRefused, v.PolicyPath)
-		}
-		pol, err = signing.LoadPolicy(v.PolicyPath)
-		if err != nil {
-			return Artifact{}, fmt.Errorf("%w: %w", ErrRefused, err)
-		}
+	pol, err := v.policy()
+	if err != nil {
+		return Artifact{}, err
 	}
 	now := at
 	if now.IsZero() {

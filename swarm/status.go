@@ -27,6 +27,16 @@ type Status struct {
 	// BannedPeers sent pieces that failed their hash checks; the engine no
 	// longer connects to them.
 	BannedPeers []string `json:"bannedPeers,omitempty"`
+	// RevokedTasks, filled in by the node daemon, are the live tasks whose
+	// artifact's signing key has been revoked: they run on but will not restart.
+	RevokedTasks []RevokedTask `json:"revokedTasks,omitempty"`
+}
+
+// RevokedTask is a live task whose artifact's signing key has been revoked.
+type RevokedTask struct {
+	ID       string `json:"id"`
+	Artifact string `json:"artifact"`
+	Reason   string `json:"reason"`
 }
 
 // Status reports the node's identity, peers, holdings and transfers.

@@ -188,6 +188,9 @@ func printStatus(out io.Writer, s swarm.Status) error {
 	if s.Gossip.Rejected > 0 || len(s.Gossip.Graylisted) > 0 {
 		fmt.Fprintf(out, "gossip: %d announcements rejected; graylisted: %s\n", s.Gossip.Rejected, orDash(strings.Join(s.Gossip.Graylisted, " ")))
 	}
+	for _, t := range s.RevokedTasks {
+		fmt.Fprintf(out, "task %s (%s) runs on a revoked key and will not restart: %s\n", t.ID, t.Artifact, t.Reason)
+	}
 	if len(s.BannedPeers) > 0 {
 		fmt.Fprintf(out, "banned for bad pieces: %s\n", strings.Join(s.BannedPeers, " "))
 	}

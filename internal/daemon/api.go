@@ -219,6 +219,9 @@ func (d *Daemon) fetch(w http.ResponseWriter, r *http.Request) {
 
 func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
 	v, err := d.node.Status()
+	for _, t := range d.launcher.RevokedTasks() {
+		v.RevokedTasks = append(v.RevokedTasks, swarm.RevokedTask{ID: t.ID, Artifact: t.Spec.Artifact, Reason: t.Revoked})
+	}
 	reply(w, http.StatusOK, v, err)
 }
 
