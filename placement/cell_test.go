@@ -2,10 +2,17 @@ package placement
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"path/filepath"
 	"testing"
@@ -406,5 +413,73 @@ func TestCellHeartbeatsStayInMemory(t *testing.T) {
 	nodes, err = cl.Nodes(ctx)
 	if err != nil || len(nodes) != 1 || nodes[0].Status != NodeDown {
 		t.Fatalf("a TTL after the failover: %v %+v, want the machine down", err, nodes)
+	}
+}
+
+// TestRaftAcceptsOnlyCellServers: the Raft port (and the join requests on it)
+// answers only peers holding a server certificate of the cell CA: not another
+// CA's server, not a certificate of this CA without the server mark.
+func TestRaftAcceptsOnlyCellServers(t *testing.T) {
+	tc := startRaftCellOf(t, 1, &raftCell{})
+	m := tc.leader()
+	addr := m.raftLn.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ca, err := cellca.Load(tc.cellDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A proper server certificate of the cell: answered.
+	good := filepath.Join(t.TempDir(), "good")
+	if err := ca.IssueServer("s9", nil, good); err != nil {
+		t.Fatal(err)
+	}
+	gid, err := cellca.LoadIdentity(good, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := askPeer(ctx, gid.RaftConfig(), addr, joinRequest{Op: "info"}); err != nil || resp.Server.Name != m.name {
+		t.Fatalf("a server of the cell asking: %v %+v", err, resp)
+	}
+	// Another cell's server.
+	other := filepath.Join(t.TempDir(), "other")
+	if err := cellca.Init(other); err != nil {
+		t.Fatal(err)
+	}
+	oca, _ := cellca.Load(other)
+	if err := oca.IssueServer("intruder", nil, filepath.Join(other, "tls")); err != nil {
+		t.Fatal(err)
+	}
+	oid, err := cellca.LoadIdentity(filepath.Join(other, "tls"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// It trusts our CA (so that only our side's check decides).
+	ocfg := oid.RaftConfig()
+	ocfg.VerifyConnection = nil
+	if _, err := askPeer(ctx, ocfg, addr, joinRequest{Op: "info"}); err == nil {
+		t.Error("a server of another cell was answered")
+	}
+	// A certificate of this CA that is not a server's (no server mark).
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "client"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	plain := &cellca.Identity{Name: "client", Pool: gid.Pool, Cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}
+	pcfg := plain.RaftConfig()
+	pcfg.VerifyConnection = nil
+	if _, err := askPeer(ctx, pcfg, addr, joinRequest{Op: "info"}); err == nil {
+		t.Error("a certificate of the cell CA without the server mark was answered")
+	}
+	// The API server has its timeouts and TLS 1.3.
+	hs := m.srv.HTTPServer()
+	if hs.ReadHeaderTimeout <= 0 || hs.ReadTimeout <= 0 || hs.WriteTimeout <= 0 || hs.IdleTimeout <= 0 ||
+		hs.TLSConfig == nil || hs.TLSConfig.MinVersion != tls.VersionTLS13 {
+		t.Errorf("API server: timeouts %v %v %v %v, TLS %+v", hs.ReadHeaderTimeout, hs.ReadTimeout, hs.WriteTimeout, hs.IdleTimeout, hs.TLSConfig)
 	}
 }

@@ -163,6 +163,15 @@ func (pc *procCell) start(s *cellServer, bootstrap bool) {
 	}
 }
 
+// startJoining starts a server that joins the running cell through via.
+func (pc *procCell) startJoining(s, via *cellServer) {
+	pc.t.Helper()
+	saved := pc.servers
+	pc.servers = []*cellServer{s, via} // --join names via only
+	pc.start(s, false)
+	pc.servers = saved
+}
+
 func (pc *procCell) startAll() {
 	for _, s := range pc.servers {
 		pc.start(s, true)
@@ -441,6 +450,38 @@ func TestCellFiveServersTwoDown(t *testing.T) {
 			t.Errorf("%s still a member after remove", dead.name)
 		}
 	}
+	// A new server joins the running cell through any live one, catches up and
+	// counts as a healthy voter.
+	lo := strings.TrimSuffix(pc.servers[0].api, "1:7480")
+	s6 := &cellServer{name: "s6", dir: t.TempDir(), api: lo + "6:7480", raft: lo + "6:7481"}
+	s6.tlsDir = filepath.Join(s6.dir, "tls")
+	if code, _, msg := run(t, t.TempDir(), "cell", "cert", "--cell", pc.cellDir, "--server", "--name", "s6",
+		"--host", lo+"6", "--out", s6.tlsDir); code != 0 {
+		t.Fatalf("cell cert: %s", msg)
+	}
+	var live *cellServer
+	for _, s := range pc.servers {
+		if s.cmd != nil {
+			live = s
+		}
+	}
+	pc.servers = append(pc.servers, s6)
+	pc.startJoining(s6, live)
+	poll.Until(t, 60*time.Second, "s6 a healthy voter with the jobs", func() bool {
+		ms, err := pc.members(ctx)
+		if err != nil {
+			return false
+		}
+		var top uint64
+		var m6 *placement.Member
+		for i := range ms {
+			top = max(top, ms[i].LastIndex)
+			if ms[i].Name == "s6" {
+				m6 = &ms[i]
+			}
+		}
+		return len(ms) == 5 && m6 != nil && m6.Voter && m6.Healthy && m6.LastIndex+2 >= top
+	})
 }
 
 func job5(i int) *placement.Job {
