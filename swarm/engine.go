@@ -19,6 +19,7 @@ import (
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/anacrolix/torrent/storage"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"golang.org/x/time/rate"
 )
 
@@ -83,6 +84,7 @@ type Engine struct {
 	transfers map[string]*transfer      // by digest
 	known     map[metainfo.Hash]peerSet // peers learned before or during a transfer
 	stopRates context.CancelFunc
+	notifiee  network.Notifiee // forgets peers that have gone; nil without a host
 }
 
 // NewEngine starts a BitTorrent client on cfg.Host and cfg.PlainListen.
@@ -137,6 +139,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		if !cfg.NoSuperSeed {
 			e.ss = newSuperSeeder()
 		}
+		e.watchPeers(cfg.Host)
 		e.p2p = newP2PTransport(cfg.Host, e.addrs, e.ss, e.up)
 		cl.AddListener(e.p2p)
 		cl.AddDialer(e.p2p)
@@ -232,6 +235,9 @@ func (e *Engine) Close() error {
 	}
 	if e.p2p != nil {
 		e.p2p.Close()
+	}
+	if e.notifiee != nil {
+		e.cfg.Host.Network().StopNotify(e.notifiee)
 	}
 	if e.ss != nil {
 		e.ss.close()

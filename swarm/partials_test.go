@@ -140,3 +140,31 @@ func TestGCRemovesPartials(t *testing.T) {
 		t.Fatalf("offline gc took more than partial downloads: %v", err)
 	}
 }
+
+// TestPeerStateFreed: a seed remembers a leecher (its synthetic address) only
+// while it is connected; once the leecher goes, nothing of it is left.
+func TestPeerStateFreed(t *testing.T) {
+	seed := newTestEngine(t, EngineConfig{})
+	rel := publish(t, seed.store, 1<<20)
+	if err := seed.Seed(context.Background(), rel); err != nil {
+		t.Fatal(err)
+	}
+	seed.addrs.addrOf(seed.h.ID()) // its own, made at its first connection
+	base := seed.addrs.len()
+	for range 3 {
+		leech := restartEngine(t, t.TempDir(), EngineConfig{StallTimeout: time.Minute})
+		introduce(leech.h, addrInfo(seed.h))
+		leech.AddPeers(rel.InfoHash, []peer.ID{seed.h.ID()})
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := leech.Download(ctx, rel, nil)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := seed.addrs.peerOf(leech.addrs.addrOf(leech.h.ID()).String()); !ok {
+			t.Fatal("the seed never saw the leecher; the test proves nothing")
+		}
+		leech.h.Close() // the leecher goes away
+	}
+	poll.Until(t, 20*time.Second, "the leechers forgotten", func() bool { return seed.addrs.len() == base })
+}
