@@ -63,7 +63,7 @@ run: build ## the embedded cluster: publish, place and run the sample service
 	$$B dev --dir $$PWD/dev > dev.log 2>&1 & DEV=$$!; trap 'kill $$DEV 2>/dev/null; wait $$DEV 2>/dev/null' EXIT; \
 	for i in $$(seq 100); do [ -S dev/node/ballena.sock ] && break; sleep 0.1; done; \
 	export BALLENA_TOKEN=$$(cat dev/server/admin.token); \
-	head -3 dev.log; \
+	grep -E "^ballena dev:|^point the other|^  export " dev.log; \
 	$$B key generate release; \
 	printf 'keys:\n  - path: %s/release.pub\n    names: ["hello"]\n' "$$PWD" > dev/node/trust.yaml; \
 	$$B publish --key release.key --name hello --version 1.0.0 ./hello; \
