@@ -102,7 +102,7 @@ func scoreParams() (*pubsub.PeerScoreParams, *pubsub.PeerScoreThresholds) {
 		GossipThreshold:             gossipThreshold,
 		PublishThreshold:            publishThreshold,
 		GraylistThreshold:           graylistThreshold,
-		AcceptPXThreshold:           5,
+		AcceptPXThreshold:           0, // peer exchange from any peer in good standing, as before scoring
 		OpportunisticGraftThreshold: 2,
 	}
 	return params, thresholds
