@@ -63,11 +63,12 @@ run: build ## the embedded cluster: publish, place and run the sample service
 	$$B dev --dir $$PWD/dev > dev.log 2>&1 & DEV=$$!; trap 'kill $$DEV 2>/dev/null; wait $$DEV 2>/dev/null' EXIT; \
 	for i in $$(seq 100); do [ -S dev/node/ballena.sock ] && break; sleep 0.1; done; \
 	export BALLENA_TOKEN=$$(cat dev/server/admin.token); \
-	head -3 dev.log; \
+	grep -E "^ballena dev:|^point the other|^  export " dev.log; \
 	$$B key generate release; \
 	printf 'keys:\n  - path: %s/release.pub\n    names: ["hello"]\n' "$$PWD" > dev/node/trust.yaml; \
 	$$B publish --key release.key --name hello --version 1.0.0 ./hello; \
 	printf 'name: hello\nartifact: hello@1.0.0\ncount: 2\nresources: {cpu: 100m, memory: 64MiB, pids: 64}\npriority: prod\nargs: [--port-base, "18080"]\n' > hello.yaml; \
+	for i in $$(seq 100); do $$B nodes --json 2>/dev/null | grep -q '"status": "ready"' && break; sleep 0.1; done; \
 	$$B job run hello.yaml; \
 	for i in $$(seq 100); do $$B job status --json hello | grep -q '"running": 2' && break; sleep 0.2; done; \
 	$$B job status hello; $$B ps; \

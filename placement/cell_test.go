@@ -2,10 +2,17 @@ package placement
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"path/filepath"
 	"testing"
@@ -33,6 +40,9 @@ type raftCell struct {
 	cellDir string
 	members []*cellMember
 	tune    func(*CellConfig)
+	now     func() time.Time // every server's clock (nil: time.Now)
+	ttl     time.Duration    // node TTL (0: the default)
+	noSweep bool             // do not run Server.Run: the test sweeps by hand
 }
 
 // startRaftCell starts n servers that bootstrap a cell together.
@@ -42,8 +52,13 @@ func startRaftCell(t testing.TB, n int) *raftCell {
 
 // startRaftCellWith is startRaftCell with each server's CellConfig adjusted by tune.
 func startRaftCellWith(t testing.TB, n int, tune func(*CellConfig)) *raftCell {
+	return startRaftCellOf(t, n, &raftCell{tune: tune})
+}
+
+// startRaftCellOf starts n servers configured by tc's fields.
+func startRaftCellOf(t testing.TB, n int, tc *raftCell) *raftCell {
 	t.Helper()
-	tc := &raftCell{t: t, cellDir: filepath.Join(t.TempDir(), "cell"), tune: tune}
+	tc.t, tc.cellDir = t, filepath.Join(t.TempDir(), "cell")
 	if err := cellca.Init(tc.cellDir); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +111,7 @@ func (tc *raftCell) open(m *cellMember, expect int, join []string) {
 		tc.tune(cc)
 	}
 	s, err := Open(Options{Dir: filepath.Join(m.dir, "state"), AdminToken: testAdmin, JoinToken: testJoin,
-		Logger:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: tc.now, NodeTTL: tc.ttl,
 		ForwardTLS: cellca.ClientConfig(id.Pool), Cell: cc})
 	if err != nil {
 		tc.t.Fatal(err)
@@ -106,7 +121,9 @@ func (tc *raftCell) open(m *cellMember, expect int, join []string) {
 	m.cancel = cancel
 	m.stopped = false
 	go s.Serve(ctx, m.apiLn)
-	go s.Run(ctx)
+	if !tc.noSweep {
+		go s.Run(ctx)
+	}
 }
 
 func (tc *raftCell) stop(m *cellMember) {
@@ -344,5 +361,125 @@ func TestCellSnapshotCatchUp(t *testing.T) {
 	away.srv.mu.Unlock()
 	if n != 200 {
 		t.Errorf("after a restart, %s holds %d jobs before any replication, want 200", away.name, n)
+	}
+}
+
+// TestCellHeartbeatsStayInMemory: heartbeats that change nothing add nothing to
+// the Raft log (deadlines live in the leader's memory), and a new leader gives
+// every machine a fresh TTL before it marks any down: a machine silent for longer
+// than the TTL at the moment of the failover stays ready, and goes down only
+// when it stays silent a full TTL under the new leader.
+func TestCellHeartbeatsStayInMemory(t *testing.T) {
+	clock := newFakeClock()
+	tc := startRaftCellOf(t, 3, &raftCell{now: clock.Now, ttl: 2 * time.Second, noSweep: true})
+	ctx := context.Background()
+	lead := tc.leader()
+	_, key, _ := ed25519.GenerateKey(nil)
+	nc, err := NewNodeClient(tc.urls(), testJoin, key, tc.tlsOpt())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Now = clock.Now
+	if _, _, err := nc.Register(ctx, NodeRegistration{Capacity: Resources{CPU: 4000, Memory: 8 * gib}}); err != nil {
+		t.Fatal(err)
+	}
+	before := lead.srv.Stats().Entries
+	for range 20 {
+		if _, err := nc.Heartbeat(ctx, Heartbeat{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := lead.srv.Stats().Entries; after != before {
+		t.Errorf("20 heartbeats that changed nothing added %d Raft entries", after-before)
+	}
+	// The machine falls silent for longer than the TTL, and the leader dies
+	// before it sweeps.
+	clock.Advance(5 * time.Second)
+	tc.stop(lead)
+	next := tc.leader()
+	if err := next.srv.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	cl := tc.client(tc.urls())
+	nodes, err := cl.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].Status != NodeReady {
+		t.Fatalf("right after the failover: %v %+v, want the machine ready (a grace period)", err, nodes)
+	}
+	// Still silent a full TTL under the new leader: down.
+	clock.Advance(3 * time.Second)
+	if err := next.srv.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err = cl.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].Status != NodeDown {
+		t.Fatalf("a TTL after the failover: %v %+v, want the machine down", err, nodes)
+	}
+}
+
+// TestRaftAcceptsOnlyCellServers: the Raft port (and the join requests on it)
+// answers only peers holding a server certificate of the cell CA: not another
+// CA's server, not a certificate of this CA without the server mark.
+func TestRaftAcceptsOnlyCellServers(t *testing.T) {
+	tc := startRaftCellOf(t, 1, &raftCell{})
+	m := tc.leader()
+	addr := m.raftLn.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ca, err := cellca.Load(tc.cellDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A proper server certificate of the cell: answered.
+	good := filepath.Join(t.TempDir(), "good")
+	if err := ca.IssueServer("s9", nil, good); err != nil {
+		t.Fatal(err)
+	}
+	gid, err := cellca.LoadIdentity(good, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := askPeer(ctx, gid.RaftConfig(), addr, joinRequest{Op: "info"}); err != nil || resp.Server.Name != m.name {
+		t.Fatalf("a server of the cell asking: %v %+v", err, resp)
+	}
+	// Another cell's server.
+	other := filepath.Join(t.TempDir(), "other")
+	if err := cellca.Init(other); err != nil {
+		t.Fatal(err)
+	}
+	oca, _ := cellca.Load(other)
+	if err := oca.IssueServer("intruder", nil, filepath.Join(other, "tls")); err != nil {
+		t.Fatal(err)
+	}
+	oid, err := cellca.LoadIdentity(filepath.Join(other, "tls"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// It trusts our CA (so that only our side's check decides).
+	ocfg := oid.RaftConfig()
+	ocfg.VerifyConnection = nil
+	if _, err := askPeer(ctx, ocfg, addr, joinRequest{Op: "info"}); err == nil {
+		t.Error("a server of another cell was answered")
+	}
+	// A certificate of this CA that is not a server's (no server mark).
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "client"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	plain := &cellca.Identity{Name: "client", Pool: gid.Pool, Cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}
+	pcfg := plain.RaftConfig()
+	pcfg.VerifyConnection = nil
+	if _, err := askPeer(ctx, pcfg, addr, joinRequest{Op: "info"}); err == nil {
+		t.Error("a certificate of the cell CA without the server mark was answered")
+	}
+	// The API server has its timeouts and TLS 1.3.
+	hs := m.srv.HTTPServer()
+	if hs.ReadHeaderTimeout <= 0 || hs.ReadTimeout <= 0 || hs.WriteTimeout <= 0 || hs.IdleTimeout <= 0 ||
+		hs.TLSConfig == nil || hs.TLSConfig.MinVersion != tls.VersionTLS13 {
+		t.Errorf("API server: timeouts %v %v %v %v, TLS %+v", hs.ReadHeaderTimeout, hs.ReadTimeout, hs.WriteTimeout, hs.IdleTimeout, hs.TLSConfig)
 	}
 }

@@ -519,66 +519,83 @@ func randomID() string {
 // fsm is the Server seen as Raft's state machine.
 type fsm Server
 
-func (f *fsm) Apply(l *raft.Log) any {
+func (f *fsm) Apply(l *raft.Log) any { return f.ApplyBatch([]*raft.Log{l})[0] }
+
+// ApplyBatch applies the entries Raft committed together: their records go to
+// badger (many entries per write batch, in the background: the log keeps them
+// until a snapshot, and snapshots flush first), and to memory (except on the
+// leader, whose working state computed them).
+func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 	s := (*Server)(f)
-	if l.Type != raft.LogCommand {
-		return nil
-	}
+	out := make([]any, len(logs))
 	s.fsmMu.Lock()
 	defer s.fsmMu.Unlock()
-	if l.Index <= s.appliedRaft {
-		return nil
+	type decoded struct {
+		index  uint64
+		origin string
+		ops    []*op
 	}
-	var e entry
-	if err := json.Unmarshal(l.Data, &e); err != nil {
-		s.log.Error("undecodable raft entry", "index", l.Index, "err", err)
-		return fmt.Errorf("raft entry %d: %w", l.Index, err)
-	}
-	ops := make([]*op, len(e.Ops))
-	for i, raw := range e.Ops {
-		ops[i] = &op{}
-		if err := json.Unmarshal(raw, ops[i]); err != nil {
-			s.log.Error("undecodable raft entry", "index", l.Index, "err", err)
-			return fmt.Errorf("raft entry %d: %w", l.Index, err)
+	var entries []decoded
+	var all []*op
+	var last uint64
+	for i, l := range logs {
+		if l.Type != raft.LogCommand || l.Index <= s.appliedRaft {
+			continue
 		}
+		origin, ops, err := decodeEntry(l.Data)
+		if err != nil {
+			s.log.Error("undecodable raft entry", "index", l.Index, "err", err)
+			out[i] = fmt.Errorf("raft entry %d: %w", l.Index, err)
+			continue
+		}
+		entries = append(entries, decoded{l.Index, origin, ops})
+		all = append(all, ops...)
+		last = l.Index
 	}
-	if err := writeOps(s.db, ops, l.Index); err != nil {
-		s.log.Error("apply raft entry", "index", l.Index, "err", err)
-		return err
+	if len(entries) == 0 {
+		return out
 	}
+	// To disk in the background (diskWriter); memory now.
+	s.writes <- pendingWrite{ops: all, raftIndex: last}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.appliedRaft = l.Index
-	mine := e.Origin == s.origin
-	for _, o := range ops {
+	for _, e := range entries {
+		s.appliedRaft = e.index
+		mine := e.origin == s.origin
+		for _, o := range e.ops {
+			if !mine {
+				if err := s.cell.applyRecords(o); err != nil {
+					s.log.Error("apply raft entry to memory", "index", e.index, "err", err)
+				}
+			}
+			for name, raw := range o.Servers {
+				sv := &ServerInfo{}
+				if isNull(raw) || json.Unmarshal(raw, sv) != nil {
+					delete(s.servers, name)
+				} else {
+					s.servers[name] = sv
+				}
+			}
+			s.committed = max(s.committed, o.Index)
+		}
 		if !mine {
-			if err := s.cell.applyRecords(o); err != nil {
-				s.log.Error("apply raft entry to memory", "index", l.Index, "err", err)
-			}
+			s.planned = max(s.planned, s.committed)
 		}
-		for name, raw := range o.Servers {
-			sv := &ServerInfo{}
-			if isNull(raw) || json.Unmarshal(raw, sv) != nil {
-				delete(s.servers, name)
-			} else {
-				s.servers[name] = sv
-			}
-		}
-		s.committed = max(s.committed, o.Index)
 	}
 	s.index = s.committed
-	if !mine {
-		s.planned = max(s.planned, s.committed)
-	}
 	close(s.notify)
 	s.notify = make(chan struct{})
-	return nil
+	return out
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	s := (*Server)(f)
 	s.fsmMu.Lock()
 	defer s.fsmMu.Unlock()
+	// The snapshot is badger's state: everything applied must be there first.
+	if err := s.flushDisk(); err != nil {
+		return nil, err
+	}
 	return &fsmSnapshot{txn: s.db.NewTransaction(false)}, nil
 }
 
@@ -587,6 +604,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	s.fsmMu.Lock()
 	defer s.fsmMu.Unlock()
+	if err := s.flushDisk(); err != nil {
+		return err
+	}
 	replaced, err := restoreSnapshot(s.db, rc)
 	if err != nil {
 		return err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/hashicorp/raft"
+	"github.com/klauspost/compress/s2"
 )
 
 // Replication. The leader computes each operation on its in-memory Cell, and the
@@ -21,63 +22,192 @@ import (
 // entry. Every server's state machine (fsm) writes the records to its badger and
 // applies them to its own Cell, except the leader, whose Cell already holds them.
 
-// op is one operation's records, each already encoded (JSON; "null" is a
-// deletion), so that the leader encodes a record once, under its lock, and every
-// server writes those bytes to badger as they are.
+// op is one operation's records, each already encoded (JSON; an empty value is
+// a deletion), so that the leader encodes a record once, under its lock, and
+// every server writes those bytes to badger as they are.
 type op struct {
-	Index   uint64                     `json:"i"`
-	Nodes   map[string]json.RawMessage `json:"n,omitempty"`
-	Jobs    map[string]json.RawMessage `json:"j,omitempty"`
-	Tasks   map[string]json.RawMessage `json:"t,omitempty"`
-	Allocs  map[string]json.RawMessage `json:"a,omitempty"`
-	Evals   map[string]json.RawMessage `json:"e,omitempty"` // by job: its last evaluation
-	Servers map[string]json.RawMessage `json:"s,omitempty"`
+	Index   uint64
+	Nodes   map[string]json.RawMessage
+	Jobs    map[string]json.RawMessage
+	Tasks   map[string]json.RawMessage
+	Allocs  map[string]json.RawMessage
+	Evals   map[string]json.RawMessage // by job: its last evaluation
+	Servers map[string]json.RawMessage
 }
 
-// entry is what one Raft log entry carries. Origin names the leader's working
-// state that computed the operations: its own fsm skips applying them again.
-type entry struct {
-	Origin string            `json:"o"`
-	Ops    []json.RawMessage `json:"ops"`
-}
+// Wire format of a Raft entry (binary, so that nothing is scanned twice):
+//
+//	entry: 'B' 1 | uvarint len(origin) origin | uvarint count | count x (uvarint len, op)
+//	op:    uvarint index | records | 0
+//	record: kind byte (n j t a e s) | uvarint len(key) key | uvarint len(value) value (empty: deleted)
+//
+// Origin names the leader's working state that computed the operations: its own
+// fsm skips applying them to memory again.
+const (
+	entryMagic   = 'B'
+	entryVersion = 1
+	entryS2      = 2 // the same, the body after the two header bytes compressed with s2
+)
 
-func encodeRecords[V any](m map[string]*V) (map[string]json.RawMessage, error) {
-	if len(m) == 0 {
-		return nil, nil
+func appendUvarint(b []byte, v uint64) []byte { return binary.AppendUvarint(b, v) }
+
+func appendBytes(b, v []byte) []byte { return append(appendUvarint(b, uint64(len(v))), v...) }
+
+// encodeEntry frames the encoded operations of one Raft entry.
+func encodeEntry(origin string, ops [][]byte) []byte {
+	n := 16 + len(origin)
+	for _, o := range ops {
+		n += len(o) + binary.MaxVarintLen64
 	}
-	out := make(map[string]json.RawMessage, len(m))
+	b := make([]byte, 0, n)
+	b = append(b, entryMagic, entryVersion)
+	b = appendBytes(b, []byte(origin))
+	b = appendUvarint(b, uint64(len(ops)))
+	for _, o := range ops {
+		b = appendBytes(b, o)
+	}
+	// JSON records compress several times over: less for Raft's log to write and
+	// to send to every follower.
+	z := make([]byte, 2, 2+s2.MaxEncodedLen(len(b)-2))
+	z[0], z[1] = entryMagic, entryS2
+	return z[:2+len(s2.Encode(z[2:cap(z)], b[2:]))]
+}
+
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = errors.New("truncated varint")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) bytes() []byte {
+	n := r.uvarint()
+	if r.err != nil {
+		return nil
+	}
+	if n > uint64(len(r.b)) {
+		r.err = errors.New("truncated field")
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}
+
+// decodeEntry reads an entry; the records point into data.
+func decodeEntry(data []byte) (string, []*op, error) {
+	if len(data) < 2 || data[0] != entryMagic || data[1] != entryVersion && data[1] != entryS2 {
+		return "", nil, errors.New("not a placement entry (or of another version)")
+	}
+	body := data[2:]
+	if data[1] == entryS2 {
+		var err error
+		if body, err = s2.Decode(nil, body); err != nil {
+			return "", nil, fmt.Errorf("decode entry: %w", err)
+		}
+	}
+	r := &reader{b: body}
+	origin := string(r.bytes())
+	count := r.uvarint()
+	if r.err != nil || count > uint64(len(data)) {
+		return "", nil, fmt.Errorf("decode entry: %v", r.err)
+	}
+	ops := make([]*op, 0, count)
+	for range count {
+		o, err := decodeOp(r.bytes())
+		if r.err != nil || err != nil {
+			return "", nil, fmt.Errorf("decode entry: %v %v", r.err, err)
+		}
+		ops = append(ops, o)
+	}
+	return origin, ops, nil
+}
+
+func decodeOp(data []byte) (*op, error) {
+	r := &reader{b: data}
+	o := &op{Index: r.uvarint()}
+	for r.err == nil {
+		if len(r.b) == 0 {
+			return nil, errors.New("op not terminated")
+		}
+		kind := r.b[0]
+		r.b = r.b[1:]
+		if kind == 0 {
+			return o, nil
+		}
+		k := string(r.bytes())
+		v := json.RawMessage(r.bytes())
+		var m *map[string]json.RawMessage
+		switch kind {
+		case 'n':
+			m = &o.Nodes
+		case 'j':
+			m = &o.Jobs
+		case 't':
+			m = &o.Tasks
+		case 'a':
+			m = &o.Allocs
+		case 'e':
+			m = &o.Evals
+		case 's':
+			m = &o.Servers
+		default:
+			return nil, fmt.Errorf("unknown record kind %q", kind)
+		}
+		if *m == nil {
+			*m = map[string]json.RawMessage{}
+		}
+		(*m)[k] = v
+	}
+	return nil, r.err
+}
+
+func appendRecords[V any](b []byte, kind byte, m map[string]*V) ([]byte, error) {
 	for k, v := range m {
+		b = append(b, kind)
+		b = appendBytes(b, []byte(k))
 		if v == nil {
-			out[k] = json.RawMessage("null")
+			b = appendUvarint(b, 0)
 			continue
 		}
-		b, err := json.Marshal(v)
+		js, err := json.Marshal(v)
 		if err != nil {
 			return nil, err
 		}
-		out[k] = b
+		b = appendBytes(b, js)
 	}
-	return out, nil
+	return b, nil
 }
 
 // encodeOp encodes an operation's changes; the caller holds the lock that guards
 // the records.
 func encodeOp(ch *changes, index uint64) ([]byte, error) {
-	o := op{Index: index}
+	b := appendUvarint(make([]byte, 0, 512*(len(ch.allocs)+len(ch.tasks)+len(ch.nodes)+4)), index)
 	var err error
-	if o.Nodes, err = encodeRecords(ch.nodes); err != nil {
+	if b, err = appendRecords(b, 'n', ch.nodes); err != nil {
 		return nil, err
 	}
-	if o.Jobs, err = encodeRecords(ch.jobs); err != nil {
+	if b, err = appendRecords(b, 'j', ch.jobs); err != nil {
 		return nil, err
 	}
-	if o.Tasks, err = encodeRecords(ch.tasks); err != nil {
+	if b, err = appendRecords(b, 't', ch.tasks); err != nil {
 		return nil, err
 	}
-	if o.Allocs, err = encodeRecords(ch.allocs); err != nil {
+	if b, err = appendRecords(b, 'a', ch.allocs); err != nil {
 		return nil, err
 	}
-	if o.Servers, err = encodeRecords(ch.servers); err != nil {
+	if b, err = appendRecords(b, 's', ch.servers); err != nil {
 		return nil, err
 	}
 	if len(ch.evals) > 0 {
@@ -85,14 +215,14 @@ func encodeOp(ch *changes, index uint64) ([]byte, error) {
 		for _, ev := range ch.evals {
 			evs[ev.Job] = ev
 		}
-		if o.Evals, err = encodeRecords(evs); err != nil {
+		if b, err = appendRecords(b, 'e', evs); err != nil {
 			return nil, err
 		}
 	}
-	return json.Marshal(&o)
+	return append(b, 0), nil
 }
 
-func isNull(b json.RawMessage) bool { return len(b) == 0 || string(b) == "null" }
+func isNull(b json.RawMessage) bool { return len(b) == 0 }
 
 // Badger keys beside the records of store.go.
 const (
@@ -100,13 +230,9 @@ const (
 	prefixServer = "server/"
 )
 
-// writeOps writes the records of ops to badger, then the op index and the Raft
-// index. The batch is not one transaction: a crash in the middle leaves the old
-// Raft index, and the entry is applied again (records are whole, so applying one
-// twice is harmless).
-func writeOps(db *badger.DB, ops []*op, raftIndex uint64) error {
-	wb := db.NewWriteBatch()
-	defer wb.Cancel()
+// collectOps gathers the records of ops, in order, into latest: key -> value
+// (nil: deleted), the last write of a key winning. It returns the highest op index.
+func collectOps(latest map[string][]byte, ops []*op) uint64 {
 	var opIndex uint64
 	for _, o := range ops {
 		opIndex = max(opIndex, o.Index)
@@ -115,33 +241,95 @@ func writeOps(db *badger.DB, ops []*op, raftIndex uint64) error {
 			m      map[string]json.RawMessage
 		}{{prefixNode, o.Nodes}, {prefixJob, o.Jobs}, {prefixTask, o.Tasks}, {prefixAlloc, o.Allocs}, {prefixEval, o.Evals}, {prefixServer, o.Servers}} {
 			for k, v := range set.m {
-				var err error
 				if isNull(v) {
-					err = wb.Delete([]byte(set.prefix + k))
+					latest[set.prefix+k] = nil
 				} else {
-					err = wb.Set([]byte(set.prefix+k), v)
-				}
-				if err != nil {
-					return fmt.Errorf("write placement state at raft index %d: %w", raftIndex, err)
+					latest[set.prefix+k] = v
 				}
 			}
 		}
 	}
-	if err := wb.Flush(); err != nil {
-		return fmt.Errorf("write placement state at raft index %d: %w", raftIndex, err)
-	}
-	err := db.Update(func(txn *badger.Txn) error {
-		if opIndex > 0 {
-			if err := txn.Set([]byte(keyIndex), u64(opIndex)); err != nil {
-				return err
+	return opIndex
+}
+
+// pendingWrite is one applied entry on its way to badger.
+type pendingWrite struct {
+	ops       []*op
+	raftIndex uint64
+	flushed   chan error // set: a flush request, answered once everything before is written
+}
+
+// diskWriter writes applied entries to badger in the background, many per
+// write batch. The Raft log holds every entry until a snapshot covers it, and a
+// snapshot is taken only after a flush, so badger may lag the state in memory
+// without anything being lost: after a crash the log fills the gap.
+func (s *Server) diskWriter() {
+	defer close(s.writerDone)
+	for first := range s.writes {
+		batch := []pendingWrite{first}
+	more:
+		for len(batch) < 256 {
+			select {
+			case w, ok := <-s.writes:
+				if !ok {
+					break more
+				}
+				batch = append(batch, w)
+			default:
+				break more
 			}
 		}
-		return txn.Set([]byte(keyRaftIndex), u64(raftIndex))
-	})
-	if err != nil {
-		return fmt.Errorf("write placement state at raft index %d: %w", raftIndex, err)
+		// Each key once per batch, with its last value: badger's write batch
+		// does not promise that the later of two writes of a key wins.
+		latest := map[string][]byte{}
+		var opIndex, raftIndex uint64
+		for _, w := range batch {
+			if w.flushed == nil {
+				opIndex, raftIndex = max(opIndex, collectOps(latest, w.ops)), max(raftIndex, w.raftIndex)
+			}
+		}
+		wb := s.db.NewWriteBatch()
+		var err error
+		for k, v := range latest {
+			if v == nil {
+				err = wb.Delete([]byte(k))
+			} else {
+				err = wb.Set([]byte(k), v)
+			}
+			if err != nil {
+				break
+			}
+		}
+		if err == nil && raftIndex > 0 {
+			if opIndex > 0 {
+				err = wb.Set([]byte(keyIndex), u64(opIndex))
+			}
+			if err == nil {
+				err = wb.Set([]byte(keyRaftIndex), u64(raftIndex))
+			}
+		}
+		if err == nil {
+			err = wb.Flush()
+		} else {
+			wb.Cancel()
+		}
+		if err != nil {
+			err = fmt.Errorf("write placement state up to raft index %d: %w", raftIndex, err)
+			s.log.Error("write the state to disk", "err", err)
+		}
+		for _, w := range batch {
+			if w.flushed != nil {
+				w.flushed <- err
+			}
+		}
 	}
-	return nil
+}
+
+// flushDisk returns once every entry applied so far is in badger.
+func (s *Server) flushDisk() error {
+	done := make(chan error, 1)
+	s.writes <- pendingWrite{flushed: done}
+	return <-done
 }
 
 func u64(v uint64) []byte {

@@ -58,6 +58,9 @@ type Server struct {
 	raft         *raft.Raft
 	raftHadState bool
 	raftReady    chan struct{} // closed once raft is set
+	writes       chan pendingWrite
+	writerDone   chan struct{}
+	writerOn     bool // the disk writer runs (set and cleared by Open and Close only)
 	closers      []func() error
 	self         ServerInfo
 	proxy        *httputil.ReverseProxy
@@ -68,7 +71,8 @@ type Server struct {
 	queueCh      chan struct{}
 	stats        CommitStats
 
-	fsmMu sync.Mutex // held while an entry or a snapshot is applied; before mu
+	transMu sync.Mutex // serializes leadership transitions; before fsmMu
+	fsmMu   sync.Mutex // held while an entry or a snapshot is applied; before mu
 
 	mu          sync.Mutex
 	cell        *Cell
@@ -135,7 +139,8 @@ func Open(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, db: db, log: opts.Logger, notify: make(chan struct{}), origin: randomID(),
-		inflight: make(chan inflightBatch, 16), raftReady: make(chan struct{}), queueCh: make(chan struct{}, 1), self: ServerInfo{Name: "local"}}
+		inflight: make(chan inflightBatch, 16), raftReady: make(chan struct{}),
+		writes: make(chan pendingWrite, 64), writerDone: make(chan struct{}), queueCh: make(chan struct{}, 1), self: ServerInfo{Name: "local"}}
 	s.closers = append(s.closers, db.Close)
 	if opts.Cell != nil {
 		s.self = ServerInfo{Name: opts.Cell.Identity.Name, API: opts.Cell.APIURL}
@@ -158,7 +163,10 @@ func Open(opts Options) (*Server, error) {
 		s.closeAll()
 		return nil, err
 	}
+	go s.diskWriter()
+	s.writerOn = true
 	if err := s.startRaft(); err != nil {
+		s.stopWriter()
 		s.closeAll()
 		return nil, err
 	}
@@ -203,6 +211,11 @@ func (s *Server) WaitLeader(ctx context.Context) error {
 
 // reloadLocked rebuilds the in-memory state from badger; s.mu is held.
 func (s *Server) reloadLocked() error {
+	if s.writerOn {
+		if err := s.flushDisk(); err != nil {
+			return err
+		}
+	}
 	c := NewCell(s.opts.BatchShare, s.opts.Now, uint64(time.Now().UnixNano()))
 	idx, err := loadCell(s.db, c)
 	if err != nil {
@@ -234,8 +247,18 @@ func (s *Server) Close() error {
 		err = s.raft.Shutdown().Error()
 	}
 	s.wg.Wait()
+	s.stopWriter()
 	s.closeAll()
 	return err
+}
+
+// stopWriter writes what is pending to badger and stops the disk writer.
+func (s *Server) stopWriter() {
+	if s.writerOn {
+		s.writerOn = false
+		close(s.writes)
+		<-s.writerDone
+	}
 }
 
 // Index is the last committed change.
@@ -386,14 +409,14 @@ func (s *Server) commitLoop(ctx context.Context) {
 				break
 			}
 			var stale []*pendingOp
-			e := entry{Origin: origin}
+			var encoded [][]byte
 			var ops []*pendingOp
 			for _, p := range batch {
 				if p.origin != origin {
 					stale = append(stale, p) // computed on a working state since thrown away
 					continue
 				}
-				e.Ops = append(e.Ops, p.data)
+				encoded = append(encoded, p.data)
 				ops = append(ops, p)
 			}
 			for _, p := range stale {
@@ -402,13 +425,7 @@ func (s *Server) commitLoop(ctx context.Context) {
 			if len(ops) == 0 {
 				continue
 			}
-			data, err := json.Marshal(&e)
-			if err != nil {
-				for _, p := range ops {
-					p.done <- err
-				}
-				continue
-			}
+			data := encodeEntry(origin, encoded)
 			f := s.raft.Apply(data, 0)
 			s.mu.Lock()
 			s.stats.Entries++
@@ -490,9 +507,15 @@ func (s *Server) leaderLoop(ctx context.Context) {
 }
 
 // becomeLeader readies the working state for writes once every earlier entry is
-// applied: a fresh origin, every machine a fresh TTL (a grace period, so that a
-// failover marks nobody down), and an evaluation of the jobs that miss tasks.
+// applied (rebuilt from disk if it holds operations that did not commit), gives
+// every machine a fresh TTL (a grace period, so that a failover marks nobody
+// down).
+//
+// The working state's origin changes only when it is rebuilt: every entry of
+// the current origin is one the working state already reflects.
 func (s *Server) becomeLeader() {
+	s.transMu.Lock()
+	defer s.transMu.Unlock()
 	if err := s.raft.Barrier(commitTimeout).Error(); err != nil {
 		s.log.Warn("leader barrier", "err", err)
 		return
@@ -512,31 +535,21 @@ func (s *Server) becomeLeader() {
 			return
 		}
 	}
-	s.origin = randomID()
-	s.planned = s.committed
 	now := s.opts.Now()
 	c := s.cell
 	for _, n := range c.nodes {
 		n.LastSeen = now
 		c.grown[n] = true
 	}
-	for name, js := range c.jobs {
-		if !js.Stopped && len(js.live) < js.Count {
-			c.dirty[name] = true
-		}
-	}
 	s.leader = true
 	close(s.notify)
 	s.notify = make(chan struct{})
 	s.mu.Unlock()
 	s.fsmMu.Unlock()
+	// Nothing to evaluate: an evaluation commits with the operation that caused it,
+	// so none is lost with a leader. Waiting jobs get a try at the next change
+	// (every machine counts as grown).
 	s.log.Info("leader ready for writes", "server", s.self.Name, "index", s.Index())
-	if err := s.update(func(c *Cell) error {
-		c.retryPending("leader-elected")
-		return nil
-	}); err != nil {
-		s.log.Warn("evaluate after the election", "err", err)
-	}
 	if s.opts.Cell != nil {
 		if err := s.recordServer(s.self); err != nil {
 			s.log.Warn("record this server", "err", err)
@@ -546,6 +559,8 @@ func (s *Server) becomeLeader() {
 
 // stepDown throws away what the working state holds beyond the log.
 func (s *Server) stepDown() {
+	s.transMu.Lock()
+	defer s.transMu.Unlock()
 	s.fsmMu.Lock()
 	defer s.fsmMu.Unlock()
 	s.mu.Lock()
@@ -560,8 +575,6 @@ func (s *Server) stepDown() {
 			s.log.Error("rebuild the state after losing leadership", "err", err)
 		}
 	}
-	s.origin = randomID()
-	s.planned = s.committed
 	s.log.Info("no longer the leader", "server", s.self.Name)
 }
 
@@ -1289,6 +1302,11 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.fsmMu.Lock()
+	if err := s.flushDisk(); err != nil {
+		s.fsmMu.Unlock()
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
 	txn := s.db.NewTransaction(false)
 	s.fsmMu.Unlock()
 	defer txn.Discard()

@@ -11,8 +11,8 @@ import (
 	"github.com/dgraph-io/badger/v4"
 )
 
-// Badger layout. Every acknowledged change is one transaction written with
-// SyncWrites, so a kill -9 after the answer loses nothing.
+// Badger layout. Every server writes the records the Raft entries carry (see
+// replicate.go); an acknowledged change is in a majority's synced Raft logs.
 const (
 	keyIndex    = "meta/index"
 	prefixNode  = "node/"
@@ -24,6 +24,8 @@ const (
 )
 
 func openDB(dir string) (*badger.DB, error) {
+	// Not synced: the Raft log (synced) is the durable record; badger is what it
+	// built, and a crash only replays entries into it.
 	opts := badger.DefaultOptions(dir).WithSyncWrites(false).WithLogger(nil).
 		WithNumVersionsToKeep(1).WithCompactL0OnClose(true)
 	db, err := badger.Open(opts)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -73,6 +74,9 @@ func (n *Node) watchPeers() error {
 }
 
 func (n *Node) catchUp(p peer.ID) {
+	if !n.asks.allow(p, time.Now()) {
+		return // asked it lately; a peer that reconnects in a loop gets no more work out of us
+	}
 	// The peer may not speak the lookup protocol (yet): identify runs first.
 	list, err := listKnown(n.ctx, n.h, p)
 	if err != nil {

@@ -41,8 +41,8 @@ func (p *wireParser) parse(b []byte) (haves, asks []int) {
 		}
 		if p.left > 0 {
 			n := min(p.left, len(b)-i)
-			if p.id == msgHave || p.id == msgBitfield || p.id == msgRequest {
-				p.payload = append(p.payload, b[i:i+n]...)
+			if keep := payloadKept(p.id) - len(p.payload); keep > 0 {
+				p.payload = append(p.payload, b[i:i+min(n, keep)]...)
 			}
 			p.left -= n
 			i += n
@@ -71,6 +71,26 @@ func (p *wireParser) parse(b []byte) (haves, asks []int) {
 		}
 	}
 	return haves, asks
+}
+
+// maxBitfield is the longest bitfield the parser reads: 262144 pieces, a
+// 64 GiB blob of 256 KiB pieces. A longer one is read that far; the rest of it
+// is skipped, so a peer cannot make the parser hold more.
+const maxBitfield = 1 << 15
+
+// payloadKept is how much of a message's payload the parser keeps: enough for
+// the messages it reads, nothing of the others.
+func payloadKept(id byte) int {
+	switch id {
+	case msgHave:
+		return 4
+	case msgRequest:
+		return 12
+	case msgBitfield:
+		return maxBitfield
+	default:
+		return 0
+	}
 }
 
 func (p *wireParser) announced(haves, asks []int) ([]int, []int) {

@@ -7,6 +7,8 @@
 // libp2p private network format ("/key/swarm/psk/1.0.0/", "/base16/", 64 hex
 // digits; see GeneratePSK): nodes without it cannot complete a connection.
 // Private networks cover TCP only, so a node with a PSK refuses QUIC addresses.
+// A node without a PSK listens on loopback only unless told OpenMesh; an
+// allowlist (Gate, a libp2p connection gater) narrows the mesh to listed peers.
 //
 // Discovery: explicit bootstrap multiaddrs, optionally mDNS, and a kad-dht
 // under the /ballena protocol prefix whose provider records are keyed by the
@@ -19,8 +21,9 @@
 // record on the gossipsub topic /ballena/releases/1 (flood publish, so an
 // announcement does not wait for the mesh). Every receiver verifies the
 // envelope against its own trust policy inside the topic validator, before the
-// message is delivered or forwarded, and drops it if the record beside it is
-// not the one signed. A node that missed an announcement asks its connected
+// message is delivered or forwarded, and rejects it if it fails or the record
+// beside it is not the one signed; rejections count in gossipsub's peer score,
+// which graylists and prunes a peer that keeps sending them. A node that missed an announcement asks its connected
 // peers over /ballena/release/1.0.0 (LookupProtocol) and verifies the answer
 // the same way.
 //
@@ -33,6 +36,7 @@
 // The mesh:
 //
 //	host.go        identity, PSK, the libp2p host
+//	gate.go        closed by default (CheckClosedMesh); the allowlist connection gater
 //	discovery.go   kad-dht provider records and peer lookups; mDNS
 //	gossip.go      the release topic and its validator
 //	lookup.go      the release lookup protocol, both sides
@@ -58,6 +62,7 @@
 //
 //	engine.go      EngineConfig, NewEngine, the anacrolix client's settings, Close
 //	transfers.go   the torrents it runs: Seed, Drop
+//	partials.go    abandoned partial downloads: the timeout, gc
 //	peers.go       peers handed to transfers, remembered and dialed again
 //	stats.go       TransferStats, Pieces, rates and idle time
 //	metainfo.go    torrent info: cached, computed from a stored blob, MetaInfo

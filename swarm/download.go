@@ -18,8 +18,8 @@ import (
 // ErrUnavailable means no peer served an artifact's bytes within the stall timeout.
 var ErrUnavailable = errors.New("unavailable")
 
-// DefaultStallTimeout is how long a download may go without receiving any data
-// before it fails.
+// DefaultStallTimeout is how long a download may go without a piece that
+// passed its hash check before it fails.
 const DefaultStallTimeout = 30 * time.Second
 
 // Progress is a snapshot of one download.
@@ -33,8 +33,8 @@ type Progress struct {
 // Download fetches a blob from peers into a staging dir, checks every piece and
 // then the whole blob against rel.Digest, moves it into the store, and keeps
 // seeding it. A download that was interrupted, even by kill -9, resumes from the
-// pieces it had verified. It fails with ErrUnavailable when no data arrives for
-// the stall timeout; if nothing had arrived at all it leaves nothing behind.
+// pieces it had verified. It fails with ErrUnavailable when no piece verifies
+// for the stall timeout; if nothing had arrived at all it leaves nothing behind.
 func (e *Engine) Download(ctx context.Context, rel artifact.Release, progress func(Progress)) error {
 	if err := checkRelease(rel); err != nil {
 		return fmt.Errorf("download: %w", err)
@@ -169,7 +169,7 @@ func (e *Engine) awaitInfo(tr *transfer, t *torrent.Torrent, stall *time.Timer) 
 func (e *Engine) downloadPieces(tr *transfer, t *torrent.Torrent, stall *time.Timer) error {
 	rel := tr.rel
 	t.DownloadAll()
-	lastHave, lastRead := int64(-1), int64(-1)
+	lastHave := verifiedBytes(t)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	retried := false
@@ -192,10 +192,11 @@ func (e *Engine) downloadPieces(tr *transfer, t *torrent.Torrent, stall *time.Ti
 				return e.abandon(tr, t, fmt.Errorf("download %s: re-verify: %w", short(rel.Digest), err))
 			}
 		case <-tick.C:
-			st := t.Stats()
-			have, read := t.BytesCompleted(), st.BytesReadData.Int64()
-			if have != lastHave || read != lastRead {
-				lastHave, lastRead = have, read
+			// Only pieces that passed their hash count as progress: junk from a
+			// lying peer, or bytes that never make a whole piece, do not keep a
+			// dead download alive.
+			if have := verifiedBytes(t); have > lastHave {
+				lastHave = have
 				stall.Reset(e.cfg.StallTimeout)
 			}
 		case <-stall.C:
@@ -228,8 +229,15 @@ func fetchChunkSize(pieceLength int64) pp.Integer {
 	if pieceLength <= 0 {
 		return 0 // the default
 	}
-	return pp.Integer(min(pieceLength, 1<<20))
+	return pp.Integer(min(pieceLength, maxChunk))
 }
+
+// maxChunk is the largest request a fleet download makes, and
+// maxPipelinedRequests how many of them a seeder buffers per connection.
+const (
+	maxChunk             = 1 << 20
+	maxPipelinedRequests = 4
+)
 
 func (e *Engine) progress(tr *transfer) Progress {
 	p := Progress{Digest: tr.rel.Digest, Total: tr.rel.Size}

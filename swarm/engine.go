@@ -19,6 +19,7 @@ import (
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/anacrolix/torrent/storage"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"golang.org/x/time/rate"
 )
 
@@ -49,9 +50,13 @@ type EngineConfig struct {
 	// UploadLimit and DownloadLimit cap the node's peer traffic in bytes per
 	// second; 0 is unlimited.
 	UploadLimit, DownloadLimit int64
-	// StallTimeout fails a download that received no data for this long; 0 means
+	// StallTimeout fails a download that verified no piece for this long; 0 means
 	// DefaultStallTimeout.
 	StallTimeout time.Duration
+	// PartialTimeout removes a partial download that no transfer wants once its
+	// files have not been written for this long; 0 leaves them (RemovePartials
+	// still can).
+	PartialTimeout time.Duration
 	// NoSuperSeed turns off super-seeding (see superseeder.go) on the
 	// torrents this node seeds from its store; for measurements.
 	NoSuperSeed bool
@@ -79,6 +84,7 @@ type Engine struct {
 	transfers map[string]*transfer      // by digest
 	known     map[metainfo.Hash]peerSet // peers learned before or during a transfer
 	stopRates context.CancelFunc
+	notifiee  network.Notifiee // forgets peers that have gone; nil without a host
 }
 
 // NewEngine starts a BitTorrent client on cfg.Host and cfg.PlainListen.
@@ -133,6 +139,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		if !cfg.NoSuperSeed {
 			e.ss = newSuperSeeder()
 		}
+		e.watchPeers(cfg.Host)
 		e.p2p = newP2PTransport(cfg.Host, e.addrs, e.ss, e.up)
 		cl.AddListener(e.p2p)
 		cl.AddDialer(e.p2p)
@@ -158,6 +165,9 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	e.stopRates = cancel
 	go e.sampleRates(rctx)
+	if cfg.PartialTimeout > 0 {
+		go e.sweepPartials(rctx)
+	}
 	return e, nil
 }
 
@@ -180,8 +190,11 @@ func (e *Engine) clientConfig() *torrent.ClientConfig {
 	tc.DisableAcceptRateLimiting = true
 	// libp2p already encrypts; MSE on top would only burn CPU.
 	tc.HeaderObfuscationPolicy = torrent.HeaderObfuscationPolicy{}
-	// With the default (1 MiB) a seeder stalls after about 2 MiB.
-	tc.MaxAllocPeerRequestDataPerConn = 32 << 20
+	// The piece data a seeder holds in memory for one connection's requests:
+	// maxPipelinedRequests requests of fetchChunkSize's largest chunk. With the
+	// default (1 MiB, one such request) a seeder stalls after about 2 MiB; a
+	// peer that asks for more than this waits for its earlier requests to go out.
+	tc.MaxAllocPeerRequestDataPerConn = maxPipelinedRequests * maxChunk
 	tc.DropMutuallyCompletePeers = true
 	// The default (64 MiB) is counted over requestable pieces in request order,
 	// and pieces no peer shows come first: with super-seeding most pieces are
@@ -222,6 +235,9 @@ func (e *Engine) Close() error {
 	}
 	if e.p2p != nil {
 		e.p2p.Close()
+	}
+	if e.notifiee != nil {
+		e.cfg.Host.Network().StopNotify(e.notifiee)
 	}
 	if e.ss != nil {
 		e.ss.close()

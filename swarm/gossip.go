@@ -6,6 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -41,6 +45,11 @@ type AnnouncementHandler func(from peer.ID, rel artifact.Release, env *signing.E
 
 // Gossip announces and receives signed releases over gossipsub.
 type Gossip struct {
+	rejected atomic.Int64 // announcements that failed verification
+
+	scoreMu sync.Mutex
+	scores  map[peer.ID]float64 // last gossipsub scores, refreshed every second
+
 	h      host.Host
 	ps     *pubsub.PubSub
 	topic  *pubsub.Topic
@@ -50,16 +59,70 @@ type Gossip struct {
 	log    *slog.Logger
 }
 
+// Gossip scoring. A fleet shares one trust policy, so an announcement that
+// fails verification here is garbage, not a matter of taste: it is rejected,
+// which is an invalid delivery in the sender's score. The penalty is the
+// square of the count times invalidWeight, so one stray envelope costs -10,
+// and the third puts the sender under the graylist threshold: its messages
+// are then ignored without being verified, and it is pruned from the mesh.
+// Honest peers earn a little for first deliveries and time in the mesh.
+const (
+	invalidWeight     = -10
+	gossipThreshold   = -20
+	publishThreshold  = -40
+	graylistThreshold = -80
+)
+
+func scoreParams() (*pubsub.PeerScoreParams, *pubsub.PeerScoreThresholds) {
+	topic := &pubsub.TopicScoreParams{
+		TopicWeight:                    1,
+		TimeInMeshWeight:               0.01,
+		TimeInMeshQuantum:              time.Second,
+		TimeInMeshCap:                  100,
+		FirstMessageDeliveriesWeight:   1,
+		FirstMessageDeliveriesDecay:    pubsub.ScoreParameterDecay(time.Hour),
+		FirstMessageDeliveriesCap:      10,
+		InvalidMessageDeliveriesWeight: invalidWeight,
+		InvalidMessageDeliveriesDecay:  pubsub.ScoreParameterDecay(time.Hour),
+	}
+	params := &pubsub.PeerScoreParams{
+		Topics:            map[string]*pubsub.TopicScoreParams{ReleaseTopic: topic},
+		TopicScoreCap:     50,
+		AppSpecificScore:  func(peer.ID) float64 { return 0 },
+		AppSpecificWeight: 1,
+		// Fleet machines may share an address (NAT, one host in tests): no colocation penalty.
+		IPColocationFactorWeight: 0,
+		BehaviourPenaltyWeight:   -1,
+		BehaviourPenaltyDecay:    pubsub.ScoreParameterDecay(10 * time.Minute),
+		DecayInterval:            time.Second,
+		DecayToZero:              0.01,
+		RetainScore:              time.Hour,
+	}
+	thresholds := &pubsub.PeerScoreThresholds{
+		GossipThreshold:             gossipThreshold,
+		PublishThreshold:            publishThreshold,
+		GraylistThreshold:           graylistThreshold,
+		AcceptPXThreshold:           0, // peer exchange from any peer in good standing, as before scoring
+		OpportunisticGraftThreshold: 2,
+	}
+	return params, thresholds
+}
+
 // NewGossip joins ReleaseTopic. Every message from another node goes through
 // verify before it is delivered to handle or forwarded: an announcement that
-// the local policy does not trust is dropped here and goes no further. Flood
-// publishing is on so that an announcement reaches every subscribed peer even
-// before the mesh has formed.
+// the local policy does not trust is rejected here, goes no further, and
+// counts against the peer that sent it (see scoreParams). Flood publishing is
+// on so that an announcement reaches every subscribed peer even before the
+// mesh has formed.
 func NewGossip(ctx context.Context, h host.Host, verify VerifyFunc, handle AnnouncementHandler, log *slog.Logger) (*Gossip, error) {
+	g := &Gossip{h: h, done: make(chan struct{}), log: log, scores: make(map[peer.ID]float64)}
+	params, thresholds := scoreParams()
 	ps, err := pubsub.NewGossipSub(ctx, h,
 		pubsub.WithFloodPublish(true),
 		pubsub.WithPeerExchange(true),
 		pubsub.WithMaxMessageSize(maxAnnouncement),
+		pubsub.WithPeerScore(params, thresholds),
+		pubsub.WithPeerScoreInspect(g.inspect, time.Second),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
@@ -71,12 +134,8 @@ func NewGossip(ctx context.Context, h host.Host, verify VerifyFunc, handle Annou
 		}
 		rel, env, err := checkAnnouncement(msg.Data, verify)
 		if err != nil {
-			log.Warn("dropping release announcement", "from", from, "origin", msg.GetFrom(), "err", err)
-			if signing.IsVerification(err) {
-				// Another node's policy may trust what ours does not: drop it
-				// without penalising the peer that relayed it.
-				return pubsub.ValidationIgnore
-			}
+			g.rejected.Add(1)
+			log.Warn("rejecting release announcement", "from", from, "origin", msg.GetFrom(), "err", err)
 			return pubsub.ValidationReject
 		}
 		msg.ValidatorData = Announcement{Release: rel, Envelope: env}
@@ -94,9 +153,44 @@ func NewGossip(ctx context.Context, h host.Host, verify VerifyFunc, handle Annou
 		return nil, fmt.Errorf("gossipsub: subscribe %s: %w", ReleaseTopic, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	g := &Gossip{h: h, ps: ps, topic: topic, sub: sub, cancel: cancel, done: make(chan struct{}), log: log}
+	g.ps, g.topic, g.sub, g.cancel = ps, topic, sub, cancel
 	go g.receive(ctx, handle)
 	return g, nil
+}
+
+// inspect keeps the scores gossipsub computes, for Score and Status.
+func (g *Gossip) inspect(scores map[peer.ID]float64) {
+	g.scoreMu.Lock()
+	g.scores = scores
+	g.scoreMu.Unlock()
+}
+
+// Score is p's gossip score as of the last second; ok is false if gossipsub has none.
+func (g *Gossip) Score(p peer.ID) (score float64, ok bool) {
+	g.scoreMu.Lock()
+	defer g.scoreMu.Unlock()
+	score, ok = g.scores[p]
+	return score, ok
+}
+
+// GossipStatus is what the release gossip reports in Status.
+type GossipStatus struct {
+	Rejected   int64    `json:"rejected"`             // announcements that failed verification
+	Graylisted []string `json:"graylisted,omitempty"` // peers whose gossip is ignored for their score
+}
+
+// Status reports rejected announcements and graylisted peers.
+func (g *Gossip) Status() GossipStatus {
+	s := GossipStatus{Rejected: g.rejected.Load()}
+	g.scoreMu.Lock()
+	for p, sc := range g.scores {
+		if sc < graylistThreshold {
+			s.Graylisted = append(s.Graylisted, p.String())
+		}
+	}
+	g.scoreMu.Unlock()
+	slices.Sort(s.Graylisted)
+	return s
 }
 
 // checkAnnouncement decodes an announcement, verifies its envelope and checks

@@ -113,5 +113,7 @@ func (n *Node) addHolderLocked(digest string, p peer.ID) {
 		s = make(map[peer.ID]bool)
 		n.holders[digest] = s
 	}
-	s[p] = true
+	if len(s) < maxKnownPeers {
+		s[p] = true
+	}
 }

@@ -119,15 +119,19 @@ type HostConfig struct {
 	Key    crypto.PrivKey
 	Listen []string // multiaddrs; default /ip4/0.0.0.0/tcp/0
 	PSK    pnet.PSK // fleet private network key; nil for an open network
+	Gate   *Gate    // connection gater (allowlist); nil lets every peer connect
 	Logger *slog.Logger
 }
+
+// defaultListen is where a host listens when told nothing.
+const defaultListen = "/ip4/0.0.0.0/tcp/0"
 
 // NewHost starts a libp2p host. With a PSK it runs TCP only, because libp2p
 // private networks do not cover QUIC; without, QUIC listen addresses work too.
 func NewHost(cfg HostConfig) (host.Host, error) {
 	listen := cfg.Listen
 	if len(listen) == 0 {
-		listen = []string{"/ip4/0.0.0.0/tcp/0"}
+		listen = []string{defaultListen}
 	}
 	opts := []libp2p.Option{
 		libp2p.Identity(cfg.Key),
@@ -136,6 +140,12 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
 		libp2p.UserAgent("ballena"),
+	}
+	if cfg.Gate != nil {
+		if id, err := peer.IDFromPrivateKey(cfg.Key); err == nil {
+			cfg.Gate.setSelf(id)
+		}
+		opts = append(opts, libp2p.ConnectionGater(cfg.Gate))
 	}
 	if cfg.PSK != nil {
 		for _, s := range listen {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,9 +27,19 @@ type NodeConfig struct {
 	Listen    []string        // libp2p multiaddrs; default /ip4/0.0.0.0/tcp/0
 	Bootstrap []peer.AddrInfo // peers to join the mesh through
 	PSK       pnet.PSK        // fleet private network key, nil for none
-	MDNS      bool            // find peers on the local link too
-	Store     *artifact.Store // where blobs and signed releases live
-	Policy    *signing.Policy // what this node trusts; nil trusts nothing
+	// OpenMesh accepts listening beyond loopback without a PSK; without it
+	// NewNode refuses (see CheckClosedMesh).
+	OpenMesh bool
+	// AllowPeers is an allowlist file, one peer ID per line: connections with
+	// any other peer are refused in both directions. "" allows every peer.
+	// ReloadAllowlist re-reads it.
+	AllowPeers string
+	// PartialTimeout removes a partial download that no fetch wants once it has
+	// been left alone this long; 0 means DefaultPartialTimeout, <0 never.
+	PartialTimeout time.Duration
+	MDNS           bool            // find peers on the local link too
+	Store          *artifact.Store // where blobs and signed releases live
+	Policy         *signing.Policy // what this node trusts; nil trusts nothing
 	// AutoFetch globs, matched against a release's name and its name@version:
 	// matching announced releases are fetched at once.
 	AutoFetch []string
@@ -48,6 +59,7 @@ type Node struct {
 	cfg    NodeConfig
 	log    *slog.Logger
 	h      host.Host
+	gate   *Gate
 	disc   *Discovery
 	gossip *Gossip
 	engine *Engine
@@ -64,6 +76,9 @@ type Node struct {
 	jobs     map[string]*fetchJob          // running fetches by digest
 	provided map[string]bool               // digests this node advertises
 	newInfo  chan struct{}                 // closed and replaced when known or holders change
+
+	lists *perPeerClock // list requests answered, per peer
+	asks  *perPeerClock // catch-ups asked, per peer
 }
 
 // NewNode starts a node: identity from DataDir, host, DHT, gossip, lookup and
@@ -78,6 +93,9 @@ func NewNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.PartialTimeout == 0 {
+		cfg.PartialTimeout = DefaultPartialTimeout
+	}
 	if cfg.AutoFetchTimeout == 0 {
 		cfg.AutoFetchTimeout = 10 * time.Minute
 	}
@@ -90,23 +108,32 @@ func NewNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 	if pol == nil {
 		pol = signing.PolicyForKeys()
 	}
+	if err := CheckClosedMesh(cfg.Listen, cfg.PSK, cfg.OpenMesh); err != nil {
+		return nil, err
+	}
+	gate, err := NewGate(cfg.AllowPeers)
+	if err != nil {
+		return nil, err
+	}
 	key, err := LoadIdentity(filepath.Join(cfg.DataDir, KeyFile))
 	if err != nil {
 		return nil, err
 	}
-	h, err := NewHost(HostConfig{Key: key, Listen: cfg.Listen, PSK: cfg.PSK, Logger: cfg.Logger})
+	h, err := NewHost(HostConfig{Key: key, Listen: cfg.Listen, PSK: cfg.PSK, Gate: gate, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	n := &Node{
-		cfg: cfg, log: cfg.Logger, h: h, st: cfg.Store, ctx: ctx, cancel: cancel,
+		cfg: cfg, log: cfg.Logger, h: h, gate: gate, st: cfg.Store, ctx: ctx, cancel: cancel,
 		policy:   pol,
 		known:    make(map[artifact.Ref]knownRelease),
 		holders:  make(map[string]map[peer.ID]bool),
 		jobs:     make(map[string]*fetchJob),
 		provided: make(map[string]bool),
 		newInfo:  make(chan struct{}),
+		lists:    newPerPeerClock(listInterval),
+		asks:     newPerPeerClock(listInterval),
 	}
 	defer func() {
 		if err != nil {
@@ -117,15 +144,16 @@ func NewNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 		return nil, err
 	}
 	n.engine, err = NewEngine(ctx, EngineConfig{
-		DataDir:       filepath.Join(cfg.DataDir, "torrent"),
-		Host:          h,
-		PlainListen:   cfg.PlainListen,
-		TrackerListen: cfg.TrackerListen,
-		UploadLimit:   cfg.UploadLimit,
-		DownloadLimit: cfg.DownloadLimit,
-		StallTimeout:  cfg.StallTimeout,
-		Store:         cfg.Store,
-		Logger:        n.log,
+		DataDir:        filepath.Join(cfg.DataDir, "torrent"),
+		Host:           h,
+		PlainListen:    cfg.PlainListen,
+		TrackerListen:  cfg.TrackerListen,
+		UploadLimit:    cfg.UploadLimit,
+		DownloadLimit:  cfg.DownloadLimit,
+		StallTimeout:   cfg.StallTimeout,
+		PartialTimeout: max(cfg.PartialTimeout, 0),
+		Store:          cfg.Store,
+		Logger:         n.log,
 	})
 	if err != nil {
 		return nil, err
@@ -133,7 +161,7 @@ func NewNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 	if n.gossip, err = NewGossip(ctx, h, n.verify, n.announced, n.log); err != nil {
 		return nil, err
 	}
-	ServeLookup(h, n.answerLookup, n.answerList, n.log)
+	serveLookup(h, n.answerLookup, n.answerList, n.lists, n.log)
 	if len(cfg.AutoFetch) > 0 {
 		if err := n.watchPeers(); err != nil {
 			return nil, err
@@ -223,6 +251,29 @@ func (n *Node) keepConnected() {
 		}
 	}
 }
+
+// ReloadAllowlist re-reads the allowlist file (SIGHUP) and closes the
+// connections of peers no longer on it. On error the old list stays.
+func (n *Node) ReloadAllowlist() error {
+	if err := n.gate.Reload(); err != nil {
+		return err
+	}
+	allowed := n.gate.Allowed()
+	if allowed == nil {
+		return nil
+	}
+	for _, p := range n.h.Network().Peers() {
+		if !slices.Contains(allowed, p) {
+			n.log.Info("closing connection to a peer no longer on the allowlist", "peer", p)
+			_ = n.h.Network().ClosePeer(p)
+		}
+	}
+	return nil
+}
+
+// RemovePartials removes every partial download no fetch is running for
+// (`ballena gc`), and returns their digests.
+func (n *Node) RemovePartials() ([]string, error) { return n.engine.RemovePartials(0) }
 
 // Drop stops seeding digest and fetching it; the garbage collector calls it for
 // every blob it removes. The DHT record lapses on its own.

@@ -52,11 +52,16 @@ type ntOpts struct {
 	psk       pnet.PSK
 	trust     []ed25519.PublicKey
 	autoFetch []string
+	dir       string // data dir; default a new one
+	allow     string // allowlist file
 }
 
 func ntNode(t testing.TB, o ntOpts) *Node {
 	t.Helper()
-	dir := t.TempDir()
+	dir := o.dir
+	if dir == "" {
+		dir = t.TempDir()
+	}
 	st, err := artifact.Open(filepath.Join(dir, "store"))
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +79,7 @@ func ntNode(t testing.TB, o ntOpts) *Node {
 		Store:        st,
 		Policy:       signing.PolicyForKeys(o.trust...),
 		AutoFetch:    o.autoFetch,
+		AllowPeers:   o.allow,
 		StallTimeout: 20 * time.Second,
 		Logger:       testLogger(t).With("node", len(o.bootstrap)),
 	})

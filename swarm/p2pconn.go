@@ -56,6 +56,23 @@ func (m *peerAddrs) addrOf(id peer.ID) netip.AddrPort {
 	return netip.AddrPortFrom(ip, p2pPort)
 }
 
+// forget drops id's mapping, when the peer has gone and nothing refers to it.
+func (m *peerAddrs) forget(id peer.ID, keep func(netip.Addr) bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for ip, p := range m.byIP {
+		if p == id && !keep(ip) {
+			delete(m.byIP, ip)
+		}
+	}
+}
+
+func (m *peerAddrs) len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.byIP)
+}
+
 // peerOf returns the libp2p peer behind a synthetic address string.
 func (m *peerAddrs) peerOf(addr string) (peer.ID, bool) {
 	ap, err := netip.ParseAddrPort(addr)

@@ -257,7 +257,9 @@ func (c *ssConn) refillLocked(announce bool) {
 
 func (c *ssConn) peerHasLocked(i int) {
 	if c.t == nil {
-		c.early = append(c.early, i)
+		if len(c.early) < maxBitfield*8 {
+			c.early = append(c.early, i)
+		}
 		return
 	}
 	if i == -1 {
@@ -310,7 +312,9 @@ func (c *ssConn) peerAsked(asks []int) {
 		c.asked = make(map[int]bool)
 	}
 	for _, i := range asks {
-		c.asked[i] = true
+		if _, shown := c.win[i]; shown { // only window pieces matter; keeps asked bounded
+			c.asked[i] = true
+		}
 	}
 }
 

@@ -3,14 +3,57 @@ package swarm
 import (
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 
 	"github.com/anacrolix/torrent"
 	"github.com/anacrolix/torrent/metainfo"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 type peerSet map[string]torrent.PeerInfo
+
+// maxKnownPeers bounds the peers remembered per torrent for dialling.
+const maxKnownPeers = 256
+
+// watchPeers forgets a libp2p peer's synthetic address once the peer has no
+// connection left, unless a transfer still wants to dial it or it is banned:
+// per-peer state lives as long as the peer does.
+func (e *Engine) watchPeers(h host.Host) {
+	e.notifiee = &network.NotifyBundle{
+		DisconnectedF: func(nw network.Network, c network.Conn) {
+			p := c.RemotePeer()
+			if nw.Connectedness(p) == network.Connected {
+				return
+			}
+			go e.peerGone(p)
+		},
+	}
+	h.Network().Notify(e.notifiee)
+}
+
+func (e *Engine) peerGone(p peer.ID) {
+	banned := make(map[string]bool)
+	for _, ip := range e.cl.BadPeerIPs() {
+		banned[ip] = true
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.addrs.forget(p, func(ip netip.Addr) bool {
+		if banned[ip.String()] {
+			return true
+		}
+		addr := p2pAddr(netip.AddrPortFrom(ip, p2pPort)).String()
+		for _, set := range e.known {
+			if _, ok := set[addr]; ok {
+				return true
+			}
+		}
+		return false
+	})
+}
 
 // AddPeers tells the engine about fleet nodes that hold or fetch infoHash (hex).
 // Peers given before the transfer starts are remembered for it.
@@ -41,6 +84,9 @@ func (e *Engine) addPeerInfos(infoHash string, pis []torrent.PeerInfo) {
 		e.known[ih] = set
 	}
 	for _, pi := range pis {
+		if len(set) >= maxKnownPeers {
+			break // enough to fetch from; the rest would only cost memory
+		}
 		set[pi.Addr.String()] = pi
 	}
 	var t *torrent.Torrent

@@ -95,6 +95,10 @@ func (t *tracker) announce(w http.ResponseWriter, r *http.Request) {
 	w.Write(b)
 }
 
+// trackerMaxSwarm bounds the clients the tracker remembers per torrent, so
+// announcing from many ports costs it no more than this.
+const trackerMaxSwarm = 1000
+
 func (t *tracker) answer(rawIH, port, event, remote string) (announceResponse, error) {
 	if len(rawIH) != 20 {
 		return announceResponse{}, errors.New("info_hash must be 20 bytes")
@@ -121,7 +125,7 @@ func (t *tracker) answer(rawIH, port, event, remote string) (announceResponse, e
 	if from.IsValid() {
 		if event == "stopped" {
 			delete(peers, from)
-		} else {
+		} else if _, ok := peers[from]; ok || len(peers) < trackerMaxSwarm {
 			peers[from] = now
 		}
 	}

@@ -111,5 +111,5 @@ func (e *Engine) Drop(digest string) error {
 }
 
 func (e *Engine) stagingDir(digest string) string {
-	return filepath.Join(e.cfg.Store.TempDir(), "bt-"+digest)
+	return filepath.Join(e.cfg.Store.TempDir(), stagingPrefix+digest)
 }

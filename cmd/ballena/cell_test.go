@@ -4,9 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,15 +45,13 @@ type procCell struct {
 	admin   *placement.Client
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+// loopbackNet picks a /24 of 127.0.0.0/8 for one test cell: each server gets its
+// own loopback address with the standard ports, so no port is guessed free and
+// nothing else on the machine (which uses 127.0.0.1) can collide with it.
+func loopbackNet() string {
+	var b [2]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("127.%d.%d.", 100+int(b[0])%100, b[1])
 }
 
 // newProcCell makes the cell directory and a certificate per server; hosts[i] is
@@ -64,16 +62,15 @@ func newProcCell(t *testing.T, n int, hosts []*testnet.Host) *procCell {
 	if code, _, msg := run(t, t.TempDir(), "cell", "init", "--out", pc.cellDir); code != 0 {
 		t.Fatalf("cell init: %s", msg)
 	}
+	lo := loopbackNet()
 	for i := range n {
 		s := &cellServer{name: fmt.Sprintf("s%d", i+1), dir: t.TempDir()}
-		addr := "127.0.0.1"
+		addr := fmt.Sprintf("%s%d", lo, i+1)
 		if hosts != nil && hosts[i] != nil {
 			s.host = hosts[i]
 			addr = s.host.Addr.String()
-			s.api, s.raft = addr+":7480", addr+":7481"
-		} else {
-			s.api, s.raft = fmt.Sprintf("%s:%d", addr, freePort(t)), fmt.Sprintf("%s:%d", addr, freePort(t))
 		}
+		s.api, s.raft = addr+":7480", addr+":7481"
 		s.tlsDir = filepath.Join(s.dir, "tls")
 		if code, _, msg := run(t, t.TempDir(), "cell", "cert", "--cell", pc.cellDir, "--server", "--name", s.name,
 			"--host", addr, "--out", s.tlsDir); code != 0 {
@@ -96,7 +93,7 @@ func newProcCell(t *testing.T, n int, hosts []*testnet.Host) *procCell {
 	t.Cleanup(func() {
 		for _, s := range pc.servers {
 			pc.kill(s)
-			if t.Failed() {
+			if t.Failed() && s.stderr != nil {
 				t.Logf("%s stderr (tail):\n%s", s.name, lastLines(s.stderr.String(), 40))
 			}
 		}
@@ -164,6 +161,15 @@ func (pc *procCell) start(s *cellServer, bootstrap bool) {
 	case <-time.After(30 * time.Second):
 		pc.t.Fatalf("%s did not listen within 30s\n%s", s.name, s.stderr.String())
 	}
+}
+
+// startJoining starts a server that joins the running cell through via.
+func (pc *procCell) startJoining(s, via *cellServer) {
+	pc.t.Helper()
+	saved := pc.servers
+	pc.servers = []*cellServer{s, via} // --join names via only
+	pc.start(s, false)
+	pc.servers = saved
 }
 
 func (pc *procCell) startAll() {
@@ -444,6 +450,38 @@ func TestCellFiveServersTwoDown(t *testing.T) {
 			t.Errorf("%s still a member after remove", dead.name)
 		}
 	}
+	// A new server joins the running cell through any live one, catches up and
+	// counts as a healthy voter.
+	lo := strings.TrimSuffix(pc.servers[0].api, "1:7480")
+	s6 := &cellServer{name: "s6", dir: t.TempDir(), api: lo + "6:7480", raft: lo + "6:7481"}
+	s6.tlsDir = filepath.Join(s6.dir, "tls")
+	if code, _, msg := run(t, t.TempDir(), "cell", "cert", "--cell", pc.cellDir, "--server", "--name", "s6",
+		"--host", lo+"6", "--out", s6.tlsDir); code != 0 {
+		t.Fatalf("cell cert: %s", msg)
+	}
+	var live *cellServer
+	for _, s := range pc.servers {
+		if s.cmd != nil {
+			live = s
+		}
+	}
+	pc.servers = append(pc.servers, s6)
+	pc.startJoining(s6, live)
+	poll.Until(t, 60*time.Second, "s6 a healthy voter with the jobs", func() bool {
+		ms, err := pc.members(ctx)
+		if err != nil {
+			return false
+		}
+		var top uint64
+		var m6 *placement.Member
+		for i := range ms {
+			top = max(top, ms[i].LastIndex)
+			if ms[i].Name == "s6" {
+				m6 = &ms[i]
+			}
+		}
+		return len(ms) == 5 && m6 != nil && m6.Voter && m6.Healthy && m6.LastIndex+2 >= top
+	})
 }
 
 func job5(i int) *placement.Job {

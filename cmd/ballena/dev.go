@@ -123,7 +123,8 @@ func stopDevTasks(d *daemon.Daemon) {
 // startPlacement runs a placement server, a cell of one with its own CA and
 // tokens in dir, on listen until ctx ends; done closes when it has shut down.
 func startPlacement(ctx context.Context, dir, listen string) (ps *placementServer, err error) {
-	quiet := slog.Default().With("component", "placement")
+	// The node's log is what a dev user reads; the server speaks up for warnings.
+	quiet := slog.New(minLevel{slog.LevelWarn, slog.Default().Handler()}).With("component", "placement")
 	ps, err = startServer(ctx, serverSetup{dataDir: dir, cellDir: dir, ownCell: true, name: "dev",
 		listen: listen, raftListen: "127.0.0.1:0", expect: 1, batchShare: placement.DefaultBatchShare,
 		nodeTTL: placement.DefaultNodeTTL, log: quiet, quickElection: true})
@@ -134,4 +135,22 @@ func startPlacement(ctx context.Context, dir, listen string) (ps *placementServe
 		return nil, err
 	}
 	return ps, nil
+}
+
+// minLevel passes on records at or above its level only.
+type minLevel struct {
+	level slog.Level
+	slog.Handler
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.level && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{h.level, h.Handler.WithAttrs(as)}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{h.level, h.Handler.WithGroup(name)}
 }

@@ -148,6 +148,9 @@ func newE2E(t *testing.T) *e2e {
 	if err := os.WriteFile(e.path("trust.yaml"), []byte(trust), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The nodes listen on their namespaces' addresses: beyond loopback, so the
+	// mesh needs its key.
+	e.cli(nil, "node", "psk", "generate", e.path("fleet.psk"))
 	h := e.net.Hosts[e2eServerHost]
 	e.server = fmt.Sprintf("https://%s:7480", h.Addr) // the server makes its cell CA in its data dir
 	p := e.start(h, "server", e.bin, "server", "--data", e.path("server"), "--listen", h.Addr.String()+":7480",
@@ -207,7 +210,7 @@ func (e *e2e) startNode(n *e2eNode) {
 	e.t.Helper()
 	args := []string{"node", "--data", n.data,
 		"--listen", fmt.Sprintf("/ip4/%s/tcp/7400", n.host.Addr),
-		"--trust", e.path("trust.yaml"),
+		"--trust", e.path("trust.yaml"), "--psk", e.path("fleet.psk"),
 		"--upload-limit", fmt.Sprint(e2eCap), "--download-limit", fmt.Sprint(e2eCap),
 		"--cgroup-parent", n.cgroup}
 	if n.i > 0 {

@@ -26,12 +26,19 @@ func nodeCommand() *cli.Command {
 		Description: "The node's identity is DATA/node.key (libp2p-marshalled ed25519, 0600); its peer ID\n" +
 			"is the machine's name in the mesh. It prints its full addresses at start: give one of\n" +
 			"them to other nodes' --bootstrap. Announcements and fetched releases are verified\n" +
-			"against --trust (default DATA/trust.yaml; re-read on SIGHUP). SIGTERM stops it cleanly.",
+			"against --trust (default DATA/trust.yaml; re-read on SIGHUP). SIGTERM stops it cleanly.\n" +
+			"Listening beyond loopback needs --psk (or --open-mesh to accept an open mesh); --allow-peers\n" +
+			"narrows the mesh to listed peer IDs. --bt-listen is outside the PSK: keep it on loopback\n" +
+			"or a trusted network.",
 		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice("/ip4/0.0.0.0/tcp/7400"),
 				Usage: "libp2p listen multiaddr; repeatable (QUIC only without --psk)"},
 			&cli.StringSliceFlag{Name: "bootstrap", Usage: "multiaddr with /p2p/PEERID of a node to join through; repeatable"},
-			&cli.StringFlag{Name: "psk", Usage: "fleet pre-shared key file (libp2p private network): only holders can connect"},
+			&cli.StringFlag{Name: "psk", Usage: "fleet pre-shared key file (libp2p private network): only holders can connect; needed to listen beyond loopback"},
+			&cli.BoolFlag{Name: "open-mesh", Usage: "listen beyond loopback without --psk: anyone who can connect may list and download every release"},
+			&cli.StringFlag{Name: "allow-peers", Usage: "file of peer IDs, one per line: connections with any other peer are refused both ways (re-read on SIGHUP)"},
+			&cli.DurationFlag{Name: "partial-timeout", Value: swarm.DefaultPartialTimeout,
+				Usage: "remove a partial download no fetch has wanted for this long (0: never); ballena gc removes them all at once"},
 			&cli.StringFlag{Name: "trust", Usage: "trust policy (YAML); default DATA/trust.yaml"},
 			&cli.StringSliceFlag{Name: "auto-fetch", Usage: "fetch announced releases whose name (or name@version) matches this glob; repeatable"},
 			&cli.StringFlag{Name: "upload-limit", Usage: "cap peer upload, e.g. 50MiB (per second); default unlimited"},
@@ -98,6 +105,11 @@ func nodeConfig(c *cli.Context) (daemon.Config, error) {
 		PlainListen:   c.String("bt-listen"),
 		TrackerListen: c.String("tracker-listen"),
 		MDNS:          c.Bool("mdns"),
+		OpenMesh:      c.Bool("open-mesh"),
+		AllowPeers:    c.String("allow-peers"),
+	}
+	if sc.PartialTimeout = c.Duration("partial-timeout"); sc.PartialTimeout == 0 {
+		sc.PartialTimeout = -1 // never
 	}
 	if sc.TrackerListen != "" && sc.PlainListen == "" {
 		return cfg, usageErrorf("node: --tracker-listen needs --bt-listen: the tracker hands out that address")
@@ -117,6 +129,16 @@ func nodeConfig(c *cli.Context) (daemon.Config, error) {
 	if p := c.String("psk"); p != "" {
 		if sc.PSK, err = swarm.LoadPSK(p); err != nil {
 			return cfg, usageErrorf("node: --psk: %v", err)
+		}
+	}
+	if c.IsSet("listen") || c.Command.Name == "node" {
+		if err := swarm.CheckClosedMesh(sc.Listen, sc.PSK, sc.OpenMesh); err != nil {
+			return cfg, usageErrorf("node: %v", err)
+		}
+	}
+	if sc.AllowPeers != "" {
+		if _, err := swarm.NewGate(sc.AllowPeers); err != nil {
+			return cfg, usageErrorf("node: --%v", err)
 		}
 	}
 	for flag, dst := range map[string]*int64{"upload-limit": &sc.UploadLimit, "download-limit": &sc.DownloadLimit} {

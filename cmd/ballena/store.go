@@ -13,6 +13,7 @@ import (
 	"ballena.dev/internal/localapi"
 	"ballena.dev/internal/units"
 	"ballena.dev/signing"
+	"ballena.dev/swarm"
 )
 
 // withStore runs f on the daemon's API when a daemon serves the data dir, else
@@ -154,7 +155,7 @@ func inspectCommand() *cli.Command {
 func gcCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "gc",
-		Usage:     "remove blobs that no release references (a node stops seeding them)",
+		Usage:     "remove blobs that no release references (a node stops seeding them) and abandoned partial downloads",
 		UsageText: "ballena rm api@1.3.0 && ballena gc",
 		Flags:     []cli.Flag{jsonFlag},
 		Action: func(c *cli.Context) error {
@@ -162,7 +163,12 @@ func gcCommand() *cli.Command {
 			err := withStore(c, func(cl *localapi.Client) error {
 				return cl.Do(c.Context, http.MethodPost, "/v1/gc", nil, &removed)
 			}, func(st *artifact.Store) (err error) {
-				removed, err = st.GC(c.Context)
+				if removed, err = st.GC(c.Context); err != nil {
+					return err
+				}
+				// No node runs, so no download does: every partial one is abandoned.
+				partials, err := swarm.RemovePartials(st.TempDir(), 0, time.Now(), nil)
+				removed = append(removed, partials...)
 				return err
 			})
 			if err != nil {

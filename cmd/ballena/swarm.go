@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -176,6 +178,21 @@ func printStatus(out io.Writer, s swarm.Status) error {
 	fmt.Fprintf(out, "peers: %d connected, %d in the DHT\n", len(s.Peers), s.DHTPeers)
 	for _, p := range s.Peers {
 		fmt.Fprintf(out, "  %s %s\n", p.ID, strings.Join(p.Addrs, " "))
+	}
+	if s.Gate.Allowlist != "" {
+		fmt.Fprintf(out, "allowlist: %d peers (%s)\n", s.Gate.Allowed, s.Gate.Allowlist)
+	}
+	for _, reason := range slices.Sorted(maps.Keys(s.Gate.Refused)) {
+		fmt.Fprintf(out, "  refused %d connections: %s\n", s.Gate.Refused[reason], reason)
+	}
+	if s.Gossip.Rejected > 0 || len(s.Gossip.Graylisted) > 0 {
+		fmt.Fprintf(out, "gossip: %d announcements rejected; graylisted: %s\n", s.Gossip.Rejected, orDash(strings.Join(s.Gossip.Graylisted, " ")))
+	}
+	for _, t := range s.RevokedTasks {
+		fmt.Fprintf(out, "task %s (%s) runs on a revoked key and will not restart: %s\n", t.ID, t.Artifact, t.Reason)
+	}
+	if len(s.BannedPeers) > 0 {
+		fmt.Fprintf(out, "banned for bad pieces: %s\n", strings.Join(s.BannedPeers, " "))
 	}
 	fmt.Fprintf(out, "holds: %d releases\n", len(s.Holds))
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

@@ -271,6 +271,9 @@ func psCommand() *cli.Command {
 				if t.State.Final() && t.Exit != nil && !t.Exit.OOM && t.Exit.Code >= 0 {
 					state = fmt.Sprintf("%s (%d)", t.State, t.Exit.Code)
 				}
+				if t.Revoked != "" {
+					state += " (key revoked)"
+				}
 				if t.State == launcher.StateRunning {
 					pid = strconv.Itoa(t.PID)
 					up = time.Since(t.StartedAt).Round(time.Second).String()

@@ -153,8 +153,9 @@ func (d *Daemon) verify(w http.ResponseWriter, r *http.Request, ref artifact.Ref
 	localapi.WriteJSON(w, http.StatusOK, localapi.VerifyResult{Release: rel, KeyIDs: v.KeyIDs})
 }
 
-// gc removes unreferenced blobs, stops seeding them and prunes what the launcher
-// derived from them (staged executables, unpacked images).
+// gc removes unreferenced blobs, stops seeding them, removes abandoned partial
+// downloads and prunes what the launcher derived from blobs (staged
+// executables, unpacked images).
 func (d *Daemon) gc(w http.ResponseWriter, r *http.Request) {
 	removed, err := d.st.GC(r.Context())
 	for _, digest := range removed {
@@ -162,6 +163,11 @@ func (d *Daemon) gc(w http.ResponseWriter, r *http.Request) {
 			d.log.Warn("stop seeding", "sha256", digest, "err", err)
 		}
 	}
+	// Partial downloads no fetch is running for go too: their room is reserved
+	// whole. They are listed with the blobs removed.
+	partials, perr := d.node.RemovePartials()
+	removed = append(removed, partials...)
+	err = errors.Join(err, perr)
 	if dropped, err := d.launcher.Prune(); err != nil {
 		d.log.Warn("prune launcher files", "err", err)
 	} else if len(dropped) > 0 {
@@ -213,6 +219,9 @@ func (d *Daemon) fetch(w http.ResponseWriter, r *http.Request) {
 
 func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
 	v, err := d.node.Status()
+	for _, t := range d.launcher.RevokedTasks() {
+		v.RevokedTasks = append(v.RevokedTasks, swarm.RevokedTask{ID: t.ID, Artifact: t.Spec.Artifact, Reason: t.Revoked})
+	}
 	reply(w, http.StatusOK, v, err)
 }
 

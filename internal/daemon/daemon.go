@@ -150,7 +150,7 @@ func (d *Daemon) loadPolicy() (*signing.Policy, error) {
 }
 
 // Run serves the local API until ctx ends (SIGTERM, SIGINT), then stops
-// everything. SIGHUP re-reads the trust policy.
+// everything. SIGHUP re-reads the trust policy and the allowlist.
 func (d *Daemon) Run(ctx context.Context) error {
 	defer d.Close()
 	hup := make(chan os.Signal, 1)
@@ -167,6 +167,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 				} else {
 					d.node.SetPolicy(pol)
 					d.log.Info("trust policy reloaded", "path", d.cfg.TrustPath)
+				}
+				if d.cfg.Swarm.AllowPeers != "" {
+					if err := d.node.ReloadAllowlist(); err != nil {
+						d.log.Error("allowlist not reloaded; the old one stays", "err", err)
+					} else {
+						d.log.Info("allowlist reloaded", "path", d.cfg.Swarm.AllowPeers)
+					}
 				}
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -170,9 +171,18 @@ func TestLocalAPI(t *testing.T) {
 	if err := n.cl.Do(ctx, http.MethodDelete, "/v1/artifacts/hello@1.0.0", nil, nil); err != nil {
 		t.Fatalf("rm: %v", err)
 	}
+	// An abandoned partial download, as a kill -9 leaves one: gc takes it too.
+	partial := filepath.Join(cfg.DataDir, "tmp", "bt-"+strings.Repeat("ab", 32))
+	if err := os.MkdirAll(partial, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	var removed []string
-	if err := n.cl.Do(ctx, http.MethodPost, "/v1/gc", nil, &removed); err != nil || len(removed) != 1 || removed[0] != rel.Digest {
-		t.Fatalf("gc: %v %v, want the blob %s removed", err, removed, rel.Digest)
+	if err := n.cl.Do(ctx, http.MethodPost, "/v1/gc", nil, &removed); err != nil || len(removed) != 2 ||
+		removed[0] != rel.Digest || removed[1] != strings.Repeat("ab", 32) {
+		t.Fatalf("gc: %v %v, want the blob %s and the partial download removed", err, removed, rel.Digest)
+	}
+	if _, err := os.Stat(partial); !os.IsNotExist(err) {
+		t.Fatalf("gc left the partial download: %v", err)
 	}
 }
 
