@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -349,4 +350,42 @@ func TestNodeProcesses(t *testing.T) {
 			t.Errorf("%s: SIGTERM: %v", name, err)
 		}
 	}
+}
+
+// TestNodeClosedByDefault: a node that would listen beyond loopback without a
+// PSK is refused with one line naming --psk and --open-mesh.
+func TestNodeClosedByDefault(t *testing.T) {
+	code, _, msg := run(t, t.TempDir(), "node", "--listen", "/ip4/0.0.0.0/tcp/0")
+	if code != exitUsage || !strings.Contains(msg, "--psk") || !strings.Contains(msg, "--open-mesh") ||
+		strings.Count(strings.TrimSpace(msg), "\n") != 0 {
+		t.Fatalf("exit %d, %q: want a usage error, one line naming --psk and --open-mesh", code, msg)
+	}
+}
+
+// TestNodeAllowlistSIGHUP: a node whose allowlist does not list a peer
+// refuses it and counts the refusal in status; SIGHUP re-reads the list and
+// the peer gets in.
+func TestNodeAllowlistSIGHUP(t *testing.T) {
+	b := startNode(t, "b")
+	idB := b.status(t).ID
+	allow := filepath.Join(t.TempDir(), "allow")
+	if err := os.WriteFile(allow, []byte("# nobody yet\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := startNode(t, "a", "--allow-peers", allow, "--bootstrap", b.addr)
+	poll.Until(t, 20*time.Second, "a refusing b", func() bool {
+		return a.status(t).Gate.Refused[swarm.RefusedOutbound] > 0
+	})
+	if code, out, _ := a.cli("status"); code != 0 || !strings.Contains(out, "refused") {
+		t.Fatalf("status: exit %d:\n%s", code, out)
+	}
+	if err := os.WriteFile(allow, []byte(idB+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 30*time.Second, "b let in", func() bool {
+		return slices.ContainsFunc(a.status(t).Peers, func(p swarm.PeerStatus) bool { return p.ID == idB })
+	})
 }
