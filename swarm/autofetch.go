@@ -80,6 +80,7 @@ func (n *Node) catchUp(p peer.ID) {
 	// The peer may not speak the lookup protocol (yet): identify runs first.
 	list, err := listKnown(n.ctx, n.h, p)
 	if err != nil {
+		n.asks.forget(p) // only a list that came counts: the next connection asks again
 		n.log.Debug("catch-up", "peer", p, "err", err)
 		return
 	}

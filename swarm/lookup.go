@@ -67,10 +67,11 @@ func (c *perPeerClock) allow(p peer.ID, now time.Time) bool {
 	return true
 }
 
-func (c *perPeerClock) len() int {
+// forget drops p's interval, so that it may go again at once.
+func (c *perPeerClock) forget(p peer.ID) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.last)
+	delete(c.last, p)
+	c.mu.Unlock()
 }
 
 // capList keeps the entries of list that fit maxList and maxListBytes.
