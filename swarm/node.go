@@ -24,7 +24,7 @@ import (
 type NodeConfig struct {
 	// DataDir holds node.key (see KeyFile) and the engine's state under torrent/.
 	DataDir   string
-	Listen    []string        // libp2p multiaddrs; default /ip4/0.0.0.0/tcp/0
+	Listen    []string        // libp2p multiaddrs; default /ip4/0.0.0.0/tcp/0 (needs PSK or OpenMesh)
 	Bootstrap []peer.AddrInfo // peers to join the mesh through
 	PSK       pnet.PSK        // fleet private network key, nil for none
 	// OpenMesh accepts listening beyond loopback without a PSK; without it
