@@ -20,7 +20,6 @@ const (
 	prefixTask  = "task/"
 	prefixAlloc = "alloc/"
 	prefixEval  = "eval/" // the last evaluation of each job
-	maxTxnTries = 3
 )
 
 func openDB(dir string) (*badger.DB, error) {
@@ -33,65 +32,6 @@ func openDB(dir string) (*badger.DB, error) {
 		return nil, fmt.Errorf("open placement state %s: %w", dir, err)
 	}
 	return db, nil
-}
-
-// persist writes an operation's changes and the new index in one transaction.
-// Badger detects conflicting transactions; a conflict is retried, since the
-// writes are whole records computed under the server's lock.
-func persist(db *badger.DB, ch *changes, index uint64) error {
-	var err error
-	for try := 0; try < maxTxnTries; try++ {
-		err = db.Update(func(txn *badger.Txn) error {
-			var ib [8]byte
-			binary.BigEndian.PutUint64(ib[:], index)
-			if err := txn.Set([]byte(keyIndex), ib[:]); err != nil {
-				return err
-			}
-			put := func(key string, v any, deleted bool) error {
-				if deleted {
-					return txn.Delete([]byte(key))
-				}
-				b, err := json.Marshal(v)
-				if err != nil {
-					return err
-				}
-				return txn.Set([]byte(key), b)
-			}
-			for id, n := range ch.nodes {
-				if err := put(prefixNode+id, n, n == nil); err != nil {
-					return err
-				}
-			}
-			for name, j := range ch.jobs {
-				if err := put(prefixJob+name, j, j == nil); err != nil {
-					return err
-				}
-			}
-			for key, t := range ch.tasks {
-				if err := put(prefixTask+key, t, t == nil); err != nil {
-					return err
-				}
-			}
-			for id, a := range ch.allocs {
-				if err := put(prefixAlloc+id, a, a == nil); err != nil {
-					return err
-				}
-			}
-			for _, ev := range ch.evals {
-				if err := put(prefixEval+ev.Job, ev, false); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if !errors.Is(err, badger.ErrConflict) {
-			break
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("persist placement state at index %d: %w", index, err)
-	}
-	return nil
 }
 
 // loadCell rebuilds the in-memory state from badger. Machines keep their status
