@@ -572,3 +572,53 @@ func TestConcurrentWritesLoseNothing(t *testing.T) {
 		t.Errorf("%d jobs, want %d", len(jobs), writers+1)
 	}
 }
+
+// TestRevokeMovesTasks: a revoked machine's tasks are placed elsewhere, and it
+// can no longer watch its allocations, heartbeat or register again.
+func TestRevokeMovesTasks(t *testing.T) {
+	ts := startServer(t, t.TempDir())
+	ctx := context.Background()
+	a := ts.addNode(t, 4000, 8, nil)
+	b := ts.addNode(t, 4000, 8, nil)
+	j := job("api", 2, 1000, 1024, BandProd)
+	j.DistinctHosts = true
+	if ev := ts.submit(t, j); ev.Placed != 2 {
+		t.Fatalf("placed %d", ev.Placed)
+	}
+	a.converge()
+	b.converge()
+	c := ts.addNode(t, 4000, 8, nil)
+	if _, err := ts.admin.Revoke(ctx, a.NodeID()); err != nil {
+		t.Fatal(err)
+	}
+	st, err := ts.admin.JobStatus(ctx, "api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range st.Tasks {
+		if tk.NodeID == a.NodeID() || tk.State != TaskPlaced {
+			t.Errorf("task %d after the revocation: %s on %s", tk.Index, tk.State, tk.NodeID)
+		}
+	}
+	if len(liveOn(c.allocs())) != 1 {
+		t.Errorf("the third machine took %d tasks, want the revoked machine's one", len(liveOn(c.allocs())))
+	}
+	if _, err := a.WatchAllocations(ctx, 0, 0); !IsUnauthorized(err) {
+		t.Errorf("revoked machine watching its allocations: %v, want refused", err)
+	}
+	if _, err := a.Heartbeat(ctx, Heartbeat{}); !IsUnauthorized(err) {
+		t.Errorf("revoked machine heartbeating: %v, want refused", err)
+	}
+	if _, _, err := a.Register(ctx, NodeRegistration{Capacity: Resources{CPU: 4000, Memory: 8 * gib}}); !IsUnauthorized(err) {
+		t.Errorf("revoked machine registering: %v, want refused", err)
+	}
+	nodes, err := ts.admin.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.ID == a.NodeID() && (!n.Revoked || n.Status != NodeDown) {
+			t.Errorf("revoked machine listed as %+v", n)
+		}
+	}
+}
