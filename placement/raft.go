@@ -560,7 +560,12 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		return out
 	}
 	// To disk in the background (diskWriter); memory now.
-	s.writes <- pendingWrite{ops: all, raftIndex: last}
+	if err := s.queueWrite(pendingWrite{ops: all, raftIndex: last}); err != nil {
+		for i := range out {
+			out[i] = err
+		}
+		return out
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, e := range entries {

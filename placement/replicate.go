@@ -328,8 +328,21 @@ func (s *Server) diskWriter() {
 // flushDisk returns once every entry applied so far is in badger.
 func (s *Server) flushDisk() error {
 	done := make(chan error, 1)
-	s.writes <- pendingWrite{flushed: done}
+	if err := s.queueWrite(pendingWrite{flushed: done}); err != nil {
+		return err
+	}
 	return <-done
+}
+
+// queueWrite hands w to the disk writer, unless the server is closing.
+func (s *Server) queueWrite(w pendingWrite) error {
+	s.writesMu.RLock()
+	defer s.writesMu.RUnlock()
+	if s.writesClosed {
+		return errors.New("placement server closed")
+	}
+	s.writes <- w
+	return nil
 }
 
 func u64(v uint64) []byte {

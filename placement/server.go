@@ -60,7 +60,9 @@ type Server struct {
 	raftReady    chan struct{} // closed once raft is set
 	writes       chan pendingWrite
 	writerDone   chan struct{}
-	writerOn     bool // the disk writer runs (set and cleared by Open and Close only)
+	writerOn     bool         // the disk writer runs (set and cleared by Open and Close only)
+	writesMu     sync.RWMutex // held to send on writes (read) and to close it
+	writesClosed bool
 	closers      []func() error
 	self         ServerInfo
 	proxy        *httputil.ReverseProxy
@@ -256,7 +258,10 @@ func (s *Server) Close() error {
 func (s *Server) stopWriter() {
 	if s.writerOn {
 		s.writerOn = false
+		s.writesMu.Lock()
+		s.writesClosed = true
 		close(s.writes)
+		s.writesMu.Unlock()
 		<-s.writerDone
 	}
 }
@@ -342,7 +347,7 @@ func (s *Server) updateCtx(ctx context.Context, fn func(c *Cell) error) error {
 			return cerr
 		}
 	case <-timer.C:
-		return ErrNoQuorum
+		return fmt.Errorf("%w within %v (it may still commit)", ErrNoQuorum, commitTimeout)
 	case <-ctx.Done():
 		return fmt.Errorf("wait for the commit: %w", ctx.Err())
 	}
@@ -476,8 +481,17 @@ func (s *Server) ackLoop(ctx context.Context) {
 			s.leader = false
 			s.mu.Unlock()
 			if wasLeader {
-				// The working state holds what did not commit: rebuild it from what did.
-				go s.becomeLeader()
+				// The working state holds what did not commit: rebuild it from what
+				// did, as leader again or as a follower.
+				s.wg.Add(1)
+				go func() {
+					defer s.wg.Done()
+					if s.raft.State() == raft.Leader {
+						s.becomeLeader()
+					} else {
+						s.stepDown()
+					}
+				}()
 			}
 		}
 		for _, p := range b.ops {
@@ -518,6 +532,7 @@ func (s *Server) becomeLeader() {
 	defer s.transMu.Unlock()
 	if err := s.raft.Barrier(commitTimeout).Error(); err != nil {
 		s.log.Warn("leader barrier", "err", err)
+		s.stepDownLocked()
 		return
 	}
 	s.fsmMu.Lock()
@@ -525,6 +540,7 @@ func (s *Server) becomeLeader() {
 	if s.raft.State() != raft.Leader {
 		s.mu.Unlock()
 		s.fsmMu.Unlock()
+		s.stepDownLocked()
 		return
 	}
 	if s.planned > s.committed {
@@ -561,6 +577,11 @@ func (s *Server) becomeLeader() {
 func (s *Server) stepDown() {
 	s.transMu.Lock()
 	defer s.transMu.Unlock()
+	s.stepDownLocked()
+}
+
+// stepDownLocked is stepDown with transMu held.
+func (s *Server) stepDownLocked() {
 	s.fsmMu.Lock()
 	defer s.fsmMu.Unlock()
 	s.mu.Lock()
