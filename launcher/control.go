@@ -83,7 +83,7 @@ func (l *Launcher) List() []Task {
 	l.mu.Unlock()
 	ts := make([]Task, 0, len(es))
 	for _, e := range es {
-		ts = append(ts, l.withRevocation(l.withUsage(e)))
+		ts = append(ts, l.withUsage(e))
 	}
 	slices.SortFunc(ts, func(a, b Task) int { return b.CreatedAt.Compare(a.CreatedAt) })
 	return ts

@@ -7,51 +7,72 @@ import (
 	"ballena.dev/signing"
 )
 
-// RevocationChecker is a Verifier that can tell, without re-hashing a blob,
-// whether the key behind a release has been revoked. The launcher asks it
-// about every live task when it lists them, so a revocation shows on the
-// tasks it can no longer restart.
+// RevocationChecker is a Verifier that can tell, without re-hashing blobs,
+// which releases are now refused for a revoked signing key. The launcher asks
+// it about live tasks (MarkRevoked), so that a revocation shows on the tasks
+// it can no longer restart.
 type RevocationChecker interface {
-	Revoked(ref string) (reason string, revoked bool)
+	// RevokedRefs maps each of refs whose key is revoked to the reason.
+	RevokedRefs(refs []string) map[string]string
 }
 
-// Revoked says whether ref's envelope is now refused for a revoked key.
-func (v *StoreVerifier) Revoked(ref string) (string, bool) {
-	r, err := artifact.ParseRef(ref)
-	if err != nil {
-		return "", false
-	}
+// RevokedRefs reads the policy once and checks each ref's stored envelope.
+func (v *StoreVerifier) RevokedRefs(refs []string) map[string]string {
 	pol, err := v.policy()
 	if err != nil {
-		return "", false
+		return nil
 	}
-	_, env, err := v.Store.Release(r)
-	if err != nil {
-		return "", false
+	out := make(map[string]string)
+	for _, ref := range refs {
+		if _, done := out[ref]; done {
+			continue
+		}
+		r, err := artifact.ParseRef(ref)
+		if err != nil {
+			continue
+		}
+		_, env, err := v.Store.Release(r)
+		if err != nil {
+			continue
+		}
+		if _, _, err := artifact.VerifyEnvelope(env, pol, v.now()); errors.Is(err, signing.ErrRevokedKey) {
+			out[ref] = err.Error()
+		}
 	}
-	if _, _, err := artifact.VerifyEnvelope(env, pol, v.now()); errors.Is(err, signing.ErrRevokedKey) {
-		return err.Error(), true
-	}
-	return "", false
+	return out
 }
 
-// withRevocation marks a live task whose artifact's key has been revoked.
-func (l *Launcher) withRevocation(t Task) Task {
+// MarkRevoked fills Revoked on the live tasks of ts whose artifact's signing
+// key has been revoked. List leaves it empty, so that the agent's frequent
+// listings cost no policy reads; ps and status call this.
+func (l *Launcher) MarkRevoked(ts []Task) []Task {
 	rc, ok := l.cfg.Verifier.(RevocationChecker)
-	if !ok || t.State.Final() {
-		return t
+	if !ok {
+		return ts
 	}
-	if reason, revoked := rc.Revoked(t.Spec.Artifact); revoked {
-		t.Revoked = reason
+	var refs []string
+	for _, t := range ts {
+		if !t.State.Final() {
+			refs = append(refs, t.Spec.Artifact)
+		}
 	}
-	return t
+	if len(refs) == 0 {
+		return ts
+	}
+	revoked := rc.RevokedRefs(refs)
+	for i, t := range ts {
+		if reason, ok := revoked[t.Spec.Artifact]; ok && !t.State.Final() {
+			ts[i].Revoked = reason
+		}
+	}
+	return ts
 }
 
 // RevokedTasks lists the live tasks whose artifact's signing key has been
 // revoked: they run on, but will not be restarted.
 func (l *Launcher) RevokedTasks() []Task {
 	var out []Task
-	for _, t := range l.List() {
+	for _, t := range l.MarkRevoked(l.List()) {
 		if t.Revoked != "" {
 			out = append(out, t)
 		}

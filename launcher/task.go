@@ -87,8 +87,8 @@ type Task struct {
 	StartedAt time.Time `json:"startedAt,omitzero"` // of the current or last run
 	Exit      *ExitInfo `json:"exit,omitempty"`     // of the last run
 	Usage     *Usage    `json:"usage,omitempty"`    // filled by Get and List while running
-	// Revoked, filled by List for a live task, says that the key that signed
-	// its artifact has been revoked since: it runs on but will not restart.
+	// Revoked, filled by MarkRevoked for a live task, says that the key that
+	// signed its artifact has been revoked since: it runs on but will not restart.
 	Revoked string `json:"revoked,omitempty"`
 
 	// PIDStart and ShimPID/ShimStart let a restarted launcher find its processes

@@ -246,7 +246,7 @@ func psCommand() *cli.Command {
 			err := withLauncher(c, func(cl *localapi.Client) error {
 				return cl.Do(c.Context, http.MethodGet, "/v1/tasks", nil, &ts)
 			}, func(l *launcher.Launcher) error {
-				ts = l.List()
+				ts = l.MarkRevoked(l.List())
 				return nil
 			})
 			if err != nil {

@@ -57,7 +57,7 @@ func (d *Daemon) routes() {
 	m.HandleFunc("GET /v1/torrent/{ref}", withRef(d.torrent))
 	m.HandleFunc("POST /v1/tasks", d.startTask)
 	m.HandleFunc("GET /v1/tasks", func(w http.ResponseWriter, r *http.Request) {
-		localapi.WriteJSON(w, http.StatusOK, d.launcher.List())
+		localapi.WriteJSON(w, http.StatusOK, d.launcher.MarkRevoked(d.launcher.List()))
 	})
 	m.HandleFunc("GET /v1/tasks/{id}", func(w http.ResponseWriter, r *http.Request) {
 		t, err := d.launcher.Get(r.PathValue("id"))
