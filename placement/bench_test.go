@@ -344,7 +344,7 @@ func placeThrough(b *testing.B, s *Server, ms []benchMachine, jobs []*Job, worke
 }
 
 // benchWriters is how many clients submit jobs at once in the cell benchmark.
-var benchWriters = 8
+var benchWriters = 16
 
 func heapInUse() uint64 {
 	runtime.GC()
