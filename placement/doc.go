@@ -10,9 +10,13 @@
 // node loss, revocation); store.go badger; replicate.go what a Raft entry carries
 // and how every server applies it (to badger and its Cell) and snapshots it;
 // raft.go Raft (mutual-TLS transport, joining and bootstrapping a cell, the
-// state machine); server.go the leader's write path (operations computed on its
-// working state, group-committed, many per entry) and the API; client.go the
-// client, which moves along a list of servers. cellca/ is the cell's CA.
+// state machine); server.go opening and closing a server; commit.go the leader's
+// write path (operations computed on its working state, group-committed, many per
+// entry); leader.go leadership and the heartbeat TTLs held in the leader's memory;
+// api_http.go the HTTP server, routes, forwarding to the leader and answers;
+// api_guards.go the credentials each route needs; api_jobs.go, api_nodes.go and
+// api_cell.go the endpoints; client.go the client, which moves along a list of
+// servers. cellca/ is the cell's CA.
 //
 // Endpoints (errors are {"error": "..."} with a meaningful status; 503 when no
 // leader or no quorum can be reached, 413 over the 8 MiB body cap):

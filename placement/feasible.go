@@ -2,6 +2,8 @@ package placement
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -86,7 +88,7 @@ func (c *Cell) explain(js *jobState) string {
 		return "no machines registered"
 	}
 	reasons := make([]string, 0, len(counts))
-	for _, k := range sortedKeys(counts) {
+	for _, k := range slices.Sorted(maps.Keys(counts)) {
 		reasons = append(reasons, fmt.Sprintf("%d %s", counts[k], k))
 	}
 	sort.SliceStable(reasons, func(i, j int) bool { return leadingInt(reasons[i]) > leadingInt(reasons[j]) })

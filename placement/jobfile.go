@@ -1,14 +1,14 @@
 package placement
 
 import (
-	"ballena.dev/artifact"
-	"ballena.dev/internal/units"
 	"errors"
 	"fmt"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
+
+	"ballena.dev/artifact"
+	"ballena.dev/internal/units"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -412,13 +412,4 @@ func refReason(err error) string {
 		return after
 	}
 	return msg
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

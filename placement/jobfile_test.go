@@ -1,11 +1,12 @@
 package placement
 
 import (
-	"ballena.dev/artifact"
 	"os"
 	"reflect"
 	"strings"
 	"testing"
+
+	"ballena.dev/artifact"
 )
 
 func TestParseJobFile(t *testing.T) {

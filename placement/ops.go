@@ -3,6 +3,7 @@ package placement
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -172,7 +173,7 @@ func (c *Cell) setDrain(id string, enable bool) ([]*Evaluation, error) {
 	c.updateNode(n, func(nd *Node) { nd.Drain = enable })
 	var evs []*Evaluation
 	if enable {
-		for _, job := range sortedKeys(n.jobCount) {
+		for _, job := range slices.Sorted(maps.Keys(n.jobCount)) {
 			evs = append(evs, c.evaluate(job, "node-drain"))
 		}
 	}

@@ -2,6 +2,8 @@ package placement
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 )
 
@@ -341,7 +343,7 @@ func needFits(r, free, capacity Resources) bool {
 // changes). Bounded: a few rounds, each job at most once per round.
 func (c *Cell) retryPending(trigger string) []*Evaluation {
 	var evs []*Evaluation
-	for _, name := range sortedKeys(c.dirty) {
+	for _, name := range slices.Sorted(maps.Keys(c.dirty)) {
 		evs = append(evs, c.evaluate(name, trigger))
 	}
 	for round := 0; round < 3 && len(c.grown) > 0 && len(c.pending) > 0; round++ {

@@ -5,8 +5,9 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -171,22 +172,13 @@ func printEvaluations(w io.Writer, resp *placement.SubmitResponse) {
 		for _, p := range ev.Pending {
 			byReason[p.Reason] = append(byReason[p.Reason], p.Index)
 		}
-		for _, r := range sortedReasonKeys(byReason) {
+		for _, r := range slices.Sorted(maps.Keys(byReason)) {
 			fmt.Fprintf(w, "  waiting %s: %s\n", taskList(ev.Job, byReason[r]), r)
 		}
 		for _, n := range ev.Notes {
 			fmt.Fprintf(w, "  %s\n", n)
 		}
 	}
-}
-
-func sortedReasonKeys(m map[string][]int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func taskList(job string, idx []int) string {

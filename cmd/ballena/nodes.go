@@ -6,7 +6,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -49,7 +50,7 @@ func nodesCommand() *cli.Command {
 					state += ",draining"
 				}
 				var labels []string
-				for _, k := range sortedStringKeys(n.Labels) {
+				for _, k := range slices.Sorted(maps.Keys(n.Labels)) {
 					labels = append(labels, k+"="+n.Labels[k])
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%dm/%dm\t%s/%s\t%d\t%s\t%s\t%s\n", n.ID, state,
@@ -89,15 +90,6 @@ func nodesRevokeCommand() *cli.Command {
 			return nil
 		},
 	}
-}
-
-func sortedStringKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // nodeDrainCommand is mounted by the node command as `ballena node drain NODE`.

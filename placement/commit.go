@@ -1,0 +1,237 @@
+package placement
+
+import (
+	"context"
+
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// The write path. Every operation is computed on the leader's latest state,
+// including operations still being committed, and one commit loop group-commits
+// many operations per Raft entry, keeping entries flowing without waiting for
+// each; the ack loop answers each caller once its entry has committed.
+
+type pendingOp struct {
+	data   []byte
+	index  uint64
+	origin string
+	done   chan error
+}
+
+type inflightBatch struct {
+	f   raft.ApplyFuture
+	ops []*pendingOp
+}
+
+// update runs fn on the leader's working state under the lock and waits until
+// the records it changed are committed through Raft. Operations from concurrent
+// requests are group-committed: many go in one Raft entry.
+func (s *Server) update(fn func(c *Cell) error) error {
+	return s.updateCtx(context.Background(), fn)
+}
+
+func (s *Server) updateCtx(ctx context.Context, fn func(c *Cell) error) error {
+	s.mu.Lock()
+	if !s.leader {
+		s.mu.Unlock()
+		return ErrNoLeader
+	}
+	s.cell.index = s.planned + 1
+	s.cell.ch = newChanges()
+	err := fn(s.cell)
+	ch := s.cell.ch
+	s.cell.ch = nil
+	if ch.empty() {
+		// Nothing to write, but the answer may rest on operations not yet committed.
+		need := s.planned
+		s.mu.Unlock()
+		if werr := s.waitCommitted(ctx, need); werr != nil && err == nil {
+			err = werr
+		}
+		return err
+	}
+	data, eerr := encodeOp(ch, s.cell.index)
+	if eerr != nil {
+		// Cannot happen with these types; the working state is ahead of the log now.
+		s.leader = false
+		s.mu.Unlock()
+		go s.becomeLeader()
+		return fmt.Errorf("encode changes: %w", eerr)
+	}
+	s.planned = s.cell.index
+	p := &pendingOp{data: data, index: s.cell.index, origin: s.origin, done: make(chan error, 1)}
+	s.queue = append(s.queue, p)
+	for _, ev := range ch.evals {
+		if ev.Placed+ev.Stopped+ev.Preempted+len(ev.Pending) > 0 {
+			s.log.Debug("evaluation", "job", ev.Job, "trigger", ev.Trigger, "placed", ev.Placed,
+				"stopped", ev.Stopped, "preempted", ev.Preempted, "pending", len(ev.Pending))
+		}
+	}
+	s.mu.Unlock()
+	select {
+	case s.queueCh <- struct{}{}:
+	default:
+	}
+	timer := time.NewTimer(commitTimeout)
+	defer timer.Stop()
+	select {
+	case cerr := <-p.done:
+		if cerr != nil {
+			return cerr
+		}
+	case <-timer.C:
+		return fmt.Errorf("%w within %v (it may still commit)", ErrNoQuorum, commitTimeout)
+	case <-ctx.Done():
+		return fmt.Errorf("wait for the commit: %w", ctx.Err())
+	}
+	return err
+}
+
+// waitCommitted returns when the operation index idx is committed.
+func (s *Server) waitCommitted(ctx context.Context, idx uint64) error {
+	timer := time.NewTimer(commitTimeout)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		done, ch, leading := s.committed >= idx, s.notify, s.leader
+		s.mu.Unlock()
+		if done {
+			return nil
+		}
+		if !leading {
+			return ErrNoQuorum
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return ErrNoQuorum
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// maxEntryOps and maxEntryBytes bound one Raft entry.
+const (
+	maxEntryOps   = 4096
+	maxEntryBytes = 4 << 20
+)
+
+// commitLoop is the plan applier: it takes the operations computed on the
+// leader's working state, in order, and appends them to the Raft log, many per
+// entry, without waiting for one entry to commit before sending the next.
+func (s *Server) commitLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.queueCh:
+		}
+		for {
+			s.mu.Lock()
+			origin := s.origin
+			var batch []*pendingOp
+			size := 0
+			n := 0
+			for n < len(s.queue) && n < maxEntryOps && size < maxEntryBytes {
+				size += len(s.queue[n].data)
+				n++
+			}
+			batch = append(batch, s.queue[:n]...)
+			s.queue = s.queue[n:]
+			if len(s.queue) == 0 {
+				s.queue = nil
+			}
+			s.mu.Unlock()
+			if len(batch) == 0 {
+				break
+			}
+			var stale []*pendingOp
+			var encoded [][]byte
+			var ops []*pendingOp
+			for _, p := range batch {
+				if p.origin != origin {
+					stale = append(stale, p) // computed on a working state since thrown away
+					continue
+				}
+				encoded = append(encoded, p.data)
+				ops = append(ops, p)
+			}
+			for _, p := range stale {
+				p.done <- ErrNoQuorum
+			}
+			if len(ops) == 0 {
+				continue
+			}
+			data := encodeEntry(origin, encoded)
+			f := s.raft.Apply(data, 0)
+			s.mu.Lock()
+			s.stats.Entries++
+			s.stats.Operations += uint64(len(ops))
+			s.stats.Bytes += uint64(len(data))
+			s.mu.Unlock()
+			select {
+			case s.inflight <- inflightBatch{f: f, ops: ops}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// ackLoop answers the writers of each entry once Raft committed and applied it.
+func (s *Server) ackLoop(ctx context.Context) {
+	for {
+		var b inflightBatch
+		select {
+		case <-ctx.Done():
+			return
+		case b = <-s.inflight:
+		}
+		// A future still queued inside Raft when it shuts down is never answered:
+		// wait for it beside ctx.
+		errc := make(chan error, 1)
+		go func() { errc <- b.f.Error() }()
+		var err error
+		select {
+		case err = <-errc:
+		case <-ctx.Done():
+			for _, p := range b.ops {
+				p.done <- fmt.Errorf("%w (the server is shutting down)", ErrNoQuorum)
+			}
+			return
+		}
+		if err == nil {
+			if rerr, ok := b.f.Response().(error); ok {
+				err = rerr
+			}
+		}
+		if err != nil {
+			s.log.Warn("raft entry not committed", "ops", len(b.ops), "err", err)
+			err = fmt.Errorf("%w (%v)", ErrNoQuorum, err)
+			s.mu.Lock()
+			wasLeader := s.leader
+			s.leader = false
+			s.mu.Unlock()
+			if wasLeader {
+				// The working state holds what did not commit: rebuild it from what
+				// did, as leader again or as a follower.
+				s.wg.Add(1)
+				go func() {
+					defer s.wg.Done()
+					if s.raft.State() == raft.Leader {
+						s.becomeLeader()
+					} else {
+						s.stepDown()
+					}
+				}()
+			}
+		}
+		for _, p := range b.ops {
+			p.done <- err
+		}
+	}
+}
