@@ -8,12 +8,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"ballena.dev/internal/testnet"
 )
 
 const (
@@ -55,17 +56,8 @@ func startServer(t *testing.T, dir string) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: s.Handler()}
-	go hs.Serve(ln)
-	t.Cleanup(func() {
-		hs.Close()
-		s.Close()
-	})
-	url := "http://" + ln.Addr().String()
+	t.Cleanup(func() { s.Close() }) // after the HTTP server below is closed
+	url := testnet.Serve(t, s.Handler())
 	admin, err := NewClient(url, testAdmin)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/anacrolix/torrent/bencode"
 	"github.com/anacrolix/torrent/metainfo"
 
+	"ballena.dev/internal/testnet"
 	"ballena.dev/swarm/internal/dirstore"
 )
 
@@ -53,17 +54,12 @@ func TestAria2cDownloads(t *testing.T) {
 	defer cancel()
 	out := filepath.Join(dir, "out")
 	// aria2c wants a port of its own for BitTorrent; borrow a free one.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	_, port, _ := net.SplitHostPort(testnet.FreeAddr(t))
 	cmd := exec.CommandContext(ctx, aria,
 		"--dir="+out, "--seed-time=0",
 		"--bt-enable-lpd=false", "--enable-dht=false", "--enable-dht6=false", "--enable-peer-exchange=false",
 		"--disable-ipv6=true", "--bt-tracker-connect-timeout=5", "--bt-tracker-timeout=10",
-		"--listen-port="+strconv.Itoa(port), "--summary-interval=0", "--console-log-level=warn", "--file-allocation=none",
+		"--listen-port="+port, "--summary-interval=0", "--console-log-level=warn", "--file-allocation=none",
 		tf)
 	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
 	if err := cmd.Run(); err != nil {

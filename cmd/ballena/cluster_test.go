@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"ballena.dev/internal/poll"
+	"ballena.dev/internal/testnet"
 	"ballena.dev/placement/cellca"
 
 	"ballena.dev/placement"
@@ -26,12 +27,7 @@ import (
 func TestServerJobNodesCLI(t *testing.T) {
 	dir := t.TempDir()
 	// ballena server, in-process, on a free loopback port.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testnet.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	var serverOut bytes.Buffer

@@ -1,9 +1,9 @@
 package testnet
 
 import (
-	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 )
 
@@ -30,19 +30,11 @@ func FreeAddr(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-// Serve serves h on a loopback port until the test ends and returns its base
-// URL, http://127.0.0.1:PORT.
+// Serve serves h on a loopback port (net/http/httptest) until the test ends and
+// returns its base URL, http://127.0.0.1:PORT.
 func Serve(t testing.TB, h http.Handler) string {
 	t.Helper()
-	ln := Loopback(t)
-	hs := &http.Server{Handler: h}
-	done := make(chan error, 1)
-	go func() { done <- hs.Serve(ln) }()
-	t.Cleanup(func() {
-		hs.Close()
-		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("loopback server: %v", err)
-		}
-	})
-	return "http://" + ln.Addr().String()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.URL
 }
