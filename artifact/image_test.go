@@ -2,62 +2,31 @@ package artifact
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
+	"ballena.dev/internal/ocitest"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 // testImage is a one-layer image holding /hello with an entrypoint and env.
 func testImage(t *testing.T, arch string) v1.Image {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	body := []byte("#!/hello\n")
-	tw.WriteHeader(&tar.Header{Name: "hello", Mode: 0o755, Size: int64(len(body)), Typeflag: tar.TypeReg})
-	tw.Write(body)
-	tw.Close()
-	layer, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", arch
-	cf.Config.Entrypoint = []string{"/hello"}
-	cf.Config.Cmd = []string{"--port", "8080"}
-	cf.Config.Env = []string{"MODE=prod"}
-	cf.Config.WorkingDir = "/srv"
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return ocitest.Image(t, arch,
+		v1.Config{Entrypoint: []string{"/hello"}, Cmd: []string{"--port", "8080"}, Env: []string{"MODE=prod"}, WorkingDir: "/srv"},
+		ocitest.Layer(t, ocitest.Entry{Name: "hello", Body: "#!/hello\n", Mode: 0o755}))
 }
 
 func writeDockerSave(t *testing.T, img v1.Image) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "image.tar")
-	tag, _ := name.NewTag("example.com/web:2.0.0")
-	if err := tarball.WriteToFile(p, tag, img); err != nil {
-		t.Fatal(err)
-	}
+	ocitest.WriteDockerSave(t, p, "example.com/web:2.0.0", img)
 	return p
 }
 

@@ -2,11 +2,9 @@ package launcher
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,49 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"ballena.dev/internal/ocitest"
+
 	"ballena.dev/artifact"
 	"ballena.dev/internal/poll"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
-
-type tarEntry struct {
-	name, body, link string
-	mode             int64
-	typ              byte
-}
-
-func layerOf(t testing.TB, entries ...tarEntry) v1.Layer {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		typ := e.typ
-		if typ == 0 {
-			typ = tar.TypeReg
-		}
-		hdr := &tar.Header{Name: e.name, Mode: e.mode, Size: int64(len(e.body)), Typeflag: typ, Linkname: e.link}
-		if typ != tar.TypeReg {
-			hdr.Size = 0
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			t.Fatal(err)
-		}
-		if typ == tar.TypeReg {
-			tw.Write([]byte(e.body))
-		}
-	}
-	tw.Close()
-	b := buf.Bytes()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
 
 // buildImage writes a docker-save tarball of an image holding the task
 // binary at /bin/task, in two layers, the second whiting out a file of the first.
@@ -67,36 +28,21 @@ func buildImage(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := layerOf(t,
-		tarEntry{name: "bin/", typ: tar.TypeDir, mode: 0o755},
-		tarEntry{name: "bin/task", body: string(bin), mode: 0o755},
-		tarEntry{name: "etc/old.txt", body: "old", mode: 0o644}, // no parent dir entry: made on the way
-		tarEntry{name: "etc/keep.txt", body: "keep", mode: 0o644},
+	base := ocitest.Layer(t,
+		ocitest.Entry{Name: "bin/", Typ: tar.TypeDir, Mode: 0o755},
+		ocitest.Entry{Name: "bin/task", Body: string(bin), Mode: 0o755},
+		ocitest.Entry{Name: "etc/old.txt", Body: "old", Mode: 0o644}, // no parent dir entry: made on the way
+		ocitest.Entry{Name: "etc/keep.txt", Body: "keep", Mode: 0o644},
 	)
-	top := layerOf(t,
-		tarEntry{name: "etc/.wh.old.txt", mode: 0o644},
-		tarEntry{name: "bin/sh", typ: tar.TypeSymlink, link: "task"},
+	top := ocitest.Layer(t,
+		ocitest.Entry{Name: "etc/.wh.old.txt", Mode: 0o644},
+		ocitest.Entry{Name: "bin/sh", Typ: tar.TypeSymlink, Link: "task"},
 	)
-	img, err := mutate.AppendLayers(empty.Image, base, top)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config = v1.Config{Entrypoint: []string{"/bin/task"}, Cmd: []string{"ps"}, Env: []string{"GREETING=from-image"}, WorkingDir: "/etc"}
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := ocitest.Image(t, "amd64",
+		v1.Config{Entrypoint: []string{"/bin/task"}, Cmd: []string{"ps"}, Env: []string{"GREETING=from-image"}, WorkingDir: "/etc"},
+		base, top)
 	p := filepath.Join(t.TempDir(), "image.tar")
-	tag, _ := name.NewTag("ballena.local/task:1.0.0")
-	if err := tarball.WriteToFile(p, tag, img); err != nil {
-		t.Fatal(err)
-	}
+	ocitest.WriteDockerSave(t, p, "ballena.local/task:1.0.0", img)
 	return p
 }
 
@@ -175,12 +121,12 @@ func TestImageRunsUnderRunc(t *testing.T) {
 
 func TestUnpackRefusesEscapes(t *testing.T) {
 	for _, tc := range []struct {
-		entries []tarEntry
+		entries []ocitest.Entry
 		escaped func(root string) string // where the file lands if the link is followed
 	}{
-		{[]tarEntry{{name: "evil", typ: tar.TypeSymlink, link: "/"}, {name: "evil/etc/x", body: "x", mode: 0o644}},
+		{[]ocitest.Entry{{Name: "evil", Typ: tar.TypeSymlink, Link: "/"}, {Name: "evil/etc/x", Body: "x", Mode: 0o644}},
 			func(string) string { return "/etc/x" }},
-		{[]tarEntry{{name: "up", typ: tar.TypeSymlink, link: "../.."}, {name: "up/x", body: "x", mode: 0o644}},
+		{[]ocitest.Entry{{Name: "up", Typ: tar.TypeSymlink, Link: "../.."}, {Name: "up/x", Body: "x", Mode: 0o644}},
 			func(root string) string { return filepath.Join(root, "../..", "x") }},
 	} {
 		// Each case in a directory of its own, two levels down, so that "../.."
@@ -193,7 +139,7 @@ func TestUnpackRefusesEscapes(t *testing.T) {
 		if _, err := os.Stat(target); err == nil {
 			t.Fatalf("%s exists before the unpack", target)
 		}
-		l := layerOf(t, tc.entries...)
+		l := ocitest.Layer(t, tc.entries...)
 		rc, err := l.Uncompressed()
 		if err != nil {
 			t.Fatal(err)

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"archive/tar"
 	"bufio"
-	"bytes"
 	"flag"
 	"fmt"
 	"io"
@@ -12,10 +10,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"ballena.dev/internal/ocitest"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/urfave/cli/v2"
 )
 
@@ -305,32 +302,7 @@ func TestREADMEReleaseWalkthrough(t *testing.T) {
 // ./web.tar the README publishes.
 func writeImageTar(t *testing.T, path string) {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	body := []byte("static site\n")
-	tw.WriteHeader(&tar.Header{Name: "index.html", Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
-	tw.Write(body)
-	tw.Close()
-	layer, err := tarball.LayerFromReader(bytes.NewReader(buf.Bytes()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.Entrypoint = []string{"/web"}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
-	tag, _ := name.NewTag("example.com/web:2.0.0")
-	if err := tarball.WriteToFile(path, tag, img); err != nil {
-		t.Fatal(err)
-	}
+	ocitest.WriteDockerSave(t, path, "example.com/web:2.0.0", ocitest.Image(t, "amd64",
+		v1.Config{Entrypoint: []string{"/web"}},
+		ocitest.Layer(t, ocitest.Entry{Name: "index.html", Body: "static site\n", Mode: 0o644})))
 }
