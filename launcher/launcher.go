@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures a Launcher. DataDir, DB and Verifier are required.
@@ -42,6 +43,9 @@ type Config struct {
 	// not block; the node forwards these to the placement service.
 	OnEvent func(Task)
 	Logger  *slog.Logger
+	// Metrics, when set, is where the launcher registers its metrics (see
+	// metrics.go); the node daemon serves them.
+	Metrics prometheus.Registerer
 }
 
 // Launcher runs tasks. It is safe for concurrent use.
@@ -54,6 +58,8 @@ type Launcher struct {
 	wg     sync.WaitGroup
 
 	pool chan *warmShim
+
+	m *metrics
 
 	mu    sync.Mutex
 	tasks map[string]*entry
@@ -127,7 +133,7 @@ func New(cfg Config) (*Launcher, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Launcher{cfg: cfg, dir: dir, log: cfg.Logger, ctx: ctx, cancel: cancel, tasks: map[string]*entry{},
-		pool: make(chan *warmShim, max(cfg.WarmShims, 0))}
+		pool: make(chan *warmShim, max(cfg.WarmShims, 0)), m: newMetrics()}
 	recs, err := l.loadRecords()
 	if err != nil {
 		cancel()
@@ -140,6 +146,12 @@ func New(cfg Config) (*Launcher, error) {
 	}
 	for range max(cfg.WarmShims, 0) {
 		l.refill()
+	}
+	if cfg.Metrics != nil {
+		if err := l.register(cfg.Metrics); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("launcher: metrics: %w", err)
+		}
 	}
 	return l, nil
 }

@@ -21,10 +21,11 @@ import (
 // process runs inside its cgroup, or with an error, in which case nothing
 // was started and nothing is left behind.
 func (l *Launcher) Start(ctx context.Context, spec TaskSpec) (Task, error) {
+	start := time.Now()
 	if err := l.normalize(&spec); err != nil {
 		return Task{}, err
 	}
-	art, err := l.cfg.Verifier.Verify(ctx, spec.Artifact)
+	art, err := l.timedVerify(func() (Artifact, error) { return l.cfg.Verifier.Verify(ctx, spec.Artifact) })
 	if err != nil {
 		return Task{}, fmt.Errorf("start %s: %w", spec.Artifact, err)
 	}
@@ -58,6 +59,8 @@ func (l *Launcher) Start(ctx context.Context, spec TaskSpec) (Task, error) {
 		cmd, err = l.startRun(ctx, e, art)
 		if err == nil {
 			l.wg.Go(func() { l.supervise(e, l.childWaiter(cmd), true) })
+			l.m.starts.Inc()
+			l.m.launch.Observe(time.Since(start).Seconds())
 			return l.snapshot(e), nil
 		}
 	}

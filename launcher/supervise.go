@@ -144,13 +144,14 @@ func (l *Launcher) restart(e *entry) (*exec.Cmd, error) {
 	if rv, ok := l.cfg.Verifier.(RestartVerifier); ok {
 		verify = rv.VerifyRestart // a key that expired since the first start still counts
 	}
-	art, err := verify(ctx, t.Spec.Artifact)
+	art, err := l.timedVerify(func() (Artifact, error) { return verify(ctx, t.Spec.Artifact) })
 	if err != nil {
 		return nil, err
 	}
 	l.mu.Lock()
 	e.t.Restarts++
 	l.mu.Unlock()
+	l.m.restarts.Inc()
 	return l.startRun(ctx, e, art)
 }
 
@@ -197,6 +198,9 @@ func (l *Launcher) endRun(e *entry) bool {
 	}
 	_ = l.save(e)
 	l.mu.Unlock()
+	if exit.OOM {
+		l.m.oomKills.Inc()
+	}
 	l.log.Info("task ended", "task", t.ID, "exit", exit.String(), "restart", restart)
 	l.emit(e)
 	return restart

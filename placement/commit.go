@@ -22,8 +22,9 @@ type pendingOp struct {
 }
 
 type inflightBatch struct {
-	f   raft.ApplyFuture
-	ops []*pendingOp
+	f     raft.ApplyFuture
+	ops   []*pendingOp
+	start time.Time
 }
 
 // update runs fn on the leader's working state under the lock and waits until
@@ -34,6 +35,7 @@ func (s *Server) update(fn func(c *Cell) error) error {
 }
 
 func (s *Server) updateCtx(ctx context.Context, fn func(c *Cell) error) error {
+	start := time.Now()
 	s.mu.Lock()
 	if !s.leader {
 		s.mu.Unlock()
@@ -82,6 +84,7 @@ func (s *Server) updateCtx(ctx context.Context, fn func(c *Cell) error) error {
 		if cerr != nil {
 			return cerr
 		}
+		s.m.observe(ch.evals, start)
 	case <-timer.C:
 		return fmt.Errorf("%w within %v (it may still commit)", ErrNoQuorum, commitTimeout)
 	case <-ctx.Done():
@@ -167,6 +170,7 @@ func (s *Server) commitLoop(ctx context.Context) {
 				continue
 			}
 			data := encodeEntry(origin, encoded)
+			start := time.Now()
 			f := s.raft.Apply(data, 0)
 			s.mu.Lock()
 			s.stats.Entries++
@@ -174,7 +178,7 @@ func (s *Server) commitLoop(ctx context.Context) {
 			s.stats.Bytes += uint64(len(data))
 			s.mu.Unlock()
 			select {
-			case s.inflight <- inflightBatch{f: f, ops: ops}:
+			case s.inflight <- inflightBatch{f: f, ops: ops, start: start}:
 			case <-ctx.Done():
 				return
 			}
@@ -208,6 +212,9 @@ func (s *Server) ackLoop(ctx context.Context) {
 			if rerr, ok := b.f.Response().(error); ok {
 				err = rerr
 			}
+		}
+		if err == nil {
+			s.m.applyLatency.Observe(time.Since(b.start).Seconds())
 		}
 		if err != nil {
 			s.log.Warn("raft entry not committed", "ops", len(b.ops), "err", err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dgraph-io/badger/v4"
 )
@@ -32,6 +33,9 @@ type Options struct {
 	// ForwardTLS is the client TLS configuration used to forward requests to the
 	// leader (the cell CA); needed with Cell.
 	ForwardTLS *tls.Config
+	// Metrics, when set, is where the server registers its metrics (see
+	// metrics.go); the caller serves them.
+	Metrics prometheus.Registerer
 }
 
 // DefaultNodeTTL is how long a machine may miss heartbeats before its tasks move.
@@ -64,6 +68,7 @@ type Server struct {
 	inflight     chan inflightBatch
 	queueCh      chan struct{}
 	stats        CommitStats
+	m            *metrics
 
 	transMu sync.Mutex // serializes leadership transitions; before fsmMu
 	fsmMu   sync.Mutex // held while an entry or a snapshot is applied; before mu
@@ -123,6 +128,7 @@ func Open(opts Options) (*Server, error) {
 	s := &Server{opts: opts, db: db, log: opts.Logger, notify: make(chan struct{}), origin: randomID(),
 		inflight: make(chan inflightBatch, 16), raftReady: make(chan struct{}),
 		writes: make(chan pendingWrite, 64), writerDone: make(chan struct{}), queueCh: make(chan struct{}, 1), self: ServerInfo{Name: "local"}}
+	s.m = newMetrics(s)
 	s.closers = append(s.closers, db.Close)
 	if opts.Cell != nil {
 		s.self = ServerInfo{Name: opts.Cell.Identity.Name, API: opts.Cell.APIURL}
@@ -169,6 +175,9 @@ func Open(opts Options) (*Server, error) {
 			s.Close()
 			return nil, fmt.Errorf("placement server: %w", err)
 		}
+	}
+	if opts.Metrics != nil {
+		s.m.register(opts.Metrics)
 	}
 	return s, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"ballena.dev/artifact"
 	"ballena.dev/signing"
@@ -51,6 +52,9 @@ type NodeConfig struct {
 	StallTimeout               time.Duration
 	Logger                     *slog.Logger
 	Now                        func() time.Time // for tests; default time.Now
+	// Metrics, when set, is where the node registers its metrics (see
+	// metrics.go); the node daemon serves them.
+	Metrics prometheus.Registerer
 }
 
 // Node is one machine in the mesh: a libp2p host with the DHT, release gossip,
@@ -174,6 +178,11 @@ func NewNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 	}
 	if err := n.seedHeld(ctx); err != nil {
 		return nil, err
+	}
+	if cfg.Metrics != nil {
+		if err := cfg.Metrics.Register(nodeCollector{n}); err != nil {
+			return nil, fmt.Errorf("swarm node: metrics: %w", err)
+		}
 	}
 	n.wg.Go(n.keepConnected)
 	n.wg.Go(n.reprovide)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"ballena.dev/artifact"
 	"ballena.dev/internal/poll"
@@ -54,6 +55,7 @@ type ntOpts struct {
 	autoFetch []string
 	dir       string // data dir; default a new one
 	allow     string // allowlist file
+	metrics   prometheus.Registerer
 }
 
 func ntNode(t testing.TB, o ntOpts) *Node {
@@ -82,6 +84,7 @@ func ntNode(t testing.TB, o ntOpts) *Node {
 		AllowPeers:   o.allow,
 		StallTimeout: 20 * time.Second,
 		Logger:       testLogger(t).With("node", len(o.bootstrap)),
+		Metrics:      o.metrics,
 	})
 	if err != nil {
 		cancel()

@@ -1,0 +1,78 @@
+package launcher
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"ballena.dev/internal/poll"
+)
+
+// TestMetricsCount: starts, restarts, an OOM kill and tasks by state, as the
+// launcher's registered metrics show them after real runs.
+func TestMetricsCount(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	e := newEnv(t, func(c *Config) { c.Metrics = reg })
+	ref := e.publishTask()
+
+	e.wait(e.start(TaskSpec{Artifact: ref, Args: []string{"exit", "0"}}).ID)
+	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"exit", "4"}, Restart: RestartOnFailure})
+	poll.Until(t, 20*time.Second, "2 restarts", func() bool {
+		g, _ := e.l.Get(tk.ID)
+		return g.Restarts >= 2
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	tk, err := e.l.Stop(ctx, tk.ID, 0, time.Second)
+	if err != nil || tk.State != StateStopped {
+		t.Fatalf("stop: %v, state %s", err, tk.State)
+	}
+	e.wait(e.start(TaskSpec{Artifact: ref, Args: []string{"hog"}, MemoryBytes: 32 << 20}).ID)
+
+	got := gather(t, reg)
+	restarts := float64(tk.Restarts)
+	for name, want := range map[string]float64{
+		"ballena_launcher_starts_total":                  3,
+		"ballena_launcher_restarts_total":                restarts,
+		"ballena_launcher_oom_kills_total":               1,
+		"ballena_launcher_tasks{state=exited}":           1,
+		"ballena_launcher_tasks{state=stopped}":          1,
+		"ballena_launcher_tasks{state=oom}":              1,
+		"ballena_launcher_tasks{state=running}":          0,
+		"ballena_launcher_launch_duration_seconds":       3,
+		"ballena_launcher_verification_duration_seconds": 3 + restarts,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+}
+
+// gather reads reg into name{label=value} -> value (a histogram's count).
+func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range fams {
+		for _, m := range f.Metric {
+			k := f.GetName()
+			for _, l := range m.Label {
+				k += "{" + l.GetName() + "=" + l.GetValue() + "}"
+			}
+			switch {
+			case m.Counter != nil:
+				out[k] = m.Counter.GetValue()
+			case m.Gauge != nil:
+				out[k] = m.Gauge.GetValue()
+			case m.Histogram != nil:
+				out[k] = float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	return out
+}
