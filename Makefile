@@ -60,7 +60,7 @@ run: build ## the embedded cluster: publish, place and run the sample service
 	@rm -rf $(RUN) && mkdir -p $(RUN)
 	$(GO) build -trimpath -o $(RUN)/hello ./testdata/hello
 	@set -e; cd $(RUN); B=../$(BIN); export BALLENA_DATA=$$PWD/dev/node BALLENA_SERVER=https://127.0.0.1:7480 BALLENA_CA=$$PWD/dev/server/ca.pem; \
-	$$B dev --dir $$PWD/dev > dev.log 2>&1 & DEV=$$!; trap 'kill $$DEV 2>/dev/null; wait $$DEV 2>/dev/null' EXIT; \
+	$$B dev --dir $$PWD/dev --metrics-listen 127.0.0.1:9465 > dev.log 2>&1 & DEV=$$!; trap 'kill $$DEV 2>/dev/null; wait $$DEV 2>/dev/null' EXIT; \
 	for i in $$(seq 100); do [ -S dev/node/ballena.sock ] && break; sleep 0.1; done; \
 	export BALLENA_TOKEN=$$(cat dev/server/admin.token); \
 	grep -E "^ballena dev:|^point the other|^  export " dev.log; \
@@ -73,6 +73,8 @@ run: build ## the embedded cluster: publish, place and run the sample service
 	for i in $$(seq 100); do $$B job status --json hello | grep -q '"running": 2' && break; sleep 0.2; done; \
 	$$B job status hello; $$B ps; \
 	curl -fsS http://127.0.0.1:18080/ && curl -fsS http://127.0.0.1:18081/; \
+	echo "metrics (Prometheus text format): http://127.0.0.1:9465/metrics"; \
+	curl -fsS http://127.0.0.1:9465/metrics | grep -E '^ballena_(launcher_starts_total|placement_tasks|swarm_releases_held)'; \
 	echo "make run: done; stopping the dev cluster (its log is $(RUN)/dev.log)"
 
 clean:

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 
 	"ballena.dev/internal/daemon"
@@ -34,9 +35,12 @@ func devCommand() *cli.Command {
 		Name:  "dev",
 		Usage: "run a placement server and a node in one process on a throwaway data dir (try Ballena on one machine)",
 		UsageText: "ballena dev\n" +
-			"   ballena dev --api-listen 127.0.0.1:7490 --dir /tmp/ballena-dev",
+			"   ballena dev --api-listen 127.0.0.1:7490 --dir /tmp/ballena-dev\n" +
+			"   ballena dev --metrics-listen 127.0.0.1:9465",
 		Description: "Prints the environment that points the other commands at it. Ctrl-C stops its tasks\n" +
-			"and removes the temporary data dir. As root, tasks run in cgroups under ballena-dev.",
+			"and removes the temporary data dir. As root, tasks run in cgroups under ballena-dev.\n" +
+			"--metrics-listen serves one Prometheus endpoint with both the server's and the node's\n" +
+			"metrics (plain HTTP, no auth: keep it on loopback).",
 		Flags: flags,
 		Action: func(c *cli.Context) error {
 			dir := c.String("dir")
@@ -58,7 +62,11 @@ func devCommand() *cli.Command {
 			}
 			ctx, cancel := context.WithCancel(c.Context)
 			defer cancel()
-			ps, err := startPlacement(ctx, srvDir, c.String("api-listen"))
+			var reg *prometheus.Registry
+			if c.String("metrics-listen") != "" {
+				reg = daemon.NewRegistry() // one endpoint: the node serves the server's metrics too
+			}
+			ps, err := startPlacement(ctx, srvDir, c.String("api-listen"), reg)
 			if err != nil {
 				return err
 			}
@@ -67,6 +75,7 @@ func devCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			cfg.Metrics = reg
 			d, err := daemon.New(ctx, cfg)
 			if err != nil {
 				return err
@@ -122,12 +131,12 @@ func stopDevTasks(d *daemon.Daemon) {
 
 // startPlacement runs a placement server, a cell of one with its own CA and
 // tokens in dir, on listen until ctx ends; done closes when it has shut down.
-func startPlacement(ctx context.Context, dir, listen string) (ps *placementServer, err error) {
+func startPlacement(ctx context.Context, dir, listen string, reg *prometheus.Registry) (ps *placementServer, err error) {
 	// The node's log is what a dev user reads; the server speaks up for warnings.
 	quiet := slog.New(minLevel{slog.LevelWarn, slog.Default().Handler()}).With("component", "placement")
 	ps, err = startServer(ctx, serverSetup{dataDir: dir, cellDir: dir, ownCell: true, name: "dev",
 		listen: listen, raftListen: "127.0.0.1:0", expect: 1, batchShare: placement.DefaultBatchShare,
-		nodeTTL: placement.DefaultNodeTTL, log: quiet, quickElection: true})
+		nodeTTL: placement.DefaultNodeTTL, log: quiet, quickElection: true, metrics: reg})
 	if err != nil {
 		if code := exitCode(err); code == exitUnavailable {
 			return nil, withCode(exitUnavailable, fmt.Errorf("placement %w (try --api-listen)", err))

@@ -22,6 +22,7 @@ func nodeCommand() *cli.Command {
 		Usage: "run this machine's daemon: a peer in the mesh that seeds, fetches and runs artifacts",
 		UsageText: "ballena node --data /var/lib/ballena --listen /ip4/0.0.0.0/tcp/7400 \\\n" +
 			"    --bootstrap /ip4/10.0.0.1/tcp/7400/p2p/12D3KooW... --psk fleet.psk --auto-fetch 'api*'\n" +
+			"ballena node --data /var/lib/ballena --listen /ip4/0.0.0.0/tcp/7400 --psk fleet.psk --metrics-listen 127.0.0.1:9464\n" +
 			"ballena node psk generate fleet.psk",
 		Description: "The node's identity is DATA/node.key (libp2p-marshalled ed25519, 0600); its peer ID\n" +
 			"is the machine's name in the mesh. It prints its full addresses at start: give one of\n" +
@@ -29,7 +30,8 @@ func nodeCommand() *cli.Command {
 			"against --trust (default DATA/trust.yaml; re-read on SIGHUP). SIGTERM stops it cleanly.\n" +
 			"Listening beyond loopback needs --psk (or --open-mesh to accept an open mesh); --allow-peers\n" +
 			"narrows the mesh to listed peer IDs. --bt-listen is outside the PSK: keep it on loopback\n" +
-			"or a trusted network.",
+			"or a trusted network. --metrics-listen serves Prometheus metrics at /metrics over plain\n" +
+			"HTTP, without auth: keep it on loopback or a trusted network.",
 		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice("/ip4/0.0.0.0/tcp/7400"),
 				Usage: "libp2p listen multiaddr; repeatable (QUIC only without --psk)"},
@@ -46,6 +48,7 @@ func nodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "bt-listen", Usage: "plain TCP BitTorrent listener for standard clients, e.g. 127.0.0.1:6881"},
 			&cli.StringFlag{Name: "tracker-listen", Usage: "HTTP tracker for standard clients, e.g. 127.0.0.1:6880 (default with --bt-listen: its host, any port)"},
 			&cli.BoolFlag{Name: "mdns", Usage: "also find nodes on the local link with mDNS"},
+			metricsListenFlag,
 			cgroupParentFlag,
 		}, agentFlags()...),
 		Subcommands: []*cli.Command{pskCommand(), nodeDrainCommand()},
@@ -93,6 +96,7 @@ func nodeConfig(c *cli.Context) (daemon.Config, error) {
 		TrustPath:     trustPath(c),
 		TrustRequired: c.IsSet("trust"),
 		CgroupParent:  c.String("cgroup-parent"),
+		MetricsListen: c.String("metrics-listen"),
 		Logger:        slog.Default(),
 		Stdout:        c.App.Writer,
 	}
@@ -161,3 +165,7 @@ func runNode(ctx context.Context, cfg daemon.Config) error {
 	}
 	return d.Run(ctx)
 }
+
+// metricsListenFlag is --metrics-listen of node, server and dev.
+var metricsListenFlag = &cli.StringFlag{Name: "metrics-listen",
+	Usage: "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464 (plain HTTP, no auth: loopback or a trusted network)"}

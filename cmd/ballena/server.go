@@ -16,8 +16,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 
+	"ballena.dev/internal/daemon"
 	"ballena.dev/placement"
 	"ballena.dev/placement/cellca"
 )
@@ -28,6 +30,7 @@ func serverCommand() *cli.Command {
 		Usage: "run the placement service: one server of a cell (1, 3 or 5 servers replicating with Raft)",
 		UsageText: "ballena server --data /var/lib/ballena-server --listen 127.0.0.1:7480\n" +
 			"ballena server --data /var/lib/ballena-server --listen 10.0.0.1:7480 --raft-listen 10.0.0.1:7481 --cell cell/ --tls-dir s1-tls/ --bootstrap-expect 3 --join 10.0.0.2:7481 --join 10.0.0.3:7481\n" +
+			"ballena server --data /var/lib/ballena-server --listen 127.0.0.1:7480 --metrics-listen 127.0.0.1:9465\n" +
 			"ballena server members --json\n" +
 			"ballena server remove s3",
 		Description: "State (machines, jobs, tasks, allocations, evaluations) is replicated with Raft: a\n" +
@@ -40,7 +43,9 @@ func serverCommand() *cli.Command {
 			"(ca.pem, ca.key, admin.token, join.token, 0600 for secrets). With --cell (from\n" +
 			"`ballena cell init`) it takes the CA and tokens from there and its certificate from\n" +
 			"--tls-dir (`ballena cell cert`). A new cell's servers start with --bootstrap-expect N and\n" +
-			"--join naming the others' Raft addresses; a server added later gives only --join.",
+			"--join naming the others' Raft addresses; a server added later gives only --join.\n\n" +
+			"--metrics-listen serves Prometheus metrics at /metrics over plain HTTP, without auth:\n" +
+			"keep it on loopback or a trusted network.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "data", Usage: "data dir for the server's state (default: the global --data)"},
 			&cli.StringFlag{Name: "listen", Value: "127.0.0.1:7480", Usage: "HTTPS API listen address"},
@@ -56,6 +61,7 @@ func serverCommand() *cli.Command {
 			&cli.StringFlag{Name: "join-token-file", Usage: "join token file for machines (default CELL/join.token; created 0600 if absent)"},
 			&cli.Float64Flag{Name: "batch-share", Value: placement.DefaultBatchShare, Usage: "largest share of the cell's cpu and memory batch tasks may use"},
 			&cli.DurationFlag{Name: "node-ttl", Value: placement.DefaultNodeTTL, Usage: "a machine silent this long is down and its tasks move"},
+			metricsListenFlag,
 			&cli.StringFlag{Name: "restore", Usage: "start a new cell from a backup (ballena server backup): the first server only, on an empty --data"},
 		},
 		Subcommands: []*cli.Command{serverMembersCommand(), serverRemoveCommand(), serverBackupCommand()},
@@ -126,11 +132,23 @@ func runServer(c *cli.Context) error {
 	if ownCell {
 		cellDir = dir
 	}
+	var reg *prometheus.Registry
+	if a := c.String("metrics-listen"); a != "" {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			return withCode(exitUnavailable, fmt.Errorf("metrics listen: %w", err))
+		}
+		defer ln.Close()
+		reg = daemon.NewRegistry()
+		daemon.ServeMetrics(c.Context, ln, reg)
+		fmt.Fprintf(c.App.Writer, "metrics http://%s/metrics\n", ln.Addr())
+	}
 	ps, err := startServer(c.Context, serverSetup{
 		dataDir: dir, cellDir: cellDir, ownCell: ownCell, tlsDir: c.String("tls-dir"), name: c.String("name"),
 		listen: listen, advertise: c.String("advertise"), raftListen: raftListen, raftAdvertise: c.String("raft-advertise"),
 		adminPath: c.String("token-file"), joinPath: c.String("join-token-file"),
 		expect: expect, join: joins, batchShare: share, nodeTTL: c.Duration("node-ttl"), log: slog.Default(),
+		metrics: reg,
 	})
 	if err != nil {
 		return err
@@ -156,6 +174,7 @@ type serverSetup struct {
 	nodeTTL             time.Duration
 	log                 *slog.Logger
 	quickElection       bool
+	metrics             *prometheus.Registry // nil: no metrics
 }
 
 // placementServer is a running server: its addresses and files, and done,
@@ -249,8 +268,12 @@ func startServer(ctx context.Context, ss serverSetup) (*placementServer, error) 
 		// Alone in its cell: nobody to wait for.
 		cc.Timeout = 150 * time.Millisecond
 	}
-	s, err := placement.Open(placement.Options{Dir: filepath.Join(ss.dataDir, "placement"), AdminToken: admin, JoinToken: join,
-		BatchShare: ss.batchShare, NodeTTL: ss.nodeTTL, Logger: ss.log, Cell: cc, ForwardTLS: cellca.ClientConfig(id.Pool)})
+	opts := placement.Options{Dir: filepath.Join(ss.dataDir, "placement"), AdminToken: admin, JoinToken: join,
+		BatchShare: ss.batchShare, NodeTTL: ss.nodeTTL, Logger: ss.log, Cell: cc, ForwardTLS: cellca.ClientConfig(id.Pool)}
+	if ss.metrics != nil {
+		opts.Metrics = ss.metrics
+	}
+	s, err := placement.Open(opts)
 	if err != nil {
 		ln.Close()
 		rln.Close()

@@ -15,12 +15,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"ballena.dev/artifact"
 	"ballena.dev/internal/localapi"
@@ -43,8 +46,15 @@ type Config struct {
 	// Logger are filled in by New.
 	Swarm swarm.NodeConfig
 
-	CgroupParent string       // cgroup (v1 or v2 path) under which tasks run
-	Placement    *AgentConfig // nil: the machine runs only what is started by hand
+	CgroupParent string // cgroup (v1 or v2 path) under which tasks run
+
+	// MetricsListen, when set, serves the node's metrics (swarm, launcher, Go
+	// runtime, process) in the Prometheus text format at http://ADDR/metrics.
+	MetricsListen string
+	// Metrics is the registry the node's metrics go in; default a new one
+	// (NewRegistry). `ballena dev` passes the one its server registers in too.
+	Metrics   *prometheus.Registry
+	Placement *AgentConfig // nil: the machine runs only what is started by hand
 
 	Logger *slog.Logger
 	Stdout io.Writer // the node's addresses, one per line, for scripts; default os.Stdout
@@ -63,6 +73,8 @@ type Daemon struct {
 	agent    *launcher.Agent // nil unless the machine joins a cell
 	mux      *http.ServeMux
 	cancel   context.CancelFunc
+	// metricsURL is where the metrics are served; "" without MetricsListen.
+	metricsURL string
 }
 
 // New checks cfg, opens the store and starts the swarm node and the launcher. A
@@ -103,6 +115,21 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	}()
 	sc.Store = d.st
 	ctx, d.cancel = context.WithCancel(ctx)
+	var metricsLn net.Listener
+	if cfg.MetricsListen != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			return nil, fmt.Errorf("node: metrics listen: %w", err)
+		}
+		defer func() {
+			if err != nil {
+				metricsLn.Close()
+			}
+		}()
+		if cfg.Metrics == nil {
+			cfg.Metrics = NewRegistry()
+		}
+	}
+	sc.Metrics = registerer(cfg.Metrics)
 	if d.node, err = swarm.NewNode(ctx, sc); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
@@ -117,9 +144,14 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		OnEvent: onEvent,
 		DataDir: cfg.DataDir, DB: d.st.DB(), CgroupParent: cfg.CgroupParent, Logger: d.log,
 		Verifier: &launcher.StoreVerifier{Store: d.st, PolicyPath: cfg.TrustPath},
+		Metrics:  registerer(cfg.Metrics),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
+	}
+	if metricsLn != nil {
+		ServeMetrics(ctx, metricsLn, cfg.Metrics)
+		d.metricsURL = "http://" + metricsLn.Addr().String() + "/metrics"
 	}
 	d.routes()
 	return d, nil
@@ -127,6 +159,9 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 
 // ID is the node's peer ID, its name in the mesh and in the cell.
 func (d *Daemon) ID() string { return d.node.ID().String() }
+
+// MetricsURL is where the node serves its metrics, "" if it does not.
+func (d *Daemon) MetricsURL() string { return d.metricsURL }
 
 // Launcher is the node's launcher.
 func (d *Daemon) Launcher() *launcher.Launcher { return d.launcher }
@@ -193,6 +228,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if u := d.node.Engine().TrackerURL(); u != "" {
 		fmt.Fprintf(out, "tracker %s\n", u)
 	}
+	if d.metricsURL != "" {
+		fmt.Fprintf(out, "metrics %s\n", d.metricsURL)
+	}
 	if d.agent != nil {
 		go func() {
 			if err := d.agent.Run(ctx, d.launcher); err != nil {
@@ -228,4 +266,12 @@ func (d *Daemon) Close() {
 			d.log.Warn("store close", "err", err)
 		}
 	}
+}
+
+// registerer is reg as a Registerer, nil (no metrics) when reg is.
+func registerer(reg *prometheus.Registry) prometheus.Registerer {
+	if reg == nil {
+		return nil
+	}
+	return reg
 }
