@@ -74,7 +74,7 @@ run: build ## the embedded cluster: publish, place and run the sample service
 	$$B job status hello; $$B ps; \
 	curl -fsS http://127.0.0.1:18080/ && curl -fsS http://127.0.0.1:18081/; \
 	echo "metrics (Prometheus text format): http://127.0.0.1:9465/metrics"; \
-	curl -fsS http://127.0.0.1:9465/metrics | grep -E '^ballena_(launcher_starts_total|placement_tasks|swarm_releases_held)'; \
+	curl -fsS http://127.0.0.1:9465/metrics | grep -E '^ballena_(launcher_starts_total|placement_tasks\{band="prod",state="placed"\}|swarm_releases_held) '; \
 	echo "make run: done; stopping the dev cluster (its log is $(RUN)/dev.log)"
 
 clean:

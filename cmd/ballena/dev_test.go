@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"ballena.dev/internal/poll"
+	"ballena.dev/internal/testnet"
 	"ballena.dev/launcher"
 	"ballena.dev/placement"
 )
@@ -34,7 +35,8 @@ func TestDevRunsTheSampleJob(t *testing.T) {
 	bin := ballenaBinary(t)
 	dir := t.TempDir()
 	devDir := filepath.Join(dir, "dev")
-	cmd := exec.Command(bin, "dev", "--dir", devDir, "--api-listen", "127.0.0.1:0")
+	metricsAddr := testnet.FreeAddr(t)
+	cmd := exec.Command(bin, "dev", "--dir", devDir, "--api-listen", "127.0.0.1:0", "--metrics-listen", metricsAddr)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -140,6 +142,29 @@ func TestDevRunsTheSampleJob(t *testing.T) {
 	if err := json.Unmarshal([]byte(cli("ps", "--json")), &tasks); err != nil || len(tasks) != 2 {
 		t.Fatalf("ps: %v %+v", err, tasks)
 	}
+	// One metrics endpoint with both the server's and the node's families.
+	raw, fams := scrape(t, "http://"+metricsAddr+"/metrics")
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"ballena_placement_jobs", nil, 1},
+		{"ballena_placement_tasks", []string{"state", "placed", "band", "prod"}, 2},
+		{"ballena_raft_leader", nil, 1},
+		{"ballena_launcher_starts_total", nil, 2},
+		{"ballena_launcher_tasks", []string{"state", "running"}, 2},
+		{"ballena_swarm_releases_held", nil, 1},
+	} {
+		if v := metricValue(fams, c.name, c.labels...); v != c.want {
+			t.Errorf("dev metrics: %s%v = %v, want %v", c.name, c.labels, v, c.want)
+		}
+	}
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatal("promtool is needed: apt-get install prometheus (.ci/run installs it)")
+	}
+	promtoolCheck(t, promtool, "dev endpoint", raw)
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
