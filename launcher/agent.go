@@ -280,12 +280,12 @@ func (a *Agent) launch(ctx context.Context, al *placement.Alloc) {
 		delete(a.starting, al.ID)
 		a.mu.Unlock()
 	}()
-	log := a.log.With("alloc", al.ID, "task", al.Name(), "artifact", al.Artifact)
+	log := a.log.With("alloc", al.ID, "name", al.Name(), "artifact", al.Artifact)
 	backoff := time.Second
 	for {
 		t, err := a.attempt(ctx, al)
 		if err == nil {
-			log.Info("task started", "id", t.ID, "pid", t.PID)
+			log.Info("allocation started", "task", t.ID, "digest", t.Digest, "pid", t.PID)
 			return
 		}
 		if ctx.Err() != nil {

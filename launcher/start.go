@@ -39,6 +39,7 @@ func (l *Launcher) Start(ctx context.Context, spec TaskSpec) (Task, error) {
 	if err != nil {
 		return Task{}, err
 	}
+	l.log.Info("release verified", "task", id, "release", spec.Artifact, "digest", art.Digest)
 	now := time.Now().UTC()
 	e := &entry{
 		t: Task{ID: id, Spec: spec, Kind: art.Kind, Digest: art.Digest, State: StateStarting,
@@ -210,6 +211,7 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (*exec.
 	if err != nil {
 		l.log.Error("save task record", "task", t.ID, "err", err)
 	}
+	l.log.Info("task started", "task", t.ID, "release", t.Spec.Artifact, "digest", art.Digest, "pid", st.PID)
 	l.emit(e)
 	return cmd, nil
 }

@@ -119,7 +119,7 @@ func (l *Launcher) supervise(e *entry, wait func() bool, collect bool) {
 			if l.ctx.Err() != nil {
 				return
 			}
-			l.log.Error("restart failed", "task", e.t.ID, "err", err)
+			l.log.Error("restart failed", "task", e.t.ID, "digest", l.snapshot(e).Digest, "err", err)
 			l.finish(e, StateFailed, &ExitInfo{Code: -1, At: time.Now().UTC(), Message: "restart: " + err.Error()})
 			return
 		}
@@ -148,6 +148,7 @@ func (l *Launcher) restart(e *entry) (*exec.Cmd, error) {
 	if err != nil {
 		return nil, err
 	}
+	l.log.Info("release verified", "task", t.ID, "release", t.Spec.Artifact, "digest", art.Digest)
 	l.mu.Lock()
 	e.t.Restarts++
 	l.mu.Unlock()
@@ -201,7 +202,7 @@ func (l *Launcher) endRun(e *entry) bool {
 	if exit.OOM {
 		l.m.oomKills.Inc()
 	}
-	l.log.Info("task ended", "task", t.ID, "exit", exit.String(), "restart", restart)
+	l.log.Info("task ended", "task", t.ID, "release", t.Spec.Artifact, "digest", t.Digest, "exit", exit.String(), "restart", restart)
 	l.emit(e)
 	return restart
 }

@@ -132,7 +132,7 @@ func (n *Node) runJob(ctx context.Context, j *fetchJob) {
 		j.err = fmt.Errorf("download %s: %w", j.rel.Ref(), err)
 		return
 	}
-	n.log.Info("fetched", "release", j.rel.Ref(), "sha256", short(j.rel.Digest), "bytes", j.rel.Size,
+	n.log.Info("release fetched and verified", "release", j.rel.Ref(), "digest", j.rel.Digest, "bytes", j.rel.Size,
 		"seconds", time.Since(start).Seconds())
 }
 

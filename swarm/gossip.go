@@ -231,7 +231,7 @@ func (g *Gossip) receive(ctx context.Context, handle AnnouncementHandler) {
 			continue
 		}
 		origin := msg.GetFrom()
-		g.log.Info("release announced", "release", ann.Release.Ref(), "sha256", short(ann.Release.Digest), "by", origin)
+		g.log.Info("release announcement received", "release", ann.Release.Ref(), "digest", ann.Release.Digest, "by", origin)
 		handle(origin, ann.Release, ann.Envelope)
 	}
 }

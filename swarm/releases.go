@@ -51,7 +51,11 @@ func (n *Node) Announce(ctx context.Context, rel artifact.Release, env *signing.
 	n.notifyLocked()
 	n.mu.Unlock()
 	n.advertise(rel.Digest)
-	return n.gossip.Announce(ctx, rel, env)
+	if err := n.gossip.Announce(ctx, rel, env); err != nil {
+		return err
+	}
+	n.log.Info("release announced", "release", rel.Ref(), "digest", rel.Digest)
+	return nil
 }
 
 // answerLookup answers the lookup protocol from the store and the verified cache.

@@ -119,6 +119,7 @@ func (d *Daemon) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	rel, err := d.st.Import(r.Context(), req.Path, req.Envelope)
 	if err == nil {
+		d.log.Info("release published", "release", rel.Ref(), "digest", rel.Digest, "bytes", rel.Size)
 		err = d.node.Announce(r.Context(), rel, req.Envelope)
 	}
 	reply(w, http.StatusOK, rel, err)
