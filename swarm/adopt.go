@@ -32,7 +32,7 @@ func (e *Engine) adoptBlob(tr *transfer) error {
 		return fmt.Errorf("download %s: %w: %w", short(rel.Digest), errAdopt, err)
 	}
 	e.completion.trust(tr.ih)
-	e.log.Debug("downloaded", "digest", short(rel.Digest), "bytes", rel.Size)
+	e.log.Debug("downloaded", "digest", rel.Digest, "bytes", rel.Size)
 	return nil
 }
 

@@ -78,7 +78,7 @@ func (e *Engine) Seed(ctx context.Context, rel artifact.Release) error {
 	e.mu.Unlock()
 	// A finished download may have left its staging link behind in a crash.
 	os.RemoveAll(e.stagingDir(rel.Digest))
-	e.log.Debug("seeding", "digest", short(rel.Digest), "infohash", ih.HexString())
+	e.log.Debug("seeding", "digest", rel.Digest, "infohash", ih.HexString())
 	return nil
 }
 
