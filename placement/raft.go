@@ -96,7 +96,9 @@ type streamLayer struct {
 	log       *slog.Logger
 }
 
-func newStreamLayer(ln net.Listener, advertise string, cfg *tls.Config, log *slog.Logger) (*streamLayer, error) {
+// newStreamLayer starts accepting at once, so onJoin is given here: set later, the
+// accept goroutines would read it while it is written.
+func newStreamLayer(ln net.Listener, advertise string, cfg *tls.Config, onJoin func(*tls.Conn, *bufio.Reader), log *slog.Logger) (*streamLayer, error) {
 	var adv net.Addr = ln.Addr()
 	if advertise != "" {
 		a, err := net.ResolveTCPAddr("tcp", advertise)
@@ -108,7 +110,7 @@ func newStreamLayer(ln net.Listener, advertise string, cfg *tls.Config, log *slo
 	if ta, ok := adv.(*net.TCPAddr); ok && ta.IP.IsUnspecified() {
 		return nil, fmt.Errorf("raft address %s is not reachable by other servers: give an advertise address", adv)
 	}
-	sl := &streamLayer{ln: ln, advertise: adv, cfg: cfg, conns: make(chan net.Conn), done: make(chan struct{}), log: log}
+	sl := &streamLayer{ln: ln, advertise: adv, cfg: cfg, conns: make(chan net.Conn), done: make(chan struct{}), onJoin: onJoin, log: log}
 	go sl.acceptLoop()
 	return sl, nil
 }
@@ -389,11 +391,10 @@ func (s *Server) startRaft() error {
 			conf.TrailingLogs = min(conf.TrailingLogs, cc.SnapshotThreshold)
 		}
 		conf.LocalID = raft.ServerID(s.self.Name)
-		sl, err := newStreamLayer(cc.RaftListener, cc.RaftAdvertise, cc.Identity.RaftConfig(), s.log)
+		sl, err := newStreamLayer(cc.RaftListener, cc.RaftAdvertise, cc.Identity.RaftConfig(), s.handleJoin, s.log)
 		if err != nil {
 			return err
 		}
-		sl.onJoin = s.handleJoin
 		s.self.Raft = sl.Addr().String()
 		nt := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{Stream: sl, MaxPool: 4, Timeout: 10 * time.Second, Logger: hl})
 		s.closers = append(s.closers, nt.Close)
