@@ -1,0 +1,90 @@
+package placement
+
+import (
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"ballena.dev/internal/testnet"
+)
+
+// TestMetricsAfterPreemption: a server registering its metrics, a machine
+// filled with batch tasks, then a prod job that preempts two of them. The
+// scrape shows the jobs, the tasks by state and band, the machine, the waiting
+// job, the placements, the preemptions and the timings.
+func TestMetricsAfterPreemption(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	clock := newFakeClock()
+	s, err := Open(Options{Dir: t.TempDir(), AdminToken: testAdmin, JoinToken: testJoin, NodeTTL: 15 * time.Second,
+		BatchShare: 1, Now: clock.Now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	url := testnet.Serve(t, s.Handler())
+	admin, err := NewClient(url, testAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{Server: s, url: url, clock: clock, admin: admin}
+	ts.addNode(t, 4000, 8, nil)
+	if ev := ts.submit(t, job("crunch", 4, 1000, 1024, BandBatch)); ev.Placed != 4 {
+		t.Fatalf("batch placed %d of 4", ev.Placed)
+	}
+	if ev := ts.submit(t, job("api", 2, 1000, 1024, BandProd)); ev.Placed != 2 || ev.Preempted != 2 {
+		t.Fatalf("prod placed %d preempting %d, want 2 and 2", ev.Placed, ev.Preempted)
+	}
+
+	got := gatherMetrics(t, reg)
+	for name, want := range map[string]float64{
+		"ballena_placement_jobs":                             2,
+		"ballena_placement_tasks{band=prod}{state=placed}":   2,
+		"ballena_placement_tasks{band=batch}{state=placed}":  2,
+		"ballena_placement_tasks{band=batch}{state=pending}": 2,
+		"ballena_placement_nodes{state=ready}":               1,
+		"ballena_placement_nodes{state=down}":                0,
+		"ballena_placement_pending_evaluations":              1,
+		"ballena_placement_placements_total":                 6,
+		"ballena_placement_preemptions_total":                2,
+		"ballena_placement_latency_seconds":                  2,
+		"ballena_raft_leader":                                1,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+	if got["ballena_raft_commit_index"] < 3 || got["ballena_raft_apply_duration_seconds"] < 3 {
+		t.Errorf("raft: commit index %v, %v entries timed; want 3 or more (a machine, two jobs)",
+			got["ballena_raft_commit_index"], got["ballena_raft_apply_duration_seconds"])
+	}
+}
+
+// gatherMetrics reads reg into name{label=value}... -> value (a histogram's count).
+func gatherMetrics(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, f := range fams {
+		for _, m := range f.Metric {
+			k := f.GetName()
+			for _, lp := range m.Label {
+				k += "{" + lp.GetName() + "=" + lp.GetValue() + "}"
+			}
+			switch {
+			case m.Counter != nil:
+				out[k] = m.Counter.GetValue()
+			case m.Gauge != nil:
+				out[k] = m.Gauge.GetValue()
+			case m.Histogram != nil:
+				out[k] = float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	return out
+}
