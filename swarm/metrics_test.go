@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"ballena.dev/artifact"
+	"ballena.dev/internal/poll"
 )
 
 // TestMetricsAfterAFetch: after one node fetched a release from another, the
@@ -18,11 +19,10 @@ func TestMetricsAfterAFetch(t *testing.T) {
 	pub, priv := ntKey(t)
 	seedReg, leechReg := prometheus.NewRegistry(), prometheus.NewRegistry()
 	seed := ntNode(t, ntOpts{trust: []ed25519.PublicKey{pub}, metrics: seedReg})
-	leech := ntNode(t, ntOpts{bootstrap: []*Node{seed}, trust: []ed25519.PublicKey{pub}, metrics: leechReg})
-	waitGossip(t, seed, leech)
-
 	const size = 3<<20 + 12345
 	rel := ntPublish(t, seed, "api", "1.4.0", size, priv)
+	leech := ntNode(t, ntOpts{bootstrap: []*Node{seed}, trust: []ed25519.PublicKey{pub}, metrics: leechReg})
+	poll.Until(t, 20*time.Second, "connection", func() bool { return len(leech.Host().Network().Peers()) > 0 })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, err := leech.Fetch(ctx, rel.Ref(), nil); err != nil {
