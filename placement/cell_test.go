@@ -383,6 +383,13 @@ func TestCellHeartbeatsStayInMemory(t *testing.T) {
 	if _, _, err := nc.Register(ctx, NodeRegistration{Capacity: Resources{CPU: 4000, Memory: 8 * gib}}); err != nil {
 		t.Fatal(err)
 	}
+	// The leader records every server of the cell through Raft once it leads;
+	// those entries may still be on their way. Count from when all are applied.
+	poll.Until(t, 20*time.Second, "the leader's records of the cell's servers", func() bool {
+		lead.srv.mu.Lock()
+		defer lead.srv.mu.Unlock()
+		return len(lead.srv.servers) == 3
+	})
 	before := lead.srv.Stats().Entries
 	for range 20 {
 		if _, err := nc.Heartbeat(ctx, Heartbeat{}); err != nil {
