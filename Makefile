@@ -67,12 +67,11 @@ run: build ## the embedded cluster: publish, place and run the sample service
 	$$B key generate release; \
 	printf 'keys:\n  - path: %s/release.pub\n    names: ["hello"]\n' "$$PWD" > dev/node/trust.yaml; \
 	$$B publish --key release.key --name hello --version 1.0.0 ./hello; \
-	printf 'name: hello\nartifact: hello@1.0.0\ncount: 2\nresources: {cpu: 100m, memory: 64MiB, pids: 64}\npriority: prod\nargs: [--port-base, "18080"]\n' > hello.yaml; \
 	for i in $$(seq 100); do $$B nodes --json 2>/dev/null | grep -q '"status": "ready"' && break; sleep 0.1; done; \
-	$$B job run hello.yaml; \
+	$$B job run ../testdata/hello.yaml; \
 	for i in $$(seq 100); do $$B job status --json hello | grep -q '"running": 2' && break; sleep 0.2; done; \
 	$$B job status hello; $$B ps; \
-	curl -fsS http://127.0.0.1:18080/ && curl -fsS http://127.0.0.1:18081/; \
+	curl -fsS --retry 20 --retry-connrefused --retry-delay 1 --max-time 5 http://127.0.0.1:18080/ && curl -fsS --retry 20 --retry-connrefused --retry-delay 1 --max-time 5 http://127.0.0.1:18081/; \
 	echo "metrics (Prometheus text format): http://127.0.0.1:9465/metrics"; \
 	curl -fsS http://127.0.0.1:9465/metrics | grep -E '^ballena_(launcher_starts_total|placement_tasks\{band="prod",state="placed"\}|swarm_releases_held) '; \
 	echo "make run: done; stopping the dev cluster (its log is $(RUN)/dev.log)"
