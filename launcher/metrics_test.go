@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"ballena.dev/internal/metricstest"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"ballena.dev/internal/poll"
@@ -31,7 +33,7 @@ func TestMetricsCount(t *testing.T) {
 	}
 	e.wait(e.start(TaskSpec{Artifact: ref, Args: []string{"hog"}, MemoryBytes: 32 << 20}).ID)
 
-	got := gather(t, reg)
+	got := metricstest.Gather(t, reg)
 	restarts := float64(tk.Restarts)
 	for name, want := range map[string]float64{
 		"ballena_launcher_starts_total":                  3,
@@ -48,31 +50,4 @@ func TestMetricsCount(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
 		}
 	}
-}
-
-// gather reads reg into name{label=value} -> value (a histogram's count).
-func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
-	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, f := range fams {
-		for _, m := range f.Metric {
-			k := f.GetName()
-			for _, l := range m.Label {
-				k += "{" + l.GetName() + "=" + l.GetValue() + "}"
-			}
-			switch {
-			case m.Counter != nil:
-				out[k] = m.Counter.GetValue()
-			case m.Gauge != nil:
-				out[k] = m.Gauge.GetValue()
-			case m.Histogram != nil:
-				out[k] = float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	return out
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"ballena.dev/internal/metricstest"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"ballena.dev/internal/testnet"
@@ -38,7 +40,7 @@ func TestMetricsAfterPreemption(t *testing.T) {
 		t.Fatalf("prod placed %d preempting %d, want 2 and 2", ev.Placed, ev.Preempted)
 	}
 
-	got := gatherMetrics(t, reg)
+	got := metricstest.Gather(t, reg)
 	for name, want := range map[string]float64{
 		"ballena_placement_jobs":                             2,
 		"ballena_placement_tasks{band=prod}{state=placed}":   2,
@@ -60,31 +62,4 @@ func TestMetricsAfterPreemption(t *testing.T) {
 		t.Errorf("raft: commit index %v, %v entries timed; want 3 or more (a machine, two jobs)",
 			got["ballena_raft_commit_index"], got["ballena_raft_apply_duration_seconds"])
 	}
-}
-
-// gatherMetrics reads reg into name{label=value}... -> value (a histogram's count).
-func gatherMetrics(t *testing.T, reg *prometheus.Registry) map[string]float64 {
-	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, f := range fams {
-		for _, m := range f.Metric {
-			k := f.GetName()
-			for _, lp := range m.Label {
-				k += "{" + lp.GetName() + "=" + lp.GetValue() + "}"
-			}
-			switch {
-			case m.Counter != nil:
-				out[k] = m.Counter.GetValue()
-			case m.Gauge != nil:
-				out[k] = m.Gauge.GetValue()
-			case m.Histogram != nil:
-				out[k] = float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	return out
 }

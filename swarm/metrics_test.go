@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"ballena.dev/internal/metricstest"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"ballena.dev/artifact"
@@ -30,7 +32,7 @@ func TestMetricsAfterAFetch(t *testing.T) {
 	}
 	pieces := float64((int64(size) + artifact.PieceLength(size) - 1) / artifact.PieceLength(size))
 
-	s, l := gather(t, seedReg), gather(t, leechReg)
+	s, l := metricstest.Gather(t, seedReg), metricstest.Gather(t, leechReg)
 	for _, c := range []struct {
 		what     string
 		got      float64
@@ -51,29 +53,4 @@ func TestMetricsAfterAFetch(t *testing.T) {
 			t.Errorf("%s: %v, want in [%v, %v]", c.what, c.got, c.min, c.max)
 		}
 	}
-}
-
-// gather reads reg into name{label=value} -> value.
-func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
-	t.Helper()
-	fams, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, f := range fams {
-		for _, m := range f.Metric {
-			k := f.GetName()
-			for _, lp := range m.Label {
-				k += "{" + lp.GetName() + "=" + lp.GetValue() + "}"
-			}
-			switch {
-			case m.Counter != nil:
-				out[k] = m.Counter.GetValue()
-			case m.Gauge != nil:
-				out[k] = m.Gauge.GetValue()
-			}
-		}
-	}
-	return out
 }
