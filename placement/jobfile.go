@@ -381,7 +381,7 @@ func (j *Job) Validate() error {
 // these fields makes a new job version and a rolling update.
 func specEqual(a, b *Job) bool {
 	if a.Artifact != b.Artifact || a.Digest != b.Digest || a.Resources != b.Resources ||
-		a.Priority != b.Priority || a.Restart != b.Restart || len(a.Args) != len(b.Args) || len(a.Env) != len(b.Env) {
+		a.Priority != b.Priority || a.Restart != b.Restart || a.Isolation != b.Isolation || len(a.Args) != len(b.Args) || len(a.Env) != len(b.Env) {
 		return false
 	}
 	for i := range a.Args {

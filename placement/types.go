@@ -100,6 +100,7 @@ type Job struct {
 	Env           map[string]string `json:"env,omitempty"`
 	Restart       string            `json:"restart"`
 	Update        Update            `json:"update"`
+	Isolation     Isolation         `json:"isolation,omitzero"`
 
 	// Set by the server.
 	Version     uint64    `json:"version,omitempty"` // bumps when the task spec changes
@@ -108,6 +109,10 @@ type Job struct {
 	CreateIndex uint64    `json:"create_index,omitempty"`
 	ModifyIndex uint64    `json:"modify_index,omitempty"`
 }
+
+// Isolation is how a machine confines a job's tasks, beyond their resources: the
+// scheduler copies it into every allocation and the launcher applies it.
+type Isolation struct{}
 
 // Node states.
 const (
@@ -164,6 +169,7 @@ type Alloc struct {
 	Args       []string          `json:"args,omitempty"`
 	Env        map[string]string `json:"env,omitempty"`
 	Restart    string            `json:"restart"`
+	Isolation  Isolation         `json:"isolation,omitzero"`
 
 	DesiredStatus      string `json:"desired_status"`
 	DesiredDescription string `json:"desired_description,omitempty"`
