@@ -85,6 +85,8 @@ func commands() []*cli.Command {
 		runCommand(), psCommand(), logsCommand(), stopCommand(),
 		// the node daemon and the mesh (node.go, swarm.go)
 		nodeCommand(), fetchCommand(), statusCommand(), torrentCommand(),
+		// the node's OCI registry (registry.go)
+		registryCommand(),
 		devCommand(),
 		// the placement service (server.go, cell.go, jobs.go, nodes.go; client.go: the shared client flags)
 		serverCommand(), cellCommand(), jobCommand(), nodesCommand(),

@@ -23,6 +23,7 @@ func nodeCommand() *cli.Command {
 		UsageText: "ballena node --data /var/lib/ballena --listen /ip4/0.0.0.0/tcp/7400 \\\n" +
 			"    --bootstrap /ip4/10.0.0.1/tcp/7400/p2p/12D3KooW... --psk fleet.psk --auto-fetch 'api*'\n" +
 			"ballena node --data /var/lib/ballena --listen /ip4/0.0.0.0/tcp/7400 --psk fleet.psk --metrics-listen 127.0.0.1:9464\n" +
+			"ballena node --data /var/lib/ballena --psk fleet.psk --registry-listen 127.0.0.1:5000 --registry-map registry.example.com/team/=\n" +
 			"ballena node psk generate fleet.psk",
 		Description: "The node's identity is DATA/node.key (libp2p-marshalled ed25519, 0600); its peer ID\n" +
 			"is the machine's name in the mesh. It prints its full addresses at start: give one of\n" +
@@ -31,7 +32,8 @@ func nodeCommand() *cli.Command {
 			"Listening beyond loopback needs --psk (or --open-mesh to accept an open mesh); --allow-peers\n" +
 			"narrows the mesh to listed peer IDs. --bt-listen is outside the PSK: keep it on loopback\n" +
 			"or a trusted network. --metrics-listen serves Prometheus metrics at /metrics over plain\n" +
-			"HTTP, without auth: keep it on loopback or a trusted network.",
+			"HTTP, without auth: keep it on loopback or a trusted network. --registry-listen serves the\n" +
+			"node's verified images to containerd and Docker (see `ballena registry config containerd`).",
 		Flags: append([]cli.Flag{
 			&cli.StringSliceFlag{Name: "listen", Value: cli.NewStringSlice("/ip4/0.0.0.0/tcp/7400"),
 				Usage: "libp2p listen multiaddr; repeatable (QUIC only without --psk)"},
@@ -50,7 +52,7 @@ func nodeCommand() *cli.Command {
 			&cli.BoolFlag{Name: "mdns", Usage: "also find nodes on the local link with mDNS"},
 			metricsListenFlag,
 			cgroupParentFlag,
-		}, agentFlags()...),
+		}, append(agentFlags(), registryFlags()...)...),
 		Subcommands: []*cli.Command{pskCommand(), nodeDrainCommand()},
 		Action: func(c *cli.Context) error {
 			cfg, err := nodeConfig(c)
@@ -153,6 +155,9 @@ func nodeConfig(c *cli.Context) (daemon.Config, error) {
 		}
 	}
 	cfg.Swarm = sc
+	if err := registryConfig(c, &cfg); err != nil {
+		return cfg, err
+	}
 	cfg.Placement, err = agentConfig(c)
 	return cfg, err
 }

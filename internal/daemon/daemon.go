@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,7 @@ import (
 	"ballena.dev/artifact"
 	"ballena.dev/internal/localapi"
 	"ballena.dev/launcher"
+	"ballena.dev/registry"
 	"ballena.dev/signing"
 	"ballena.dev/swarm"
 )
@@ -56,6 +58,13 @@ type Config struct {
 	Metrics   *prometheus.Registry
 	Placement *AgentConfig // nil: the machine runs only what is started by hand
 
+	// RegistryListen, when set, serves the verified images the node holds (or
+	// fetches from the mesh on demand) as a read-only OCI registry at
+	// http://ADDR/v2/, for containerd, Docker and Kubernetes (package registry).
+	RegistryListen string
+	// RegistryMap maps upstream references to release names for mirror requests.
+	RegistryMap []registry.Mapping
+
 	Logger *slog.Logger
 	Stdout io.Writer // the node's addresses, one per line, for scripts; default os.Stdout
 	// BeforeClose runs once the local API has stopped serving and before the rooms
@@ -75,6 +84,11 @@ type Daemon struct {
 	cancel   context.CancelFunc
 	// metricsURL is where the metrics are served; "" without MetricsListen.
 	metricsURL string
+	// policy is the trust policy in force (swapped on SIGHUP), for the registry.
+	policy atomic.Pointer[signing.Policy]
+	// registryURL is where the OCI registry answers; "" without RegistryListen.
+	registryURL  string
+	registryDone chan struct{} // closed when the registry stopped serving
 }
 
 // New checks cfg, opens the store and starts the swarm node and the launcher. A
@@ -102,6 +116,7 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if sc.Policy, err = d.loadPolicy(); err != nil {
 		return nil, err
 	}
+	d.policy.Store(sc.Policy)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("node: data dir: %w", err)
 	}
@@ -153,6 +168,11 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		ServeMetrics(ctx, metricsLn, cfg.Metrics)
 		d.metricsURL = "http://" + metricsLn.Addr().String() + "/metrics"
 	}
+	if cfg.RegistryListen != "" {
+		if err := d.startRegistry(ctx); err != nil {
+			return nil, err
+		}
+	}
 	d.routes()
 	return d, nil
 }
@@ -201,6 +221,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 					d.log.Error("trust policy not reloaded", "err", err)
 				} else {
 					d.node.SetPolicy(pol)
+					d.policy.Store(pol)
 					d.log.Info("trust policy reloaded", "path", d.cfg.TrustPath)
 				}
 				if d.cfg.Swarm.AllowPeers != "" {
@@ -231,6 +252,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.metricsURL != "" {
 		fmt.Fprintf(out, "metrics %s\n", d.metricsURL)
 	}
+	if d.registryURL != "" {
+		fmt.Fprintf(out, "registry %s\n", d.registryURL)
+	}
 	if d.agent != nil {
 		go func() {
 			if err := d.agent.Run(ctx, d.launcher); err != nil {
@@ -250,6 +274,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 func (d *Daemon) Close() {
 	if d.cancel != nil {
 		d.cancel()
+	}
+	if d.registryDone != nil {
+		<-d.registryDone // no request reads the store once it closes
 	}
 	if d.launcher != nil {
 		if err := d.launcher.Close(); err != nil {
