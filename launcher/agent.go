@@ -35,6 +35,9 @@ type AgentConfig struct {
 	Placement Placement
 	Fetch     func(ctx context.Context, ref artifact.Ref) error // brings the artifact into the store
 	Holdings  Holdings
+	// Releases, if set, describes held and downloading releases (provenance and
+	// progress) with each heartbeat, for the web UI.
+	Releases  func() []placement.ReleaseReport
 	Addrs     []string
 	Labels    map[string]string
 	Capacity  placement.Resources
@@ -174,7 +177,7 @@ func (a *Agent) heartbeatLoop(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		resp, err := a.cfg.Placement.Heartbeat(ctx, placement.Heartbeat{Tasks: a.states(), Artifacts: a.cfg.Holdings()})
+		resp, err := a.cfg.Placement.Heartbeat(ctx, placement.Heartbeat{Tasks: a.states(), Artifacts: a.cfg.Holdings(), Releases: a.releases()})
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -355,4 +358,12 @@ func (a *Agent) stop(ctx context.Context, t Task, why string) {
 			a.log.Warn("stop task", "id", t.ID, "err", err)
 		}
 	}()
+}
+
+// releases is what the heartbeat says of the node's releases (nil: nothing).
+func (a *Agent) releases() []placement.ReleaseReport {
+	if a.cfg.Releases == nil {
+		return nil
+	}
+	return a.cfg.Releases()
 }

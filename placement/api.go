@@ -37,6 +37,9 @@ type Heartbeat struct {
 	Tasks []TaskState `json:"tasks"`
 	// Artifacts replaces the node's list of held refs and digests; nil leaves it as is.
 	Artifacts []string `json:"artifacts,omitempty"`
+	// Releases describes what the node holds or is fetching, with provenance,
+	// for the web UI (fleet.go); kept in the leader's memory, never replicated.
+	Releases []ReleaseReport `json:"releases,omitempty"`
 }
 
 // HeartbeatResponse lists allocations the node runs that it must kill: unknown

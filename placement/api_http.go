@@ -28,6 +28,7 @@ func (s *Server) HTTPServer() *http.Server {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
+	hs.RegisterOnShutdown(s.events.closeAll) // end event streams, which never end on their own
 	if s.opts.Cell != nil {
 		hs.TLSConfig = s.opts.Cell.Identity.APIConfig()
 	}
@@ -78,6 +79,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/cell/members", s.admin(s.handleMembers))
 	mux.HandleFunc("POST /v1/cell/remove", s.admin(s.atLeader(s.handleRemove)))
 	mux.HandleFunc("GET /v1/cell/backup", s.admin(s.atLeader(s.handleBackup)))
+	s.registerUI(mux) // the web UI and the events stream (ui.go)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no endpoint %s %s (the API is under /v1/)", r.Method, r.URL.Path))
 	})

@@ -81,6 +81,7 @@ func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request, body []
 		writeError(w, statusOf(err), err)
 		return
 	}
+	s.fleet.record(r.PathValue("id"), hb.Releases, s.opts.Now()) // for the UI (fleet.go)
 	writeJSON(w, http.StatusOK, HeartbeatResponse{Stop: stop, TTL: s.opts.NodeTTL})
 }
 

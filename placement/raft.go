@@ -588,6 +588,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 			}
 			s.committed = max(s.committed, o.Index)
 		}
+		s.events.publish(e.ops) // the events stream and the UI (events.go)
 		if !mine {
 			s.planned = max(s.planned, s.committed)
 		}

@@ -70,6 +70,12 @@ type Server struct {
 	stats        CommitStats
 	m            *metrics
 
+	// The events stream, UI sessions and what nodes report of their releases
+	// (events.go, ui.go, fleet.go): memory only, never replicated.
+	events eventHub
+	ui     uiSessions
+	fleet  fleetReports
+
 	transMu sync.Mutex // serializes leadership transitions; before fsmMu
 	fsmMu   sync.Mutex // held while an entry or a snapshot is applied; before mu
 

@@ -90,6 +90,8 @@ func commands() []*cli.Command {
 		devCommand(),
 		// the placement service (server.go, cell.go, jobs.go, nodes.go; client.go: the shared client flags)
 		serverCommand(), cellCommand(), jobCommand(), nodesCommand(),
+		// watching the cell (events.go, ui.go)
+		eventsCommand(), uiCommand(),
 	}
 }
 

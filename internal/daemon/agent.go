@@ -72,7 +72,7 @@ func (d *Daemon) newAgent(ac AgentConfig) (*launcher.Agent, error) {
 		return err
 	}
 	return launcher.NewAgent(launcher.AgentConfig{
-		Placement: pc, Fetch: fetch, Holdings: holdings(d.st), Addrs: swarm.FullAddrs(d.node.Host()),
+		Placement: pc, Fetch: fetch, Holdings: holdings(d.st), Releases: d.releaseReports, Addrs: swarm.FullAddrs(d.node.Host()),
 		Labels: ac.Labels, Capacity: capacity, Logger: d.log,
 	}), nil
 }

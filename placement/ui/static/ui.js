@@ -1,0 +1,64 @@
+// Ballena web UI: follow the events stream, list each event in the "Live"
+// panel, and refresh the page's <main> from the server when something changes.
+// Every page is complete without this script.
+(function () {
+  "use strict";
+  var body = document.body;
+  var job = body.dataset.job || "";
+  var page = body.dataset.page || "";
+  var status = document.getElementById("live-status");
+  var index = document.getElementById("cell-index");
+  var logs = [document.getElementById("live-log"), document.getElementById("event-log")];
+  var types = ["job", "task", "alloc", "node", "release"];
+  var timer = null;
+  var es = new EventSource("/ui/events/stream" + (job ? "?job=" + encodeURIComponent(job) : ""));
+
+  function say(text) { if (status) { status.textContent = text; } }
+
+  function refresh() {
+    timer = null;
+    fetch(location.href, { credentials: "same-origin" }).then(function (r) {
+      if (!r.ok) { throw new Error("HTTP " + r.status); }
+      return r.text();
+    }).then(function (html) {
+      var doc = new DOMParser().parseFromString(html, "text/html");
+      var fresh = doc.querySelector("main");
+      var old = document.querySelector("main");
+      if (fresh && old) { old.replaceWith(fresh); }
+      logs[1] = document.getElementById("event-log");
+    }).catch(function (err) { say("refresh failed: " + err.message); });
+  }
+
+  function add(ev) {
+    logs.forEach(function (log) {
+      if (!log) { return; }
+      var li = document.createElement("li");
+      li.className = "ev ev-" + ev.type;
+      var t = document.createElement("time");
+      t.textContent = new Date(ev.time).toLocaleTimeString();
+      li.appendChild(t);
+      li.appendChild(document.createTextNode(" " + ev.summary));
+      log.insertBefore(li, log.firstChild);
+      while (log.children.length > (log.id === "event-log" ? 500 : 40)) { log.removeChild(log.lastChild); }
+    });
+  }
+
+  es.addEventListener("ready", function (m) {
+    var ev = JSON.parse(m.data);
+    say("live from server " + ev.key);
+    body.dataset.live = "yes";
+  });
+  types.forEach(function (type) {
+    es.addEventListener(type, function (m) {
+      var ev = JSON.parse(m.data);
+      add(ev);
+      if (index) { index.textContent = ev.index; }
+      if (page !== "events" && timer === null) { timer = setTimeout(refresh, 200); }
+    });
+  });
+  es.addEventListener("lost", function () { say("fell behind; reconnecting"); refresh(); });
+  es.onerror = function () {
+    body.dataset.live = "no";
+    say(es.readyState === EventSource.CLOSED ? "disconnected: reload the page" : "reconnecting…");
+  };
+})();
