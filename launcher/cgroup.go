@@ -45,6 +45,12 @@ func linuxResources(s TaskSpec) *specs.LinuxResources {
 	if s.MemoryBytes > 0 {
 		m := s.MemoryBytes
 		r.Memory = &specs.LinuxMemory{Limit: &m}
+		if swapAccounting() {
+			// memory+swap = memory: no swap beyond the limit
+			// (memory.memsw.limit_in_bytes on v1, memory.swap.max = 0 on v2).
+			sw := m
+			r.Memory.Swap = &sw
+		}
 	}
 	if s.CPUMillis > 0 {
 		q := max(s.CPUMillis*cpuPeriod/1000, 1000)
@@ -56,6 +62,17 @@ func linuxResources(s TaskSpec) *specs.LinuxResources {
 		r.Pids = &specs.LinuxPids{Limit: &n}
 	}
 	return r
+}
+
+// swapAccounting reports whether the kernel accounts swap per cgroup, so
+// that a task can be kept from swapping: always on v2, on v1 when memsw
+// files exist (swapaccount=1).
+func swapAccounting() bool {
+	if cgroupV2() {
+		return true
+	}
+	_, err := os.Stat(filepath.Join(cgroupRoot, "memory", "memory.memsw.limit_in_bytes"))
+	return err == nil
 }
 
 // taskCgroup is one task's cgroup, v1 (one directory per controller) or v2.

@@ -144,7 +144,7 @@ func TestUnpackRefusesEscapes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = unpack(context.Background(), rc, root)
+		err = unpack(context.Background(), rc, root, 0)
 		rc.Close()
 		if err == nil {
 			t.Errorf("unpack of %v succeeded, want an error", tc.entries)

@@ -1,13 +1,16 @@
 package launcher
 
 import (
-	"bufio"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,17 +26,26 @@ func runInit() {
 		os.Exit(127)
 	}
 	syscall.CloseOnExec(4)
-	line, err := bufio.NewReader(os.NewFile(3, "sync")).ReadString('\n')
+	cfg, bin, err := recvRunConfig(os.NewFile(3, "sync"))
 	if err != nil {
-		os.Exit(127) // the shim gave up on us
-	}
-	syscall.Close(3)
-	cfg, err := loadRunConfig(strings.TrimSuffix(line, "\n"))
-	if err != nil {
+		if errors.Is(err, io.EOF) {
+			os.Exit(127) // the shim gave up on us
+		}
 		fail(err)
 	}
 	if err := setupRoot(cfg); err != nil {
 		fail(err)
+	}
+	for _, rl := range []struct {
+		res int
+		v   uint64
+	}{{unix.RLIMIT_NOFILE, cfg.NoFile}, {unix.RLIMIT_CORE, cfg.CoreBytes}} {
+		if rl.res == unix.RLIMIT_NOFILE && rl.v == 0 {
+			continue
+		}
+		if err := unix.Prlimit(0, rl.res, &unix.Rlimit{Cur: rl.v, Max: rl.v}, nil); err != nil {
+			fail(fmt.Errorf("setrlimit %d: %w", rl.res, err))
+		}
 	}
 	if err := dropPrivileges(cfg.UID, cfg.GID); err != nil {
 		fail(err)
@@ -43,8 +55,69 @@ func runInit() {
 	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
 		fail(fmt.Errorf("close_range: %w", err))
 	}
-	err = unix.Exec("/whale", cfg.Args, cfg.Env)
+	if !cfg.Unconfined {
+		if err := loadWhaleSeccomp(); err != nil {
+			fail(err)
+		}
+	}
+	err = execFD(bin, cfg.Args, cfg.Env)
 	fail(fmt.Errorf("exec %s: %w", cfg.Args[0], err))
+}
+
+// recvRunConfig reads the run config and the whale's descriptor that the
+// shim sends on the sync socket.
+func recvRunConfig(sock *os.File) (*runConfig, int, error) {
+	defer sock.Close()
+	var hdr [4]byte
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := unix.Recvmsg(int(sock.Fd()), hdr[:], oob, unix.MSG_CMSG_CLOEXEC)
+	if err != nil {
+		return nil, -1, fmt.Errorf("read run config: %w", err)
+	}
+	if n == 0 {
+		return nil, -1, io.EOF
+	}
+	if n < len(hdr) {
+		if _, err := io.ReadFull(sock, hdr[n:]); err != nil {
+			return nil, -1, fmt.Errorf("read run config: %w", err)
+		}
+	}
+	fd := -1
+	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) == 1 {
+		if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) == 1 {
+			fd = fds[0]
+		}
+	}
+	if fd < 0 {
+		return nil, -1, errors.New("the shim sent no whale to execute")
+	}
+	size := binary.BigEndian.Uint32(hdr[:])
+	if size > 16<<20 {
+		return nil, -1, fmt.Errorf("run config of %d bytes", size)
+	}
+	raw := make([]byte, size)
+	if _, err := io.ReadFull(sock, raw); err != nil {
+		return nil, -1, fmt.Errorf("read run config: %w", err)
+	}
+	cfg, err := parseRunConfig(raw)
+	return cfg, fd, err
+}
+
+// execFD executes the file open at fd (execveat with AT_EMPTY_PATH): the
+// bytes the shim hashed are the bytes that run, wherever the path points now.
+func execFD(fd int, argv, envv []string) error {
+	argvp, err := syscall.SlicePtrFromStrings(argv)
+	if err != nil {
+		return err
+	}
+	envvp, err := syscall.SlicePtrFromStrings(envv)
+	if err != nil {
+		return err
+	}
+	empty, _ := syscall.BytePtrFromString("")
+	_, _, errno := syscall.RawSyscall6(unix.SYS_EXECVEAT, uintptr(fd), uintptr(unsafe.Pointer(empty)),
+		uintptr(unsafe.Pointer(&argvp[0])), uintptr(unsafe.Pointer(&envvp[0])), unix.AT_EMPTY_PATH, 0)
+	return errno
 }
 
 // dropPrivileges sets no_new_privs, empties the bounding, ambient and

@@ -26,6 +26,21 @@ type Config struct {
 	DefaultMemory int64  // used when a spec sets none; default 512 MiB
 	DefaultPids   int64  // used when a spec sets none; default 1024
 	TmpBytes      int64  // size of a whale's private /tmp; default 64 MiB
+	DefaultNoFile int64  // RLIMIT_NOFILE of a task whose spec sets none; default 4096
+
+	// IDRangeStart and IDRangeCount are the subordinate range of host uids
+	// and gids that tasks' user namespaces map to, 65536 per running task;
+	// default 2^30 and 1024 tasks' worth. Keep it clear of /etc/subuid
+	// ranges handed to users.
+	IDRangeStart uint32
+	IDRangeCount uint32
+	// NoUserNS runs tasks without user namespaces (as where the kernel
+	// refuses them): uid 0 in a task is then uid 0 on the host, without capabilities.
+	NoUserNS bool
+	// NoIDMappedMounts gives each image task a chowned copy of the image
+	// root instead of an idmapped mount of the shared one (as where the
+	// kernel or filesystem lacks them).
+	NoIDMappedMounts bool
 
 	LogMaxBytes int64 // a task's log rotates past this size; default 10 MiB
 	LogKeep     int   // rotated logs kept; default 2
@@ -59,7 +74,9 @@ type Launcher struct {
 
 	pool chan *warmShim
 
-	m *metrics
+	m   *metrics
+	iso IsolationStatus
+	ids *idAllocator
 
 	mu    sync.Mutex
 	tasks map[string]*entry
@@ -101,6 +118,18 @@ func New(cfg Config) (*Launcher, error) {
 	if cfg.DefaultPids == 0 {
 		cfg.DefaultPids = 1024
 	}
+	if cfg.DefaultNoFile == 0 {
+		cfg.DefaultNoFile = 4096
+	}
+	if cfg.IDRangeStart == 0 {
+		cfg.IDRangeStart = defaultIDRangeStart
+	}
+	if cfg.IDRangeCount == 0 {
+		cfg.IDRangeCount = defaultIDRangeCount
+	}
+	if cfg.IDRangeCount < idsPerTask || uint64(cfg.IDRangeStart)+uint64(cfg.IDRangeCount) > 1<<32-1 {
+		return nil, fmt.Errorf("launcher: subordinate id range %d+%d: want at least %d ids, ending below 2^32-1", cfg.IDRangeStart, cfg.IDRangeCount, idsPerTask)
+	}
 	if cfg.TmpBytes == 0 {
 		cfg.TmpBytes = 64 << 20
 	}
@@ -133,7 +162,13 @@ func New(cfg Config) (*Launcher, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Launcher{cfg: cfg, dir: dir, log: cfg.Logger, ctx: ctx, cancel: cancel, tasks: map[string]*entry{},
-		pool: make(chan *warmShim, max(cfg.WarmShims, 0)), m: newMetrics()}
+		pool: make(chan *warmShim, max(cfg.WarmShims, 0)), m: newMetrics(),
+		iso: probeIsolation(cfg, filepath.Join(dir, "images")), ids: newIDAllocator(cfg.IDRangeStart, cfg.IDRangeCount)}
+	if !l.iso.UserNS {
+		l.log.Warn("tasks run WITHOUT user namespaces: uid 0 in a task is uid 0 on the host (with no capabilities)", "reason", l.iso.UserNSError)
+	} else if !l.iso.IDMappedMounts {
+		l.log.Warn("no idmapped mounts: each image task gets a chowned copy of its image root", "reason", l.iso.IDMappedError)
+	}
 	recs, err := l.loadRecords()
 	if err != nil {
 		cancel()
@@ -142,6 +177,9 @@ func New(cfg Config) (*Launcher, error) {
 	for _, t := range recs {
 		e := &entry{t: t, cg: &taskCgroup{path: t.Cgroup, v2: cgroupV2()}, final: make(chan struct{}), wake: make(chan struct{})}
 		l.tasks[t.ID] = e
+		if !t.State.Final() && t.State != StateRestarting {
+			l.ids.take(t.UserNS)
+		}
 		l.adopt(e)
 	}
 	for range max(cfg.WarmShims, 0) {

@@ -1,13 +1,17 @@
 package launcher
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -208,6 +212,11 @@ func (lr *logReader) Close() error {
 // Logs returns the task's stdout and stderr, interleaved as written. With
 // follow it keeps streaming until the task ends or ctx is done.
 func (l *Launcher) Logs(ctx context.Context, id string, follow bool) (io.ReadCloser, error) {
+	return l.LogStream(ctx, id, follow, Streams{})
+}
+
+// rawLogs streams the log file as the shim writes it (tagged lines).
+func (l *Launcher) rawLogs(ctx context.Context, id string, follow bool) (io.ReadCloser, error) {
 	e, err := l.lookup(id)
 	if err != nil {
 		return nil, err
@@ -221,4 +230,132 @@ func (l *Launcher) Logs(ctx context.Context, id string, follow bool) (io.ReadClo
 		}
 	}
 	return newLogReader(ctx, l.logPath(e.t.ID), l.cfg.LogKeep, follow, done), nil
+}
+
+// A task's log is one file for both streams, so that their order is kept:
+// each line is written as "o <line>" (stdout) or "e <line>" (stderr). A line
+// longer than maxLogLine is cut into several; a last line without a newline
+// gets one.
+const (
+	streamStdout byte = 'o'
+	streamStderr byte = 'e'
+	maxLogLine        = 16 << 10
+)
+
+// streamWriter frames one stream's bytes into tagged lines of the shared log.
+type streamWriter struct {
+	mu  *sync.Mutex
+	f   io.Writer
+	tag byte
+	buf []byte // a partial line
+	out []byte
+}
+
+func (w *streamWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	w.out = w.out[:0]
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 && len(w.buf) < maxLogLine {
+			break
+		}
+		n := i + 1
+		if i < 0 || i >= maxLogLine {
+			n = maxLogLine
+		}
+		w.out = append(append(w.out, w.tag, ' '), w.buf[:n]...)
+		if w.out[len(w.out)-1] != '\n' {
+			w.out = append(w.out, '\n')
+		}
+		w.buf = w.buf[n:]
+	}
+	w.buf = append(w.buf[:0:0], w.buf...) // do not pin p's array
+	if len(w.out) > 0 {
+		w.mu.Lock()
+		_, err := w.f.Write(w.out)
+		w.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+// flush writes a last line that has no newline.
+func (w *streamWriter) flush() {
+	if len(w.buf) == 0 {
+		return
+	}
+	w.mu.Lock()
+	_, _ = w.f.Write(append(append([]byte{w.tag, ' '}, w.buf...), '\n'))
+	w.mu.Unlock()
+	w.buf = nil
+}
+
+// Streams selects what LogStream returns.
+type Streams struct {
+	Stdout, Stderr bool
+	// JSON writes one object per line: {"stream":"stdout","line":"..."}.
+	JSON bool
+}
+
+// LogStream returns the task's output as written: both streams interleaved,
+// or one of them, as plain text or JSON lines that name the stream. With
+// follow it keeps streaming until the task ends or ctx is done.
+func (l *Launcher) LogStream(ctx context.Context, id string, follow bool, s Streams) (io.ReadCloser, error) {
+	raw, err := l.rawLogs(ctx, id, follow)
+	if err != nil {
+		return nil, err
+	}
+	if !s.Stdout && !s.Stderr {
+		s.Stdout, s.Stderr = true, true
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		defer raw.Close()
+		br := bufio.NewReaderSize(raw, 64<<10)
+		bw := bufio.NewWriter(pw)
+		for {
+			line, err := br.ReadSlice('\n')
+			if errors.Is(err, bufio.ErrBufferFull) {
+				// not one of ours (a log from before streams were tagged): pass it on
+				rest, _ := br.ReadBytes('\n')
+				line = append(append([]byte{}, line...), rest...)
+				err = nil
+			}
+			if len(line) > 0 {
+				tag, text := byte(0), line
+				if len(line) >= 2 && line[1] == ' ' && (line[0] == streamStdout || line[0] == streamStderr) {
+					tag, text = line[0], line[2:]
+				}
+				if (tag == streamStderr && s.Stderr) || (tag != streamStderr && s.Stdout) {
+					if s.JSON {
+						name := "stdout"
+						if tag == streamStderr {
+							name = "stderr"
+						}
+						b, _ := json.Marshal(struct {
+							Stream string `json:"stream"`
+							Line   string `json:"line"`
+						}{name, strings.TrimSuffix(string(text), "\n")})
+						bw.Write(append(b, '\n'))
+					} else {
+						bw.Write(text)
+					}
+				}
+				if br.Buffered() == 0 {
+					if werr := bw.Flush(); werr != nil {
+						pw.CloseWithError(werr)
+						return
+					}
+				}
+			}
+			if err != nil {
+				bw.Flush()
+				pw.CloseWithError(err)
+				return
+			}
+		}
+	}()
+	return pr, nil
 }

@@ -27,6 +27,8 @@ func MaybeRunInit() {
 	case "init":
 		runInit()
 		os.Exit(127)
+	case "hold":
+		os.Exit(runHold())
 	}
 }
 
@@ -40,6 +42,10 @@ type runConfig struct {
 	LogKeep     int    `json:"logKeep"`
 	ExitPath    string `json:"exitPath"`
 	OOMFile     string `json:"oomFile"` // the memory cgroup's oom_kill counter
+	StderrPath  string `json:"stderrPath,omitempty"`
+
+	// IDMap is the run's user namespace; nil: none.
+	IDMap *IDMap `json:"idMap,omitempty"`
 
 	// whale
 	CgroupProcs []string `json:"cgroupProcs,omitempty"`
@@ -53,12 +59,22 @@ type runConfig struct {
 	Hostname    string   `json:"hostname,omitempty"`
 	NewNet      bool     `json:"newNet,omitempty"`
 	TmpBytes    int64    `json:"tmpBytes,omitempty"`
+	Digest      string   `json:"digest,omitempty"` // the shim re-hashes Binary through the fd init executes
+	Unconfined  bool     `json:"unconfined,omitempty"`
+	NoFile      uint64   `json:"nofile,omitempty"`
+	CoreBytes   uint64   `json:"coreBytes,omitempty"`
 
 	// oci
 	Runc        string `json:"runc,omitempty"`
 	RuncRoot    string `json:"runcRoot,omitempty"`
 	Bundle      string `json:"bundle,omitempty"`
 	ContainerID string `json:"containerId,omitempty"`
+	// RootSource is the image root that the shim shows at RootTarget, in its
+	// own mount namespace, idmapped into IDMap (or bound, when the launcher
+	// made a chowned copy).
+	RootSource string `json:"rootSource,omitempty"`
+	RootTarget string `json:"rootTarget,omitempty"`
+	RootIDMap  bool   `json:"rootIdmap,omitempty"`
 }
 
 // shimStatus is the one line a shim writes on its status pipe once the task
@@ -81,6 +97,10 @@ func loadRunConfig(path string) (*runConfig, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseRunConfig(b)
+}
+
+func parseRunConfig(b []byte) (*runConfig, error) {
 	var c runConfig
 	if err := json.Unmarshal(b, &c); err != nil {
 		return nil, fmt.Errorf("parse run config: %w", err)

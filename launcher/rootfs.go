@@ -9,19 +9,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// setupRoot builds the task's root on a tmpfs (the binary read-only, /proc of
-// the new PID namespace, null/zero/full/random/urandom, a private /tmp, the
-// host's resolv.conf, hosts and CA bundle read-only),
-// pivots into it and makes it read-only.
+// rootMount is where init builds the task's root, in its own mount
+// namespace, before pivot_root: a directory every user may reach (inside a
+// user namespace, init cannot walk the launcher's 0700 directories).
+const rootMount = "/tmp"
+
+// setupRoot builds the task's root on a tmpfs (null/zero/full/random/urandom,
+// /proc of the new PID namespace, a private /tmp, /etc with hosts,
+// resolv.conf and hostname, the host's CA bundle read-only), pivots into it
+// and makes it read-only. The whale itself is not in it: init executes it
+// from the descriptor the shim verified.
 func setupRoot(cfg *runConfig) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
-	r := cfg.Root
+	r := rootMount
 	if err := unix.Mount("tmpfs", r, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "size=1m,mode=0755"); err != nil {
 		return fmt.Errorf("mount root tmpfs: %w", err)
 	}
-	for _, d := range []string{"proc", "dev", "tmp", ".oldroot"} {
+	for _, d := range []string{"proc", "dev", "tmp", "etc", ".oldroot"} {
 		if err := os.Mkdir(filepath.Join(r, d), 0o755); err != nil {
 			return err
 		}
@@ -35,33 +41,20 @@ func setupRoot(cfg *runConfig) error {
 		if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("bind %s: %w", src, err)
 		}
-		if err := unix.Mount("", dst, "", unix.MS_REMOUNT|unix.MS_BIND|flags, ""); err != nil {
+		// In a user namespace the flags of the mount bound from are locked:
+		// keep them, and add ours.
+		if err := unix.Mount("", dst, "", unix.MS_REMOUNT|unix.MS_BIND|flags|lockedFlags(dst), ""); err != nil {
 			return fmt.Errorf("remount %s: %w", dst, err)
 		}
 		return nil
-	}
-	if err := bind(cfg.Binary, filepath.Join(r, "whale"), unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV); err != nil {
-		return err
 	}
 	for _, d := range []string{"null", "zero", "full", "random", "urandom"} {
 		if err := bind("/dev/"+d, filepath.Join(r, "dev", d), unix.MS_NOSUID|unix.MS_NOEXEC); err != nil {
 			return err
 		}
 	}
-	// Name resolution and TLS roots, read-only, when the host has them: most
-	// services need them and they hold nothing secret.
-	for _, f := range []string{"/etc/resolv.conf", "/etc/hosts", "/etc/ssl/certs/ca-certificates.crt"} {
-		st, err := os.Stat(f)
-		if err != nil || !st.Mode().IsRegular() {
-			continue
-		}
-		dst := filepath.Join(r, f)
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		if err := bind(f, dst, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC); err != nil {
-			return err
-		}
+	if err := writeEtc(cfg, filepath.Join(r, "etc"), bind); err != nil {
+		return err
 	}
 	for name, target := range map[string]string{"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
 		if err := os.Symlink(target, filepath.Join(r, "dev", name)); err != nil {
@@ -146,4 +139,66 @@ func guardProc(proc string) error {
 		}
 	}
 	return nil
+}
+
+// writeEtc fills the task's /etc: for the host network the host's hosts and
+// resolv.conf (read-only), for none loopback-only ones; hostname; and the
+// host's CA bundle when it has one.
+func writeEtc(cfg *runConfig, etc string, bind func(src, dst string, flags uintptr) error) error {
+	ro := uintptr(unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
+	hostname := cfg.Hostname
+	if hostname == "" {
+		hostname = "localhost"
+	}
+	files := map[string]string{"hostname": hostname + "\n"}
+	if cfg.NewNet {
+		files["hosts"] = "127.0.0.1\tlocalhost " + hostname + "\n::1\tlocalhost ip6-localhost ip6-loopback " + hostname + "\n"
+		files["resolv.conf"] = "# network: none: this task reaches loopback only; no name server\n"
+	} else {
+		for _, f := range []string{"hosts", "resolv.conf"} {
+			src := filepath.Join("/etc", f)
+			if st, err := os.Stat(src); err != nil || !st.Mode().IsRegular() {
+				continue
+			}
+			if err := bind(src, filepath.Join(etc, f), ro); err != nil {
+				return err
+			}
+		}
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(etc, name), []byte(body), 0o644); err != nil {
+			return err
+		}
+	}
+	const ca = "/etc/ssl/certs/ca-certificates.crt"
+	if st, err := os.Stat(ca); err == nil && st.Mode().IsRegular() {
+		dst := filepath.Join(etc, "ssl", "certs", "ca-certificates.crt")
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		if err := bind(ca, dst, ro); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lockedFlags are the mount flags of the mount holding path that a bind
+// remount must keep (in a user namespace the kernel refuses to drop them).
+func lockedFlags(path string) uintptr {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0
+	}
+	var f uintptr
+	for _, m := range []struct{ st, ms int64 }{
+		{unix.ST_RDONLY, unix.MS_RDONLY}, {unix.ST_NOSUID, unix.MS_NOSUID}, {unix.ST_NODEV, unix.MS_NODEV},
+		{unix.ST_NOEXEC, unix.MS_NOEXEC}, {unix.ST_NOATIME, unix.MS_NOATIME}, {unix.ST_NODIRATIME, unix.MS_NODIRATIME},
+		{unix.ST_RELATIME, unix.MS_RELATIME},
+	} {
+		if st.Flags&m.st != 0 {
+			f |= uintptr(m.ms)
+		}
+	}
+	return f
 }

@@ -2,6 +2,9 @@ package launcher
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +14,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -38,10 +42,19 @@ func runShim() int {
 		report(shimStatus{Error: "shim: " + err.Error()})
 		return 1
 	}
+	er, ew, err := os.Pipe()
+	if err != nil {
+		report(shimStatus{Error: "shim: " + err.Error()})
+		return 1
+	}
 	var pre *pendingInit
 	cfgPath := os.Getenv(configEnv)
 	if cfgPath == "" {
-		if pre, err = forkInit(pw, false); err != nil {
+		idmap, err := parseIDMapEnv(os.Getenv(idmapEnv))
+		if err == nil {
+			pre, err = forkInit(pw, ew, false, idmap)
+		}
+		if err != nil {
 			report(shimStatus{Error: "shim: " + err.Error()})
 			return 1
 		}
@@ -52,7 +65,11 @@ func runShim() int {
 		}
 		cfgPath = strings.TrimSuffix(line, "\n")
 	}
-	cfg, err := loadRunConfig(cfgPath)
+	raw, err := os.ReadFile(cfgPath)
+	var cfg *runConfig
+	if err == nil {
+		cfg, err = parseRunConfig(raw)
+	}
 	if err != nil {
 		pre.abort()
 		report(shimStatus{Error: "shim: " + err.Error()})
@@ -64,34 +81,47 @@ func runShim() int {
 		report(shimStatus{Error: "shim: open log: " + err.Error()})
 		return 1
 	}
+	var logMu sync.Mutex
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
-		_, _ = io.Copy(logf, pr)
+		var wg sync.WaitGroup
+		for _, s := range []struct {
+			r   *os.File
+			tag byte
+		}{{pr, streamStdout}, {er, streamStderr}} {
+			wg.Go(func() {
+				w := &streamWriter{mu: &logMu, f: logf, tag: s.tag}
+				_, _ = io.Copy(w, s.r)
+				w.flush()
+			})
+		}
+		wg.Wait()
 	}()
 
 	var pid int
 	var cleanup func()
 	switch cfg.Kind {
 	case "whale":
-		if pre != nil && cfg.NewNet { // made for the host network
+		if pre != nil && (cfg.NewNet || !sameIDMap(pre.idmap, cfg.IDMap)) { // made for another run
 			pre.abort()
 			pre = nil
 		}
 		if pre == nil {
-			pre, err = forkInit(pw, cfg.NewNet)
+			pre, err = forkInit(pw, ew, cfg.NewNet, cfg.IDMap)
 		}
 		if err == nil {
-			pid, err = pre.release(cfg, cfgPath)
+			pid, err = pre.release(cfg, raw)
 		}
 	case "oci":
 		pre.abort()
-		pid, cleanup, err = shimStartOCI(cfg, pw)
+		pid, cleanup, err = shimStartOCI(cfg, pw, ew)
 	default:
 		pre.abort()
 		err = fmt.Errorf("unknown kind %q", cfg.Kind)
 	}
 	pw.Close()
+	ew.Close()
 	if err != nil {
 		report(shimStatus{Error: err.Error()})
 		return 1
@@ -116,7 +146,9 @@ func runShim() int {
 	case <-copied:
 	case <-time.After(2 * time.Second):
 	}
+	logMu.Lock()
 	logf.Close()
+	logMu.Unlock()
 	b, _ := json.Marshal(rec)
 	tmp := cfg.ExitPath + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err == nil {
@@ -128,21 +160,28 @@ func runShim() int {
 	return 0
 }
 
-// pendingInit is an init started in new namespaces, blocked on its sync pipe
-// until release tells it which run config to set up.
+// pendingInit is an init started in new namespaces, blocked on its sync
+// socket until release tells it which run config to set up.
 type pendingInit struct {
 	cmd   *exec.Cmd
-	syncW *os.File
+	sync  *os.File // our end of a unix socket: run config and the whale's fd
 	execR *os.File
+	idmap *IDMap
 }
 
-func forkInit(out *os.File, newNet bool) (*pendingInit, error) {
-	syncR, syncW, err := os.Pipe()
+// forkInit starts the task's init in new PID, mount, UTS and IPC namespaces,
+// a new network namespace for newNet, and a new user namespace mapped by
+// idmap when it is set (init is uid 0 there: root of its namespaces only).
+func forkInit(out, errOut *os.File, newNet bool, idmap *IDMap) (*pendingInit, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
+	syncW, syncR := os.NewFile(uintptr(fds[0]), "sync"), os.NewFile(uintptr(fds[1]), "sync-init")
 	execR, execW, err := os.Pipe()
 	if err != nil {
+		syncW.Close()
+		syncR.Close()
 		return nil, err
 	}
 	devnull, err := os.Open(os.DevNull)
@@ -154,15 +193,22 @@ func forkInit(out *os.File, newNet bool) (*pendingInit, error) {
 	if newNet {
 		flags |= syscall.CLONE_NEWNET
 	}
+	attr := &syscall.SysProcAttr{Cloneflags: flags}
+	if idmap != nil {
+		maps := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(idmap.HostID), Size: int(idmap.Size)}}
+		attr.Cloneflags |= syscall.CLONE_NEWUSER
+		attr.UidMappings, attr.GidMappings, attr.GidMappingsEnableSetgroups = maps, maps, true
+		attr.Credential = &syscall.Credential{Uid: 0, Gid: 0} // root of the new namespace, to build the root
+	}
 	cmd := &exec.Cmd{
 		Path:        "/proc/self/exe",
 		Args:        []string{"ballena-init"},
 		Env:         []string{modeEnv + "=init"},
 		Stdin:       devnull,
 		Stdout:      out,
-		Stderr:      out,
+		Stderr:      errOut,
 		ExtraFiles:  []*os.File{syncR, execW},
-		SysProcAttr: &syscall.SysProcAttr{Cloneflags: flags},
+		SysProcAttr: attr,
 	}
 	err = cmd.Start()
 	syncR.Close()
@@ -172,7 +218,7 @@ func forkInit(out *os.File, newNet bool) (*pendingInit, error) {
 		execR.Close()
 		return nil, fmt.Errorf("start init: %w", err)
 	}
-	return &pendingInit{cmd: cmd, syncW: syncW, execR: execR}, nil
+	return &pendingInit{cmd: cmd, sync: syncW, execR: execR, idmap: idmap}, nil
 }
 
 // abort kills an init that was never released; nil is fine.
@@ -182,14 +228,16 @@ func (p *pendingInit) abort() {
 	}
 	_ = p.cmd.Process.Kill()
 	_, _ = p.cmd.Process.Wait()
-	p.syncW.Close()
+	p.sync.Close()
 	p.execR.Close()
 }
 
-// release puts the init in the task's cgroup, hands it the run config, and
-// waits until it has exec'd the whale (the exec pipe closes) or reported an
-// error on that pipe. No task code runs before the cgroup holds the process.
-func (p *pendingInit) release(cfg *runConfig, cfgPath string) (int, error) {
+// release puts the init in the task's cgroup, opens the whale and checks
+// that its bytes still hash to the verified digest, hands init the run
+// config and that very file descriptor (init executes it: no path is looked
+// up again), and waits until init has exec'd (the exec pipe closes) or
+// reported an error on that pipe. No task code runs before the cgroup holds the process.
+func (p *pendingInit) release(cfg *runConfig, raw []byte) (int, error) {
 	pid := p.cmd.Process.Pid
 	for _, f := range cfg.CgroupProcs {
 		if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0); err != nil {
@@ -197,11 +245,17 @@ func (p *pendingInit) release(cfg *runConfig, cfgPath string) (int, error) {
 			return 0, fmt.Errorf("join cgroup: %w", err)
 		}
 	}
-	if _, err := p.syncW.Write([]byte(cfgPath + "\n")); err != nil {
+	bin, err := openVerified(cfg.Binary, cfg.Digest)
+	if err != nil {
+		p.abort()
+		return 0, err
+	}
+	defer bin.Close()
+	if err := sendRunConfig(p.sync, raw, int(bin.Fd())); err != nil {
 		p.abort()
 		return 0, fmt.Errorf("release init: %w", err)
 	}
-	p.syncW.Close()
+	p.sync.Close()
 	msg, _ := io.ReadAll(io.LimitReader(p.execR, 4096))
 	p.execR.Close()
 	if len(msg) > 0 {
@@ -211,4 +265,82 @@ func (p *pendingInit) release(cfg *runConfig, cfgPath string) (int, error) {
 	}
 	// Leave the process to unix.Wait4 in runShim; os/exec must not reap it.
 	return pid, nil
+}
+
+// openVerified opens the cached copy of a whale and re-hashes it through
+// the descriptor that will be executed; a copy whose bytes changed on disk is refused.
+func openVerified(path, digest string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open whale: %w", err)
+	}
+	if digest == "" {
+		return f, nil
+	}
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	if _, err := io.CopyBuffer(h, f, buf); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("hash whale: %w", err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
+		f.Close()
+		return nil, fmt.Errorf("%s: the cached copy of the whale changed on disk (sha256 %s, verified %s): refusing to run it", path, got, digest)
+	}
+	return f, nil
+}
+
+// sendRunConfig writes a length-prefixed run config to init's socket, with
+// fd attached (SCM_RIGHTS).
+func sendRunConfig(sock *os.File, raw []byte, fd int) error {
+	msg := binary.BigEndian.AppendUint32(nil, uint32(len(raw)))
+	msg = append(msg, raw...)
+	conn, err := sock.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = conn.Write(func(s uintptr) bool {
+		n, err := unix.SendmsgN(int(s), msg, unix.UnixRights(fd), nil, 0)
+		if err == unix.EAGAIN {
+			return false
+		}
+		serr = err
+		if err == nil && n < len(msg) {
+			_, serr = sock.Write(msg[n:])
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+func sameIDMap(a, b *IDMap) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
+// idmapEnv tells a warm shim the user namespace to make its init in.
+const idmapEnv = "_BALLENA_LAUNCHER_IDMAP"
+
+func idmapEnvValue(m *IDMap) string {
+	if m == nil {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d", m.HostID, m.Size)
+}
+
+func parseIDMapEnv(s string) (*IDMap, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var m IDMap
+	if _, err := fmt.Sscanf(s, "%d:%d", &m.HostID, &m.Size); err != nil || m.Size == 0 {
+		return nil, fmt.Errorf("bad %s %q", idmapEnv, s)
+	}
+	return &m, nil
 }

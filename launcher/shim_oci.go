@@ -14,14 +14,21 @@ import (
 
 // shimStartOCI creates the container with runc (its init then waits for
 // start, already in its cgroup), becomes its parent as a subreaper, and starts it.
-func shimStartOCI(cfg *runConfig, out *os.File) (int, func(), error) {
+func shimStartOCI(cfg *runConfig, out, errOut *os.File) (int, func(), error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return 0, nil, fmt.Errorf("subreaper: %w", err)
 	}
 	runc := func(args ...string) *exec.Cmd {
 		return exec.Command(cfg.Runc, append([]string{"--root", cfg.RuncRoot, "--log-format", "json"}, args...)...)
 	}
-	cleanup := func() { _ = runc("delete", "--force", cfg.ContainerID).Run() }
+	unmount, err := mountTaskRoot(cfg)
+	if err != nil {
+		return 0, nil, err
+	}
+	cleanup := func() {
+		_ = runc("delete", "--force", cfg.ContainerID).Run()
+		unmount()
+	}
 	pidFile := filepath.Join(cfg.Bundle, "pid")
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
@@ -38,7 +45,7 @@ func shimStartOCI(cfg *runConfig, out *os.File) (int, func(), error) {
 		return lastRuncError(b)
 	}
 	create := runc("--log", runcLog, "create", "--bundle", cfg.Bundle, "--pid-file", pidFile, cfg.ContainerID)
-	create.Stdin, create.Stdout, create.Stderr = devnull, out, out
+	create.Stdin, create.Stdout, create.Stderr = devnull, out, errOut
 	if err := create.Run(); err != nil {
 		cleanup()
 		return 0, nil, fmt.Errorf("runc create: %v: %s", err, runcErr())
@@ -77,4 +84,47 @@ func lastRuncError(b []byte) string {
 		}
 	}
 	return "see " + "runc.log"
+}
+
+// mountTaskRoot shows the image root at RootTarget for a task with a user
+// namespace: idmapped into it, or bound (a copy chowned into its ids). The
+// shim runs in a mount namespace of its own (the launcher started it so),
+// made a slave first, so that the mount is seen by runc and the task only,
+// and goes when they do. It returns the undo.
+func mountTaskRoot(cfg *runConfig) (func(), error) {
+	if cfg.RootSource == "" {
+		return func() {}, nil
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return nil, fmt.Errorf("own mount namespace: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.RootTarget), 0o711); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(cfg.RootTarget, 0o755); err != nil && !os.IsExist(err) {
+		return nil, err
+	}
+	undo := func() {
+		_ = unix.Unmount(cfg.RootTarget, unix.MNT_DETACH)
+		_ = os.Remove(cfg.RootTarget)
+	}
+	if cfg.RootIDMap {
+		if cfg.IDMap == nil {
+			return nil, fmt.Errorf("idmapped root without a user namespace")
+		}
+		if err := mountIDMapped(cfg.RootSource, cfg.RootTarget, cfg.IDMap); err != nil {
+			undo()
+			return nil, err
+		}
+		return undo, nil
+	}
+	if err := unix.Mount(cfg.RootSource, cfg.RootTarget, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		undo()
+		return nil, fmt.Errorf("bind task root: %w", err)
+	}
+	if err := unix.Mount("", cfg.RootTarget, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|lockedFlags(cfg.RootTarget), ""); err != nil {
+		undo()
+		return nil, fmt.Errorf("bind task root read-only: %w", err)
+	}
+	return undo, nil
 }

@@ -15,7 +15,8 @@ import (
 
 // executable returns a path to the whale that its unprivileged user may
 // execute: store blobs are not executable, so a read-only copy is made once
-// per digest, hashed as it is copied.
+// per digest, hashed as it is copied and fsynced. The shim hashes the copy
+// again before every start, through the descriptor init executes (openVerified).
 func (l *Launcher) executable(ctx context.Context, art Artifact) (string, error) {
 	dst := filepath.Join(l.dir, "bin", art.Digest)
 	if st, err := os.Stat(dst); err == nil && st.Mode().Perm() == 0o555 {
@@ -36,6 +37,10 @@ func (l *Launcher) executable(ctx context.Context, art Artifact) (string, error)
 		tmp.Close()
 		return "", fmt.Errorf("copy blob: %w", err)
 	}
+	if err := tmp.Sync(); err != nil { // durable before it is renamed into place
+		tmp.Close()
+		return "", err
+	}
 	if err := tmp.Close(); err != nil {
 		return "", err
 	}
@@ -46,6 +51,9 @@ func (l *Launcher) executable(ctx context.Context, art Artifact) (string, error)
 		return "", err
 	}
 	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return "", err
+	}
+	if err := syncDir(filepath.Dir(dst)); err != nil {
 		return "", err
 	}
 	return dst, nil

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -34,6 +35,9 @@ func (l *Launcher) Start(ctx context.Context, spec TaskSpec) (Task, error) {
 	}
 	if art.Kind == "oci" && l.cfg.Runc == "" {
 		return Task{}, fmt.Errorf("start %s: images need runc, which is not installed", spec.Artifact)
+	}
+	if err := checkPin(spec, art); err != nil {
+		return Task{}, fmt.Errorf("start %s: %w", spec.Artifact, err)
 	}
 	id, err := newID()
 	if err != nil {
@@ -110,16 +114,46 @@ func (l *Launcher) normalize(s *TaskSpec) error {
 	if len(s.Hostname) > 64 || strings.ContainsAny(s.Hostname, "/\x00 ") {
 		return fmt.Errorf("%w: hostname %q: at most 64 characters, no spaces or slashes", ErrInvalid, s.Hostname)
 	}
-	if s.User == "" {
-		s.User = l.cfg.DefaultUser
+	if s.User != "" && !userRE.MatchString(s.User) {
+		return fmt.Errorf("%w: user %q: want uid, uid:gid, or for images a name or name:group", ErrInvalid, s.User)
 	}
-	if _, _, err := ParseUser(s.User); err != nil {
-		return err
+	switch s.Seccomp {
+	case "":
+		s.Seccomp = SeccompDefault
+	case SeccompDefault, SeccompUnconfined:
+	default:
+		return fmt.Errorf("%w: seccomp %q: want default or unconfined", ErrInvalid, s.Seccomp)
+	}
+	s.Digest = strings.TrimPrefix(s.Digest, "sha256:")
+	if s.Digest != "" && !digestRE.MatchString(s.Digest) {
+		return fmt.Errorf("%w: digest %q: want 64 hex digits", ErrInvalid, s.Digest)
+	}
+	if s.NoFile == 0 {
+		s.NoFile = l.cfg.DefaultNoFile
+	}
+	if s.NoFile < 16 || s.NoFile > 1<<20 {
+		return fmt.Errorf("%w: nofile %d: want 16..1048576", ErrInvalid, s.NoFile)
+	}
+	if s.CoreBytes < 0 {
+		return fmt.Errorf("%w: core %d: must not be negative", ErrInvalid, s.CoreBytes)
 	}
 	for _, kv := range s.Env {
 		if !strings.Contains(kv, "=") {
 			return fmt.Errorf("%w: env %q: want KEY=VALUE", ErrInvalid, kv)
 		}
+	}
+	return nil
+}
+
+var (
+	userRE   = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$`)
+	digestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
+// checkPin refuses an artifact whose digest is not the one the spec pins.
+func checkPin(spec TaskSpec, art Artifact) error {
+	if spec.Digest != "" && spec.Digest != art.Digest {
+		return fmt.Errorf("%w: %s is pinned to sha256:%s but this node holds sha256:%s for it", ErrRefused, spec.Artifact, spec.Digest, art.Digest)
 	}
 	return nil
 }
@@ -134,52 +168,91 @@ func newID() (string, error) {
 
 // startRun starts one run of a task: cgroup, shim, init or runc. It returns
 // the shim once the task's process runs.
-func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (*exec.Cmd, error) {
+func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (cmd *exec.Cmd, err error) {
 	t := l.snapshot(e)
+	if err := checkPin(t.Spec, art); err != nil {
+		return nil, err
+	}
 	dir := l.taskDir(t.ID)
 	_ = os.Remove(l.exitPath(t.ID))
-	uid, gid, _ := ParseUser(t.Spec.User)
 	hostname := t.Spec.Hostname
 	if hostname == "" {
 		hostname = art.Name[:min(len(art.Name), 64)]
+	}
+	// The run's user namespace: a warm shim's (its init waits in it), or a fresh block.
+	var ws *warmShim
+	if art.Kind == "whale" && t.Spec.Network != "none" {
+		ws = l.takeWarm()
+	}
+	var idmap *IDMap
+	switch {
+	case ws != nil:
+		idmap = ws.idmap
+	case l.iso.UserNS:
+		if idmap, err = l.ids.get(); err != nil {
+			return nil, err
+		}
+	}
+	defer func() {
+		if err != nil {
+			if ws != nil {
+				ws.idmap = nil // released just below
+				ws.discard()
+			}
+			l.ids.put(idmap)
+		}
+	}()
+	unconfined := t.Spec.Seccomp == SeccompUnconfined
+	if unconfined {
+		l.log.Warn("task runs without a seccomp filter, as its spec asks (seccomp: unconfined)", "task", t.ID, "release", t.Spec.Artifact)
 	}
 	rc := runConfig{
 		ID: t.ID, Kind: art.Kind,
 		LogPath: l.logPath(t.ID), LogMaxBytes: l.cfg.LogMaxBytes, LogKeep: l.cfg.LogKeep,
 		ExitPath: l.exitPath(t.ID), OOMFile: oomKillsFile(e.cg.dir("memory"), e.cg.v2),
+		IDMap: idmap,
 	}
+	var uid, gid int
 	switch art.Kind {
 	case "whale":
-		bin, err := l.executable(ctx, art)
+		uid, gid, err = ParseUser(cmp.Or(t.Spec.User, l.cfg.DefaultUser))
 		if err != nil {
 			return nil, err
 		}
-		root := filepath.Join(dir, "root")
-		if err := os.MkdirAll(root, 0o700); err != nil {
+		if err := fitsIDMap(uid, gid, idmap); err != nil {
+			return nil, err
+		}
+		bin, err := l.executable(ctx, art)
+		if err != nil {
 			return nil, err
 		}
 		args := art.Cmd
 		if t.Spec.Args != nil {
 			args = t.Spec.Args
 		}
-		rc.Root, rc.Binary, rc.UID, rc.GID, rc.Hostname = root, bin, uid, gid, hostname
+		rc.Binary, rc.Digest, rc.UID, rc.GID, rc.Hostname = bin, art.Digest, uid, gid, hostname
 		rc.Args = append([]string{art.Name}, args...)
 		rc.Env = mergeEnv([]string{"PATH=/", "HOME=/tmp", "HOSTNAME=" + hostname}, art.Env, t.Spec.Env)
 		rc.Cwd = cmp.Or(t.Spec.WorkingDir, art.WorkingDir)
 		rc.NewNet = t.Spec.Network == "none"
 		rc.TmpBytes = l.cfg.TmpBytes
+		rc.Unconfined = unconfined
+		rc.NoFile, rc.CoreBytes = uint64(t.Spec.NoFile), uint64(t.Spec.CoreBytes)
 		if err := e.cg.create(t.Spec); err != nil {
 			return nil, err
 		}
 		rc.CgroupProcs = e.cg.procsFiles()
 	case "oci":
-		bundle, err := l.prepareBundle(ctx, t, art, uid, gid, hostname)
+		var b bundle
+		b, err = l.prepareBundle(ctx, t, art, idmap, hostname)
 		if err != nil {
 			return nil, err
 		}
+		uid, gid = b.uid, b.gid
 		_ = exec.Command(l.cfg.Runc, "--root", filepath.Join(l.dir, "runc"), "delete", "--force", containerID(t.ID)).Run()
 		_ = e.cg.destroy()
-		rc.Runc, rc.RuncRoot, rc.Bundle, rc.ContainerID = l.cfg.Runc, filepath.Join(l.dir, "runc"), bundle, containerID(t.ID)
+		rc.Runc, rc.RuncRoot, rc.Bundle, rc.ContainerID = l.cfg.Runc, filepath.Join(l.dir, "runc"), b.dir, containerID(t.ID)
+		rc.RootSource, rc.RootTarget, rc.RootIDMap = b.rootSource, b.rootTarget, b.idmapped
 	}
 	b, err := json.Marshal(rc)
 	if err != nil {
@@ -189,7 +262,8 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (*exec.
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		return nil, err
 	}
-	cmd, st, err := l.startShim(ctx, dir, cfgPath, art.Kind == "whale" && !rc.NewNet)
+	cmd, st, err := l.startShim(ctx, dir, cfgPath, ws, rc.RootSource != "")
+	ws = nil // startShim used or discarded it
 	if err != nil {
 		_ = e.cg.destroy()
 		return nil, err
@@ -202,6 +276,7 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (*exec.
 	e.t.StartedAt = time.Now().UTC()
 	e.t.Exit = nil
 	e.t.Digest = art.Digest
+	e.t.Seccomp, e.t.UserNS, e.t.User = t.Spec.Seccomp, idmap, fmt.Sprintf("%d:%d", uid, gid)
 	stopping := e.t.Stopping
 	err = l.save(e)
 	l.mu.Unlock()
@@ -211,28 +286,35 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (*exec.
 	if err != nil {
 		l.log.Error("save task record", "task", t.ID, "err", err)
 	}
-	l.log.Info("task started", "task", t.ID, "release", t.Spec.Artifact, "digest", art.Digest, "pid", st.PID)
+	l.log.Info("task started", "task", t.ID, "release", t.Spec.Artifact, "digest", art.Digest, "pid", st.PID,
+		"seccomp", t.Spec.Seccomp, "userns", idmap.String(), "user", fmt.Sprintf("%d:%d", uid, gid))
 	l.emit(e)
 	return cmd, nil
 }
 
+// fitsIDMap checks that uid and gid exist in the task's user namespace.
+func fitsIDMap(uid, gid int, m *IDMap) error {
+	if m != nil && (uid >= int(m.Size) || gid >= int(m.Size)) {
+		return fmt.Errorf("%w: user %d:%d: a task's user namespace has ids 0..%d", ErrInvalid, uid, gid, m.Size-1)
+	}
+	return nil
+}
+
 // startShim starts the task's shim in its own session (so a terminal's ^C
-// does not reach it) and waits for its one status line.
-func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, warmOK bool) (*exec.Cmd, shimStatus, error) {
+// does not reach it) and waits for its one status line. A warm shim ws, when
+// given, is used (its init already waits in its namespaces); ownMountNS puts
+// a cold shim in a mount namespace of its own (for an image root it mounts).
+func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, ws *warmShim, ownMountNS bool) (*exec.Cmd, shimStatus, error) {
 	var st shimStatus
-	if warmOK {
-		select {
-		case ws := <-l.pool:
-			l.refill()
-			if _, err := ws.ctrl.Write([]byte(cfgPath + "\n")); err == nil {
-				ws.ctrl.Close()
-				st, err := l.readStatus(ctx, ws.cmd, ws.status)
-				ws.status.Close()
-				return ws.cmd, st, err
-			}
-			ws.discard() // it died: start a cold one
-		default:
+	if ws != nil {
+		if _, err := ws.ctrl.Write([]byte(cfgPath + "\n")); err == nil {
+			ws.ctrl.Close()
+			st, err := l.readStatus(ctx, ws.cmd, ws.status)
+			ws.status.Close()
+			return ws.cmd, st, err
 		}
+		ws.idmap = nil // the run keeps its id block
+		ws.discard()   // it died: start a cold one
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -245,6 +327,10 @@ func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, warmOK bo
 		return nil, st, err
 	}
 	defer shimLog.Close()
+	attr := &syscall.SysProcAttr{Setsid: true}
+	if ownMountNS {
+		attr.Cloneflags = syscall.CLONE_NEWNS
+	}
 	cmd := &exec.Cmd{
 		Path:        "/proc/self/exe",
 		Args:        []string{"ballena-shim", filepath.Base(dir)},
@@ -252,7 +338,7 @@ func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, warmOK bo
 		Stdout:      shimLog,
 		Stderr:      shimLog,
 		ExtraFiles:  []*os.File{w},
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+		SysProcAttr: attr,
 	}
 	err = cmd.Start()
 	w.Close()

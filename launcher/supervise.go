@@ -182,6 +182,8 @@ func (l *Launcher) endRun(e *entry) bool {
 	if err := e.cg.destroy(); err != nil {
 		l.log.Warn("remove cgroup", "task", t.ID, "err", err)
 	}
+	l.ids.put(t.UserNS)                                        // nothing of the run is left to hold its ids
+	_ = os.RemoveAll(filepath.Join(l.taskDir(t.ID), "rootfs")) // a chowned image root, when there was one
 	l.mu.Lock()
 	e.t.Exit = exit
 	e.t.PID, e.t.PIDStart, e.t.ShimPID, e.t.ShimStart = 0, 0, 0, 0

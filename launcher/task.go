@@ -63,13 +63,26 @@ type TaskSpec struct {
 	Pids        int64         `json:"pids,omitempty"`        // max processes and threads; 0 means Config.DefaultPids
 	Restart     RestartPolicy `json:"restart,omitempty"`     // default never
 
-	// User is "uid" or "uid:gid"; empty means Config.DefaultUser (65534:65534).
+	// User is "uid" or "uid:gid"; images also take names from their
+	// /etc/passwd and /etc/group ("www", "www:www"). Empty means the image's
+	// own User, else Config.DefaultUser (65534:65534).
 	User string `json:"user,omitempty"`
 	// Network is "host" (default: share the machine's network) or "none"
 	// (a new network namespace with only loopback).
 	Network  string            `json:"network,omitempty"`
 	Hostname string            `json:"hostname,omitempty"`
 	Labels   map[string]string `json:"labels,omitempty"` // free-form, e.g. the allocation ID
+
+	// Seccomp is "" or "default" (the default filter, see seccomp.go) or
+	// "unconfined" (no filter; logged, and shown by ps and inspect).
+	Seccomp string `json:"seccomp,omitempty"`
+	// Digest, when set, pins the artifact: a start whose verified blob has
+	// another sha256 is refused (a job's digest: field).
+	Digest string `json:"digest,omitempty"`
+	// NoFile is RLIMIT_NOFILE (soft and hard); 0 means Config.DefaultNoFile (4096).
+	NoFile int64 `json:"nofile,omitempty"`
+	// CoreBytes is RLIMIT_CORE; 0 means no core dumps.
+	CoreBytes int64 `json:"coreBytes,omitempty"`
 }
 
 // Task is a task's record as the launcher keeps it.
@@ -90,6 +103,14 @@ type Task struct {
 	// Revoked, filled by MarkRevoked for a live task, says that the key that
 	// signed its artifact has been revoked since: it runs on but will not restart.
 	Revoked string `json:"revoked,omitempty"`
+
+	// Seccomp is the filter the current run has: "default" or "unconfined".
+	Seccomp string `json:"seccomp,omitempty"`
+	// UserNS is the current run's user namespace; nil means none (the node
+	// runs without user namespaces: see Launcher.Isolation).
+	UserNS *IDMap `json:"userns,omitempty"`
+	// User is the uid:gid the current run's process started as, inside its user namespace.
+	User string `json:"user,omitempty"`
 
 	// PIDStart and ShimPID/ShimStart let a restarted launcher find its processes
 	// again and tell them from unrelated processes that reused their PIDs.

@@ -13,6 +13,19 @@ type warmShim struct {
 	cmd    *exec.Cmd
 	status *os.File // read end of its status pipe
 	ctrl   *os.File // write end of its control pipe
+	idmap  *IDMap   // the user namespace its init waits in; nil: none
+	ids    *idAllocator
+}
+
+// takeWarm takes a warm shim from the pool, if one waits, and starts another.
+func (l *Launcher) takeWarm() *warmShim {
+	select {
+	case ws := <-l.pool:
+		l.refill()
+		return ws
+	default:
+		return nil
+	}
 }
 
 // refill starts a warm shim in the background for the pool.
@@ -34,7 +47,18 @@ func (l *Launcher) refill() {
 	})
 }
 
-func (l *Launcher) spawnWarm() (*warmShim, error) {
+func (l *Launcher) spawnWarm() (ws *warmShim, err error) {
+	var idmap *IDMap
+	if l.iso.UserNS {
+		if idmap, err = l.ids.get(); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				l.ids.put(idmap)
+			}
+		}()
+	}
 	sr, sw, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -53,7 +77,7 @@ func (l *Launcher) spawnWarm() (*warmShim, error) {
 	cmd := &exec.Cmd{
 		Path:        "/proc/self/exe",
 		Args:        []string{"ballena-shim-warm"},
-		Env:         []string{modeEnv + "=shim"},
+		Env:         []string{modeEnv + "=shim", idmapEnv + "=" + idmapEnvValue(idmap)},
 		Stdout:      shimLog,
 		Stderr:      shimLog,
 		ExtraFiles:  []*os.File{sw, cr},
@@ -67,12 +91,13 @@ func (l *Launcher) spawnWarm() (*warmShim, error) {
 		cw.Close()
 		return nil, fmt.Errorf("start shim: %w", err)
 	}
-	return &warmShim{cmd: cmd, status: sr, ctrl: cw}, nil
+	return &warmShim{cmd: cmd, status: sr, ctrl: cw, idmap: idmap, ids: l.ids}, nil
 }
 
-// discard ends an unused warm shim: EOF on its control pipe.
+// discard ends an unused warm shim: EOF on its control pipe. Its id block is free again.
 func (ws *warmShim) discard() {
 	ws.ctrl.Close()
 	ws.status.Close()
 	_ = ws.cmd.Wait()
+	ws.ids.put(ws.idmap)
 }

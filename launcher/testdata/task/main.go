@@ -68,6 +68,15 @@ func main() {
 		}
 	case "ps":
 		ps()
+	case "probe": // what a hostile program could try; optional address to dial
+		probe(os.Args[2:])
+	case "streams": // interleaved stdout and stderr
+		for i := range 3 {
+			fmt.Fprintf(os.Stdout, "out %d\n", i)
+			os.Stdout.Sync()
+			fmt.Fprintf(os.Stderr, "err %d\n", i)
+			os.Stderr.Sync()
+		}
 	case "forker": // a child that ignores SIGTERM, and so do we
 		signal.Ignore(syscall.SIGTERM)
 		cmd := exec.Command("/proc/self/exe", "child")
