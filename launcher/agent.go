@@ -322,9 +322,13 @@ func (a *Agent) attempt(ctx context.Context, al *placement.Alloc) (Task, error) 
 	if err := a.cfg.Fetch(ctx, ref); err != nil {
 		return Task{}, fmt.Errorf("fetch %s: %w", ref, err)
 	}
+	iso := al.Isolation
 	spec := TaskSpec{Artifact: al.Artifact, Args: al.Args, MemoryBytes: al.Resources.Memory,
 		CPUMillis: al.Resources.CPU, Pids: al.Resources.PIDs, Restart: RestartPolicy(al.Restart),
-		Hostname: al.Name(), Labels: map[string]string{allocLabel: al.ID, "ballena.job": al.Job}}
+		Hostname: al.Name(), Labels: map[string]string{allocLabel: al.ID, "ballena.job": al.Job},
+		// The job's isolation, and its pinned digest: Start refuses any other.
+		Seccomp: iso.Seccomp, Network: iso.Network, User: iso.User, NoFile: iso.NoFile, CoreBytes: iso.CoreBytes,
+		Digest: al.Digest}
 	// Like NOMAD_ALLOC_INDEX: lets copies of a task on one machine pick distinct ports.
 	spec.Env = append(spec.Env, fmt.Sprintf("BALLENA_TASK_INDEX=%d", al.TaskIndex), "BALLENA_JOB="+al.Job, "BALLENA_ALLOC_ID="+al.ID)
 	for k, v := range al.Env {

@@ -3,6 +3,7 @@ package launcher
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -183,5 +184,56 @@ func TestAgentUpdateHaltsOnRefusal(t *testing.T) {
 		if tk.Spec.Artifact != "task@1.0.0" {
 			t.Errorf("started %s, which fails verification", tk.Spec.Artifact)
 		}
+	}
+}
+
+// A job's isolation reaches the task: network none (the host's loopback
+// listener is out of reach), the seccomp opt-out, the user, the limits.
+func TestAgentAppliesJobIsolation(t *testing.T) {
+	c := newAgentCell(t)
+	c.env.publishTask()
+	ln := testnet.Loopback(t)
+	submit(t, c, fmt.Sprintf("name: iso\nartifact: task@1.0.0\nresources: {cpu: 100m, memory: 64MiB}\nrestart: never\n"+
+		"network: none\nseccomp: unconfined\nuser: \"0:0\"\nlimits: {nofile: 100}\nargs: [probe, %q]\n", ln.Addr().String()))
+	c.waitJob(t, "iso", func(st *placement.JobStatus) bool { return st.Summary["done"] == 1 })
+	tasks := c.env.l.List()
+	if len(tasks) != 1 {
+		t.Fatalf("%d tasks, want 1", len(tasks))
+	}
+	tk := tasks[0]
+	var r probeReport
+	if err := json.Unmarshal([]byte(strings.TrimSpace(c.env.logs(tk.ID))), &r); err != nil {
+		t.Fatalf("probe output %q: %v", c.env.logs(tk.ID), err)
+	}
+	if tk.Spec.Network != "none" || r.Dial == "connected" {
+		t.Errorf("network none: spec %q, dial to the host's loopback %q", tk.Spec.Network, r.Dial)
+	}
+	if tk.Seccomp != SeccompUnconfined || r.Seccomp != "0" {
+		t.Errorf("seccomp: unconfined: record %q, status %q", tk.Seccomp, r.Seccomp)
+	}
+	if in, host, _ := uidMapOf(t, r.UIDMap); r.UID != 0 || in != 0 || host < defaultIDRangeStart {
+		t.Errorf("user 0:0: uid %d, uid_map %q", r.UID, r.UIDMap)
+	}
+	if r.NoFile != "100/100" {
+		t.Errorf("limits.nofile 100: %s", r.NoFile)
+	}
+}
+
+// The digest a job pins is enforced by the node: another one is not started.
+func TestAgentEnforcesPinnedDigest(t *testing.T) {
+	c := newAgentCell(t)
+	c.env.publishTask()
+	other := strings.Repeat("cd", 32)
+	submit(t, c, "name: pin\nartifact: task@1.0.0\ndigest: "+other+"\nresources: {cpu: 100m, memory: 64MiB}\nargs: [serve]\n")
+	c.waitJob(t, "pin", func(st *placement.JobStatus) bool {
+		for _, ts := range st.Tasks {
+			if strings.Contains(ts.Message, "pinned to sha256:"+other) {
+				return true
+			}
+		}
+		return false
+	})
+	if n := len(c.env.l.List()); n != 0 {
+		t.Errorf("%d tasks started for a job pinned to another digest", n)
 	}
 }

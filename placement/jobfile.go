@@ -105,7 +105,8 @@ func (p *jobParser) fields(n *yaml.Node, prefix string, known []string, set func
 const MaxCount = 10000
 
 var jobFields = []string{"name", "artifact", "digest", "count", "resources", "priority",
-	"constraints", "spread", "distinct_hosts", "args", "env", "restart", "update"}
+	"constraints", "spread", "distinct_hosts", "args", "env", "restart", "update",
+	"seccomp", "network", "user", "limits"}
 
 func (p *jobParser) job(n *yaml.Node, j *Job) {
 	resNode := n
@@ -195,6 +196,40 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 		case "update":
 			p.fields(v, "update.", []string{"max_parallel"}, func(key string, v *yaml.Node, field string) {
 				j.Update.MaxParallel = int(p.int(v, field, 1, 10000))
+			})
+		case "seccomp":
+			j.Isolation.Seccomp = p.str(v, field)
+			if p.err == nil && j.Isolation.Seccomp != SeccompDefault && j.Isolation.Seccomp != SeccompUnconfined {
+				p.fail(v, field, "%q is not a seccomp setting (default, or unconfined to run without the filter)", j.Isolation.Seccomp)
+			}
+			if j.Isolation.Seccomp == SeccompDefault {
+				j.Isolation.Seccomp = ""
+			}
+		case "network":
+			j.Isolation.Network = p.str(v, field)
+			if p.err == nil && j.Isolation.Network != NetworkHost && j.Isolation.Network != NetworkNone {
+				p.fail(v, field, "%q is not a network (host, or none for loopback only)", j.Isolation.Network)
+			}
+			if j.Isolation.Network == NetworkHost {
+				j.Isolation.Network = ""
+			}
+		case "user":
+			j.Isolation.User = p.str(v, field)
+			if p.err == nil && !userRE.MatchString(j.Isolation.User) {
+				p.fail(v, field, "%q is not a user (uid, uid:gid, or for images a name or name:group)", j.Isolation.User)
+			}
+		case "limits":
+			p.fields(v, "limits.", []string{"nofile", "core"}, func(key string, v *yaml.Node, field string) {
+				switch key {
+				case "nofile":
+					j.Isolation.NoFile = p.int(v, field, 16, 1<<20)
+				case "core":
+					c, err := units.ParseBytes(v.Value)
+					if err != nil || v.Kind != yaml.ScalarNode || c < 0 {
+						p.fail(v, field, "%q is not a size (e.g. 0, 64MiB)", v.Value)
+					}
+					j.Isolation.CoreBytes = c
+				}
 			})
 		}
 	})
@@ -314,7 +349,16 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// Isolation settings a job file may name.
+const (
+	SeccompDefault    = "default"
+	SeccompUnconfined = "unconfined"
+	NetworkHost       = "host"
+	NetworkNone       = "none"
+)
+
 var (
+	userRE   = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$`)
 	nameRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 	digestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	envRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -355,6 +399,16 @@ func (j *Job) Validate() error {
 		return bad("restart", "%q is not never, on-failure or always", j.Restart)
 	case j.Update.MaxParallel < 1:
 		return bad("update.max_parallel", "must be at least 1")
+	case j.Isolation.Seccomp != "" && j.Isolation.Seccomp != SeccompUnconfined:
+		return bad("seccomp", "%q is not default or unconfined", j.Isolation.Seccomp)
+	case j.Isolation.Network != "" && j.Isolation.Network != NetworkNone:
+		return bad("network", "%q is not host or none", j.Isolation.Network)
+	case j.Isolation.User != "" && !userRE.MatchString(j.Isolation.User):
+		return bad("user", "%q is not uid, uid:gid, name or name:group", j.Isolation.User)
+	case j.Isolation.NoFile != 0 && (j.Isolation.NoFile < 16 || j.Isolation.NoFile > 1<<20):
+		return bad("limits.nofile", "%d is out of range (16..1048576)", j.Isolation.NoFile)
+	case j.Isolation.CoreBytes < 0:
+		return bad("limits.core", "must not be negative")
 	}
 	for i, c := range j.Constraints {
 		ok := c.Label != "" && len(c.Values) > 0

@@ -105,3 +105,39 @@ func TestJobUnitsAndRefsFollowTheNode(t *testing.T) {
 		}
 	}
 }
+
+func TestParseJobIsolation(t *testing.T) {
+	base := "name: w\nartifact: w@1.0.0\nresources: {cpu: 1, memory: 1GiB}\n"
+	j, err := ParseJob("w.yaml", []byte(base+"seccomp: unconfined\nnetwork: none\nuser: \"app:staff\"\nlimits: {nofile: 65536, core: 64MiB}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Isolation{Seccomp: SeccompUnconfined, Network: NetworkNone, User: "app:staff", NoFile: 65536, CoreBytes: 64 << 20}
+	if j.Isolation != want {
+		t.Errorf("isolation %+v, want %+v", j.Isolation, want)
+	}
+	if err := j.Validate(); err != nil {
+		t.Errorf("validate: %v", err)
+	}
+	// The defaults spelled out are the zero value: the same spec as saying nothing.
+	d, err := ParseJob("w.yaml", []byte(base+"seccomp: default\nnetwork: host\n"))
+	if err != nil || d.Isolation != (Isolation{}) {
+		t.Errorf("explicit defaults: %+v, %v", d.Isolation, err)
+	}
+	plain, _ := ParseJob("w.yaml", []byte(base))
+	if !specEqual(d, plain) || specEqual(j, plain) {
+		t.Errorf("specEqual: defaults spelled out must equal none; isolation changes must differ")
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"seccomp: off\n", `w.yaml:4: seccomp: "off" is not a seccomp setting`},
+		{"network: bridge\n", `w.yaml:4: network: "bridge" is not a network`},
+		{"user: \"a b\"\n", `w.yaml:4: user: "a b" is not a user`},
+		{"limits: {nofile: 3}\n", `w.yaml:4: limits.nofile: 3 is out of range`},
+		{"limits: {stack: 1}\n", `w.yaml:4: limits.stack: unknown field`},
+	} {
+		_, err := ParseJob("w.yaml", []byte(base+tc.yaml))
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %s...", tc.yaml, err, tc.want)
+		}
+	}
+}

@@ -111,8 +111,24 @@ type Job struct {
 }
 
 // Isolation is how a machine confines a job's tasks, beyond their resources: the
-// scheduler copies it into every allocation and the launcher applies it.
-type Isolation struct{}
+// scheduler copies it into every allocation and the launcher applies it. The
+// zero value is the default: the seccomp filter, the host network, the
+// image's user (else 65534:65534), 4096 open files, no core dumps.
+type Isolation struct {
+	// Seccomp is "" (the default filter) or "unconfined" (job field
+	// `seccomp: unconfined`: no filter; nodes log it, ps and inspect show it).
+	Seccomp string `json:"seccomp,omitempty"`
+	// Network is "" or "host" (share the machine's network) or "none" (a
+	// network namespace of the task's own with loopback only).
+	Network string `json:"network,omitempty"`
+	// User overrides the image's user: uid, uid:gid, or names from the
+	// image's /etc/passwd and /etc/group.
+	User string `json:"user,omitempty"`
+	// NoFile is RLIMIT_NOFILE (0: the node's default, 4096); CoreBytes is
+	// RLIMIT_CORE (0: no core dumps).
+	NoFile    int64 `json:"nofile,omitempty"`
+	CoreBytes int64 `json:"core_bytes,omitempty"`
+}
 
 // Node states.
 const (
