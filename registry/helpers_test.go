@@ -42,7 +42,7 @@ type env struct {
 
 type envOpts struct {
 	store *artifact.Store // default a new one
-	fetch func(context.Context, artifact.Ref) (artifact.Release, error)
+	fetch func(context.Context, artifact.Ref, func()) (artifact.Release, error)
 	maps  []string
 }
 
@@ -70,7 +70,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		maps = append(maps, m)
 	}
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(e.logs, tLog{t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e.srv, err = New(Config{Store: e.st, Policy: e.policy.Load, Fetch: o.fetch, Map: maps, Metrics: e.reg, Logger: log})
+	e.srv, err = New(Config{Store: e.st, Policy: e.policy.Load, Fetch: o.fetch, ResolveTimeout: 2 * time.Second, Map: maps, Metrics: e.reg, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,3 +166,8 @@ func (l *logBuffer) contains(s string) bool {
 }
 
 var _ = time.Second
+
+// logger writes a room's log into the test's.
+func logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tLog{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}

@@ -54,9 +54,14 @@ type Config struct {
 	// Policy returns the node's current trust policy (it changes on SIGHUP).
 	Policy func() *signing.Policy
 	// Fetch brings a release the store lacks from the mesh, verified against
-	// the same policy (swarm.Node.Fetch); nil serves only what the store holds.
-	Fetch func(ctx context.Context, ref artifact.Ref) (artifact.Release, error)
-	// FetchTimeout bounds one fetch from the mesh; default 5 minutes.
+	// the same policy (swarm.Node.Fetch), and calls found once holders were
+	// found and the download runs; nil serves only what the store holds.
+	Fetch func(ctx context.Context, ref artifact.Ref, found func()) (artifact.Release, error)
+	// ResolveTimeout bounds the wait for the mesh to name a holder of the
+	// release; after it the client gets 404 and containerd turns to the
+	// upstream registry. Default 5 seconds.
+	ResolveTimeout time.Duration
+	// FetchTimeout bounds one whole fetch from the mesh; default 5 minutes.
 	FetchTimeout time.Duration
 	// Map turns mirror requests (containerd's ?ns=, or Docker's registry-mirrors
 	// for docker.io) into release names; unmapped mirror requests answer 404.
@@ -88,6 +93,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.FetchTimeout <= 0 {
 		cfg.FetchTimeout = 5 * time.Minute
+	}
+	if cfg.ResolveTimeout <= 0 {
+		cfg.ResolveTimeout = 5 * time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -146,7 +154,10 @@ const (
 // ServeHTTP routes a request of the distribution API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
-	defer func() { s.requests.WithLabelValues(strconv.Itoa(rec.code)).Inc() }()
+	defer func() {
+		s.requests.WithLabelValues(strconv.Itoa(rec.code)).Inc()
+		s.log.Debug("registry request", "method", r.Method, "path", r.URL.Path, "ns", r.URL.Query().Get("ns"), "code", rec.code)
+	}()
 	w = rec
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	p := r.URL.Path

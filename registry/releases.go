@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"ballena.dev/artifact"
@@ -157,8 +158,15 @@ func (s *Server) fetchOnce(ctx context.Context, ref artifact.Ref) error {
 		go func() {
 			fctx, cancel := context.WithTimeout(context.Background(), s.cfg.FetchTimeout)
 			defer cancel()
+			var found atomic.Bool
+			unfound := time.AfterFunc(s.cfg.ResolveTimeout, func() {
+				if !found.Load() {
+					cancel() // nobody named a holder in time: let the client fall back
+				}
+			})
+			defer unfound.Stop()
 			start := time.Now()
-			_, c.err = s.cfg.Fetch(fctx, ref)
+			_, c.err = s.cfg.Fetch(fctx, ref, func() { found.Store(true) })
 			if c.err == nil {
 				s.log.Info("fetched from the mesh for a client", "ref", ref.String(), "took", time.Since(start).Round(time.Millisecond))
 			}

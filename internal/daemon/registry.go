@@ -8,6 +8,7 @@ import (
 	"ballena.dev/artifact"
 	"ballena.dev/registry"
 	"ballena.dev/signing"
+	"ballena.dev/swarm"
 )
 
 // startRegistry serves the node's OCI registry on cfg.RegistryListen until ctx
@@ -21,8 +22,8 @@ func (d *Daemon) startRegistry(ctx context.Context) error {
 	srv, err := registry.New(registry.Config{
 		Store:  d.st,
 		Policy: func() *signing.Policy { return d.policy.Load() },
-		Fetch: func(ctx context.Context, ref artifact.Ref) (artifact.Release, error) {
-			return d.node.Fetch(ctx, ref, nil)
+		Fetch: func(ctx context.Context, ref artifact.Ref, found func()) (artifact.Release, error) {
+			return d.node.Fetch(ctx, ref, func(swarm.Progress) { found() })
 		},
 		Map:     d.cfg.RegistryMap,
 		Metrics: registerer(d.cfg.Metrics),

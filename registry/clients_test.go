@@ -1,0 +1,276 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+
+	"ballena.dev/internal/poll"
+)
+
+func requireTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is needed: apt-get install %s (.ci/run installs it)", name, pkg)
+	}
+	return p
+}
+
+func runTool(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestSkopeo: skopeo inspects the image by tag and copies it into an OCI
+// layout whose manifest, config and layers are the published ones.
+func TestSkopeo(t *testing.T) {
+	skopeo := requireTool(t, "skopeo", "skopeo")
+	e := newEnv(t, envOpts{maps: []string{"registry.example.com/team/="}})
+	p, img := testImage(t, e.dir, 300<<10)
+	e.publish(p, "api", "1.4.0", e.priv)
+	host := strings.TrimPrefix(e.url, "http://")
+	digest, _ := img.Digest()
+
+	var insp struct {
+		Digest string
+		Layers []string
+	}
+	out := runTool(t, skopeo, "--insecure-policy", "inspect", "--tls-verify=false", "docker://"+host+"/api:1.4.0")
+	if err := json.Unmarshal([]byte(out), &insp); err != nil {
+		t.Fatalf("skopeo inspect: %v\n%s", err, out)
+	}
+	m, _ := img.Manifest()
+	if insp.Digest != digest.String() || len(insp.Layers) != 2 || insp.Layers[1] != m.Layers[1].Digest.String() {
+		t.Fatalf("skopeo inspect: %+v, want digest %s and layers %v", insp, digest, m.Layers)
+	}
+	out = runTool(t, skopeo, "--insecure-policy", "list-tags", "--tls-verify=false", "docker://"+host+"/api")
+	if !strings.Contains(out, `"1.4.0"`) {
+		t.Fatalf("skopeo list-tags: %s", out)
+	}
+
+	dst := filepath.Join(e.dir, "copy")
+	runTool(t, skopeo, "--insecure-policy", "copy", "--src-tls-verify=false", "docker://"+host+"/api:1.4.0", "oci:"+dst+":api")
+	lp, err := layout.FromPath(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := lp.ImageIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, _ := idx.IndexManifest()
+	if len(im.Manifests) != 1 {
+		t.Fatalf("copied layout has %d manifests", len(im.Manifests))
+	}
+	got, err := idx.Image(im.Manifests[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// skopeo converts the Docker config to an OCI one: the run config stays.
+	gotCfg, err := got.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gm, _ := got.Manifest()
+	if gotCfg.Config.Entrypoint[0] != "/bin/hello" || gotCfg.Architecture != "amd64" || len(gm.Layers) != 2 {
+		t.Fatalf("copied image: config %+v, %d layers", gotCfg, len(gm.Layers))
+	}
+	for i, l := range gm.Layers {
+		// skopeo may re-label media types for OCI; the bytes must be the same.
+		if l.Digest != m.Layers[i].Digest {
+			t.Fatalf("copied layer %d: %s, want %s", i, l.Digest, m.Layers[i].Digest)
+		}
+		if _, err := os.Stat(filepath.Join(dst, "blobs", "sha256", l.Digest.Hex)); err != nil {
+			t.Fatalf("copied layer %d missing: %v", i, err)
+		}
+	}
+	// Into a dir: the manifest and config byte for byte.
+	dir := filepath.Join(e.dir, "dircopy")
+	runTool(t, skopeo, "--insecure-policy", "copy", "--src-tls-verify=false", "docker://"+host+"/api:1.4.0", "dir:"+dir)
+	rawManifest, _ := img.RawManifest()
+	rawConfig, _ := img.RawConfigFile()
+	cfgName, _ := img.ConfigName()
+	if b, err := os.ReadFile(filepath.Join(dir, "manifest.json")); err != nil || string(b) != string(rawManifest) {
+		t.Fatalf("dir copy manifest: %v\n%s", err, b)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, cfgName.Hex)); err != nil || string(b) != string(rawConfig) {
+		t.Fatalf("dir copy config: %v", err)
+	}
+
+	// A mirror name goes through the map, without ns: Docker-style names are
+	// docker.io's, unmapped here, so skopeo must fail on it.
+	cmd := exec.Command(skopeo, "--insecure-policy", "inspect", "--tls-verify=false", "docker://"+host+"/team/api:1.4.0")
+	if out, err := cmd.CombinedOutput(); err == nil {
+		t.Fatalf("skopeo inspect of an unmapped name succeeded:\n%s", out)
+	}
+}
+
+// containerd is a containerd daemon of the test's own: its own root, state,
+// socket and config, without the CRI plugin.
+type containerd struct {
+	dir, sock string
+}
+
+func startContainerd(t testing.TB) *containerd {
+	t.Helper()
+	bin := requireTool(t, "containerd", "containerd")
+	requireTool(t, "ctr", "containerd")
+	if os.Geteuid() != 0 {
+		t.Skip("containerd runs as root: run the tests as root (CI does)")
+	}
+	dir, err := os.MkdirTemp("", "ballena-containerd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	c := &containerd{dir: dir, sock: filepath.Join(dir, "containerd.sock")}
+	cfg := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  address = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc", filepath.Join(dir, "debug.sock"))
+	cfgPath := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("containerd log:\n%s", b)
+		}
+	})
+	poll.Until(t, 30*time.Second, "containerd's socket", func() bool {
+		return exec.Command("ctr", "--address", c.sock, "version").Run() == nil
+	})
+	return c
+}
+
+func (c *containerd) ctr(t testing.TB, args ...string) string {
+	t.Helper()
+	return runTool(t, "ctr", append([]string{"--address", c.sock}, args...)...)
+}
+
+// imageDigest is the digest containerd recorded for an image it pulled.
+func (c *containerd) imageDigest(t testing.TB, ref string) string {
+	t.Helper()
+	for _, line := range strings.Split(c.ctr(t, "images", "ls"), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == ref {
+			return f[2]
+		}
+	}
+	t.Fatalf("containerd has no image %s", ref)
+	return ""
+}
+
+// TestContainerdPulls: a real containerd pulls the image directly
+// (--plain-http) and as a mirror of registry.example.com through the
+// hosts.toml that `ballena registry config containerd` writes, and unpacks it.
+func TestContainerdPulls(t *testing.T) {
+	c := startContainerd(t)
+	// up stands for an upstream registry: another Ballena registry on loopback.
+	up := newEnv(t, envOpts{maps: []string{"docker.io/team/="}})
+	upHost := strings.TrimPrefix(up.url, "http://")
+	e := newEnv(t, envOpts{maps: []string{"registry.example.com/team/=", upHost + "/team/="}})
+	p, img := testImage(t, e.dir, 300<<10)
+	e.publish(p, "api", "1.4.0", e.priv)
+	host := strings.TrimPrefix(e.url, "http://")
+	digest, _ := img.Digest()
+
+	hosts := filepath.Join(e.dir, "certs.d")
+	files, err := WriteContainerdConfig(hosts, []string{"registry.example.com"}, e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(files[0])
+	if !strings.Contains(string(b), `capabilities = ["pull", "resolve"]`) || !strings.Contains(string(b), `server = "https://registry.example.com"`) {
+		t.Fatalf("hosts.toml:\n%s", b)
+	}
+	mirrored := "registry.example.com/team/api:1.4.0"
+	c.ctr(t, "images", "pull", "--hosts-dir", hosts, "--snapshotter", "native", mirrored)
+	if got := c.imageDigest(t, mirrored); got != digest.String() {
+		t.Fatalf("containerd pulled %s as %s, want %s", mirrored, got, digest)
+	}
+	// It came through the mirror path: containerd named the upstream in ns.
+	m, _ := img.Manifest()
+	for _, want := range []string{"path=/v2/team/api/manifests/1.4.0 ns=registry.example.com code=200",
+		"path=/v2/team/api/blobs/" + m.Layers[1].Digest.String() + " ns=registry.example.com code=200"} {
+		if !e.logs.contains(want) {
+			t.Fatalf("containerd's mirror requests: no %q", want)
+		}
+	}
+	direct := host + "/api:1.4.0"
+	c.ctr(t, "images", "pull", "--plain-http", "--snapshotter", "native", direct)
+	if got := c.imageDigest(t, direct); got != digest.String() {
+		t.Fatalf("containerd pulled %s as %s, want %s", direct, got, digest)
+	}
+	// Unpacked: the image's file is in a snapshot.
+	c.ctr(t, "images", "check")
+
+	// What containerd holds is byte for byte what was published.
+	out := c.ctr(t, "content", "get", m.Layers[1].Digest.String())
+	if sha([]byte(out)) != m.Layers[1].Digest.String() {
+		t.Fatal("containerd's copy of the layer differs")
+	}
+
+	// A release the mirror refuses (signed by a key it does not trust) answers
+	// 404, and containerd falls back to the upstream registry, here another
+	// Ballena registry on loopback that trusts that key.
+	pu, upImg := testImage(t, up.dir, 2000)
+	up.publish(pu, "web", "3.0.0", up.priv)
+	e.publish(pu, "web", "3.0.0", up.priv) // held by the mirror too, but untrusted there
+	files, err = WriteContainerdConfig(hosts, []string{upHost}, e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(files[0])
+	// The upstream here is plain HTTP on loopback.
+	if err := os.WriteFile(files[0], []byte(strings.Replace(string(b), "https://", "http://", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fallback := upHost + "/team/web:3.0.0"
+	c.ctr(t, "images", "pull", "--hosts-dir", hosts, "--snapshotter", "native", fallback)
+	upDigest, _ := upImg.Digest()
+	if got := c.imageDigest(t, fallback); got != upDigest.String() {
+		t.Fatalf("containerd pulled %s as %s, want %s", fallback, got, upDigest)
+	}
+	if !e.logs.contains("path=/v2/team/web/manifests/3.0.0 ns="+upHost+" code=404") || !e.logs.contains("ref=web@3.0.0 why=refused") {
+		t.Fatal("the mirror did not refuse the untrusted release with 404 and a logged reason")
+	}
+	if !up.logs.contains("path=/v2/team/web/manifests/3.0.0 ns=\"\" code=200") {
+		t.Fatal("containerd did not fall back to the upstream")
+	}
+}
