@@ -4,7 +4,7 @@ BIN     := bin/ballena
 PKGS    := ./...
 export CGO_ENABLED := 0
 
-.PHONY: build test test-short demo run clean bench-verify bench-launch bench-swarm
+.PHONY: build test test-short demo run clean bench-verify bench-launch bench-swarm ui-screenshots
 
 build: ## static binary at bin/ballena
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN) ./cmd/ballena
@@ -74,7 +74,15 @@ run: build ## the embedded cluster: publish, place and run the sample service
 	curl -fsS --retry 20 --retry-connrefused --retry-delay 1 --max-time 5 http://127.0.0.1:18080/ && curl -fsS --retry 20 --retry-connrefused --retry-delay 1 --max-time 5 http://127.0.0.1:18081/; \
 	echo "metrics (Prometheus text format): http://127.0.0.1:9465/metrics"; \
 	curl -fsS http://127.0.0.1:9465/metrics | grep -E '^ballena_(launcher_starts_total|placement_tasks\{band="prod",state="placed"\}|swarm_releases_held) '; \
+	echo "web UI: a one-time login URL opens it (a fresh one from: ballena ui --url); checking one with curl:"; \
+	curl -fsS --cacert dev/server/ca.pem -c ui.cookies -b ui.cookies -L "$$($$B ui --url)" | grep -Eo 'id="task-[0-9]+" class="state-[a-z]+"'; \
+	echo "web UI login URL (works once, for 5 minutes; trust dev/server/ca.pem in the browser): $$($$B ui --url)"; \
+	if [ -n "$(HOLD)" ]; then echo "HOLD is set: the cluster runs until Ctrl-C"; wait $$DEV; fi; \
 	echo "make run: done; stopping the dev cluster (its log is $(RUN)/dev.log)"
+
+# Screenshots of the web UI for the README, taken by the browser test (root, chromium).
+ui-screenshots: ## docs/ui-*.png: the web UI of a real cell in headless Chromium
+	BALLENA_UI_SCREENSHOTS=$(CURDIR)/docs $(GO) test -count=1 -timeout 5m -run 'TestUIInBrowser$$' ./cmd/ballena
 
 clean:
 	rm -rf bin .demo .run

@@ -1,0 +1,302 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"image/png"
+	"io"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"ballena.dev/internal/poll"
+	"ballena.dev/placement"
+	"ballena.dev/signing"
+)
+
+// TestUIInBrowser drives Debian's headless Chromium through the web UI of a
+// real cell: an in-process `ballena server` and two `ballena node` processes,
+// one publishing a release that the other fetches to run the second task. The
+// browser opens the one-time login URL from `ballena ui --url`, sees the job's
+// two tasks running on the two nodes, opens a node and the release (provenance
+// and spread), and sees the tasks' state change arrive live when the job is
+// stopped, without a reload. With BALLENA_UI_SCREENSHOTS=DIR (make
+// ui-screenshots) the pages are saved there as ui-*.png.
+func TestUIInBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server, two nodes and a browser")
+	}
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium is needed: apt-get install chromium (.ci/run installs it)")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("starting tasks needs root (cgroups and namespaces)")
+	}
+	shots := os.Getenv("BALLENA_UI_SCREENSHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	}
+	dir := t.TempDir()
+	srvDir := filepath.Join(dir, "server")
+	apiURL := uiTestServer(t, srvDir)
+	ca, join := filepath.Join(srvDir, "ca.pem"), filepath.Join(srvDir, "join.token")
+	srv := []string{"--server", apiURL, "--ca", ca, "--token-file", filepath.Join(srvDir, "admin.token")}
+
+	// Two nodes trusting one release key; the first publishes hello@1.0.0.
+	if code, _, msg := run(t, dir, "key", "generate", "--dir", dir, "release"); code != 0 {
+		t.Fatal(msg)
+	}
+	policy := fmt.Sprintf("keys:\n  - path: %s\n    names: [\"hello\"]\n", filepath.Join(dir, "release.pub"))
+	var data []string
+	for _, n := range []string{"a", "b"} {
+		d := filepath.Join(dir, n)
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "trust.yaml"), []byte(policy), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		data = append(data, d)
+	}
+	nodeArgs := []string{"--server", apiURL, "--ca", ca, "--join-token-file", join}
+	a := startNodeAt(t, "uia", data[0], append(nodeArgs, "--label", "rack=r1")...)
+	startNodeAt(t, "uib", data[1], append(nodeArgs, "--label", "rack=r2", "--bootstrap", a.addr)...)
+	commit := strings.Repeat("5eed", 10)
+	if out, err := exec.Command(ballenaBinary(t), "publish", "--data", data[0], "--key", filepath.Join(dir, "release.key"),
+		"--name", "hello", "--version", "1.0.0", "--builder-id", "https://ci.example/ballena-builder",
+		"--source-repo", "https://git.example/hello", "--source-commit", commit, sampleWhale(t)).CombinedOutput(); err != nil {
+		t.Fatalf("publish: %v\n%s", err, out)
+	}
+	pub, err := signing.LoadPublicKey(filepath.Join(dir, "release.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyID := signing.KeyID(pub)
+
+	tc, err := cellTLS(nil, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := placement.NewClient(apiURL, readFile(t, filepath.Join(srvDir, "admin.token")), placement.WithTLS(tc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	poll.Until(t, 30*time.Second, "both nodes ready", func() bool {
+		nodes, err := admin.Nodes(ctx)
+		return err == nil && len(nodes) == 2 && nodes[0].Status == placement.NodeReady && nodes[1].Status == placement.NodeReady
+	})
+	jobFile := filepath.Join(dir, "hello.yaml")
+	base := 26000 + os.Getpid()%20000
+	if err := os.WriteFile(jobFile, fmt.Appendf(nil, "name: hello\nartifact: hello@1.0.0\ncount: 2\ndistinct_hosts: true\n"+
+		"resources: {cpu: 100m, memory: 64MiB, pids: 64}\npriority: prod\nargs: [--port-base, %q]\n", fmt.Sprint(base)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, msg := run(t, dir, append(append([]string{"job", "run"}, srv...), jobFile)...); code != 0 {
+		t.Fatalf("job run: %d %s %s", code, out, msg)
+	}
+	poll.Until(t, 90*time.Second, "both tasks running, the second node having fetched the release", func() bool {
+		st, err := admin.JobStatus(ctx, "hello")
+		return err == nil && st.Summary["running"] == 2
+	})
+
+	code, out, msg := run(t, dir, append([]string{"ui", "--url"}, srv...)...)
+	if code != 0 {
+		t.Fatalf("ui --url: %d %s", code, msg)
+	}
+	loginURL := strings.TrimSpace(out)
+	if !strings.HasPrefix(loginURL, apiURL+"/ui/login?token=") {
+		t.Fatalf("ui --url printed %q", out)
+	}
+
+	// The browser trusts exactly this server's key (the cell CA is not in its store).
+	spki := serverSPKI(t, apiURL, tc)
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromium), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck, chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1360, 900),
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.Flag("ignore-certificate-errors-spki-list", spki),
+	}
+	actx, cancelA := chromedp.NewExecAllocator(ctx, opts...)
+	defer cancelA()
+	bctx, cancelB := chromedp.NewContext(actx)
+	defer cancelB()
+	bctx, cancelT := context.WithTimeout(bctx, 3*time.Minute)
+	defer cancelT()
+	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(bctx, steps...); err != nil {
+			t.Fatalf("browser: %s: %v", what, err)
+		}
+	}
+	shot := func(name string) {
+		t.Helper()
+		buf := browse(t, bctx, "screenshot "+name, chromedp.FullScreenshot(100))
+		img, err := png.Decode(bytes.NewReader(buf))
+		if err != nil || img.Bounds().Dx() < 1000 {
+			t.Fatalf("screenshot %s: %v", name, err)
+		}
+		if err := os.WriteFile(filepath.Join(shots, name), buf, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
+
+	// Log in: the token is consumed and leaves the address bar; the cookie is
+	// out of the page's reach.
+	do("open the login URL", chromedp.Navigate(loginURL), chromedp.WaitVisible(css(`#job-hello`)))
+	loc := browse(t, bctx, "location", chromedp.Location())
+	cookies := browse(t, bctx, "document.cookie", chromedp.Evaluate[string](`document.cookie`))
+	if loc != apiURL+"/ui/jobs" || cookies != "" {
+		t.Fatalf("after login: at %q with document.cookie %q; want /ui/jobs and an HttpOnly cookie", loc, cookies)
+	}
+	do("the job's tasks", chromedp.WaitVisible(css(`#task-0.state-running`)), chromedp.WaitVisible(css(`#task-1.state-running`)),
+		chromedp.WaitVisible(css(`body[data-live="yes"]`)))
+	jobText := browse(t, bctx, "the job's text", chromedp.Text(css(`#job-hello`)))
+	if !strings.Contains(jobText, "2 running") || !strings.Contains(jobText, "hello@1.0.0") {
+		t.Fatalf("jobs page says:\n%s", jobText)
+	}
+	shot("ui-jobs.png")
+
+	// A node, from a task's row: healthy, holding the release.
+	do("open a node", chromedp.Click(css(`#task-0 a[href^="/ui/nodes/"]`)), chromedp.WaitVisible(css(`h1 .health-healthy`)))
+	nodeText := browse(t, bctx, "the node's text", chromedp.Text(css(`main`)))
+	if !strings.Contains(nodeText, "hello@1.0.0") || !strings.Contains(nodeText, "rack=r") {
+		t.Fatalf("node page says:\n%s", nodeText)
+	}
+	shot("ui-node.png")
+
+	// The release, from the node: provenance as the nodes report it with their
+	// heartbeats, and its spread over both nodes.
+	do("open the release", chromedp.Click(css(`ul.releases a[href="/ui/releases/hello@1.0.0"]`)), chromedp.WaitVisible(css(`#holders`)))
+	var relText string
+	poll.Until(t, 30*time.Second, "the release's provenance and spread on its page", func() bool {
+		relText = browse(t, bctx, "the release's text", chromedp.Text(css(`main`)))
+		if strings.Contains(relText, keyID) && strings.Contains(relText, "held by 2 of 2 nodes") {
+			return true
+		}
+		do("reload", chromedp.Reload(), chromedp.WaitVisible(css(`#holders`)))
+		return false
+	})
+	for _, want := range []string{"https://ci.example/ballena-builder", "https://git.example/hello", commit, "sha256:"} {
+		if !strings.Contains(relText, want) {
+			t.Fatalf("release page lacks %q:\n%s", want, relText)
+		}
+	}
+	shot("ui-release.png")
+
+	// Live: the job's page, marked; stopping the job changes its tasks' states
+	// on the page without a reload, and the live panel lists the changes.
+	do("open the job", chromedp.Navigate(apiURL+"/ui/jobs/hello"), chromedp.WaitVisible(css(`body[data-live="yes"]`)),
+		chromedp.WaitVisible(css(`#task-1.state-running`)))
+	browse(t, bctx, "mark the page", chromedp.Evaluate[int](`window.notReloaded = 42`))
+	if code, _, msg := run(t, dir, append(append([]string{"job", "stop"}, srv...), "hello")...); code != 0 {
+		t.Fatalf("job stop: %s", msg)
+	}
+	browse(t, bctx, "see the tasks stop, live", chromedp.Poll[bool](
+		`document.querySelectorAll("tr.state-running").length === 0 && document.querySelectorAll("tr.state-complete, tr.state-done").length === 2`,
+		chromedp.WithPollingTimeout(60*time.Second)))
+	if marker := browse(t, bctx, "the mark", chromedp.Evaluate[int](`window.notReloaded`)); marker != 42 {
+		t.Fatal("the page was reloaded; the change should have arrived over the events stream")
+	}
+	live := browse(t, bctx, "the live panel", chromedp.Text(css(`#live-log`)))
+	if !strings.Contains(live, "job hello stopped") || !strings.Contains(live, "task hello[0]") {
+		t.Fatalf("live panel:\n%s", live)
+	}
+	shot("ui-live.png")
+}
+
+// browse runs one browser action and returns its value, failing the test on error.
+func browse[T any](t *testing.T, ctx context.Context, what string, a chromedp.Action[T]) T {
+	t.Helper()
+	v, err := chromedp.Run(ctx, a)
+	if err != nil {
+		t.Fatalf("browser: %s: %v", what, err)
+	}
+	return v
+}
+
+// uiTestServer runs `ballena server` in-process with a short node TTL (nodes
+// heartbeat every second) and returns its API URL.
+func uiTestServer(t *testing.T, dir string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		app := newApp()
+		app.Writer, app.ErrWriter = pw, io.Discard
+		done <- runApp(ctx, app, []string{"ballena", "server", "--data", dir, "--listen", "127.0.0.1:0",
+			"--raft-listen", "127.0.0.1:0", "--node-ttl", "3s"})
+		pw.Close()
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server: %v", err)
+		}
+	})
+	got := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			if rest, ok := strings.CutPrefix(sc.Text(), "placement server listening on "); ok {
+				got <- strings.Fields(rest)[0]
+			}
+		}
+		close(got)
+		io.Copy(io.Discard, pr)
+	}()
+	select {
+	case u, ok := <-got:
+		if !ok {
+			t.Fatal("server exited before listening")
+		}
+		return u
+	case <-time.After(30 * time.Second):
+		t.Fatal("server did not listen within 30s")
+	}
+	return ""
+}
+
+// serverSPKI is base64(sha256(SubjectPublicKeyInfo)) of the server's
+// certificate, verified against the cell CA: what Chromium's
+// --ignore-certificate-errors-spki-list takes.
+func serverSPKI(t *testing.T, apiURL string, tc *tls.Config) string {
+	t.Helper()
+	u, err := url.Parse(apiURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := tc.Clone()
+	cfg.ServerName = u.Hostname()
+	conn, err := tls.Dial("tcp", u.Host, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sum := sha256.Sum256(conn.ConnectionState().PeerCertificates[0].RawSubjectPublicKeyInfo)
+	return base64.StdEncoding.EncodeToString(sum[:])
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
