@@ -169,7 +169,7 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		d.metricsURL = "http://" + metricsLn.Addr().String() + "/metrics"
 	}
 	if cfg.RegistryListen != "" {
-		if err := d.startRegistry(ctx); err != nil {
+		if err := d.startRegistry(ctx, cfg.Metrics); err != nil {
 			return nil, err
 		}
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"ballena.dev/artifact"
 	"ballena.dev/registry"
 	"ballena.dev/signing"
@@ -12,9 +14,9 @@ import (
 )
 
 // startRegistry serves the node's OCI registry on cfg.RegistryListen until ctx
-// ends: the store's images, verified against the policy in force, and
+// ends, its metrics in metrics (nil: none): the store's images, verified against the policy in force, and
 // releases fetched from the mesh when a client asks for one the store lacks.
-func (d *Daemon) startRegistry(ctx context.Context) error {
+func (d *Daemon) startRegistry(ctx context.Context, metrics *prometheus.Registry) error {
 	ln, err := net.Listen("tcp", d.cfg.RegistryListen)
 	if err != nil {
 		return fmt.Errorf("node: registry listen: %w", err)
@@ -26,7 +28,7 @@ func (d *Daemon) startRegistry(ctx context.Context) error {
 			return d.node.Fetch(ctx, ref, func(swarm.Progress) { found() })
 		},
 		Map:     d.cfg.RegistryMap,
-		Metrics: registerer(d.cfg.Metrics),
+		Metrics: registerer(metrics),
 		Logger:  d.log,
 	})
 	if err != nil {
