@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -233,4 +234,20 @@ func mountIDMapped(dir, target string, m *IDMap) error {
 		return fmt.Errorf("move_mount %s: %w", target, err)
 	}
 	return nil
+}
+
+// ParseSubIDs reads a subordinate id range "START:COUNT" (as /etc/subuid
+// writes it, without the user); empty means the default.
+func ParseSubIDs(s string) (start, count uint32, err error) {
+	if s == "" {
+		return defaultIDRangeStart, defaultIDRangeCount, nil
+	}
+	a, b, ok := strings.Cut(s, ":")
+	st, err1 := strconv.ParseUint(a, 10, 32)
+	n, err2 := strconv.ParseUint(b, 10, 32)
+	if !ok || err1 != nil || err2 != nil || st == 0 || n < idsPerTask || st+n > 1<<32-1 {
+		return 0, 0, fmt.Errorf("subordinate ids %q: want START:COUNT, START above 0, COUNT at least %d (one task), ending below 2^32-1, e.g. %d:%d",
+			s, idsPerTask, defaultIDRangeStart, defaultIDRangeCount)
+	}
+	return uint32(st), uint32(n), nil
 }

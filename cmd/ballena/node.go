@@ -13,6 +13,7 @@ import (
 
 	"ballena.dev/internal/daemon"
 	"ballena.dev/internal/units"
+	"ballena.dev/launcher"
 	"ballena.dev/swarm"
 )
 
@@ -52,6 +53,8 @@ func nodeCommand() *cli.Command {
 			&cli.BoolFlag{Name: "mdns", Usage: "also find nodes on the local link with mDNS"},
 			metricsListenFlag,
 			cgroupParentFlag,
+			&cli.StringFlag{Name: "subids", Usage: "START:COUNT host uids/gids that tasks' user namespaces map to, 65536 per task (default 1073741824:67108864)"},
+			&cli.BoolFlag{Name: "no-userns", Usage: "run tasks without user namespaces (uid 0 in a task is then host uid 0, without capabilities)"},
 		}, append(agentFlags(), registryFlags()...)...),
 		Subcommands: []*cli.Command{pskCommand(), nodeDrainCommand()},
 		Action: func(c *cli.Context) error {
@@ -101,6 +104,11 @@ func nodeConfig(c *cli.Context) (daemon.Config, error) {
 		MetricsListen: c.String("metrics-listen"),
 		Logger:        slog.Default(),
 		Stdout:        c.App.Writer,
+		SubIDs:        c.String("subids"),
+		NoUserNS:      c.Bool("no-userns"),
+	}
+	if _, _, err := launcher.ParseSubIDs(cfg.SubIDs); err != nil {
+		return cfg, usageErrorf("--subids: %v", err)
 	}
 	if c.NArg() > 0 {
 		return cfg, usageErrorf("node: unexpected argument %q (subcommands: psk, drain)", c.Args().First())

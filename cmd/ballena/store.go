@@ -96,11 +96,14 @@ func describe(rel artifact.Release, env *signing.Envelope) (provenance, error) {
 func inspectCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "inspect",
-		Usage:     "show an artifact's provenance: digest, size, kind, signers, builder, source, times",
-		ArgsUsage: "NAME@VERSION",
-		UsageText: "ballena inspect api@1.4.0\n   ballena inspect --json api@1.4.0",
-		Flags:     []cli.Flag{jsonFlag, &cli.BoolFlag{Name: "envelope", Usage: "print the raw DSSE envelope"}},
+		Usage:     "show an artifact's provenance (digest, size, kind, signers, builder, source, times), or a task's record and isolation",
+		ArgsUsage: "NAME@VERSION | TASK-ID",
+		UsageText: "ballena inspect api@1.4.0\n   ballena inspect --json api@1.4.0\n   ballena inspect 3f2a9c",
+		Flags:     []cli.Flag{jsonFlag, &cli.BoolFlag{Name: "envelope", Usage: "print the raw DSSE envelope"}, cgroupParentFlag},
 		Action: func(c *cli.Context) error {
+			if c.NArg() == 1 && !strings.Contains(c.Args().First(), "@") {
+				return inspectTask(c, c.Args().First())
+			}
 			ref, err := refArg(c)
 			if err != nil {
 				return err

@@ -24,6 +24,7 @@ import (
 	"ballena.dev/internal/daemon"
 	"ballena.dev/internal/localapi"
 	"ballena.dev/internal/units"
+	"ballena.dev/launcher"
 	"ballena.dev/swarm"
 )
 
@@ -150,7 +151,7 @@ func (v *progressView) finish() {
 func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "status",
-		Usage:     "show the running node: ID and addresses, peers, what it holds, transfers with rates",
+		Usage:     "show the running node: ID and addresses, peers, what it holds, transfers with rates, how it confines tasks",
 		UsageText: "ballena status\nballena status --json | jq -r .id",
 		Flags:     []cli.Flag{jsonFlag},
 		Action: func(c *cli.Context) error {
@@ -158,14 +159,17 @@ func statusCommand() *cli.Command {
 			if err != nil {
 				return withCode(exitUnavailable, fmt.Errorf("status: %w: start `ballena node` first", err))
 			}
-			var s swarm.Status
+			var s daemon.Status
 			if err := cl.Do(c.Context, http.MethodGet, "/v1/status", nil, &s); err != nil {
 				return err
 			}
 			if c.Bool("json") {
 				return printJSON(c.App.Writer, s)
 			}
-			return printStatus(c.App.Writer, s)
+			if err := printStatus(c.App.Writer, s.Status); err != nil {
+				return err
+			}
+			return printIsolation(c.App.Writer, s.Isolation)
 		},
 	}
 }
@@ -218,6 +222,27 @@ func printStatus(out io.Writer, s swarm.Status) error {
 			units.FormatBytes(int64(t.DownloadRate)), units.FormatBytes(int64(t.UploadRate)), units.FormatBytes(t.BytesUploaded))
 	}
 	return w.Flush()
+}
+
+// printIsolation says how the node confines tasks, loudly where it cannot.
+func printIsolation(out io.Writer, iso launcher.IsolationStatus) error {
+	seccomp := "seccomp filter on every task (unless a task opts out)"
+	if !iso.Seccomp {
+		seccomp = "NO SECCOMP: the kernel has no seccomp filters"
+	}
+	userns := "a user namespace per task, ids " + iso.IDRange
+	if !iso.UserNS {
+		userns = "NO USER NAMESPACES: uid 0 in a task is uid 0 on the host (without capabilities): " + iso.UserNSError
+	}
+	roots := "image roots idmapped"
+	if iso.UserNS && !iso.IDMappedMounts {
+		roots = "image roots copied and chowned per task (no idmapped mounts: " + iso.IDMappedError + ")"
+	}
+	if !iso.UserNS {
+		roots = ""
+	}
+	_, err := fmt.Fprintf(out, "isolation: %s; %s%s\n", seccomp, userns, map[bool]string{true: "; " + roots, false: ""}[roots != ""])
+	return err
 }
 
 func torrentCommand() *cli.Command {

@@ -51,7 +51,8 @@ func runCommand() *cli.Command {
 		Name:  "run",
 		Usage: "verify an artifact and run it as an isolated task (attached unless --detach)",
 		UsageText: "ballena run api@1.4.0 --memory 256MiB --cpu 500m --pids 64 --restart on-failure -- --port 8080\n" +
-			"ballena run -d --net none web@2.0.1",
+			"ballena run -d --net none web@2.0.1\n" +
+			"ballena run --seccomp unconfined --user 0:0 --nofile 65536 tool@1.0.0",
 		Description: "Runs through the local node when one is running on the data dir; otherwise in this\n" +
 			"process, attached: output streams here, ^C stops the task, and ballena exits with the\n" +
 			"task's exit code (128+N when killed by signal N; 137 and a message on an OOM kill).",
@@ -60,8 +61,12 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "cpu", Usage: "CPU quota: 500m is half a CPU, 2 is two CPUs (default unlimited)"},
 			&cli.Int64Flag{Name: "pids", Usage: "max processes and threads (default 1024)"},
 			&cli.StringFlag{Name: "restart", Value: "never", Usage: "never, on-failure or always (with exponential backoff)"},
-			&cli.StringFlag{Name: "user", Usage: "uid or uid:gid to run as (default 65534:65534)"},
+			&cli.StringFlag{Name: "user", Usage: "uid or uid:gid to run as; images also take names from their /etc/passwd (default: the image's User, else 65534:65534)"},
 			&cli.StringFlag{Name: "net", Value: "host", Usage: "host, or none for a private network namespace with loopback only"},
+			&cli.StringFlag{Name: "seccomp", Value: "default", Usage: "default (refuse bpf, keyctl, mount, unshare, io_uring, ptrace... with EPERM), or unconfined to run without the filter (logged; ps and inspect show it)"},
+			&cli.Int64Flag{Name: "nofile", Usage: "max open files, RLIMIT_NOFILE (default 4096)"},
+			&cli.StringFlag{Name: "core", Usage: "max core dump size, e.g. 64MiB (default 0: no core dumps)"},
+			&cli.StringFlag{Name: "digest", Usage: "sha256 the artifact must have here; any other is refused"},
 			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "KEY=VALUE added to the environment; repeatable"},
 			&cli.StringFlag{Name: "entrypoint", Usage: "images: override the entrypoint (space-separated)"},
 			&cli.StringFlag{Name: "workdir", Usage: "working directory inside the task"},
@@ -95,6 +100,10 @@ func taskSpec(c *cli.Context, args []string) (launcher.TaskSpec, error) {
 	spec := launcher.TaskSpec{
 		Artifact: args[0], Pids: c.Int64("pids"), Restart: launcher.RestartPolicy(c.String("restart")),
 		User: c.String("user"), Network: c.String("net"), Env: c.StringSlice("env"), WorkingDir: c.String("workdir"),
+		Seccomp: c.String("seccomp"), NoFile: c.Int64("nofile"), Digest: c.String("digest"),
+	}
+	if spec.Seccomp != launcher.SeccompDefault && spec.Seccomp != launcher.SeccompUnconfined {
+		return spec, usageErrorf("--seccomp %q: want default or unconfined", spec.Seccomp)
 	}
 	if _, err := artifact.ParseRef(spec.Artifact); err != nil {
 		return spec, withCode(exitUsage, err)
@@ -114,6 +123,11 @@ func taskSpec(c *cli.Context, args []string) (launcher.TaskSpec, error) {
 	if v := c.String("cpu"); v != "" {
 		if spec.CPUMillis, err = units.ParseCPU(v); err != nil {
 			return spec, usageErrorf("--cpu: %v", err)
+		}
+	}
+	if v := c.String("core"); v != "" {
+		if spec.CoreBytes, err = units.ParseBytes(v); err != nil {
+			return spec, usageErrorf("--core: %v", err)
 		}
 	}
 	return spec, nil
@@ -265,7 +279,7 @@ func psCommand() *cli.Command {
 				return printJSON(c.App.Writer, ts)
 			}
 			w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tARTIFACT\tSTATE\tPID\tUPTIME\tRESTARTS\tCPU\tMEMORY")
+			fmt.Fprintln(w, "ID\tARTIFACT\tSTATE\tPID\tUPTIME\tRESTARTS\tCPU\tMEMORY\tISOLATION")
 			for _, t := range ts {
 				state, pid, up, cpu, mem := string(t.State), "-", "-", "-", "-"
 				if t.State.Final() && t.Exit != nil && !t.Exit.OOM && t.Exit.Code >= 0 {
@@ -282,31 +296,63 @@ func psCommand() *cli.Command {
 					cpu = fmt.Sprintf("%.2fs", t.Usage.CPUSeconds)
 					mem = fmt.Sprintf("%s / %s", memSize(t.Usage.MemoryBytes), memSize(t.Spec.MemoryBytes))
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", t.ID, t.Spec.Artifact, state, pid, up, t.Restarts, cpu, mem)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", t.ID, t.Spec.Artifact, state, pid, up, t.Restarts, cpu, mem, isolationSummary(t))
 			}
 			return w.Flush()
 		},
 	}
 }
 
+// isolationSummary is ps's ISOLATION column: the seccomp filter (SECCOMP
+// UNCONFINED when the task opted out), the user namespace, the network.
+func isolationSummary(t launcher.Task) string {
+	parts := []string{"seccomp"}
+	if t.Seccomp == launcher.SeccompUnconfined || (t.Seccomp == "" && t.Spec.Seccomp == launcher.SeccompUnconfined) {
+		parts[0] = "SECCOMP-UNCONFINED"
+	}
+	if t.UserNS != nil {
+		parts = append(parts, "userns")
+	} else if t.Seccomp != "" { // a run of this version without one
+		parts = append(parts, "NO-USERNS")
+	}
+	if t.Spec.Network == "none" {
+		parts = append(parts, "net=none")
+	}
+	return strings.Join(parts, ",")
+}
+
 func logsCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "logs",
 		Usage:     "print a task's stdout and stderr",
-		UsageText: "ballena logs 3f2a9c\nballena logs -f 3f2a9c",
-		Flags:     []cli.Flag{&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing until the task ends or ^C"}, cgroupParentFlag},
+		UsageText: "ballena logs 3f2a9c\nballena logs -f 3f2a9c\nballena logs --stderr 3f2a9c\nballena logs --json 3f2a9c | jq -r 'select(.stream==\"stderr\").line'",
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing until the task ends or ^C"},
+			&cli.BoolFlag{Name: "stdout", Usage: "only what the task wrote to stdout"},
+			&cli.BoolFlag{Name: "stderr", Usage: "only what the task wrote to stderr"},
+			&cli.BoolFlag{Name: "json", Usage: "one JSON object per line: {\"stream\":\"stdout\"|\"stderr\",\"line\":...}"},
+			cgroupParentFlag},
 		Action: func(c *cli.Context) error {
 			args := c.Args().Slice()
 			if len(args) != 1 {
 				return usageErrorf("logs: which task? e.g. ballena logs 3f2a9c (see ballena ps)")
 			}
 			id := args[0]
+			streams := launcher.Streams{Stdout: c.Bool("stdout"), Stderr: c.Bool("stderr"), JSON: c.Bool("json")}
 			return withLauncher(c, func(cl *localapi.Client) error {
-				q := ""
+				q := url.Values{}
 				if c.Bool("follow") {
-					q = "?follow=1"
+					q.Set("follow", "1")
 				}
-				resp, err := cl.Stream(c.Context, http.MethodGet, "/v1/tasks/"+url.PathEscape(id)+"/logs"+q, nil)
+				if streams.JSON {
+					q.Set("json", "1")
+				}
+				switch {
+				case streams.Stdout && !streams.Stderr:
+					q.Set("stream", "stdout")
+				case streams.Stderr && !streams.Stdout:
+					q.Set("stream", "stderr")
+				}
+				resp, err := cl.Stream(c.Context, http.MethodGet, "/v1/tasks/"+url.PathEscape(id)+"/logs?"+q.Encode(), nil)
 				if err != nil {
 					return err
 				}
@@ -317,7 +363,7 @@ func logsCommand() *cli.Command {
 				}
 				return err
 			}, func(l *launcher.Launcher) error {
-				rc, err := l.Logs(c.Context, id, c.Bool("follow"))
+				rc, err := l.LogStream(c.Context, id, c.Bool("follow"), streams)
 				if err != nil {
 					return err
 				}
@@ -370,4 +416,56 @@ func stopCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// inspectTask prints a task's record: what runs, where, and how it is confined.
+func inspectTask(c *cli.Context, id string) error {
+	var t launcher.Task
+	err := withLauncher(c, func(cl *localapi.Client) error {
+		return cl.Do(c.Context, http.MethodGet, "/v1/tasks/"+url.PathEscape(id), nil, &t)
+	}, func(l *launcher.Launcher) (err error) {
+		t, err = l.Get(id)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, t)
+	}
+	w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "task %s\n", t.ID)
+	fmt.Fprintf(w, "  artifact:\t%s (%s) sha256:%s\n", t.Spec.Artifact, orDash(t.Kind), orDash(t.Digest))
+	state := string(t.State)
+	if t.Exit != nil {
+		state += ": " + t.Exit.String()
+	}
+	fmt.Fprintf(w, "  state:\t%s (restarts %d)\n", state, t.Restarts)
+	if t.PID != 0 {
+		fmt.Fprintf(w, "  pid:\t%d, cgroup %s\n", t.PID, t.Cgroup)
+	}
+	seccomp := orDash(t.Seccomp)
+	if t.Seccomp == launcher.SeccompUnconfined {
+		seccomp = "UNCONFINED: no system call filter (the task asked for seccomp: unconfined)"
+	} else if t.Seccomp == launcher.SeccompDefault {
+		seccomp = "default filter (bpf, keyctl, mount, unshare, io_uring, ptrace... refused with EPERM)"
+	}
+	fmt.Fprintf(w, "  seccomp:\t%s\n", seccomp)
+	userns := "NONE: uids are the host's (the node runs without user namespaces)"
+	if t.UserNS != nil {
+		userns = "uids and gids " + t.UserNS.String()
+	}
+	fmt.Fprintf(w, "  user namespace:\t%s\n", userns)
+	fmt.Fprintf(w, "  user:\t%s\n", orDash(t.User))
+	fmt.Fprintf(w, "  network:\t%s\n", orDash(t.Spec.Network))
+	fmt.Fprintf(w, "  limits:\tmemory %s (no swap), cpu %s, pids %d, nofile %d, core %s\n", memSize(t.Spec.MemoryBytes),
+		cpuOrUnlimited(t.Spec.CPUMillis), t.Spec.Pids, t.Spec.NoFile, units.FormatBytes(t.Spec.CoreBytes))
+	return w.Flush()
+}
+
+func cpuOrUnlimited(m int64) string {
+	if m == 0 {
+		return "unlimited"
+	}
+	return units.FormatCPU(m)
 }

@@ -145,9 +145,42 @@ func TestTasksCLI(t *testing.T) {
 	if out := waitLog(); out == "" {
 		t.Errorf("logs never showed the task's output")
 	}
+	// hello logs to stderr: the streams are kept apart.
+	if _, out, _ := run(t, f.data, "logs", "--stdout", id, cg); strings.Contains(out, "serving on") {
+		t.Errorf("logs --stdout shows stderr: %q", out)
+	}
+	if _, out, _ := run(t, f.data, "logs", "--stderr", id, cg); !strings.Contains(out, "serving on") {
+		t.Errorf("logs --stderr: %q", out)
+	}
+	if _, out, _ := run(t, f.data, "logs", "--json", id, cg); !strings.Contains(out, `{"stream":"stderr","line":"`) {
+		t.Errorf("logs --json: %q", out)
+	}
+	// ps and inspect show how the task is confined.
+	_, out, _ = run(t, f.data, "ps", cg)
+	mustContain(t, out, "ISOLATION", "seccomp,userns")
+	_, out, _ = run(t, f.data, "inspect", id, cg)
+	mustContain(t, out, "seccomp:", "default filter", "user namespace:", "uids and gids 0-65535", "user:", "65534:65534")
 	code, out, msg = run(t, f.data, "stop", id, "--timeout", "5s", cg)
 	if code != 0 || !strings.Contains(out, "stopped") {
 		t.Errorf("stop: exit %d (%s): %s", code, msg, out)
+	}
+
+	// The seccomp opt-out is shown by ps and inspect.
+	code, out, msg = run(t, f.data, "run", "-d", "api@1.4.0", "--seccomp", "unconfined", "--trust", trust, cg, "--", "--listen", "127.0.0.1:0")
+	if code != 0 {
+		t.Fatalf("run -d --seccomp unconfined: exit %d: %s", code, msg)
+	}
+	lines = strings.Split(strings.TrimSpace(out), "\n")
+	id = lines[len(lines)-1]
+	_, out, _ = run(t, f.data, "ps", cg)
+	mustContain(t, out, id, "SECCOMP-UNCONFINED")
+	_, out, _ = run(t, f.data, "inspect", id, cg)
+	mustContain(t, out, "UNCONFINED: no system call filter")
+	if code, _, _ := run(t, f.data, "stop", id, "--timeout", "5s", cg); code != 0 {
+		t.Errorf("stop unconfined task: exit %d", code)
+	}
+	if code, _, _ := run(t, f.data, "run", "api@1.4.0", "--seccomp", "off", cg); code != exitUsage {
+		t.Errorf("run --seccomp off: exit %d, want %d", code, exitUsage)
 	}
 
 	// Refused by the trust policy: exit 3, nothing runs.

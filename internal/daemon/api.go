@@ -42,7 +42,7 @@ const maxBody = 1 << 20
 //	GET    /v1/tasks/{id}                 -> launcher.Task
 //	POST   /v1/tasks/{id}/stop            launcher.StopRequest -> launcher.Task
 //	GET    /v1/tasks/{id}/wait            -> launcher.Task, once final
-//	GET    /v1/tasks/{id}/logs            ?follow=1 -> text stream
+//	GET    /v1/tasks/{id}/logs            ?follow=1&stream=stdout|stderr&json=1 -> text stream (or JSON lines with the stream)
 //	DELETE /v1/tasks/{id}                 forget a finished task
 func (d *Daemon) routes() {
 	m := d.mux
@@ -218,12 +218,19 @@ func (d *Daemon) fetch(w http.ResponseWriter, r *http.Request) {
 	send(localapi.FetchEvent{Release: &rel})
 }
 
+// Status is what GET /v1/status answers: the swarm's view of the node and
+// what its launcher can do to confine tasks.
+type Status struct {
+	swarm.Status
+	Isolation launcher.IsolationStatus `json:"isolation"`
+}
+
 func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
 	v, err := d.node.Status()
 	for _, t := range d.launcher.RevokedTasks() {
 		v.RevokedTasks = append(v.RevokedTasks, swarm.RevokedTask{ID: t.ID, Artifact: t.Spec.Artifact, Reason: t.Revoked})
 	}
-	reply(w, http.StatusOK, v, err)
+	reply(w, http.StatusOK, Status{Status: v, Isolation: d.launcher.Isolation()}, err)
 }
 
 func (d *Daemon) torrent(w http.ResponseWriter, r *http.Request, ref artifact.Ref) {
@@ -287,7 +294,19 @@ func (d *Daemon) stopTask(w http.ResponseWriter, r *http.Request) {
 // logs streams a task's output; with follow=1 until the task ends or the client goes.
 func (d *Daemon) logs(w http.ResponseWriter, r *http.Request) {
 	follow := r.URL.Query().Get("follow") == "1" || r.URL.Query().Get("follow") == "true"
-	rc, err := d.launcher.Logs(r.Context(), r.PathValue("id"), follow)
+	q := r.URL.Query()
+	streams := launcher.Streams{JSON: q.Get("json") == "1"}
+	switch q.Get("stream") {
+	case "", "all":
+	case "stdout":
+		streams.Stdout = true
+	case "stderr":
+		streams.Stderr = true
+	default:
+		usage(w, fmt.Errorf("stream %q: want stdout, stderr or all", q.Get("stream")))
+		return
+	}
+	rc, err := d.launcher.LogStream(r.Context(), r.PathValue("id"), follow, streams)
 	if err != nil {
 		writeError(w, err)
 		return

@@ -49,6 +49,13 @@ type Config struct {
 	Swarm swarm.NodeConfig
 
 	CgroupParent string // cgroup (v1 or v2 path) under which tasks run
+	// SubIDs is the subordinate range of host uids and gids that tasks' user
+	// namespaces map to, "START:COUNT" (65536 per running task); empty means
+	// the launcher's default, 1073741824:67108864.
+	SubIDs string
+	// NoUserNS runs tasks without user namespaces (uid 0 in a task is then
+	// uid 0 on the host, without capabilities); `ballena status` says so.
+	NoUserNS bool
 
 	// MetricsListen, when set, serves the node's metrics (swarm, launcher, Go
 	// runtime, process) in the Prometheus text format at http://ADDR/metrics.
@@ -110,6 +117,10 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	if cfg.Placement != nil && (cfg.Placement.Server == "" || cfg.Placement.JoinToken == "") {
 		return nil, usageErrorf("node: joining a cell needs --server and --join-token-file (the cell's join token)")
 	}
+	idStart, idCount, err := launcher.ParseSubIDs(cfg.SubIDs)
+	if err != nil {
+		return nil, usageErrorf("node: --subids: %v", err)
+	}
 	d := &Daemon{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux()}
 	sc := cfg.Swarm
 	sc.DataDir, sc.Logger = cfg.DataDir, cfg.Logger
@@ -158,8 +169,9 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 	d.launcher, err = launcher.New(launcher.Config{
 		OnEvent: onEvent,
 		DataDir: cfg.DataDir, DB: d.st.DB(), CgroupParent: cfg.CgroupParent, Logger: d.log,
-		Verifier: &launcher.StoreVerifier{Store: d.st, PolicyPath: cfg.TrustPath},
-		Metrics:  registerer(cfg.Metrics),
+		Verifier:     &launcher.StoreVerifier{Store: d.st, PolicyPath: cfg.TrustPath},
+		Metrics:      registerer(cfg.Metrics),
+		IDRangeStart: idStart, IDRangeCount: idCount, NoUserNS: cfg.NoUserNS,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
