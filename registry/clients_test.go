@@ -246,6 +246,20 @@ func TestContainerdPulls(t *testing.T) {
 		t.Fatal("containerd's copy of the layer differs")
 	}
 
+	// Without --registry: _default/hosts.toml, for every registry.
+	pd, imgD := testImage(t, e.dir, 1000)
+	e.publish(pd, "api", "1.4.1", e.priv)
+	defHosts := filepath.Join(e.dir, "default.d")
+	if files, err := WriteContainerdConfig(defHosts, nil, e.url); err != nil || !strings.HasSuffix(files[0], "/_default/hosts.toml") {
+		t.Fatalf("default hosts: %v %v", files, err)
+	}
+	defRef := "registry.example.com/team/api:1.4.1"
+	c.ctr(t, "images", "pull", "--hosts-dir", defHosts, "--snapshotter", "native", defRef)
+	digestD, _ := imgD.Digest()
+	if got := c.imageDigest(t, defRef); got != digestD.String() {
+		t.Fatalf("containerd pulled %s as %s, want %s", defRef, got, digestD)
+	}
+
 	// A release the mirror refuses (signed by a key it does not trust) answers
 	// 404, and containerd falls back to the upstream registry, here another
 	// Ballena registry on loopback that trusts that key.

@@ -19,8 +19,8 @@ const DefaultHostsDir = "/etc/containerd/certs.d"
 // registry at mirror first for upstream's images ("pull" and "resolve" only,
 // as Spegel writes it), then upstream itself: whatever the node does not
 // serve answers 404 and containerd falls back. An empty upstream is the
-// `_default` directory (containerd 1.7 and later), which applies to every
-// registry without a directory of its own.
+// `_default` directory, which containerd (1.6.20 and later, at least)
+// applies to every registry without a directory of its own.
 func ContainerdHosts(upstream, mirror string) []byte {
 	var b strings.Builder
 	b.WriteString("# Written by `ballena registry config containerd`: pull through the Ballena node's\n")

@@ -54,7 +54,7 @@ func registryCommand() *cli.Command {
 				UsageText: "ballena registry config containerd --out /etc/containerd/certs.d --registry registry.example.com\n" +
 					"ballena registry config containerd --out /etc/containerd/certs.d --registry docker.io --mirror http://127.0.0.1:5000",
 				Description: "Writes OUT/<registry>/hosts.toml for each --registry (OUT/_default/hosts.toml without one,\n" +
-					"which containerd 1.7 and later apply to every registry), naming the node's registry as a\n" +
+					"which containerd applies to every registry without a directory), naming the node's registry as a\n" +
 					"mirror with capabilities pull and resolve. containerd reads the files at each pull when its\n" +
 					"CRI plugin's registry config_path is OUT (Kubernetes), or with `ctr image pull --hosts-dir OUT`.\n" +
 					"Existing files are replaced whole.",
