@@ -190,7 +190,22 @@ func (s *Store) PutRelease(rel Release, env *signing.Envelope) error {
 		return err
 	}
 	return s.db.Update(func(txn *badger.Txn) error {
-		return txn.Set([]byte(keyRelease+rel.Ref().String()), b)
+		key := []byte(keyRelease + rel.Ref().String())
+		// A name@version names one set of bytes, everywhere: publish, gossip
+		// and fetch all come through here.
+		if it, err := txn.Get(key); err == nil {
+			var old storedRelease
+			if err := it.Value(func(v []byte) error { return json.Unmarshal(v, &old) }); err != nil {
+				return err
+			}
+			if old.Release.Digest != rel.Digest {
+				return Tagged(ErrInvalid, "put %s: this store holds sha256:%s for it; refusing a second digest sha256:%s (publish a new version instead)",
+					rel.Ref(), old.Release.Digest, rel.Digest)
+			}
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		return txn.Set(key, b)
 	})
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -256,4 +257,34 @@ func readFile(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A name@version names one set of bytes: a second digest is refused, naming
+// both; the same bytes again are fine.
+func TestSecondDigestForAVersionIsRefused(t *testing.T) {
+	st := openStore(t)
+	_, priv := newKey(t)
+	first, _ := publish(t, st, staticWhale(t), "api", "1.0.0", priv)
+	b, err := os.ReadFile(staticWhale(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(t.TempDir(), "api")
+	if err := os.WriteFile(other, append(b, "other bytes"...), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = Publish(context.Background(), st, other, PublishOptions{Name: "api", Version: "1.0.0", Keys: []ed25519.PrivateKey{priv}})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), first.Digest) {
+		t.Fatalf("second digest for api@1.0.0: %v; want ErrInvalid naming sha256:%s", err, first.Digest)
+	}
+	got, _, _ := st.Release(first.Ref())
+	if got.Digest != first.Digest {
+		t.Errorf("the stored release changed to %s", got.Digest)
+	}
+	if !strings.Contains(err.Error(), "second digest sha256:") {
+		t.Errorf("the refusal does not name the second digest: %v", err)
+	}
+	if _, _, err := Publish(context.Background(), st, staticWhale(t), PublishOptions{Name: "api", Version: "1.0.0", Keys: []ed25519.PrivateKey{priv}}); err != nil {
+		t.Errorf("the same bytes again: %v", err)
+	}
 }

@@ -59,7 +59,7 @@ func BenchmarkLaunch(b *testing.B) {
 	runcLaunch := func(i int) time.Duration {
 		id := fmt.Sprintf("bench-%d", i)
 		t := Task{ID: id, Spec: spec, Cgroup: "/" + e.parent + "/" + id}
-		t.Spec.User, t.Spec.Network = "65534:65534", "host"
+		t.Spec.User, t.Spec.Network, t.Spec.NoFile = "65534:65534", "host", 4096
 		cfg, _ := json.Marshal(ociSpec(t, rootfs, []string{"/task", "serve"}, []string{"PATH=/"}, "/", 65534, 65534, "task", nil, nil))
 		if err := os.WriteFile(filepath.Join(bundle, "config.json"), cfg, 0o600); err != nil {
 			b.Fatal(err)

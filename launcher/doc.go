@@ -10,30 +10,41 @@
 // no record, directory, cgroup or process behind. Then, for a whale:
 //
 //	launcher ──exec /proc/self/exe (shim mode, own session)──▶ shim
-//	shim ──clone(NEWPID|NEWNS|NEWUTS|NEWIPC[|NEWNET]) + exec self (init mode)──▶ init
-//	shim: writes init's PID to the task cgroup's cgroup.procs, then sends it
-//	      the run config's path on the sync pipe
-//	init: makes mounts private, builds a read-only tmpfs root (the whale
-//	      bind-mounted read-only, /proc of the new PID namespace, null, zero,
-//	      full, random, urandom, a private /tmp, the host's resolv.conf,
-//	      hosts and CA bundle read-only; /proc/sys and friends read-only,
-//	      kcore, keys and the like masked), pivot_root, hostname,
-//	      no_new_privs, empties the bounding/ambient/inheritable capability
-//	      sets, setgroups/setgid/setuid, execve. Start returns when the exec
-//	      pipe closes (success) or carries init's error.
+//	shim ──clone(NEWUSER|NEWPID|NEWNS|NEWUTS|NEWIPC[|NEWNET]) + exec self (init mode)──▶ init
+//	shim: writes init's PID to the task cgroup's cgroup.procs, opens the
+//	      cached whale and re-hashes it through that descriptor, then sends
+//	      init the run config and the descriptor (SCM_RIGHTS) on the sync socket
+//	init: uid 0 of its own user namespace (ids 0..65535 are a block of the
+//	      node's subordinate range, one per running task: userns.go), makes
+//	      mounts private, builds a read-only tmpfs root (/proc of the new PID
+//	      namespace, null, zero, full, random, urandom, a private /tmp, /etc
+//	      with hosts, resolv.conf and hostname: the host's, or loopback-only
+//	      for network none; /proc/sys and friends read-only, kcore, keys and
+//	      the like masked), pivot_root, hostname, rlimits, no_new_privs,
+//	      empties the bounding/ambient/inheritable capability sets,
+//	      setgroups/setgid/setuid, loads the default seccomp filter
+//	      (seccomp.go: EPERM for Docker's deny list) and execveat(fd) of the
+//	      verified whale. Start returns when the exec pipe closes (success)
+//	      or carries init's error.
 //
 // One shim is kept warm, with its init already cloned into fresh namespaces
 // and waiting, so a start pays for neither process start-up.
 //
-// An image is unpacked once per digest (mutate.Extract, through os.Root so
-// nothing escapes the rootfs) and run by the shim as `runc create` + `runc
-// start` with a generated config.json carrying the same limits; the shim is a
-// child subreaper, so the container's first process becomes its child.
+// An image is unpacked once per digest (from the descriptor that was hashed;
+// mutate.Extract, through os.Root so nothing escapes the rootfs; fsynced; its
+// tree digest recorded and checked before every start) and run by the shim
+// as `runc create` + `runc start` with a generated config.json carrying the
+// same limits, user namespace and seccomp filter. With a user namespace the
+// shim runs in a mount namespace of its own and shows runc the image root
+// idmapped into the task's ids (or a chowned copy where the kernel lacks
+// idmapped mounts). The shim is a child subreaper, so the container's first
+// process becomes its child.
 //
 // The shim is what survives the launcher: it is the task's parent, so it
 // gets the real exit status, reads the memory cgroup's oom_kill counter, and
 // writes both to exit.json; and it is the only writer of the task's log
-// (stdout and stderr share a pipe to it), so it rotates by size with renames
+// (stdout and stderr come on two pipes and are written as tagged lines of one
+// file, so each stream can be read alone), so it rotates by size with renames
 // (log, log.1, ...) and nothing is lost between a copy and a truncate. A
 // launcher that is killed and restarted finds its tasks in badger (PID and
 // start time of task and shim, so a reused PID is not mistaken for them),
@@ -48,7 +59,7 @@
 //	start.go      Start: validate the spec, write run.json, start the shim
 //	warmpool.go   the pool of warm shims whose init already waits in fresh namespaces
 //	staged.go     the executable copy of a whale its user may run; Prune of staged files
-//	image.go      images: unpack a rootfs once per digest, config.json for runc
+//	image.go      images: unpack a layer stream into a rootfs
 //	cgroup.go     the task's cgroup: limits, usage, oom_kill, kill all
 //	supervise.go  watching a run, recording its end, restarting by policy; adopting after a restart
 //	control.go    Stop, Wait, Get, List, Remove
@@ -56,7 +67,11 @@
 //	logs.go       the log the shim writes with rotation, and reading it back
 //	reexec.go     MaybeRunInit and run.json: what the launcher tells its re-executed self
 //	shim.go       the shim: forks init, reports the task's PID, waits, writes exit.json
-//	shim_oci.go   the shim's runc create + start for images
+//	shim_oci.go   the shim's runc create + start for images, and the task root it mounts
+//	bundle.go     config.json for runc, the unpack per digest and its tree digest
+//	seccomp.go    the default seccomp filter, as BPF for whales and for runc
+//	userns.go     user namespace id blocks, the kernel probe, idmapped mounts
+//	user.go       an image's user by name, from its /etc/passwd and /etc/group
 //	init.go       init: PID 1 of the task, drops privileges and execs the whale
 //	rootfs.go     init's read-only root: mounts, masked /proc paths, pivot_root
 //	proc.go       PID + start time, so that a reused PID is not taken for a task
