@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -73,8 +74,12 @@ type eventHub struct {
 	evals map[string][]json.RawMessage // job -> its recent evaluations, newest last
 }
 
-// recentEvals is how many evaluations per job the server remembers for the UI.
-const recentEvals = 10
+// recentEvals is how many evaluations per job the server remembers for the
+// UI, for at most maxEvalJobs jobs.
+const (
+	recentEvals = 10
+	maxEvalJobs = 1 << 14
+)
 
 // publish hands one committed operation to every subscriber. It is called by
 // ApplyBatch with the server's locks held, so it only queues.
@@ -103,22 +108,35 @@ func (h *eventHub) publish(ops []*op) {
 }
 
 // recordEvals keeps the last few evaluations of each job (the cell keeps only
-// the last one). Cheap: evaluations are few per operation.
+// the last one), for at most maxEvalJobs jobs. Cheap: evaluations are few per
+// operation, and small. They are copied: a record aliases its whole Raft entry.
 func (h *eventHub) recordEvals(ops []*op) {
 	for _, o := range ops {
-		if len(o.Evals) == 0 {
+		if len(o.Evals) == 0 && len(o.Jobs) == 0 {
 			continue
 		}
 		h.evMu.Lock()
 		if h.evals == nil {
 			h.evals = map[string][]json.RawMessage{}
 		}
+		for job, raw := range o.Jobs {
+			if isNull(raw) {
+				delete(h.evals, job)
+			}
+		}
 		for job, raw := range o.Evals {
 			if isNull(raw) {
 				delete(h.evals, job)
 				continue
 			}
-			l := append(h.evals[job], raw)
+			l, known := h.evals[job]
+			if !known && len(h.evals) >= maxEvalJobs {
+				for other := range h.evals { // forget some job's history: any will do
+					delete(h.evals, other)
+					break
+				}
+			}
+			l = append(l, bytes.Clone(raw))
 			if len(l) > recentEvals {
 				l = slices.Clone(l[len(l)-recentEvals:])
 			}

@@ -3,6 +3,7 @@ package placement
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -119,6 +120,11 @@ func TestUILoginIsOneTime(t *testing.T) {
 		if resp, body := uiGet(t, hc, ts.url+page, cookie); resp.StatusCode != http.StatusOK {
 			t.Fatalf("%s: %s\n%s", page, resp.Status, body)
 		}
+	}
+	// The job's page: its recent evaluations, newest first.
+	ts.submit(t, job("api", 3, 100, 64, BandProd))
+	if _, body := uiGet(t, hc, ts.url+"/ui/jobs/api", cookie); strings.Count(body, "<td>job-register</td>") != 2 || !strings.Contains(body, "<td>1</td><td>0</td><td>0</td>") {
+		t.Fatalf("job page lacks its two evaluations:\n%s", body)
 	}
 	if resp, _ := uiGet(t, hc, ts.url+"/ui/jobs/nope", cookie); resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("missing job: %s", resp.Status)
@@ -260,5 +266,22 @@ func TestUIAndEventsFromAnyServer(t *testing.T) {
 	resp, body := uiGet(t, hc, u.String()+"/ui/jobs", cookie)
 	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "api@1.0.0") || !strings.Contains(body, "server <b>"+lead.name+"</b>") {
 		t.Fatalf("jobs page through the other follower: %s\n%s", resp.Status, body)
+	}
+
+	// The UI's own stream, through a follower, comes from the leader.
+	req, _ := http.NewRequest(http.MethodGet, u.String()+"/ui/events/stream", nil)
+	req.AddCookie(cookie)
+	sresp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sresp.Body.Close()
+	if ct := sresp.Header.Get("Content-Type"); sresp.StatusCode != http.StatusOK || ct != "text/event-stream" {
+		t.Fatalf("UI stream through a follower: %s %q", sresp.Status, ct)
+	}
+	var first Event
+	errFirst := errors.New("first")
+	if err := readEvents(sresp.Body, func(e Event) error { first = e; return errFirst }); !errors.Is(err, errFirst) || first.Type != EventReady || first.Key != lead.name {
+		t.Fatalf("UI stream through a follower: %v, first event %+v; want ready from %s", err, first, lead.name)
 	}
 }
