@@ -288,3 +288,45 @@ func TestContainerdPulls(t *testing.T) {
 		t.Fatal("containerd did not fall back to the upstream")
 	}
 }
+
+// TestDockerSaveLayout: a docker-save tarball as skopeo (and docker save)
+// write it, with uncompressed layers, is served with the uncompressed layer
+// media type, and containerd pulls and unpacks it.
+func TestDockerSaveLayout(t *testing.T) {
+	skopeo := requireTool(t, "skopeo", "skopeo")
+	c := startContainerd(t)
+	e := newEnv(t, envOpts{})
+	p, _ := testImage(t, e.dir, 100<<10)
+	archive := filepath.Join(e.dir, "docker-archive.tar")
+	runTool(t, skopeo, "--insecure-policy", "copy", "docker-archive:"+p, "docker-archive:"+archive+":ballena.local/saved:1")
+	e.publish(archive, "saved", "1.0.0", e.priv)
+	host := strings.TrimPrefix(e.url, "http://")
+
+	resp, body := e.do("GET", "/v2/saved/manifests/1.0.0")
+	if resp.StatusCode != 200 {
+		t.Fatalf("manifest: %d %s", resp.StatusCode, body)
+	}
+	var m struct {
+		Layers []struct {
+			MediaType, Digest string
+			Size              int64
+		}
+	}
+	if err := json.Unmarshal(body, &m); err != nil || len(m.Layers) != 2 {
+		t.Fatalf("manifest %s: %v", body, err)
+	}
+	for _, l := range m.Layers {
+		if l.MediaType != "application/vnd.docker.image.rootfs.diff.tar" {
+			t.Fatalf("layer %s: media type %s, want the uncompressed one", l.Digest, l.MediaType)
+		}
+		if resp, b := e.do("GET", "/v2/saved/blobs/"+l.Digest); resp.StatusCode != 200 || sha(b) != l.Digest || int64(len(b)) != l.Size {
+			t.Fatalf("layer %s: %d", l.Digest, resp.StatusCode)
+		}
+	}
+	ref := host + "/saved:1.0.0"
+	c.ctr(t, "images", "pull", "--plain-http", "--snapshotter", "native", ref)
+	if got := c.imageDigest(t, ref); got != sha(body) {
+		t.Fatalf("containerd pulled %s as %s, want %s", ref, got, sha(body))
+	}
+	runTool(t, skopeo, "--insecure-policy", "copy", "--src-tls-verify=false", "docker://"+ref, "oci:"+filepath.Join(e.dir, "oci")+":saved")
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,9 @@ func (s *Server) image(ctx context.Context, rel artifact.Release) (*image, error
 	p := s.cfg.Store.BlobPath(rel.Digest)
 	id, err := statID(p)
 	if err != nil {
+		s.mu.Lock()
+		delete(s.images, rel.Digest) // removed (gc): forget it
+		s.mu.Unlock()
 		return nil, fmt.Errorf("release file: %w", err)
 	}
 	s.mu.Lock()
@@ -134,10 +138,31 @@ func (s *Server) findImage(ctx context.Context, name string, match func(*image) 
 		s.log.Error("list releases", "err", err)
 		return nil, ""
 	}
+	var mine []artifact.Release
 	for _, r := range rels {
-		if r.Name != name || r.Kind != artifact.KindOCI {
-			continue
+		if r.Name == name && r.Kind == artifact.KindOCI {
+			mine = append(mine, r)
 		}
+	}
+	// Releases already read first: a client asks for the manifest by tag
+	// before the blobs, so a blob is nearly always in one of them, and the
+	// others are read (and hashed) only when none has it.
+	s.mu.Lock()
+	indexed := func(r artifact.Release) bool {
+		ix, ok := s.images[r.Digest]
+		if !ok {
+			return false
+		}
+		select {
+		case <-ix.done:
+			return ix.err == nil
+		default:
+			return false
+		}
+	}
+	sort.SliceStable(mine, func(i, j int) bool { return indexed(mine[i]) && !indexed(mine[j]) })
+	s.mu.Unlock()
+	for _, r := range mine {
 		img, err := s.release(ctx, r.Ref(), false)
 		if err == nil && match(img) {
 			return img, r.Digest
