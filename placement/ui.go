@@ -103,6 +103,12 @@ func (s *Server) registerUI(mux *http.ServeMux) {
 
 	lead := s.atLeader(uiHeaders(ui).ServeHTTP)
 	mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) {
+		if !s.IsLeader() && r.Header.Get(headerForwarded) == "" {
+			if _, err := s.leaderURL(); err != nil {
+				s.uiRefuse(w, http.StatusServiceUnavailable, "This server cannot reach a leader of the cell right now ("+err.Error()+"). Reload in a few seconds.")
+				return
+			}
+		}
 		if r.URL.Path == "/ui/events/stream" {
 			// A follower proxies the stream from the leader: no API write timeout.
 			_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
@@ -152,8 +158,15 @@ func (s *Server) render(w http.ResponseWriter, status int, name string, p uiPage
 	w.Write(b.Bytes())
 }
 
+// uiMessage is the body of the message page.
+type uiMessage struct {
+	Text  string
+	Login bool // say how to log in
+}
+
 func (s *Server) uiRefuse(w http.ResponseWriter, status int, msg string) {
-	s.render(w, status, "message", uiPage{Title: "Ballena", NoAuth: true, Body: msg})
+	login := status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusOK
+	s.render(w, status, "message", uiPage{Title: "Ballena", NoAuth: true, Body: uiMessage{msg, login}})
 }
 
 // uiRead runs fn on the committed state, like the API's reads.
