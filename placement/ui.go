@@ -30,11 +30,11 @@ func loadUIPages() map[string]*template.Template {
 		"short": ShortID,
 		"size":  FormatSize,
 		"res":   func(r Resources) string { return r.String() },
-		"ago": func(t time.Time) string {
+		"ago": func(now, t time.Time) string {
 			if t.IsZero() {
 				return "never"
 			}
-			return time.Since(t).Round(time.Second).String() + " ago"
+			return now.Sub(t).Round(time.Second).String() + " ago"
 		},
 		"when": func(t time.Time) string {
 			if t.IsZero() {
@@ -139,11 +139,12 @@ type uiPage struct {
 	Index  uint64
 	Job    string // the events filter of the page's live part, if any
 	NoAuth bool   // the refusal page: no navigation, no script
+	Now    time.Time
 	Body   any
 }
 
 func (s *Server) render(w http.ResponseWriter, status int, name string, p uiPage) {
-	p.Server = s.Name()
+	p.Server, p.Now = s.Name(), s.opts.Now()
 	if p.Index == 0 {
 		p.Index = s.Index()
 	}

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 
 	"ballena.dev/internal/poll"
@@ -29,7 +31,7 @@ import (
 // real cell: an in-process `ballena server` and two `ballena node` processes,
 // one publishing a release that the other fetches to run the second task. The
 // browser opens the one-time login URL from `ballena ui --url`, sees the job's
-// two tasks running on the two nodes, opens a node and the release (provenance
+// two tasks running on the two nodes (also with JavaScript off), opens a node and the release (provenance
 // and spread), and sees the tasks' state change arrive live when the job is
 // stopped, without a reload. With BALLENA_UI_SCREENSHOTS=DIR (make
 // ui-screenshots) the pages are saved there as ui-*.png.
@@ -170,6 +172,20 @@ func TestUIInBrowser(t *testing.T) {
 		t.Fatalf("jobs page says:\n%s", jobText)
 	}
 	shot("ui-jobs.png")
+
+	// The same page with JavaScript off, in another tab of the same browser
+	// (the session cookie is shared): complete, only not live.
+	nojs, cancelNoJS := chromedp.NewContext(bctx)
+	if err := chromedp.Do(nojs, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, emulation.SetScriptExecutionDisabled, emulation.SetScriptExecutionDisabledParams{Value: true})
+		return err
+	}), chromedp.Navigate(apiURL+"/ui/jobs"), chromedp.WaitVisible(css(`#task-1.state-running`))); err != nil {
+		t.Fatalf("browser without JavaScript: %v", err)
+	}
+	if st := browse(t, nojs, "the live status without JavaScript", chromedp.Text(css(`#live-status`))); st != "not live (JavaScript off)" {
+		t.Fatalf("without JavaScript the page says %q", st)
+	}
+	cancelNoJS()
 
 	// A node, from a task's row: healthy, holding the release.
 	do("open a node", chromedp.Click(css(`#task-0 a[href^="/ui/nodes/"]`)), chromedp.WaitVisible(css(`h1 .health-healthy`)))
