@@ -2,6 +2,8 @@ package launcher
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -116,4 +118,76 @@ func BenchmarkLaunch(b *testing.B) {
 	b.ReportMetric(ms(runc, 0.50), "runc-p50-ms")
 	b.ReportMetric(ms(runc, 0.99), "runc-p99-ms")
 	b.ReportMetric(0, "ns/op")
+}
+
+// The per-launch costs isolation adds, one by one (make bench-launch has
+// the whole launch): re-hashing the cached whale through the descriptor that
+// is executed, assembling the seccomp filter, re-hashing an unpacked image
+// root, and the user namespace an idmapped image root needs.
+func BenchmarkIsolationCosts(b *testing.B) {
+	requireRoot(b)
+	bin := taskBinary(b)
+	st, _ := os.Stat(bin)
+	b.Run("rehash-whale", func(b *testing.B) {
+		b.SetBytes(st.Size())
+		digest, err := artifactHash(bin)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			f, err := openVerified(bin, digest)
+			if err != nil {
+				b.Fatal(err)
+			}
+			f.Close()
+		}
+	})
+	b.Run("seccomp-assemble", func(b *testing.B) {
+		for b.Loop() {
+			pol, err := whaleSeccompPolicy()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := pol.Assemble(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("tree-digest-image", func(b *testing.B) {
+		dir := b.TempDir()
+		if err := os.MkdirAll(filepath.Join(dir, "rootfs", "bin"), 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if out, err := exec.Command("cp", bin, filepath.Join(dir, "rootfs", "bin", "task")).CombinedOutput(); err != nil {
+			b.Fatalf("cp: %v %s", err, out)
+		}
+		b.SetBytes(st.Size())
+		for b.Loop() {
+			if _, err := treeDigest(dir); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("userns-for-idmap", func(b *testing.B) {
+		for b.Loop() {
+			h, err := holdUserNS(&IDMap{HostID: defaultIDRangeStart, Size: idsPerTask})
+			if err != nil {
+				b.Fatal(err)
+			}
+			h.close()
+		}
+	})
+}
+
+func artifactHash(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

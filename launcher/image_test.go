@@ -93,8 +93,12 @@ func TestImageRunsUnderRunc(t *testing.T) {
 		filepath.Join(cg.dir("cpu"), "cpu.cfs_quota_us"):         "25000",
 		filepath.Join(cg.dir("pids"), "pids.max"):                "40",
 	}
+	if swapAccounting() { // no swap beyond the limit
+		checks[filepath.Join(cg.dir("memory"), "memory.memsw.limit_in_bytes")] = "50331648"
+	}
 	if cg.v2 {
-		checks = map[string]string{filepath.Join(cg.dir(""), "memory.max"): "50331648", filepath.Join(cg.dir(""), "pids.max"): "40"}
+		checks = map[string]string{filepath.Join(cg.dir(""), "memory.max"): "50331648", filepath.Join(cg.dir(""), "pids.max"): "40",
+			filepath.Join(cg.dir(""), "memory.swap.max"): "0"}
 	}
 	for f, want := range checks {
 		if b, err := os.ReadFile(f); err != nil || strings.TrimSpace(string(b)) != want {

@@ -355,3 +355,44 @@ func TestChangedImageRootNeverRuns(t *testing.T) {
 		t.Errorf("after a fresh unpack: %+v", r)
 	}
 }
+
+// A restarted launcher knows which id blocks its adopted tasks hold and
+// never hands one out again while they run.
+func TestAdoptedTasksKeepTheirIDBlocks(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.WarmShims = -1 })
+	ref := e.publishTask()
+	a := e.start(TaskSpec{Artifact: ref, Args: []string{"serve"}})
+	cfg := e.l.cfg
+	e.l.Close()
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.l = l
+	got, err := l.Get(a.ID)
+	if err != nil || got.State != StateRunning || got.UserNS == nil || *got.UserNS != *a.UserNS {
+		t.Fatalf("adopted task: %+v, %v", got, err)
+	}
+	b := e.start(TaskSpec{Artifact: ref, Args: []string{"serve"}})
+	if b.UserNS == nil || *b.UserNS == *a.UserNS {
+		t.Errorf("a new task got block %v, the adopted task holds %v", b.UserNS, a.UserNS)
+	}
+}
+
+// No swap beyond the memory limit: memory+swap is set to the memory limit.
+func TestNoSwapBeyondMemoryLimit(t *testing.T) {
+	if !swapAccounting() {
+		t.Skip("the kernel does not account swap per cgroup here (no memory.memsw files: boot with swapaccount=1)")
+	}
+	e := newEnv(t, nil)
+	ref := e.publishTask()
+	tk := e.start(TaskSpec{Artifact: ref, Args: []string{"serve"}, MemoryBytes: 48 << 20})
+	cg := newTaskCgroup(e.parent, tk.ID)
+	file, want := filepath.Join(cg.dir("memory"), "memory.memsw.limit_in_bytes"), "50331648"
+	if cg.v2 {
+		file, want = filepath.Join(cg.dir(""), "memory.swap.max"), "0"
+	}
+	if b, err := os.ReadFile(file); err != nil || strings.TrimSpace(string(b)) != want {
+		t.Errorf("%s = %q (%v), want %s", file, strings.TrimSpace(string(b)), err, want)
+	}
+}
