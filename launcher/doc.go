@@ -11,9 +11,10 @@
 //
 //	launcher ──exec /proc/self/exe (shim mode, own session)──▶ shim
 //	shim ──clone(NEWUSER|NEWPID|NEWNS|NEWUTS|NEWIPC[|NEWNET]) + exec self (init mode)──▶ init
-//	shim: writes init's PID to the task cgroup's cgroup.procs, opens the
-//	      cached whale and re-hashes it through that descriptor, then sends
-//	      init the run config and the descriptor (SCM_RIGHTS) on the sync socket
+//	shim: writes init's PID to the task cgroup's cgroup.procs, then sends
+//	      init the run config and the verified whale's descriptor (a sealed
+//	      memfd the launcher filled once per digest: staged.go) on the sync
+//	      socket (SCM_RIGHTS)
 //	init: uid 0 of its own user namespace (ids 0..65535 are a block of the
 //	      node's subordinate range, one per running task: userns.go), makes
 //	      mounts private, builds a read-only tmpfs root (/proc of the new PID
@@ -58,7 +59,7 @@
 //	verify.go     Verifier: the artifact check before every start
 //	start.go      Start: validate the spec, write run.json, start the shim
 //	warmpool.go   the pool of warm shims whose init already waits in fresh namespaces
-//	staged.go     the executable copy of a whale its user may run; Prune of staged files
+//	staged.go     the sealed memfd a whale runs from (a re-hashed copy on disk where memfds cannot be executed); Prune
 //	image.go      images: unpack a layer stream into a rootfs
 //	cgroup.go     the task's cgroup: limits, usage, oom_kill, kill all
 //	supervise.go  watching a run, recording its end, restarting by policy; adopting after a restart

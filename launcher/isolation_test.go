@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"ballena.dev/artifact"
@@ -33,6 +34,7 @@ type probeReport struct {
 	Resolv     string
 	Hostname   string
 	ExeOwner   int
+	ExeSha256  string
 	Dial       string
 }
 
@@ -167,14 +169,47 @@ func TestWhaleWithoutUserNamespaces(t *testing.T) {
 	assertConfined(t, "without userns", r)
 }
 
-// The cached executable copy is re-hashed before every start, through the
-// descriptor that is executed: a copy changed on disk never runs.
-func TestSwappedCachedWhaleNeverRuns(t *testing.T) {
-	e := newEnv(t, func(c *Config) { c.WarmShims = -1 })
+// What runs is what was verified: the bytes the task executes hash to the
+// verified digest, and the launcher's copy (a sealed memfd) cannot be changed.
+func TestWhaleRunsTheVerifiedBytes(t *testing.T) {
+	e := newEnv(t, nil)
 	ref := e.publishTask()
-	tk := e.wait(e.start(TaskSpec{Artifact: ref, Args: []string{"hello"}}).ID)
-	if tk.State != StateExited || tk.Exit.Code != 0 {
-		t.Fatalf("first run: %s %s", tk.State, tk.Exit)
+	tk, r := e.probe(TaskSpec{Artifact: ref, Args: []string{"probe"}})
+	if r.ExeSha256 != tk.Digest {
+		t.Errorf("the task executes bytes hashing to %s, verified %s", r.ExeSha256, tk.Digest)
+	}
+	e.l.exeMu.Lock()
+	memfd := e.l.exes[tk.Digest]
+	e.l.exeMu.Unlock()
+	if memfd == nil {
+		t.Fatal("no sealed copy of the whale")
+	}
+	w, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", memfd.Fd()), os.O_WRONLY, 0)
+	if err == nil {
+		_, err = w.Write([]byte("#!/bin/sh\necho pwned\n"))
+		w.Close()
+	}
+	if err == nil {
+		t.Fatal("root could write into the sealed copy of the whale")
+	}
+	if err := syscall.Ftruncate(int(memfd.Fd()), 0); err == nil {
+		t.Fatal("root could truncate the sealed copy of the whale")
+	}
+	_, r = e.probe(TaskSpec{Artifact: ref, Args: []string{"probe"}})
+	if r.ExeSha256 != tk.Digest {
+		t.Errorf("second run executes %s, verified %s", r.ExeSha256, tk.Digest)
+	}
+}
+
+// Where the kernel refuses executable memfds, the copy on disk is re-hashed
+// before every start, through the descriptor that is executed: a copy
+// swapped on disk never runs.
+func TestSwappedCachedWhaleNeverRuns(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.WarmShims, c.NoMemfd = -1, true })
+	ref := e.publishTask()
+	tk, r := e.probe(TaskSpec{Artifact: ref, Args: []string{"probe"}})
+	if r.ExeSha256 != tk.Digest {
+		t.Fatalf("first run executes %s, verified %s", r.ExeSha256, tk.Digest)
 	}
 	copyPath := filepath.Join(e.dir, "launcher", "bin", tk.Digest)
 	evil := []byte("#!/bin/sh\necho pwned\n")
@@ -189,7 +224,7 @@ func TestSwappedCachedWhaleNeverRuns(t *testing.T) {
 	}
 	before := len(e.l.List())
 	_, err := e.l.Start(context.Background(), TaskSpec{Artifact: ref, Args: []string{"hello"}})
-	if err == nil || !strings.Contains(err.Error(), "changed on disk") || !strings.Contains(err.Error(), tk.Digest) {
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "changed on disk") || !strings.Contains(err.Error(), tk.Digest) {
 		t.Fatalf("start with a swapped copy: %v; want a refusal naming the verified digest", err)
 	}
 	if n := len(e.l.List()); n != before {

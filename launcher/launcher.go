@@ -41,6 +41,9 @@ type Config struct {
 	// root instead of an idmapped mount of the shared one (as where the
 	// kernel or filesystem lacks them).
 	NoIDMappedMounts bool
+	// NoMemfd runs whales from a copy on disk re-hashed before every start,
+	// as where the kernel refuses executable memfds (vm.memfd_noexec=2).
+	NoMemfd bool
 
 	LogMaxBytes int64 // a task's log rotates past this size; default 10 MiB
 	LogKeep     int   // rotated logs kept; default 2
@@ -77,6 +80,10 @@ type Launcher struct {
 	m   *metrics
 	iso IsolationStatus
 	ids *idAllocator
+
+	exeMu   sync.Mutex
+	exes    map[string]*os.File // digest -> sealed memfd of the whale
+	noMemfd bool                // the kernel refused executable memfds: copies on disk
 
 	mu    sync.Mutex
 	tasks map[string]*entry
@@ -163,7 +170,8 @@ func New(cfg Config) (*Launcher, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &Launcher{cfg: cfg, dir: dir, log: cfg.Logger, ctx: ctx, cancel: cancel, tasks: map[string]*entry{},
 		pool: make(chan *warmShim, max(cfg.WarmShims, 0)), m: newMetrics(),
-		iso: probeIsolation(cfg, filepath.Join(dir, "images")), ids: newIDAllocator(cfg.IDRangeStart, cfg.IDRangeCount)}
+		iso: probeIsolation(cfg, filepath.Join(dir, "images")), ids: newIDAllocator(cfg.IDRangeStart, cfg.IDRangeCount),
+		exes: map[string]*os.File{}, noMemfd: cfg.NoMemfd}
 	if !l.iso.UserNS {
 		l.log.Warn("tasks run WITHOUT user namespaces: uid 0 in a task is uid 0 on the host (with no capabilities)", "reason", l.iso.UserNSError)
 	} else if !l.iso.IDMappedMounts {
@@ -198,6 +206,12 @@ func New(cfg Config) (*Launcher, error) {
 func (l *Launcher) Close() error {
 	l.cancel()
 	l.wg.Wait()
+	l.exeMu.Lock()
+	for d, f := range l.exes {
+		f.Close()
+		delete(l.exes, d)
+	}
+	l.exeMu.Unlock()
 	for {
 		select {
 		case ws := <-l.pool:

@@ -50,7 +50,7 @@ type runConfig struct {
 	// whale
 	CgroupProcs []string `json:"cgroupProcs,omitempty"`
 	Root        string   `json:"root,omitempty"`   // an empty dir: mount point of the task's root
-	Binary      string   `json:"binary,omitempty"` // host path of the verified executable
+	Binary      string   `json:"binary,omitempty"` // name of the verified executable the launcher passes as a descriptor
 	Args        []string `json:"args,omitempty"`   // argv, argv[0] included
 	Env         []string `json:"env,omitempty"`
 	Cwd         string   `json:"cwd,omitempty"`
@@ -59,7 +59,6 @@ type runConfig struct {
 	Hostname    string   `json:"hostname,omitempty"`
 	NewNet      bool     `json:"newNet,omitempty"`
 	TmpBytes    int64    `json:"tmpBytes,omitempty"`
-	Digest      string   `json:"digest,omitempty"` // the shim re-hashes Binary through the fd init executes
 	Unconfined  bool     `json:"unconfined,omitempty"`
 	NoFile      uint64   `json:"nofile,omitempty"`
 	CoreBytes   uint64   `json:"coreBytes,omitempty"`

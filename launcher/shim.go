@@ -1,10 +1,8 @@
 package launcher
 
 import (
-	"bufio"
-	"crypto/sha256"
+	"bytes"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,7 +11,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -48,6 +45,7 @@ func runShim() int {
 		return 1
 	}
 	var pre *pendingInit
+	var bin *os.File // the verified whale
 	cfgPath := os.Getenv(configEnv)
 	if cfgPath == "" {
 		idmap, err := parseIDMapEnv(os.Getenv(idmapEnv))
@@ -58,12 +56,15 @@ func runShim() int {
 			report(shimStatus{Error: "shim: " + err.Error()})
 			return 1
 		}
-		line, err := bufio.NewReader(os.NewFile(4, "control")).ReadString('\n')
+		cfgPath, bin, err = readControl(os.NewFile(4, "control"))
 		if err != nil {
 			pre.abort()
 			return 0
 		}
-		cfgPath = strings.TrimSuffix(line, "\n")
+	} else if f := os.NewFile(4, "whale"); f != nil {
+		if _, err := f.Stat(); err == nil {
+			bin = f // a cold whale's shim: the launcher passed it as fd 4
+		}
 	}
 	raw, err := os.ReadFile(cfgPath)
 	var cfg *runConfig
@@ -111,7 +112,7 @@ func runShim() int {
 			pre, err = forkInit(pw, ew, cfg.NewNet, cfg.IDMap)
 		}
 		if err == nil {
-			pid, err = pre.release(cfg, raw)
+			pid, err = pre.release(cfg, raw, bin)
 		}
 	case "oci":
 		pre.abort()
@@ -232,12 +233,12 @@ func (p *pendingInit) abort() {
 	p.execR.Close()
 }
 
-// release puts the init in the task's cgroup, opens the whale and checks
-// that its bytes still hash to the verified digest, hands init the run
-// config and that very file descriptor (init executes it: no path is looked
-// up again), and waits until init has exec'd (the exec pipe closes) or
-// reported an error on that pipe. No task code runs before the cgroup holds the process.
-func (p *pendingInit) release(cfg *runConfig, raw []byte) (int, error) {
+// release puts the init in the task's cgroup, hands it the run config and
+// the verified whale's descriptor that the launcher sent (init executes it:
+// no path is looked up again), and waits until init has exec'd (the exec
+// pipe closes) or reported an error on that pipe. No task code runs before
+// the cgroup holds the process.
+func (p *pendingInit) release(cfg *runConfig, raw []byte, bin *os.File) (int, error) {
 	pid := p.cmd.Process.Pid
 	for _, f := range cfg.CgroupProcs {
 		if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0); err != nil {
@@ -245,12 +246,10 @@ func (p *pendingInit) release(cfg *runConfig, raw []byte) (int, error) {
 			return 0, fmt.Errorf("join cgroup: %w", err)
 		}
 	}
-	bin, err := openVerified(cfg.Binary, cfg.Digest)
-	if err != nil {
+	if bin == nil {
 		p.abort()
-		return 0, err
+		return 0, errors.New("release init: the launcher sent no whale")
 	}
-	defer bin.Close()
 	if err := sendRunConfig(p.sync, raw, int(bin.Fd())); err != nil {
 		p.abort()
 		return 0, fmt.Errorf("release init: %w", err)
@@ -265,29 +264,6 @@ func (p *pendingInit) release(cfg *runConfig, raw []byte) (int, error) {
 	}
 	// Leave the process to unix.Wait4 in runShim; os/exec must not reap it.
 	return pid, nil
-}
-
-// openVerified opens the cached copy of a whale and re-hashes it through
-// the descriptor that will be executed; a copy whose bytes changed on disk is refused.
-func openVerified(path, digest string) (*os.File, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("open whale: %w", err)
-	}
-	if digest == "" {
-		return f, nil
-	}
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	if _, err := io.CopyBuffer(h, f, buf); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("hash whale: %w", err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
-		f.Close()
-		return nil, fmt.Errorf("%s: the cached copy of the whale changed on disk (sha256 %s, verified %s): refusing to run it", path, got, digest)
-	}
-	return f, nil
 }
 
 // sendRunConfig writes a length-prefixed run config to init's socket, with
@@ -315,6 +291,39 @@ func sendRunConfig(sock *os.File, raw []byte, fd int) error {
 		return err
 	}
 	return serr
+}
+
+// readControl reads what the launcher tells a warm shim: the run config's
+// path, and for a whale its descriptor (SCM_RIGHTS). EOF means go away.
+func readControl(sock *os.File) (string, *os.File, error) {
+	defer sock.Close()
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	var line []byte
+	var bin *os.File
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(int(sock.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return "", nil, err
+		}
+		if oobn > 0 && bin == nil {
+			if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) == 1 {
+				if fds, err := unix.ParseUnixRights(&msgs[0]); err == nil && len(fds) == 1 {
+					bin = os.NewFile(uintptr(fds[0]), "whale")
+				}
+			}
+		}
+		if n == 0 {
+			return "", nil, io.EOF
+		}
+		line = append(line, buf[:n]...)
+		if i := bytes.IndexByte(line, '\n'); i >= 0 {
+			return string(line[:i]), bin, nil
+		}
+	}
 }
 
 func sameIDMap(a, b *IDMap) bool {

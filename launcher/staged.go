@@ -9,15 +9,95 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"ballena.dev/internal/ctxio"
+	"golang.org/x/sys/unix"
 )
 
-// executable returns a path to the whale that its unprivileged user may
-// execute: store blobs are not executable, so a read-only copy is made once
-// per digest, hashed as it is copied and fsynced. The shim hashes the copy
-// again before every start, through the descriptor init executes (openVerified).
-func (l *Launcher) executable(ctx context.Context, art Artifact) (string, error) {
+// executable returns the whale, verified, as an open file that its init
+// executes (execveat): a sealed memfd holding the blob's bytes, made once
+// per digest while the launcher runs and hashed as it is filled from the
+// very descriptor it read the blob through. Seals (write, grow, shrink,
+// seal) keep anyone, root included, from changing a byte afterwards, so a
+// start costs no re-hash. Where the kernel refuses executable memfds
+// (vm.memfd_noexec=2), the fallback is a read-only copy on disk (fsynced),
+// re-hashed through the descriptor that is executed before every start.
+// The caller calls done once the shim holds the file.
+func (l *Launcher) executable(ctx context.Context, art Artifact) (f *os.File, done func(), err error) {
+	l.exeMu.Lock()
+	defer l.exeMu.Unlock()
+	if f := l.exes[art.Digest]; f != nil {
+		return f, func() {}, nil
+	}
+	if !l.noMemfd {
+		f, err := sealedCopy(ctx, art)
+		if err == nil {
+			l.exes[art.Digest] = f
+			return f, func() {}, nil
+		}
+		if !errors.Is(err, errNoExecMemfd) {
+			return nil, nil, err
+		}
+		l.log.Warn("executable memfds refused by the kernel: whales run from a copy on disk, re-hashed before every start", "err", err)
+		l.noMemfd = true
+	}
+	path, err := l.diskCopy(ctx, art)
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err = openVerified(path, art.Digest)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, func() { f.Close() }, nil
+}
+
+var errNoExecMemfd = errors.New("no executable memfd")
+
+// sealedCopy fills a sealed memfd with the blob, checking its sha256.
+func sealedCopy(ctx context.Context, art Artifact) (*os.File, error) {
+	name := "ballena-whale-" + art.Digest[:16]
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING|unix.MFD_EXEC)
+	if errors.Is(err, unix.EINVAL) { // before 6.3, which added MFD_EXEC: executable by default
+		fd, err = unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	}
+	if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+		return nil, fmt.Errorf("%w: %v", errNoExecMemfd, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	src, err := os.Open(art.BlobPath)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open blob: %w", err)
+	}
+	defer src.Close()
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(f, h), ctxio.Reader(ctx, src)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("copy blob: %w", err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != art.Digest {
+		f.Close()
+		return nil, fmt.Errorf("%w: blob changed after verification (sha256 %s, want %s)", ErrRefused, got, art.Digest)
+	}
+	if err := unix.Fchmod(fd, 0o555); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE|unix.F_SEAL_GROW|unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("seal: %w", err)
+	}
+	return f, nil
+}
+
+// diskCopy is the fallback: a read-only copy per digest under bin/, made
+// once, hashed as it is copied and fsynced.
+func (l *Launcher) diskCopy(ctx context.Context, art Artifact) (string, error) {
 	dst := filepath.Join(l.dir, "bin", art.Digest)
 	if st, err := os.Stat(dst); err == nil && st.Mode().Perm() == 0o555 {
 		return dst, nil
@@ -59,8 +139,27 @@ func (l *Launcher) executable(ctx context.Context, art Artifact) (string, error)
 	return dst, nil
 }
 
-// Prune removes staged executables and unpacked images that no task the
-// launcher knows refers to; the node calls it after the store's GC. It
+// openVerified opens the cached copy of a whale and re-hashes it through
+// the descriptor that will be executed; a copy whose bytes changed on disk is refused.
+func openVerified(path, digest string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open whale: %w", err)
+	}
+	h := sha256.New()
+	if _, err := io.CopyBuffer(h, f, make([]byte, 1<<20)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("hash whale: %w", err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s: the cached copy of the whale changed on disk (sha256 %s, verified %s): refusing to run it", ErrRefused, path, got, digest)
+	}
+	return f, nil
+}
+
+// Prune drops the sealed copies and staged executables of whales, and
+// unpacked images, that no task the launcher knows refers to; the node calls it after the store's GC. It
 // returns the digests it dropped.
 func (l *Launcher) Prune() ([]string, error) {
 	l.mu.Lock()
@@ -70,6 +169,15 @@ func (l *Launcher) Prune() ([]string, error) {
 	}
 	l.mu.Unlock()
 	var dropped []string
+	l.exeMu.Lock()
+	for d, f := range l.exes {
+		if !used[d] {
+			f.Close()
+			delete(l.exes, d)
+			dropped = append(dropped, d)
+		}
+	}
+	l.exeMu.Unlock()
 	var errs []error
 	for _, sub := range []string{"bin", "images"} {
 		ents, err := os.ReadDir(filepath.Join(l.dir, sub))
@@ -86,7 +194,9 @@ func (l *Launcher) Prune() ([]string, error) {
 				errs = append(errs, err)
 				continue
 			}
-			dropped = append(dropped, n)
+			if !slices.Contains(dropped, n) {
+				dropped = append(dropped, n)
+			}
 		}
 	}
 	return dropped, errors.Join(errs...)

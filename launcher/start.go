@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Start verifies spec's artifact and starts it. It returns once the task's
@@ -213,6 +215,7 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (cmd *e
 		IDMap: idmap,
 	}
 	var uid, gid int
+	var bin *os.File // the verified whale, handed to the shim
 	switch art.Kind {
 	case "whale":
 		uid, gid, err = ParseUser(cmp.Or(t.Spec.User, l.cfg.DefaultUser))
@@ -222,15 +225,17 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (cmd *e
 		if err := fitsIDMap(uid, gid, idmap); err != nil {
 			return nil, err
 		}
-		bin, err := l.executable(ctx, art)
+		var done func()
+		bin, done, err = l.executable(ctx, art)
 		if err != nil {
 			return nil, err
 		}
+		defer done()
 		args := art.Cmd
 		if t.Spec.Args != nil {
 			args = t.Spec.Args
 		}
-		rc.Binary, rc.Digest, rc.UID, rc.GID, rc.Hostname = bin, art.Digest, uid, gid, hostname
+		rc.Binary, rc.UID, rc.GID, rc.Hostname = bin.Name(), uid, gid, hostname
 		rc.Args = append([]string{art.Name}, args...)
 		rc.Env = mergeEnv([]string{"PATH=/", "HOME=/tmp", "HOSTNAME=" + hostname}, art.Env, t.Spec.Env)
 		rc.Cwd = cmp.Or(t.Spec.WorkingDir, art.WorkingDir)
@@ -262,7 +267,7 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (cmd *e
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		return nil, err
 	}
-	cmd, st, err := l.startShim(ctx, dir, cfgPath, ws, rc.RootSource != "")
+	cmd, st, err := l.startShim(ctx, dir, cfgPath, ws, rc.RootSource != "", bin)
 	ws = nil // startShim used or discarded it
 	if err != nil {
 		_ = e.cg.destroy()
@@ -293,6 +298,36 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (cmd *e
 }
 
 // fitsIDMap checks that uid and gid exist in the task's user namespace.
+// sendControl tells a warm shim its run config's path, with the whale's
+// descriptor attached (SCM_RIGHTS) when there is one.
+func sendControl(sock *os.File, cfgPath string, bin *os.File) error {
+	msg := []byte(cfgPath + "\n")
+	var oob []byte
+	if bin != nil {
+		oob = unix.UnixRights(int(bin.Fd()))
+	}
+	conn, err := sock.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = conn.Write(func(s uintptr) bool {
+		var n int
+		n, serr = unix.SendmsgN(int(s), msg, oob, nil, 0)
+		if serr == unix.EAGAIN {
+			return false
+		}
+		if serr == nil && n < len(msg) {
+			serr = fmt.Errorf("short write to the shim (%d of %d bytes)", n, len(msg))
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
 func fitsIDMap(uid, gid int, m *IDMap) error {
 	if m != nil && (uid >= int(m.Size) || gid >= int(m.Size)) {
 		return fmt.Errorf("%w: user %d:%d: a task's user namespace has ids 0..%d", ErrInvalid, uid, gid, m.Size-1)
@@ -303,11 +338,12 @@ func fitsIDMap(uid, gid int, m *IDMap) error {
 // startShim starts the task's shim in its own session (so a terminal's ^C
 // does not reach it) and waits for its one status line. A warm shim ws, when
 // given, is used (its init already waits in its namespaces); ownMountNS puts
-// a cold shim in a mount namespace of its own (for an image root it mounts).
-func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, ws *warmShim, ownMountNS bool) (*exec.Cmd, shimStatus, error) {
+// a cold shim in a mount namespace of its own (for an image root it mounts);
+// bin is a whale's verified executable, passed to the shim as a descriptor.
+func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, ws *warmShim, ownMountNS bool, bin *os.File) (*exec.Cmd, shimStatus, error) {
 	var st shimStatus
 	if ws != nil {
-		if _, err := ws.ctrl.Write([]byte(cfgPath + "\n")); err == nil {
+		if err := sendControl(ws.ctrl, cfgPath, bin); err == nil {
 			ws.ctrl.Close()
 			st, err := l.readStatus(ctx, ws.cmd, ws.status)
 			ws.status.Close()
@@ -339,6 +375,9 @@ func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, ws *warmS
 		Stderr:      shimLog,
 		ExtraFiles:  []*os.File{w},
 		SysProcAttr: attr,
+	}
+	if bin != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, bin) // fd 4
 	}
 	err = cmd.Start()
 	w.Close()

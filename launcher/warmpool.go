@@ -6,13 +6,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // warmShim is a shim waiting for a run config on ctrl.
 type warmShim struct {
 	cmd    *exec.Cmd
 	status *os.File // read end of its status pipe
-	ctrl   *os.File // write end of its control pipe
+	ctrl   *os.File // our end of its control socket
 	idmap  *IDMap   // the user namespace its init waits in; nil: none
 	ids    *idAllocator
 }
@@ -63,12 +65,14 @@ func (l *Launcher) spawnWarm() (ws *warmShim, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cr, cw, err := os.Pipe()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		sr.Close()
 		sw.Close()
 		return nil, err
 	}
+	// control: the run config's path and the whale's descriptor (SCM_RIGHTS)
+	cw, cr := os.NewFile(uintptr(fds[0]), "control"), os.NewFile(uintptr(fds[1]), "control-shim")
 	shimLog, err := os.OpenFile(filepath.Join(l.dir, "shim.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err

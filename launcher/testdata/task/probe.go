@@ -1,8 +1,11 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -99,6 +102,14 @@ func probe(args []string) {
 	if syscall.Stat("/proc/self/exe", &st) == nil {
 		exeOwner = int(st.Uid)
 	}
+	exeSum := ""
+	if f, err := os.Open("/proc/self/exe"); err == nil {
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err == nil {
+			exeSum = hex.EncodeToString(h.Sum(nil))
+		}
+		f.Close()
+	}
 	dial := ""
 	if len(args) > 0 {
 		c, err := net.DialTimeout("tcp", args[0], 2*time.Second)
@@ -114,7 +125,7 @@ func probe(args []string) {
 		"uid": os.Getuid(), "gid": os.Getgid(), "uidMap": strings.Join(strings.Fields(string(uidMap)), " "),
 		"syscalls": sys, "nofile": limit("Max open files"), "core": limit("Max core file size"),
 		"hosts": read("/etc/hosts"), "resolv": read("/etc/resolv.conf"), "hostname": read("/etc/hostname"),
-		"exeOwner": exeOwner, "dial": dial,
+		"exeOwner": exeOwner, "dial": dial, "exeSha256": exeSum,
 	})
 	fmt.Println(string(out))
 }
