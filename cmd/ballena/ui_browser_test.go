@@ -29,12 +29,16 @@ import (
 
 // TestUIInBrowser drives Debian's headless Chromium through the web UI of a
 // real cell: an in-process `ballena server` and two `ballena node` processes,
-// one publishing a release that the other fetches to run the second task. The
-// browser opens the one-time login URL from `ballena ui --url`, sees the job's
-// two tasks running on the two nodes (also with JavaScript off), opens a node and the release (provenance
-// and spread), and sees the tasks' state change arrive live when the job is
-// stopped, without a reload. With BALLENA_UI_SCREENSHOTS=DIR (make
-// ui-screenshots) the pages are saved there as ui-*.png.
+// the first publishing a release that the second, rate-limited, downloads to
+// run the job's second task. The browser opens the one-time login URL from
+// `ballena ui --url` and keeps the jobs page open while the job is submitted:
+// the job appears, a task waits for its node's download, then both run, all
+// without a reload (the events stream). Meanwhile a second tab sees the
+// download in progress on the release's page. Then: the page with JavaScript
+// off, a node, the release (provenance, held by both nodes), and the tasks'
+// states changing live when the job is stopped. With
+// BALLENA_UI_SCREENSHOTS=DIR (make ui-screenshots) the pages are saved there
+// as ui-*.png.
 func TestUIInBrowser(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a server, two nodes and a browser")
@@ -74,7 +78,9 @@ func TestUIInBrowser(t *testing.T) {
 	}
 	nodeArgs := []string{"--server", apiURL, "--ca", ca, "--join-token-file", join}
 	a := startNodeAt(t, "uia", data[0], append(nodeArgs, "--label", "rack=r1")...)
-	startNodeAt(t, "uib", data[1], append(nodeArgs, "--label", "rack=r2", "--bootstrap", a.addr)...)
+	// The second node downloads slowly (8 MiB at 512 KiB/s), so that its
+	// transfer is seen in progress.
+	startNodeAt(t, "uib", data[1], append(nodeArgs, "--label", "rack=r2", "--bootstrap", a.addr, "--download-limit", "512KiB")...)
 	commit := strings.Repeat("5eed", 10)
 	if out, err := exec.Command(ballenaBinary(t), "publish", "--data", data[0], "--key", filepath.Join(dir, "release.key"),
 		"--name", "hello", "--version", "1.0.0", "--builder-id", "https://ci.example/ballena-builder",
@@ -106,13 +112,6 @@ func TestUIInBrowser(t *testing.T) {
 		"resources: {cpu: 100m, memory: 64MiB, pids: 64}\npriority: prod\nargs: [--port-base, %q]\n", fmt.Sprint(base)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if code, out, msg := run(t, dir, append(append([]string{"job", "run"}, srv...), jobFile)...); code != 0 {
-		t.Fatalf("job run: %d %s %s", code, out, msg)
-	}
-	poll.Until(t, 90*time.Second, "both tasks running, the second node having fetched the release", func() bool {
-		st, err := admin.JobStatus(ctx, "hello")
-		return err == nil && st.Summary["running"] == 2
-	})
 
 	code, out, msg := run(t, dir, append([]string{"ui", "--url"}, srv...)...)
 	if code != 0 {
@@ -136,17 +135,17 @@ func TestUIInBrowser(t *testing.T) {
 	defer cancelA()
 	bctx, cancelB := chromedp.NewContext(actx)
 	defer cancelB()
-	bctx, cancelT := context.WithTimeout(bctx, 3*time.Minute)
+	bctx, cancelT := context.WithTimeout(bctx, 4*time.Minute)
 	defer cancelT()
-	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+	do := func(ctx context.Context, what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
-		if err := chromedp.Do(bctx, steps...); err != nil {
+		if err := chromedp.Do(ctx, steps...); err != nil {
 			t.Fatalf("browser: %s: %v", what, err)
 		}
 	}
-	shot := func(name string) {
+	shot := func(ctx context.Context, name string) {
 		t.Helper()
-		buf := browse(t, bctx, "screenshot "+name, chromedp.FullScreenshot(100))
+		buf := browse(t, ctx, "screenshot "+name, chromedp.FullScreenshot(100))
 		img, err := png.Decode(bytes.NewReader(buf))
 		if err != nil || img.Bounds().Dx() < 1000 {
 			t.Fatalf("screenshot %s: %v", name, err)
@@ -159,19 +158,56 @@ func TestUIInBrowser(t *testing.T) {
 
 	// Log in: the token is consumed and leaves the address bar; the cookie is
 	// out of the page's reach.
-	do("open the login URL", chromedp.Navigate(loginURL), chromedp.WaitVisible(css(`#job-hello`)))
+	do(bctx, "open the login URL", chromedp.Navigate(loginURL), chromedp.WaitVisible(css(`body[data-live="yes"]`)))
 	loc := browse(t, bctx, "location", chromedp.Location())
 	cookies := browse(t, bctx, "document.cookie", chromedp.Evaluate[string](`document.cookie`))
 	if loc != apiURL+"/ui/jobs" || cookies != "" {
 		t.Fatalf("after login: at %q with document.cookie %q; want /ui/jobs and an HttpOnly cookie", loc, cookies)
 	}
-	do("the job's tasks", chromedp.WaitVisible(css(`#task-0.state-running`)), chromedp.WaitVisible(css(`#task-1.state-running`)),
-		chromedp.WaitVisible(css(`body[data-live="yes"]`)))
+
+	// Live: the jobs page, marked, open while the job is submitted. The job
+	// appears, its second task waits for its node's download, then runs: all
+	// without a reload.
+	browse(t, bctx, "mark the page", chromedp.Evaluate[int](`window.notReloaded = 42`))
+	if code, out, msg := run(t, dir, append(append([]string{"job", "run"}, srv...), jobFile)...); code != 0 {
+		t.Fatalf("job run: %d %s %s", code, out, msg)
+	}
+	browse(t, bctx, "a task starting (its node downloading)", chromedp.Poll[bool](
+		`document.querySelector("#job-hello tr.state-starting") !== null`, chromedp.WithPollingTimeout(60*time.Second)))
+
+	// Meanwhile, in another tab: the release, with the download in progress.
+	rel, cancelRel := chromedp.NewContext(bctx)
+	defer cancelRel()
+	do(rel, "open the release", chromedp.Navigate(apiURL+"/ui/releases/hello@1.0.0"), chromedp.WaitVisible(css(`#holders`)))
+	poll.Until(t, 30*time.Second, "the second node's download on the release's page", func() bool {
+		n := browse(t, rel, "fetching rows", chromedp.Evaluate[int](`document.querySelectorAll("tr.spread-fetching progress").length`))
+		if n == 1 {
+			return true
+		}
+		do(rel, "reload", chromedp.Reload(), chromedp.WaitVisible(css(`#holders`)))
+		return false
+	})
+	have := browse(t, rel, "progress", chromedp.Evaluate[[]int](`(() => { const p = document.querySelector("tr.spread-fetching progress"); return [+p.value, +p.max]; })()`))
+	if len(have) != 2 || have[0] >= have[1] || have[1] < 8<<20 {
+		t.Fatalf("download progress %v: want part of an 8 MiB blob", have)
+	}
+	shot(rel, "ui-release-fetching.png")
+	cancelRel()
+
+	browse(t, bctx, "both tasks running, live", chromedp.Poll[bool](
+		`document.querySelectorAll("#job-hello tr.state-running").length === 2`, chromedp.WithPollingTimeout(90*time.Second)))
+	if marker := browse(t, bctx, "the mark", chromedp.Evaluate[int](`window.notReloaded`)); marker != 42 {
+		t.Fatal("the page was reloaded; the changes should have arrived over the events stream")
+	}
 	jobText := browse(t, bctx, "the job's text", chromedp.Text(css(`#job-hello`)))
 	if !strings.Contains(jobText, "2 running") || !strings.Contains(jobText, "hello@1.0.0") {
 		t.Fatalf("jobs page says:\n%s", jobText)
 	}
-	shot("ui-jobs.png")
+	live := browse(t, bctx, "the live panel", chromedp.Text(css(`#live-log`)))
+	if !strings.Contains(live, "job hello v1") || !strings.Contains(live, ": running") {
+		t.Fatalf("live panel:\n%s", live)
+	}
+	shot(bctx, "ui-jobs.png")
 
 	// The same page with JavaScript off, in another tab of the same browser
 	// (the session cookie is shared): complete, only not live.
@@ -188,23 +224,23 @@ func TestUIInBrowser(t *testing.T) {
 	cancelNoJS()
 
 	// A node, from a task's row: healthy, holding the release.
-	do("open a node", chromedp.Click(css(`#task-0 a[href^="/ui/nodes/"]`)), chromedp.WaitVisible(css(`h1 .health-healthy`)))
+	do(bctx, "open a node", chromedp.Click(css(`#task-0 a[href^="/ui/nodes/"]`)), chromedp.WaitVisible(css(`h1 .health-healthy`)))
 	nodeText := browse(t, bctx, "the node's text", chromedp.Text(css(`main`)))
 	if !strings.Contains(nodeText, "hello@1.0.0") || !strings.Contains(nodeText, "rack=r") {
 		t.Fatalf("node page says:\n%s", nodeText)
 	}
-	shot("ui-node.png")
+	shot(bctx, "ui-node.png")
 
 	// The release, from the node: provenance as the nodes report it with their
 	// heartbeats, and its spread over both nodes.
-	do("open the release", chromedp.Click(css(`ul.releases a[href="/ui/releases/hello@1.0.0"]`)), chromedp.WaitVisible(css(`#holders`)))
+	do(bctx, "open the release", chromedp.Click(css(`ul.releases a[href="/ui/releases/hello@1.0.0"]`)), chromedp.WaitVisible(css(`#holders`)))
 	var relText string
 	poll.Until(t, 30*time.Second, "the release's provenance and spread on its page", func() bool {
 		relText = browse(t, bctx, "the release's text", chromedp.Text(css(`main`)))
 		if strings.Contains(relText, keyID) && strings.Contains(relText, "held by 2 of 2 nodes") {
 			return true
 		}
-		do("reload", chromedp.Reload(), chromedp.WaitVisible(css(`#holders`)))
+		do(bctx, "reload", chromedp.Reload(), chromedp.WaitVisible(css(`#holders`)))
 		return false
 	})
 	for _, want := range []string{"https://ci.example/ballena-builder", "https://git.example/hello", commit, "sha256:"} {
@@ -212,11 +248,11 @@ func TestUIInBrowser(t *testing.T) {
 			t.Fatalf("release page lacks %q:\n%s", want, relText)
 		}
 	}
-	shot("ui-release.png")
+	shot(bctx, "ui-release.png")
 
 	// Live: the job's page, marked; stopping the job changes its tasks' states
 	// on the page without a reload, and the live panel lists the changes.
-	do("open the job", chromedp.Navigate(apiURL+"/ui/jobs/hello"), chromedp.WaitVisible(css(`body[data-live="yes"]`)),
+	do(bctx, "open the job", chromedp.Navigate(apiURL+"/ui/jobs/hello"), chromedp.WaitVisible(css(`body[data-live="yes"]`)),
 		chromedp.WaitVisible(css(`#task-1.state-running`)))
 	browse(t, bctx, "mark the page", chromedp.Evaluate[int](`window.notReloaded = 42`))
 	if code, _, msg := run(t, dir, append(append([]string{"job", "stop"}, srv...), "hello")...); code != 0 {
@@ -228,11 +264,11 @@ func TestUIInBrowser(t *testing.T) {
 	if marker := browse(t, bctx, "the mark", chromedp.Evaluate[int](`window.notReloaded`)); marker != 42 {
 		t.Fatal("the page was reloaded; the change should have arrived over the events stream")
 	}
-	live := browse(t, bctx, "the live panel", chromedp.Text(css(`#live-log`)))
+	live = browse(t, bctx, "the live panel", chromedp.Text(css(`#live-log`)))
 	if !strings.Contains(live, "job hello stopped") || !strings.Contains(live, "task hello[0]") {
 		t.Fatalf("live panel:\n%s", live)
 	}
-	shot("ui-live.png")
+	shot(bctx, "ui-live.png")
 }
 
 // browse runs one browser action and returns its value, failing the test on error.
