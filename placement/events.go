@@ -71,7 +71,13 @@ type eventHub struct {
 	subs map[*subscriber]struct{}
 
 	evMu  sync.Mutex
-	evals map[string][]json.RawMessage // job -> its recent evaluations, newest last
+	evals map[string]*evalRing // job -> its recent evaluations
+}
+
+// evalRing holds a job's last recentEvals evaluations.
+type evalRing struct {
+	buf [recentEvals]json.RawMessage
+	n   int // evaluations ever recorded; the newest is buf[(n-1)%recentEvals]
 }
 
 // recentEvals is how many evaluations per job the server remembers for the
@@ -117,7 +123,7 @@ func (h *eventHub) recordEvals(ops []*op) {
 		}
 		h.evMu.Lock()
 		if h.evals == nil {
-			h.evals = map[string][]json.RawMessage{}
+			h.evals = map[string]*evalRing{}
 		}
 		for job, raw := range o.Jobs {
 			if isNull(raw) {
@@ -129,18 +135,19 @@ func (h *eventHub) recordEvals(ops []*op) {
 				delete(h.evals, job)
 				continue
 			}
-			l, known := h.evals[job]
-			if !known && len(h.evals) >= maxEvalJobs {
-				for other := range h.evals { // forget some job's history: any will do
-					delete(h.evals, other)
-					break
+			ring := h.evals[job]
+			if ring == nil {
+				if len(h.evals) >= maxEvalJobs {
+					for other := range h.evals { // forget some job's history: any will do
+						delete(h.evals, other)
+						break
+					}
 				}
+				ring = &evalRing{}
+				h.evals[job] = ring
 			}
-			l = append(l, bytes.Clone(raw))
-			if len(l) > recentEvals {
-				l = slices.Clone(l[len(l)-recentEvals:])
-			}
-			h.evals[job] = l
+			ring.buf[ring.n%recentEvals] = bytes.Clone(raw)
+			ring.n++
 		}
 		h.evMu.Unlock()
 	}
@@ -148,13 +155,18 @@ func (h *eventHub) recordEvals(ops []*op) {
 
 // recent returns a job's remembered evaluations, newest first.
 func (h *eventHub) recent(job string) []*Evaluation {
+	var raws []json.RawMessage // newest first
 	h.evMu.Lock()
-	raws := slices.Clone(h.evals[job])
+	if ring := h.evals[job]; ring != nil {
+		for i := ring.n - 1; i >= 0 && i >= ring.n-recentEvals; i-- {
+			raws = append(raws, ring.buf[i%recentEvals])
+		}
+	}
 	h.evMu.Unlock()
 	out := make([]*Evaluation, 0, len(raws))
-	for i := len(raws) - 1; i >= 0; i-- {
+	for _, raw := range raws {
 		ev := &Evaluation{}
-		if json.Unmarshal(raws[i], ev) == nil {
+		if json.Unmarshal(raw, ev) == nil {
 			out = append(out, ev)
 		}
 	}

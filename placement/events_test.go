@@ -2,6 +2,8 @@ package placement
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -131,5 +133,57 @@ func TestEventsSlowSubscriberIsDropped(t *testing.T) {
 	h.unsubscribe(sub)
 	if h.n.Load() != 0 {
 		t.Fatalf("%d subscribers after unsubscribe", h.n.Load())
+	}
+}
+
+// BenchmarkEventsPublish is the cost the events hook adds to applying one
+// committed operation (a placement: a task, an allocation, an evaluation),
+// with nobody listening and with one subscriber, whose decoding runs in its
+// own goroutine (here, in the loop).
+func BenchmarkEventsPublish(b *testing.B) {
+	a := &Alloc{ID: "0123456789abcdef", Job: "api", NodeID: "12D3KooWQm34jdx4CNARYCseZgQ7riqQpdzoDRQsnLy2og2eWcnW",
+		Artifact: "api@1.0.0", DesiredStatus: DesiredRun, ClientStatus: ClientPending}
+	ab, _ := json.Marshal(a)
+	tb, _ := json.Marshal(&Task{Job: "api", Index: 0, State: TaskPlaced, AllocID: a.ID})
+	eb, _ := json.Marshal(&Evaluation{ID: "e1", Job: "api", Trigger: "job-register", Placed: 1})
+	o := &op{Index: 1, Tasks: map[string]json.RawMessage{"api/000000": tb},
+		Allocs: map[string]json.RawMessage{a.ID: ab}, Evals: map[string]json.RawMessage{"api": eb}}
+	ops := []*op{o}
+	b.Run("nobody-listening", func(b *testing.B) {
+		var h eventHub
+		for b.Loop() {
+			h.publish(ops)
+		}
+	})
+	b.Run("one-subscriber", func(b *testing.B) {
+		var h eventHub
+		sub, _ := h.subscribe("", nil)
+		for b.Loop() {
+			h.publish(ops)
+			if evs, _, _ := sub.take(time.Time{}); len(evs) != 2 {
+				b.Fatalf("%d events", len(evs))
+			}
+		}
+	})
+}
+
+// TestRecentEvaluations: the hub keeps a job's last ten evaluations, newest
+// first, and forgets them when the job is removed.
+func TestRecentEvaluations(t *testing.T) {
+	var h eventHub
+	for i := range 13 {
+		raw, _ := json.Marshal(&Evaluation{ID: fmt.Sprint("e", i), Job: "api"})
+		h.publish([]*op{{Index: uint64(i), Evals: map[string]json.RawMessage{"api": raw}}})
+	}
+	var ids []string
+	for _, ev := range h.recent("api") {
+		ids = append(ids, ev.ID)
+	}
+	if got := strings.Join(ids, " "); got != "e12 e11 e10 e9 e8 e7 e6 e5 e4 e3" {
+		t.Fatalf("recent evaluations %q", got)
+	}
+	h.publish([]*op{{Index: 14, Jobs: map[string]json.RawMessage{"api": {}}}})
+	if evs := h.recent("api"); len(evs) != 0 {
+		t.Fatalf("%d evaluations kept for a removed job", len(evs))
 	}
 }
