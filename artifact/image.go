@@ -41,7 +41,7 @@ func OpenImage(blobPath string) (v1.Image, error) {
 // docker-save tarball holding its linux/<GOARCH> image: input itself when it
 // already is one, else a file written under tmpDir that the caller removes.
 func PrepareImage(input, tmpDir string) (path string, info ImageInfo, err error) {
-	img, converted, cleanup, err := loadImage(input, tmpDir)
+	img, layoutDir, cleanup, err := loadImage(input, tmpDir)
 	if err != nil {
 		return "", ImageInfo{}, err
 	}
@@ -53,7 +53,7 @@ func PrepareImage(input, tmpDir string) (path string, info ImageInfo, err error)
 	if err != nil {
 		return "", ImageInfo{}, fmt.Errorf("image %s: %w", input, err)
 	}
-	if !converted {
+	if layoutDir == "" {
 		return input, info, nil
 	}
 	f, err := os.CreateTemp(tmpDir, "image-*.tar")
@@ -66,46 +66,51 @@ func PrepareImage(input, tmpDir string) (path string, info ImageInfo, err error)
 		os.Remove(f.Name())
 		return "", ImageInfo{}, fmt.Errorf("image %s: write tarball: %w", input, err)
 	}
+	if err := appendOCIRef(f, layoutDir, img); err != nil {
+		os.Remove(f.Name())
+		return "", ImageInfo{}, fmt.Errorf("image %s: keep its OCI reference: %w", input, err)
+	}
 	return f.Name(), info, nil
 }
 
-// loadImage opens input lazily; cleanup removes what an oci-archive was
-// extracted to, so call it only when done reading img.
-func loadImage(input, tmpDir string) (img v1.Image, converted bool, cleanup func(), err error) {
+// loadImage opens input lazily. layoutDir is the OCI layout the image comes
+// from, "" for a docker-save tarball; cleanup removes what an oci-archive was
+// extracted to, so call it only when done reading img and the layout.
+func loadImage(input, tmpDir string) (img v1.Image, layoutDir string, cleanup func(), err error) {
 	nop := func() {}
 	st, err := os.Stat(input)
 	if err != nil {
-		return nil, false, nop, err
+		return nil, "", nop, err
 	}
 	if st.IsDir() {
 		img, err := imageFromLayout(input)
-		return img, true, nop, err
+		return img, input, nop, err
 	}
 	isOCI, err := tarHasFile(input, "oci-layout")
 	if err != nil {
-		return nil, false, nop, Tagged(ErrInvalid, "%s is not a readable tarball (%v)", input, err)
+		return nil, "", nop, Tagged(ErrInvalid, "%s is not a readable tarball (%v)", input, err)
 	}
 	if !isOCI {
 		img, err := tarball.ImageFromPath(input, nil)
 		if err != nil {
-			return nil, false, nop, Tagged(ErrInvalid, "%s is not a valid docker-save tarball: %v", input, err)
+			return nil, "", nop, Tagged(ErrInvalid, "%s is not a valid docker-save tarball: %v", input, err)
 		}
-		return img, false, nop, nil
+		return img, "", nop, nil
 	}
 	dir, err := os.MkdirTemp(tmpDir, "oci-archive-*")
 	if err != nil {
-		return nil, false, nop, err
+		return nil, "", nop, err
 	}
 	cleanup = func() { os.RemoveAll(dir) }
 	if err := untar(input, dir); err != nil {
 		cleanup()
-		return nil, false, nop, Tagged(ErrInvalid, "%s is not a valid oci-archive: %v", input, err)
+		return nil, "", nop, Tagged(ErrInvalid, "%s is not a valid oci-archive: %v", input, err)
 	}
 	if img, err = imageFromLayout(dir); err != nil {
 		cleanup()
-		return nil, false, nop, err
+		return nil, "", nop, err
 	}
-	return img, true, cleanup, nil
+	return img, dir, cleanup, nil
 }
 
 func imageFromLayout(dir string) (v1.Image, error) {

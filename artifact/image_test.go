@@ -3,6 +3,8 @@ package artifact
 import (
 	"archive/tar"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -138,5 +140,60 @@ func TestBrokenImagesRefused(t *testing.T) {
 				t.Fatalf("files left behind: %v", f)
 			}
 		})
+	}
+}
+
+// TestLayoutKeepsReference: an image published from an OCI layout is stored
+// as the docker-save of its amd64 image followed by what the layout's index
+// reaches (manifests, the other platform's blobs) and the reference; a
+// docker-save input gains nothing; a layout blob that does not match its
+// digest is refused.
+func TestLayoutKeepsReference(t *testing.T) {
+	layoutDir := writeLayout(t)
+	st := openStore(t)
+	_, priv := newKey(t)
+	rel, _ := publish(t, st, layoutDir, "web", "2.0.0", priv)
+	stored := st.BlobPath(rel.Digest)
+	if ok, err := tarHasFile(stored, OCIRefFile); err != nil || !ok {
+		t.Fatalf("stored tarball has no %s (%v)", OCIRefFile, err)
+	}
+	idx, err := os.ReadFile(filepath.Join(layoutDir, "index.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(idx)
+	indexName := "blobs/sha256/" + hex.EncodeToString(sum[:])
+	if ok, _ := tarHasFile(stored, indexName); !ok {
+		t.Fatalf("the layout's index.json (two platforms) is not kept as %s", indexName)
+	}
+	arm, _ := testImage(t, "arm64").Digest()
+	if ok, _ := tarHasFile(stored, "blobs/sha256/"+arm.Hex); !ok {
+		t.Fatal("the arm64 manifest is not kept")
+	}
+	if _, err := OpenImage(stored); err != nil {
+		t.Fatalf("the launcher's view of the stored image: %v", err)
+	}
+
+	docker := writeDockerSave(t, testImage(t, "amd64"))
+	rel2, _ := publish(t, st, docker, "plain", "1.0.0", priv)
+	if ok, _ := tarHasFile(st.BlobPath(rel2.Digest), OCIRefFile); ok {
+		t.Fatal("a docker-save input gained a reference")
+	}
+
+	// The arm64 config corrupted on disk (the amd64 image, which is checked
+	// whole, does not use it): refused all the same.
+	bad := writeLayout(t)
+	armCfg, _ := testImage(t, "arm64").ConfigName()
+	cfgPath := filepath.Join(bad, "blobs", "sha256", armCfg.Hex)
+	data, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x01
+	if err := os.WriteFile(cfgPath, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Prepare(context.Background(), bad, st.TempDir(), PublishOptions{Name: "bad", Version: "1.0.0"}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a corrupt layout: %v, want ErrInvalid", err)
 	}
 }

@@ -11,8 +11,11 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 
+	"ballena.dev/internal/ocitest"
 	"ballena.dev/internal/poll"
 )
 
@@ -329,4 +332,89 @@ func TestDockerSaveLayout(t *testing.T) {
 		t.Fatalf("containerd pulled %s as %s, want %s", ref, got, sha(body))
 	}
 	runTool(t, skopeo, "--insecure-policy", "copy", "--src-tls-verify=false", "docker://"+ref, "oci:"+filepath.Join(e.dir, "oci")+":saved")
+}
+
+// writeMultiLayout writes an OCI layout whose index.json lists an amd64 and
+// an arm64 image, as `skopeo copy --all` or a multi-platform build leave it.
+func writeMultiLayout(t *testing.T, dir string) (string, map[string]v1.Image) {
+	t.Helper()
+	out := filepath.Join(dir, "multi")
+	p, err := layout.Write(out, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs := map[string]v1.Image{}
+	for _, arch := range []string{"amd64", "arm64"} {
+		img := ocitest.Image(t, arch, v1.Config{Entrypoint: []string{"/bin/hello"}},
+			ocitest.Layer(t, ocitest.Entry{Name: "arch", Body: arch + "\n", Mode: 0o644}))
+		if err := p.AppendImage(img, layout.WithPlatform(v1.Platform{OS: "linux", Architecture: arch})); err != nil {
+			t.Fatal(err)
+		}
+		imgs[arch] = img
+	}
+	return out, imgs
+}
+
+// TestPublishedReference: an image published from an OCI layout keeps the
+// manifest or index it had: a multi-platform layout is served as that index
+// (its digest the one upstream), every platform's manifest and blobs by
+// digest, and skopeo and containerd pull it by tag and by digest, through the
+// mirror path too.
+func TestPublishedReference(t *testing.T) {
+	e := newEnv(t, envOpts{maps: []string{"registry.example.com/team/="}})
+	dir, imgs := writeMultiLayout(t, e.dir)
+	e.publish(dir, "multi", "1.0.0", e.priv)
+	indexJSON, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := e.do("GET", "/v2/multi/manifests/1.0.0",
+		"Accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json")
+	if resp.StatusCode != 200 || string(body) != string(indexJSON) ||
+		resp.Header.Get("Content-Type") != "application/vnd.oci.image.index.v1+json" || resp.Header.Get("Docker-Content-Digest") != sha(indexJSON) {
+		t.Fatalf("tag: %d %v\n%s\nwant the layout's index\n%s", resp.StatusCode, resp.Header, body, indexJSON)
+	}
+	indexDigest := sha(indexJSON)
+	if resp, _ := e.do("GET", "/v2/multi/manifests/"+indexDigest); resp.StatusCode != 200 {
+		t.Fatalf("index by digest: %d", resp.StatusCode)
+	}
+	for arch, img := range imgs {
+		d, _ := img.Digest()
+		raw, _ := img.RawManifest()
+		resp, body := e.do("GET", "/v2/multi/manifests/"+d.String())
+		if resp.StatusCode != 200 || string(body) != string(raw) {
+			t.Fatalf("%s manifest by digest: %d", arch, resp.StatusCode)
+		}
+		m, _ := img.Manifest()
+		for _, desc := range append([]v1.Descriptor{m.Config}, m.Layers...) {
+			resp, b := e.do("GET", "/v2/multi/blobs/"+desc.Digest.String())
+			if resp.StatusCode != 200 || sha(b) != desc.Digest.String() || resp.Header.Get("Content-Type") != string(desc.MediaType) {
+				t.Fatalf("%s blob %s: %d %v", arch, desc.Digest, resp.StatusCode, resp.Header)
+			}
+		}
+	}
+
+	skopeo := requireTool(t, "skopeo", "skopeo")
+	host := strings.TrimPrefix(e.url, "http://")
+	out := runTool(t, skopeo, "--insecure-policy", "inspect", "--raw", "--tls-verify=false", "docker://"+host+"/multi:1.0.0")
+	if sha([]byte(out)) != indexDigest {
+		t.Fatalf("skopeo inspect --raw: %s", out)
+	}
+	runTool(t, skopeo, "--insecure-policy", "copy", "--all", "--src-tls-verify=false", "docker://"+host+"/multi:1.0.0", "oci:"+filepath.Join(e.dir, "copy")+":multi")
+
+	c := startContainerd(t)
+	ref := host + "/multi:1.0.0"
+	c.ctr(t, "images", "pull", "--plain-http", "--snapshotter", "native", ref)
+	if got := c.imageDigest(t, ref); got != indexDigest {
+		t.Fatalf("containerd pulled %s as %s, want the index %s", ref, got, indexDigest)
+	}
+	hosts := filepath.Join(e.dir, "certs.d")
+	if _, err := WriteContainerdConfig(hosts, []string{"registry.example.com"}, e.url); err != nil {
+		t.Fatal(err)
+	}
+	byDigest := "registry.example.com/team/multi@" + indexDigest
+	c.ctr(t, "images", "pull", "--hosts-dir", hosts, "--all-platforms", "--snapshotter", "native", byDigest)
+	if got := c.imageDigest(t, byDigest); got != indexDigest {
+		t.Fatalf("containerd pulled %s as %s", byDigest, got)
+	}
 }

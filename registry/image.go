@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"ballena.dev/artifact"
 	"ballena.dev/internal/ctxio"
 )
 
@@ -28,11 +29,16 @@ import (
 // `ballena publish` stores) is one tar entry, so a blob is a byte range of the
 // release's file, served without copying and with Range for free.
 type image struct {
-	manifest       []byte
-	manifestDigest string // "sha256:<hex>"
-	mediaType      types.MediaType
-	blobs          map[string]blob // by "sha256:<hex>"
-	file           fileID          // the release's file when it was indexed
+	tag       string              // the digest of the manifest or index a tag names
+	manifests map[string]document // by digest: the tag's, and each platform's of an index
+	blobs     map[string]blob     // by "sha256:<hex>"
+	file      fileID              // the release's file when it was indexed
+}
+
+// document is a manifest or an index, kept in memory.
+type document struct {
+	data      []byte
+	mediaType types.MediaType
 }
 
 // blob is one blob of an image: a section of the release's tarball.
@@ -150,6 +156,10 @@ func indexImage(ctx context.Context, p, wantDigest string) (*image, error) {
 		return nil, fmt.Errorf("the release file's sha256 is %s, the signed release says %s (tampered with or corrupt; `ballena gc` and fetch it again)",
 			short(got), short(wantDigest))
 	}
+	byDigest := map[string]entry{}
+	for _, e := range entries {
+		byDigest[e.digest] = e
+	}
 	lookup := func(name string) (entry, bool) {
 		name = path.Clean(strings.TrimPrefix(name, "./"))
 		for range 8 { // a chain of links, bounded
@@ -164,7 +174,12 @@ func indexImage(ctx context.Context, p, wantDigest string) (*image, error) {
 		}
 		return entry{}, false
 	}
-	img, err := buildImage(lookup)
+	var img *image
+	if re, ok := lookup(artifact.OCIRefFile); ok && re.data != nil {
+		img, err = buildFromRef(re.data, byDigest)
+	} else {
+		img, err = buildImage(lookup)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -218,7 +233,7 @@ func buildImage(lookup func(string) (entry, bool)) (*image, error) {
 	if oci {
 		m.MediaType, m.Config.MediaType = types.OCIManifestSchema1, types.OCIConfigJSON
 	}
-	img := &image{mediaType: m.MediaType, blobs: map[string]blob{}}
+	img := &image{manifests: map[string]document{}, blobs: map[string]blob{}}
 	if m.Config.Digest, err = v1.NewHash(ce.digest); err != nil {
 		return nil, err
 	}
@@ -233,11 +248,91 @@ func buildImage(lookup func(string) (entry, bool)) (*image, error) {
 		m.Layers = append(m.Layers, v1.Descriptor{MediaType: mt, Size: e.size, Digest: h})
 		img.blobs[e.digest] = blob{off: e.off, size: e.size, mediaType: mt}
 	}
-	if img.manifest, err = json.Marshal(m); err != nil {
+	raw, err := json.Marshal(m)
+	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(img.manifest)
-	img.manifestDigest = "sha256:" + hex.EncodeToString(sum[:])
+	sum := sha256.Sum256(raw)
+	img.tag = "sha256:" + hex.EncodeToString(sum[:])
+	img.manifests[img.tag] = document{data: raw, mediaType: m.MediaType}
+	return img, nil
+}
+
+// buildFromRef serves the manifest or index an image was published as (see
+// artifact.OCIRefFile): every manifest, index, config and layer it reaches
+// must be in the tarball, as hashed.
+func buildFromRef(refJSON []byte, byDigest map[string]entry) (*image, error) {
+	var ref v1.Descriptor
+	if err := json.Unmarshal(refJSON, &ref); err != nil {
+		return nil, fmt.Errorf("%s: %w", artifact.OCIRefFile, err)
+	}
+	img := &image{tag: ref.Digest.String(), manifests: map[string]document{}, blobs: map[string]blob{}}
+	find := func(d v1.Descriptor) (entry, error) {
+		e, ok := byDigest[d.Digest.String()]
+		if !ok {
+			return entry{}, fmt.Errorf("%s named by the published reference is not in the tarball", d.Digest)
+		}
+		if e.size != d.Size {
+			return entry{}, fmt.Errorf("%s holds %d bytes, its descriptor says %d", d.Digest, e.size, d.Size)
+		}
+		return e, nil
+	}
+	var walk func(d v1.Descriptor, depth int) error
+	walk = func(d v1.Descriptor, depth int) error {
+		if depth > 4 {
+			return errors.New("the published index nests too deeply")
+		}
+		e, err := find(d)
+		if err != nil {
+			return err
+		}
+		if !d.MediaType.IsIndex() && !d.MediaType.IsImage() {
+			img.blobs[e.digest] = blob{off: e.off, size: e.size, mediaType: d.MediaType, data: e.data}
+			return nil
+		}
+		if e.data == nil {
+			return fmt.Errorf("manifest %s is too big", d.Digest)
+		}
+		img.manifests[e.digest] = document{data: e.data, mediaType: d.MediaType}
+		if d.MediaType.IsIndex() {
+			var idx v1.IndexManifest
+			if err := json.Unmarshal(e.data, &idx); err != nil {
+				return fmt.Errorf("index %s: %w", d.Digest, err)
+			}
+			for _, c := range idx.Manifests {
+				if err := walk(c, depth+1); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		var m v1.Manifest
+		if err := json.Unmarshal(e.data, &m); err != nil {
+			return fmt.Errorf("manifest %s: %w", d.Digest, err)
+		}
+		cfg := m.Config
+		if cfg.MediaType == "" {
+			cfg.MediaType = types.OCIConfigJSON
+		}
+		if err := walk(cfg, depth+1); err != nil {
+			return err
+		}
+		for _, l := range m.Layers {
+			if len(l.URLs) > 0 {
+				continue // a foreign layer: the client fetches it from its URLs
+			}
+			if err := walk(l, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if !ref.MediaType.IsIndex() && !ref.MediaType.IsImage() {
+		return nil, fmt.Errorf("%s names a %q, not a manifest or index", artifact.OCIRefFile, ref.MediaType)
+	}
+	if err := walk(ref, 0); err != nil {
+		return nil, err
+	}
 	return img, nil
 }
 

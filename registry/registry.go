@@ -201,36 +201,40 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request, repo, referenc
 		return
 	}
 	var img *image
+	digest := reference
 	if strings.HasPrefix(reference, "sha256:") {
 		if !validDigest(reference) {
 			writeError(w, http.StatusBadRequest, codeDigestInvalid, "a digest is sha256: and 64 lower-case hex digits")
 			return
 		}
-		img, _ = s.findImage(r.Context(), name, func(im *image) bool { return im.manifestDigest == reference })
+		img, _ = s.findImage(r.Context(), name, func(im *image) bool { _, ok := im.manifests[reference]; return ok })
 	} else {
 		ref := artifact.Ref{Name: name, Version: reference}
 		var err error
 		if img, err = s.release(r.Context(), ref, true); err != nil {
 			img = nil
+		} else {
+			digest = img.tag
 		}
 	}
 	if img == nil {
 		writeError(w, http.StatusNotFound, codeManifestUnknown, fmt.Sprintf("manifest %s:%s is not served here", repo, reference))
 		return
 	}
+	doc := img.manifests[digest]
 	// Checked again as it is sent: what leaves is what the digest names.
-	if sum := sha256.Sum256(img.manifest); "sha256:"+hex.EncodeToString(sum[:]) != img.manifestDigest {
+	if sum := sha256.Sum256(doc.data); "sha256:"+hex.EncodeToString(sum[:]) != digest {
 		s.log.Error("manifest in memory no longer matches its digest; not served", "repo", repo, "reference", reference)
 		writeError(w, http.StatusNotFound, codeManifestUnknown, "manifest unknown")
 		return
 	}
 	h := w.Header()
-	h.Set("Content-Type", string(img.mediaType))
-	h.Set("Docker-Content-Digest", img.manifestDigest)
-	h.Set("Content-Length", strconv.Itoa(len(img.manifest)))
-	h.Set("ETag", `"`+img.manifestDigest+`"`)
+	h.Set("Content-Type", string(doc.mediaType))
+	h.Set("Docker-Content-Digest", digest)
+	h.Set("Content-Length", strconv.Itoa(len(doc.data)))
+	h.Set("ETag", `"`+digest+`"`)
 	if r.Method == http.MethodGet {
-		w.Write(img.manifest)
+		w.Write(doc.data)
 	}
 }
 
