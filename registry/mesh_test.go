@@ -163,6 +163,14 @@ func TestPullFromMesh(t *testing.T) {
 	if !m.e.logs.contains("web@1.0.0") || !m.e.logs.contains("not fetched from the mesh") {
 		t.Fatal("no reason logged for the refused fetch")
 	}
+	// A tag that is no version: 404 without a fetch.
+	before := metricstest.Gather(t, m.e.reg)["ballena_registry_fetches_total"]
+	if resp, _ := m.e.do("GET", "/v2/api/manifests/latest"); resp.StatusCode != 404 {
+		t.Fatalf("tag latest: %d", resp.StatusCode)
+	}
+	if after := metricstest.Gather(t, m.e.reg)["ballena_registry_fetches_total"]; after != before {
+		t.Fatal("a tag that is no version was looked for in the mesh")
+	}
 	// Nobody has it: 404 once the mesh said so.
 	if resp, _ := m.e.do("GET", "/v2/nothing/manifests/1.0.0"); resp.StatusCode != 404 {
 		t.Fatalf("a release nobody has: %d", resp.StatusCode)

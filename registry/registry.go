@@ -209,9 +209,12 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request, repo, referenc
 		}
 		img, _ = s.findImage(r.Context(), name, func(im *image) bool { _, ok := im.manifests[reference]; return ok })
 	} else {
-		ref := artifact.Ref{Name: name, Version: reference}
-		var err error
-		if img, err = s.release(r.Context(), ref, true); err != nil {
+		// A tag that is no version (latest) names no release: 404 at once,
+		// without asking the mesh, so containerd falls back without a wait.
+		ref, err := artifact.ParseRef(name + "@" + reference)
+		if err != nil {
+			img = nil
+		} else if img, err = s.release(r.Context(), ref, true); err != nil {
 			img = nil
 		} else {
 			digest = img.tag
