@@ -201,7 +201,19 @@ type uiJob struct {
 	Evals   []*Evaluation
 }
 
-const uiTasksPerJob = 50
+// Pages stay readable, and cheap to render under the cell's lock, in a big
+// cell: the jobs page shows the tasks of at most uiMaxJobs jobs,
+// uiTasksPerJob each; a job's page and the nodes page show at most uiMaxRows.
+const (
+	uiTasksPerJob = 20
+	uiMaxJobs     = 200
+	uiMaxRows     = 2000
+)
+
+type uiJobs struct {
+	Jobs     []uiJob
+	MoreJobs []string // names of the jobs not shown in full
+}
 
 func (c *Cell) uiJob(js *jobState, limit int) uiJob {
 	out := uiJob{Job: *js.Job}
@@ -238,10 +250,14 @@ func (c *Cell) uiJob(js *jobState, limit int) uiJob {
 }
 
 func (s *Server) uiJobs(w http.ResponseWriter, r *http.Request) {
-	var jobs []uiJob
+	var jobs uiJobs
 	if !s.uiRead(w, r, func(c *Cell) {
 		for _, name := range slices.Sorted(maps.Keys(c.jobs)) {
-			jobs = append(jobs, c.uiJob(c.jobs[name], uiTasksPerJob))
+			if len(jobs.Jobs) == uiMaxJobs {
+				jobs.MoreJobs = append(jobs.MoreJobs, name)
+				continue
+			}
+			jobs.Jobs = append(jobs.Jobs, c.uiJob(c.jobs[name], uiTasksPerJob))
 		}
 	}) {
 		return
@@ -255,7 +271,7 @@ func (s *Server) uiJob(w http.ResponseWriter, r *http.Request) {
 	var last *Evaluation
 	if !s.uiRead(w, r, func(c *Cell) {
 		if js := c.jobs[name]; js != nil {
-			j := c.uiJob(js, 0)
+			j := c.uiJob(js, uiMaxRows)
 			job = &j
 			if js.lastEval != nil {
 				cp := *js.lastEval
@@ -274,6 +290,11 @@ func (s *Server) uiJob(w http.ResponseWriter, r *http.Request) {
 		job.Evals = []*Evaluation{last}
 	}
 	s.render(w, http.StatusOK, "job", uiPage{Title: "Job " + name, Nav: "jobs", Job: name, Body: job})
+}
+
+type uiNodes struct {
+	Nodes []uiNode
+	More  int // nodes not shown
 }
 
 type uiNode struct {
@@ -310,12 +331,16 @@ func refsOnly(arts []string) []string {
 }
 
 func (s *Server) uiNodes(w http.ResponseWriter, r *http.Request) {
-	var nodes []uiNode
+	var nodes uiNodes
 	now := s.opts.Now()
 	if !s.uiRead(w, r, func(c *Cell) {
 		for _, info := range c.nodeInfos() {
+			if len(nodes.Nodes) == uiMaxRows {
+				nodes.More++
+				continue
+			}
 			n := uiNode{NodeInfo: info, Health: nodeHealth(&info.Node, now, s.opts.NodeTTL), Releases: refsOnly(info.Artifacts)}
-			nodes = append(nodes, n)
+			nodes.Nodes = append(nodes.Nodes, n)
 		}
 	}) {
 		return

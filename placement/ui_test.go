@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -283,5 +284,29 @@ func TestUIAndEventsFromAnyServer(t *testing.T) {
 	errFirst := errors.New("first")
 	if err := readEvents(sresp.Body, func(e Event) error { first = e; return errFirst }); !errors.Is(err, errFirst) || first.Type != EventReady || first.Key != lead.name {
 		t.Fatalf("UI stream through a follower: %v, first event %+v; want ready from %s", err, first, lead.name)
+	}
+}
+
+// TestUIBigCellPagesAreCapped: the jobs page shows the tasks of at most
+// uiMaxJobs jobs and names the rest; a job's page at most uiMaxRows tasks.
+func TestUIBigCellPagesAreCapped(t *testing.T) {
+	ts := startServer(t, t.TempDir())
+	for i := range uiMaxJobs + 3 {
+		ts.submit(t, job(fmt.Sprintf("j%03d", i), 1, 100, 64, BandProd))
+	}
+	ts.submit(t, job("zbig", uiMaxRows+5, 100, 64, BandBatch))
+	loginURL, _, err := ts.admin.UILoginURL(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := noRedirects(http.DefaultTransport)
+	cookie := sessionCookie(t, hc, loginURL)
+	_, body := uiGet(t, hc, ts.url+"/ui/jobs", cookie)
+	if n := strings.Count(body, `<section class="job"`); n != uiMaxJobs || !strings.Contains(body, "And 4 more jobs: ") || !strings.Contains(body, `<a href="/ui/jobs/zbig">zbig</a>`) {
+		t.Fatalf("jobs page: %d jobs in full; want %d and 4 more named", n, uiMaxJobs)
+	}
+	_, body = uiGet(t, hc, ts.url+"/ui/jobs/zbig", cookie)
+	if n := strings.Count(body, `<tr id="task-`); n != uiMaxRows || !strings.Contains(body, "… and 5 more tasks.") {
+		t.Fatalf("job page: %d task rows, want %d and 5 more", n, uiMaxRows)
 	}
 }

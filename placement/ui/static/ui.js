@@ -10,13 +10,24 @@
   var index = document.getElementById("cell-index");
   var logs = [document.getElementById("live-log"), document.getElementById("event-log")];
   var types = ["job", "task", "alloc", "node", "release"];
-  var timer = null;
+  var timer = null;    // a refresh is scheduled
+  var fetching = false; // a refresh is in flight
+  var again = false;    // something changed while it was
+  var server = "";
   var es = new EventSource("/ui/events/stream" + (job ? "?job=" + encodeURIComponent(job) : ""));
 
   function say(text) { if (status) { status.textContent = text; } }
 
+  // At most one refresh in flight and one every half second, however busy the
+  // cell: a change during a refresh schedules one more.
+  function schedule() {
+    if (fetching) { again = true; return; }
+    if (timer === null) { timer = setTimeout(refresh, 500); }
+  }
+
   function refresh() {
     timer = null;
+    fetching = true;
     fetch(location.href, { credentials: "same-origin" }).then(function (r) {
       if (!r.ok) { throw new Error("HTTP " + r.status); }
       return r.text();
@@ -25,8 +36,12 @@
       var fresh = doc.querySelector("main");
       var old = document.querySelector("main");
       if (fresh && old) { old.replaceWith(fresh); }
+      if (server) { say("live from server " + server); }
       logs[1] = document.getElementById("event-log");
-    }).catch(function (err) { say("refresh failed: " + err.message); });
+    }).catch(function (err) { say("refresh failed: " + err.message); }).finally(function () {
+      fetching = false;
+      if (again) { again = false; schedule(); }
+    });
   }
 
   function add(ev) {
@@ -45,7 +60,8 @@
 
   es.addEventListener("ready", function (m) {
     var ev = JSON.parse(m.data);
-    say("live from server " + ev.key);
+    server = ev.key;
+    say("live from server " + server);
     body.dataset.live = "yes";
   });
   types.forEach(function (type) {
@@ -53,10 +69,10 @@
       var ev = JSON.parse(m.data);
       add(ev);
       if (index) { index.textContent = ev.index; }
-      if (page !== "events" && timer === null) { timer = setTimeout(refresh, 200); }
+      if (page !== "events") { schedule(); }
     });
   });
-  es.addEventListener("lost", function () { say("fell behind; reconnecting"); refresh(); });
+  es.addEventListener("lost", function () { say("fell behind; reconnecting"); schedule(); });
   es.onerror = function () {
     body.dataset.live = "no";
     say(es.readyState === EventSource.CLOSED ? "disconnected: reload the page" : "reconnecting…");
