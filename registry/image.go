@@ -73,11 +73,11 @@ type entry struct {
 	off, size int64
 	digest    string // "sha256:<hex>"
 	head      []byte // the first bytes, to tell gzip and zstd from plain tar
-	data      []byte // the whole file, for the small JSON files
+	data      []byte // the whole file when it is JSON (see jsonKeeper)
 }
 
-// smallFile is the most a JSON file of a docker-save tarball (manifest.json, a
-// config) may hold; more is not an image Ballena published.
+// smallFile is the most a JSON file of a stored tarball (manifest.json, a
+// config, a manifest or index) may hold in memory.
 const smallFile = 4 << 20
 
 // indexImage reads the docker-save tarball at p in one pass: the whole file
@@ -125,12 +125,8 @@ func indexImage(ctx context.Context, p, wantDigest string) (*image, error) {
 		}
 		e := entry{off: cr.n, size: h.Size}
 		hh := sha256.New()
-		var small bytes.Buffer
-		w := io.Writer(hh)
-		if h.Size <= smallFile {
-			w = io.MultiWriter(hh, &small)
-		}
-		n, err := io.CopyBuffer(w, tr, buf)
+		small := &jsonKeeper{limit: smallFile}
+		n, err := io.CopyBuffer(io.MultiWriter(hh, small), tr, buf)
 		if err != nil {
 			return nil, fmt.Errorf("read %s in tarball: %w", name, err)
 		}
@@ -138,15 +134,7 @@ func indexImage(ctx context.Context, p, wantDigest string) (*image, error) {
 			return nil, fmt.Errorf("%s in tarball: %d bytes, header says %d", name, n, h.Size)
 		}
 		e.digest = "sha256:" + hex.EncodeToString(hh.Sum(nil))
-		if h.Size <= smallFile {
-			e.data = small.Bytes()
-			e.head = e.data[:min(len(e.data), 8)]
-		} else {
-			e.head = make([]byte, 8)
-			if _, err := f.ReadAt(e.head, e.off); err != nil {
-				return nil, err
-			}
-		}
+		e.head, e.data = small.head, small.json()
 		entries[name] = e
 	}
 	if _, err := io.CopyBuffer(io.Discard, cr, buf); err != nil { // tar padding after the end
@@ -287,7 +275,11 @@ func buildFromRef(refJSON []byte, byDigest map[string]entry) (*image, error) {
 			return err
 		}
 		if !d.MediaType.IsIndex() && !d.MediaType.IsImage() {
-			img.blobs[e.digest] = blob{off: e.off, size: e.size, mediaType: d.MediaType, data: e.data}
+			b := blob{off: e.off, size: e.size, mediaType: d.MediaType}
+			if d.MediaType.IsConfig() || strings.HasSuffix(string(d.MediaType), "+json") {
+				b.data = e.data // small JSON, served from memory
+			}
+			img.blobs[e.digest] = b
 			return nil
 		}
 		if e.data == nil {
@@ -359,6 +351,42 @@ func layerType(comp string, oci bool) types.MediaType {
 		return types.DockerLayer
 	}
 	return types.DockerUncompressedLayer // docker save writes layers uncompressed
+}
+
+// jsonKeeper keeps the first bytes of a file, and the whole file when it is
+// JSON (manifest.json, a manifest, index or config: it starts with '{' or
+// '[') of at most limit
+// bytes. Layers are never held in memory.
+type jsonKeeper struct {
+	limit int64
+	head  []byte
+	buf   bytes.Buffer
+	drop  bool
+}
+
+func (k *jsonKeeper) Write(p []byte) (int, error) {
+	if len(k.head) < 8 {
+		k.head = append(k.head, p[:min(len(p), 8-len(k.head))]...)
+		if k.head[0] != '{' && k.head[0] != '[' {
+			k.drop = true
+		}
+	}
+	if !k.drop {
+		if int64(k.buf.Len()+len(p)) > k.limit {
+			k.drop = true
+			k.buf = bytes.Buffer{}
+		} else {
+			k.buf.Write(p)
+		}
+	}
+	return len(p), nil
+}
+
+func (k *jsonKeeper) json() []byte {
+	if k.drop {
+		return nil
+	}
+	return k.buf.Bytes()
 }
 
 // countingReader counts the bytes read through it: the offset of each tar

@@ -15,10 +15,17 @@
 // upstream reference into a release name. A release the store lacks is
 // fetched from the mesh (Config.Fetch) when a client first asks for its
 // manifest by tag, with the same trust checks; clients asking at once share
-// one fetch. Blobs reach the client only after the whole release verified.
+// one fetch. Blobs reach the client only after the whole release verified:
+// the manifest that containerd asks for first lies at the end of the stored
+// tarball, so streaming pieces as they verify would save little.
+//
+// Which manifest: an image published from an OCI layout is served as the
+// manifest or index it was published as (artifact.OCIRefFile), so its digest
+// is the upstream one; a docker-save input as the Docker schema 2 manifest
+// go-containerregistry derives from the tarball.
 //
 // Files: registry.go routes requests and answers; image.go reads a stored
-// docker-save tarball into a manifest and blob offsets; releases.go verifies
+// tarball into manifests and blob offsets; releases.go verifies
 // releases and fetches them from the mesh; mirror.go maps upstream names;
 // hosts.go writes containerd's hosts.toml.
 package registry
