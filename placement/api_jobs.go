@@ -96,23 +96,22 @@ func (s *Server) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		}
 		expect = &n
 	}
-	s.respondUpdate(w, r, func(c *Cell) (*Job, []*Evaluation, error) {
-		evs, err := c.submitJob(&j, expect)
+	s.respondUpdate(w, r, func(c *Cell) (*Job, error) {
+		_, err := c.submitJob(&j, expect)
 		if err != nil && !errors.Is(err, ErrConflict) {
 			err = badRequest{err}
 		}
-		return &j, evs, err
+		return &j, err
 	})
 }
 
 func (s *Server) handleStop(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	s.respondUpdate(w, r, func(c *Cell) (*Job, []*Evaluation, error) {
-		evs, err := c.stopJob(name)
-		if err != nil {
-			return nil, nil, err
+	s.respondUpdate(w, r, func(c *Cell) (*Job, error) {
+		if _, err := c.stopJob(name); err != nil {
+			return nil, err
 		}
-		return c.jobs[name].Job, evs, nil
+		return c.jobs[name].Job, nil
 	})
 }
 
@@ -130,28 +129,49 @@ func (s *Server) handleDrain(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	id := r.PathValue("id")
-	s.respondUpdate(w, r, func(c *Cell) (*Job, []*Evaluation, error) {
-		evs, err := c.setDrain(id, req.Enable)
-		return nil, evs, err
+	s.respondUpdate(w, r, func(c *Cell) (*Job, error) {
+		_, err := c.setDrain(id, req.Enable)
+		return nil, err
 	})
 }
 
-// respondUpdate commits fn's changes and answers with a snapshot of the result,
-// serialized under the lock.
-func (s *Server) respondUpdate(w http.ResponseWriter, r *http.Request, fn func(c *Cell) (*Job, []*Evaluation, error)) {
-	var out []byte
-	err := s.updateCtx(r.Context(), func(c *Cell) error {
-		j, evs, err := fn(c)
-		if err != nil {
-			return err
-		}
-		out, err = json.MarshalIndent(SubmitResponse{Job: j, Evaluations: evs}, "", "  ")
-		return err
-	})
+// respondUpdate commits fn's changes, waits for the evaluations they asked for,
+// and answers with the job as fn left it and what the evaluations did.
+func (s *Server) respondUpdate(w http.ResponseWriter, r *http.Request, fn func(c *Cell) (*Job, error)) {
+	resp, err := s.submit(r.Context(), fn)
 	if err != nil {
 		writeError(w, statusOf(err), err)
 		return
 	}
+	out, err := json.MarshalIndent(resp, "", "  ")
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(append(out, '\n'))
+}
+
+// submit runs an operation, then waits for the evaluations it asked for.
+func (s *Server) submit(ctx context.Context, fn func(c *Cell) (*Job, error)) (*SubmitResponse, error) {
+	var job *Job
+	tickets, err := s.updateEvals(ctx, func(c *Cell) error {
+		j, err := fn(c)
+		if j != nil {
+			cp := *j // the state's record changes under later operations
+			job = &cp
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	evs, err := s.waitEvals(ctx, tickets)
+	if err != nil {
+		return nil, err
+	}
+	if evs == nil {
+		evs = []*Evaluation{}
+	}
+	return &SubmitResponse{Job: job, Evaluations: evs}, nil
 }

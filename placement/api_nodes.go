@@ -174,9 +174,9 @@ func (s *Server) handleNodes(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	s.respondUpdate(w, r, func(c *Cell) (*Job, []*Evaluation, error) {
-		evs, err := c.revokeNode(id)
-		return nil, evs, err
+	s.respondUpdate(w, r, func(c *Cell) (*Job, error) {
+		_, err := c.revokeNode(id)
+		return nil, err
 	})
 	s.log.Warn("node credentials revoked", "node", id)
 }

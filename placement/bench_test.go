@@ -320,14 +320,16 @@ func placeThrough(b *testing.B, s *Server, ms []benchMachine, jobs []*Job, worke
 			for j0 := range next {
 				j := *j0
 				var n int
-				if err := s.update(func(c *Cell) error {
-					evs, err := c.submitJob(&j, nil)
-					for _, ev := range evs {
+				resp, err := s.submit(context.Background(), func(c *Cell) (*Job, error) {
+					_, err := c.submitJob(&j, nil)
+					return &j, err
+				})
+				if err != nil {
+					b.Error(err)
+				} else {
+					for _, ev := range resp.Evaluations {
 						n += ev.Placed
 					}
-					return err
-				}); err != nil {
-					b.Error(err)
 				}
 				mu.Lock()
 				placed += n

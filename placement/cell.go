@@ -13,7 +13,8 @@ const DefaultBatchShare = 0.3
 // Cell is the in-memory scheduling state: machines with their free resources
 // indexed, jobs, tasks and allocations. The server keeps one as the mirror of what
 // badger holds; the benchmark drives one directly. A Cell is not safe for
-// concurrent use: the server serializes access.
+// concurrent use: the server's workers plan under its read lock, and everything
+// that changes a Cell runs under its write lock.
 type Cell struct {
 	BatchShare float64
 
@@ -39,8 +40,12 @@ type Cell struct {
 	ch    *changes // records to persist; nil when not tracking
 	k     int      // candidates ranked per placement
 
-	minReq      Resources // smallest request of any job, for the stranding penalty
-	minReqValid bool
+	minReq Resources // smallest request of any job, for the stranding penalty
+
+	// async: evaluations are not run inside the operation that needs them, but
+	// handed to the server's workers (takeEvalRequests); trigger says why.
+	async   bool
+	trigger string
 }
 
 type nodeState struct {
@@ -238,7 +243,7 @@ func (c *Cell) putJob(j *Job) *jobState {
 		c.jobs[j.Name] = js
 	}
 	js.Job = j
-	c.minReqValid = false
+	c.refreshMinRequest()
 	// The spread label may have changed; recount.
 	clear(js.spread)
 	if j.Spread != "" {

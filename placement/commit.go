@@ -29,39 +29,63 @@ type inflightBatch struct {
 
 // update runs fn on the leader's working state under the lock and waits until
 // the records it changed are committed through Raft. Operations from concurrent
-// requests are group-committed: many go in one Raft entry.
+// requests are group-committed: many go in one Raft entry. The evaluations the
+// operation asks for run after it, on the workers; update does not wait for them.
 func (s *Server) update(fn func(c *Cell) error) error {
 	return s.updateCtx(context.Background(), fn)
 }
 
 func (s *Server) updateCtx(ctx context.Context, fn func(c *Cell) error) error {
-	start := time.Now()
+	_, err := s.updateEvals(ctx, fn)
+	return err
+}
+
+// updateEvals is update that also returns the tickets of the evaluations the
+// operation asked for, for callers that answer with their outcome.
+func (s *Server) updateEvals(ctx context.Context, fn func(c *Cell) error) ([]*evalTicket, error) {
 	s.mu.Lock()
 	if !s.leader {
 		s.mu.Unlock()
-		return ErrNoLeader
+		return nil, ErrNoLeader
 	}
 	s.cell.index = s.planned + 1
 	s.cell.ch = newChanges()
 	err := fn(s.cell)
+	tickets := s.enqueueEvals(s.cell.takeEvalRequests())
 	ch := s.cell.ch
 	s.cell.ch = nil
-	if ch.empty() {
-		// Nothing to write, but the answer may rest on operations not yet committed.
-		need := s.planned
-		s.mu.Unlock()
-		if werr := s.waitCommitted(ctx, need); werr != nil && err == nil {
-			err = werr
-		}
-		return err
+	p, qerr := s.queueOpLocked(ch)
+	// Without changes, the answer may still rest on operations not yet committed.
+	need := s.planned
+	s.mu.Unlock()
+	s.kickCommit()
+	if qerr != nil {
+		return tickets, qerr
 	}
-	data, eerr := encodeOp(ch, s.cell.index)
-	if eerr != nil {
+	var werr error
+	if p == nil {
+		werr = s.waitCommitted(ctx, need)
+	} else {
+		werr = s.waitOp(ctx, p)
+	}
+	if werr != nil {
+		return tickets, werr
+	}
+	return tickets, err
+}
+
+// queueOpLocked encodes an operation's changes and queues them for the commit
+// loop; nil when nothing changed. s.mu is held.
+func (s *Server) queueOpLocked(ch *changes) (*pendingOp, error) {
+	if ch.empty() {
+		return nil, nil
+	}
+	data, err := encodeOp(ch, s.cell.index)
+	if err != nil {
 		// Cannot happen with these types; the working state is ahead of the log now.
 		s.leader = false
-		s.mu.Unlock()
 		go s.becomeLeader()
-		return fmt.Errorf("encode changes: %w", eerr)
+		return nil, fmt.Errorf("encode changes: %w", err)
 	}
 	s.planned = s.cell.index
 	p := &pendingOp{data: data, index: s.cell.index, origin: s.origin, done: make(chan error, 1)}
@@ -72,25 +96,29 @@ func (s *Server) updateCtx(ctx context.Context, fn func(c *Cell) error) error {
 				"stopped", ev.Stopped, "preempted", ev.Preempted, "pending", len(ev.Pending))
 		}
 	}
-	s.mu.Unlock()
+	return p, nil
+}
+
+// kickCommit wakes the commit loop.
+func (s *Server) kickCommit() {
 	select {
 	case s.queueCh <- struct{}{}:
 	default:
 	}
+}
+
+// waitOp waits until a queued operation is committed.
+func (s *Server) waitOp(ctx context.Context, p *pendingOp) error {
 	timer := time.NewTimer(commitTimeout)
 	defer timer.Stop()
 	select {
-	case cerr := <-p.done:
-		if cerr != nil {
-			return cerr
-		}
-		s.m.observe(ch.evals, start)
+	case err := <-p.done:
+		return err
 	case <-timer.C:
 		return fmt.Errorf("%w within %v (it may still commit)", ErrNoQuorum, commitTimeout)
 	case <-ctx.Done():
 		return fmt.Errorf("wait for the commit: %w", ctx.Err())
 	}
-	return err
 }
 
 // waitCommitted returns when the operation index idx is committed.
@@ -98,9 +126,9 @@ func (s *Server) waitCommitted(ctx context.Context, idx uint64) error {
 	timer := time.NewTimer(commitTimeout)
 	defer timer.Stop()
 	for {
-		s.mu.Lock()
+		s.mu.RLock()
 		done, ch, leading := s.committed >= idx, s.notify, s.leader
-		s.mu.Unlock()
+		s.mu.RUnlock()
 		if done {
 			return nil
 		}

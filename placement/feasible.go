@@ -8,34 +8,36 @@ import (
 	"strings"
 )
 
-// A feasibility check says whether a machine can take one more task of a job.
-// Checks are small and run in order, cheapest and most selective first; explain
-// reuses them to say why a task is pending.
+// A feasibility check says whether a machine can take one more task of a job,
+// as a plan sees the machine (what the cell holds plus what the plan has put on
+// it). Checks are small and run in order, cheapest and most selective first;
+// explain reuses them to say why a task is pending.
 type feasibilityCheck struct {
 	name string
-	ok   func(n *nodeState, js *jobState) bool
+	ok   func(p *planState, n *nodeState) bool
 	why  func(js *jobState) string
 }
 
 var feasibilityChecks = []feasibilityCheck{
-	{"status", func(n *nodeState, _ *jobState) bool { return n.Status == NodeReady },
+	{"status", func(_ *planState, n *nodeState) bool { return n.Status == NodeReady },
 		func(*jobState) string { return "down" }},
-	{"drain", func(n *nodeState, _ *jobState) bool { return !n.Drain },
+	{"drain", func(_ *planState, n *nodeState) bool { return !n.Drain },
 		func(*jobState) string { return "draining" }},
-	{"cpu", func(n *nodeState, js *jobState) bool { return js.Resources.CPU <= n.Capacity.CPU-n.used.CPU },
+	{"cpu", func(p *planState, n *nodeState) bool { return p.js.Resources.CPU <= p.freeOn(n).CPU },
 		func(js *jobState) string { return fmt.Sprintf("lacking %dm cpu", js.Resources.CPU) }},
-	{"memory", func(n *nodeState, js *jobState) bool { return js.Resources.Memory <= n.Capacity.Memory-n.used.Memory },
+	{"memory", func(p *planState, n *nodeState) bool { return p.js.Resources.Memory <= p.freeOn(n).Memory },
 		func(js *jobState) string { return "lacking " + FormatSize(js.Resources.Memory) + " memory" }},
 	{"pids", pidsFit,
 		func(js *jobState) string { return fmt.Sprintf("lacking %d pids", js.Resources.PIDs) }},
-	{"constraints", constraintsHold,
+	{"constraints", func(p *planState, n *nodeState) bool { return constraintsHold(n, p.js) },
 		func(js *jobState) string { return "filtered by constraints" }},
-	{"distinct_hosts", func(n *nodeState, js *jobState) bool { return !js.DistinctHosts || n.jobCount[js.Name] == 0 },
+	{"distinct_hosts", func(p *planState, n *nodeState) bool { return !p.js.DistinctHosts || p.jobTasksOn(n) == 0 },
 		func(*jobState) string { return "already running a task of this job (distinct_hosts)" }},
 }
 
-func pidsFit(n *nodeState, js *jobState) bool {
-	return js.Resources.PIDs == 0 || n.Capacity.PIDs == 0 || js.Resources.PIDs <= n.Capacity.PIDs-n.used.PIDs
+func pidsFit(p *planState, n *nodeState) bool {
+	r := p.js.Resources
+	return r.PIDs == 0 || n.Capacity.PIDs == 0 || r.PIDs <= p.freeOn(n).PIDs
 }
 
 func constraintsHold(n *nodeState, js *jobState) bool {
@@ -63,9 +65,9 @@ func (c Constraint) holds(labels map[string]string) bool {
 }
 
 // feasible runs every check.
-func feasible(n *nodeState, js *jobState) bool {
+func feasible(p *planState, n *nodeState) bool {
 	for i := range feasibilityChecks {
-		if !feasibilityChecks[i].ok(n, js) {
+		if !feasibilityChecks[i].ok(p, n) {
 			return false
 		}
 	}
@@ -74,11 +76,12 @@ func feasible(n *nodeState, js *jobState) bool {
 
 // explain says why no machine takes a task: how many machines each check
 // turned away, e.g. "0/12 machines fit: 7 lacking 4GiB memory, 5 filtered by constraints".
-func (c *Cell) explain(js *jobState) string {
+func (p *planState) explain() string {
+	c, js := p.c, p.js
 	counts := map[string]int{}
 	for _, n := range c.nodes {
 		for _, fc := range feasibilityChecks {
-			if !fc.ok(n, js) {
+			if !fc.ok(p, n) {
 				counts[fc.why(js)]++
 				break
 			}

@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -171,6 +172,11 @@ func persistedMatches(t *testing.T, seed uint64) {
 			t.Fatalf("%s: %v", op, err)
 		}
 	}, func(int, string) {})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.quiesce(ctx); err != nil {
+		t.Fatal(err)
+	}
 	want := snapshotCell(s.cell)
 	s.Close()
 	s, err = Open(Options{Dir: dir, AdminToken: testAdmin, JoinToken: testJoin, Logger: slog.New(slog.DiscardHandler)})

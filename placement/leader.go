@@ -2,6 +2,8 @@ package placement
 
 import (
 	"context"
+	"maps"
+	"slices"
 
 	"fmt"
 	"time"
@@ -67,17 +69,27 @@ func (s *Server) becomeLeader() {
 	c := s.cell
 	for _, n := range c.nodes {
 		n.LastSeen = now
-		c.grown[n] = true
+		c.grown[n] = true // waiting jobs get a try at the next change
 	}
+	// The broker lived in the old leader's memory; the requests it held are
+	// recorded as pending evaluations, committed with the operations that asked
+	// for them. Run them again.
+	clear(c.dirty)
 	s.leader = true
+	s.broker.setEnabled(true, nil)
+	pending := 0
+	for _, name := range slices.Sorted(maps.Keys(c.jobs)) {
+		js := c.jobs[name]
+		if ev := js.lastEval; ev != nil && ev.Status == EvalPending {
+			s.broker.enqueue(evalRequest{job: name, trigger: ev.Trigger, prod: js.Priority == BandProd, id: ev.ID})
+			pending++
+		}
+	}
 	close(s.notify)
 	s.notify = make(chan struct{})
 	s.mu.Unlock()
 	s.fsmMu.Unlock()
-	// Nothing to evaluate: an evaluation commits with the operation that caused it,
-	// so none is lost with a leader. Waiting jobs get a try at the next change
-	// (every machine counts as grown).
-	s.log.Info("leader ready for writes", "server", s.self.Name, "index", s.Index())
+	s.log.Info("leader ready for writes", "server", s.self.Name, "index", s.Index(), "pending_evaluations", pending)
 	if s.opts.Cell != nil {
 		if err := s.recordServer(s.self); err != nil {
 			s.log.Warn("record this server", "err", err)
@@ -99,6 +111,7 @@ func (s *Server) stepDownLocked() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.leader = false
+	s.broker.setEnabled(false, ErrNoLeader)
 	for _, p := range s.queue {
 		p.done <- ErrNoQuorum
 	}

@@ -3,7 +3,6 @@ package placement
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -59,8 +58,8 @@ func (c *Cell) submitJob(j *Job, expectIndex *uint64) ([]*Evaluation, error) {
 	j.Stopped = false
 	js := c.putJob(j)
 	c.touchJob(js)
-	evs := []*Evaluation{c.evaluate(j.Name, "job-register")}
-	return append(evs, c.retryPending("job-register")...), nil
+	c.dirty[j.Name] = true
+	return c.schedule("job-register"), nil
 }
 
 func sameConstraints(a, b *Job) bool {
@@ -73,10 +72,10 @@ func (c *Cell) stopJob(name string) ([]*Evaluation, error) {
 		return nil, fmt.Errorf("job %s: %w", name, ErrNotFound)
 	}
 	js.Stopped = true
-	c.minReqValid = false
+	c.refreshMinRequest()
 	c.touchJob(js)
-	evs := []*Evaluation{c.evaluate(name, "job-stop")}
-	return append(evs, c.retryPending("job-stop")...), nil
+	c.dirty[name] = true
+	return c.schedule("job-stop"), nil
 }
 
 // registerNode adds a machine or brings a known one back.
@@ -97,7 +96,7 @@ func (c *Cell) registerNode(id string, reg *NodeRegistration) ([]*Evaluation, []
 	}
 	stop := c.applyTaskStates(n, reg.Tasks)
 	// Allocations already here count again, since their machine is back.
-	return c.retryPending("node-register"), stop
+	return c.schedule("node-register"), stop
 }
 
 // heartbeat records that a machine is alive, what it runs and what it holds.
@@ -119,7 +118,7 @@ func (c *Cell) heartbeat(id string, hb *Heartbeat) ([]*Evaluation, []string, err
 		})
 	}
 	stop := c.applyTaskStates(n, hb.Tasks)
-	return c.retryPending("node-heartbeat"), stop, nil
+	return c.schedule("node-heartbeat"), stop, nil
 }
 
 // applyTaskStates records a node's reports and returns what it must kill.
@@ -160,7 +159,7 @@ func (c *Cell) reportTaskState(nodeID string, st TaskState) ([]*Evaluation, erro
 		return nil, fmt.Errorf("allocation %s on node %s: %w", st.AllocID, nodeID, ErrNotFound)
 	}
 	c.reportTask(a, st)
-	return c.retryPending("task-state"), nil
+	return c.schedule("task-state"), nil
 }
 
 // setDrain turns draining on or off; tasks move off a draining machine a few at a
@@ -171,13 +170,12 @@ func (c *Cell) setDrain(id string, enable bool) ([]*Evaluation, error) {
 		return nil, fmt.Errorf("node %s: %w", id, ErrNotFound)
 	}
 	c.updateNode(n, func(nd *Node) { nd.Drain = enable })
-	var evs []*Evaluation
 	if enable {
-		for _, job := range slices.Sorted(maps.Keys(n.jobCount)) {
-			evs = append(evs, c.evaluate(job, "node-drain"))
+		for job := range n.jobCount {
+			c.dirty[job] = true
 		}
 	}
-	return append(evs, c.retryPending("node-drain")...), nil
+	return c.schedule("node-drain"), nil
 }
 
 // expired lists the ready machines that missed heartbeats for ttl.
@@ -204,7 +202,7 @@ func (c *Cell) markDown(id string, ttl time.Duration) []*Evaluation {
 		c.setDesired(a, DesiredStop, "machine down, task lost")
 		c.dirty[a.Job] = true
 	}
-	return c.retryPending("node-down")
+	return c.schedule("node-down")
 }
 
 // revokeNode takes a machine's credentials away: it is down for good (until an
@@ -219,7 +217,7 @@ func (c *Cell) revokeNode(id string) ([]*Evaluation, error) {
 		c.setDesired(a, DesiredStop, "machine's credentials revoked")
 		c.dirty[a.Job] = true
 	}
-	return c.retryPending("node-revoke"), nil
+	return c.schedule("node-revoke"), nil
 }
 
 func (c *Cell) jobStatus(name string) (*JobStatus, error) {

@@ -7,7 +7,7 @@ import "math"
 type scorer struct {
 	name   string
 	weight float64
-	score  func(c *Cell, n *nodeState, js *jobState) float64
+	score  func(p *planState, n *nodeState) float64
 }
 
 var scorers = []scorer{
@@ -16,10 +16,10 @@ var scorers = []scorer{
 	{"artifact", 0.25, artifactScore},
 }
 
-func (c *Cell) rank(n *nodeState, js *jobState) float64 {
+func (p *planState) rank(n *nodeState) float64 {
 	var s float64
 	for i := range scorers {
-		s += scorers[i].weight * scorers[i].score(c, n, js)
+		s += scorers[i].weight * scorers[i].score(p, n)
 	}
 	return s
 }
@@ -28,16 +28,17 @@ func (c *Cell) rank(n *nodeState, js *jobState) float64 {
 // would be, penalizes leaving cpu and memory unbalanced, and penalizes leftovers
 // too small for any task we know of, since whatever remains of the other resource
 // beside them can then never be used.
-func binpackScore(c *Cell, n *nodeState, js *jobState) float64 {
+func binpackScore(p *planState, n *nodeState) float64 {
 	capC, capM := float64(n.Capacity.CPU), float64(n.Capacity.Memory)
 	if capC <= 0 || capM <= 0 {
 		return 0
 	}
-	freeC := n.Capacity.CPU - n.used.CPU - js.Resources.CPU
-	freeM := n.Capacity.Memory - n.used.Memory - js.Resources.Memory
+	free := p.freeOn(n)
+	freeC := free.CPU - p.js.Resources.CPU
+	freeM := free.Memory - p.js.Resources.Memory
 	uc, um := 1-float64(freeC)/capC, 1-float64(freeM)/capM
 	s := (uc+um)/2 - 0.25*math.Abs(uc-um)
-	if min := c.minRequest(); min.CPU > 0 {
+	if min := p.c.minReq; min.CPU > 0 {
 		switch {
 		case freeC > 0 && freeC < min.CPU && freeM >= min.Memory:
 			s -= 0.5 * float64(freeM) / capM
@@ -50,36 +51,37 @@ func binpackScore(c *Cell, n *nodeState, js *jobState) float64 {
 
 // spreadScore favours label values (e.g. racks) that hold fewer of the job's tasks
 // than an even share.
-func spreadScore(c *Cell, n *nodeState, js *jobState) float64 {
+func spreadScore(p *planState, n *nodeState) float64 {
+	js := p.js
 	if js.Spread == "" {
 		return 0
 	}
-	values := len(c.labelValues[js.Spread])
+	values := len(p.c.labelValues[js.Spread])
 	if _, ok := n.Labels[js.Spread]; !ok {
 		values++ // unlabelled machines count as one more value
 	}
 	if values <= 1 {
 		return 0
 	}
-	even := float64(len(js.live)+1) / float64(values)
-	cur := float64(js.spread[n.Labels[js.Spread]])
+	even := float64(p.liveTasks()+1) / float64(values)
+	cur := float64(p.spreadOf(n.Labels[js.Spread]))
 	return math.Max(-1, (even-cur)/even)
 }
 
 // artifactScore prefers machines that already hold the artifact: no transfer,
 // faster start.
-func artifactScore(c *Cell, n *nodeState, js *jobState) float64 {
+func artifactScore(p *planState, n *nodeState) float64 {
+	js := p.js
 	if n.held[js.Artifact] || (js.Digest != "" && n.held["sha256:"+js.Digest]) {
 		return 1
 	}
 	return 0
 }
 
-// minRequest is the smallest cpu and memory any known job asks for per task.
-func (c *Cell) minRequest() Resources {
-	if c.minReqValid {
-		return c.minReq
-	}
+// refreshMinRequest recomputes the smallest cpu and memory any running job asks
+// for per task. It runs when jobs change, not while planning: planners only
+// read the cell.
+func (c *Cell) refreshMinRequest() {
 	var m Resources
 	for _, js := range c.jobs {
 		if js.Stopped {
@@ -92,6 +94,5 @@ func (c *Cell) minRequest() Resources {
 			m.Memory = js.Resources.Memory
 		}
 	}
-	c.minReq, c.minReqValid = m, true
-	return m
+	c.minReq = m
 }

@@ -7,123 +7,6 @@ import (
 	"sort"
 )
 
-// evaluate reconciles one job and places what it needs, recording an Evaluation.
-// A retry (room may have appeared for a waiting job) neither preempts nor
-// re-diagnoses: prod jobs are retried before batch ones, so freed room goes to
-// prod first anyway, and a full diagnosis per waiting job per change would cost
-// a scan of the cell each time.
-func (c *Cell) evaluate(name, trigger string) *Evaluation {
-	return c.evaluateJob(name, trigger, false)
-}
-
-func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
-	js := c.jobs[name]
-	ev := &Evaluation{ID: c.newID(), Job: name, Trigger: trigger, Index: c.index, Time: c.now()}
-	if js == nil {
-		return ev
-	}
-	delete(c.pending, name)
-	delete(c.dirty, name)
-	res := reconcile(c, js)
-	for _, s := range res.stop {
-		c.setDesired(s.alloc, DesiredStop, s.desc)
-		ev.Stopped++
-	}
-	// Tasks past the count go away; reconcile stopped their allocations above.
-	if !js.Stopped && len(js.tasks) > js.Count {
-		for _, t := range js.tasks[js.Count:] {
-			if c.ch != nil {
-				c.ch.tasks[taskKey(t.Job, t.Index)] = nil
-			}
-		}
-		js.tasks = js.tasks[:js.Count]
-	}
-	for len(js.tasks) < js.Count && !js.Stopped {
-		t := &Task{Job: name, Index: len(js.tasks), State: TaskPending}
-		js.tasks = append(js.tasks, t)
-		c.touchTask(t)
-	}
-	for _, idx := range res.done {
-		t := js.tasks[idx]
-		t.State, t.Reason = TaskDone, ""
-		c.touchTask(t)
-	}
-	for _, idx := range res.failed {
-		t := js.tasks[idx]
-		t.Failures++
-		t.State, t.Reason = TaskDone, fmt.Sprintf("failed on %d allocations in a row; not moved again (run the job again to retry)", t.Failures)
-		c.touchTask(t)
-	}
-	if js.Stopped {
-		for _, t := range js.tasks {
-			if t.State != TaskDone {
-				t.State, t.Reason = TaskDone, "job stopped"
-				c.touchTask(t)
-			}
-		}
-	}
-	var blockedWhy string
-	for _, p := range res.place {
-		t := js.tasks[p.index]
-		if blockedWhy != "" {
-			// Every task of a job asks for the same thing: once one does not fit, the
-			// rest of this pass would not either.
-			c.markPending(js, t, blockedWhy, ev)
-			continue
-		}
-		n, victims, why := c.selectNode(js, retry)
-		if n == nil {
-			if why == "" {
-				why = t.Reason
-				if why == "" || t.State != TaskPending {
-					why = "waiting for room"
-				}
-			}
-			blockedWhy = why
-			c.markPending(js, t, why, ev)
-			continue
-		}
-		for _, v := range victims {
-			c.setDesired(v, DesiredStop, fmt.Sprintf("preempted by %s[%d]", name, p.index))
-			if vj := c.jobs[v.Job]; vj != nil {
-				if v.TaskIndex < len(vj.tasks) {
-					vt := vj.tasks[v.TaskIndex]
-					if vt.AllocID == v.ID {
-						vt.State, vt.Reason = TaskPending, "preempted by "+name
-						c.touchTask(vt)
-					}
-				}
-				c.pending[v.Job] = true
-			}
-			ev.Preempted++
-		}
-		if p.replaces != nil && p.replaces.DesiredStatus == DesiredRun {
-			if p.replaces.ClientStatus == ClientFailed {
-				t.Failures++
-			}
-			c.setDesired(p.replaces, DesiredStop, "replaced")
-		}
-		a := c.newAlloc(js, p.index, n)
-		if p.replaces != nil {
-			a.Replaces = p.replaces.ID
-		}
-		c.putAlloc(a)
-		c.touchAlloc(a, true)
-		t.State, t.AllocID, t.Reason = TaskPlaced, a.ID, ""
-		c.touchTask(t)
-		ev.Placed++
-	}
-	if res.blocked > 0 {
-		ev.Notes = append(ev.Notes, fmt.Sprintf("%d more tasks to update or move once the replacements run (update.max_parallel %d)",
-			res.blocked, js.Update.MaxParallel))
-	}
-	js.lastEval = ev
-	if c.ch != nil {
-		c.ch.evals = append(c.ch.evals, ev)
-	}
-	return ev
-}
-
 func (c *Cell) markPending(js *jobState, t *Task, why string, ev *Evaluation) {
 	if t.State != TaskPending || t.Reason != why {
 		t.State, t.Reason = TaskPending, why
@@ -142,20 +25,21 @@ func (c *Cell) newAlloc(js *jobState, idx int, n *nodeState) *Alloc {
 	}
 }
 
-// selectNode picks the machine for one more task of js: feasible candidates from
-// the free-resource index, ranked; for prod, preemption of batch when nothing fits.
-// It returns the reason when there is no machine.
-func (c *Cell) selectNode(js *jobState, retry bool) (*nodeState, []*Alloc, string) {
-	if js.Priority == BandBatch && !c.batchShareAllows(js.Resources) {
+// selectNode picks the machine for one more task of the job: feasible candidates
+// from the free-resource index, ranked; for prod, preemption of batch when
+// nothing fits. It returns the reason when there is no machine.
+func (p *planState) selectNode(retry bool) (*nodeState, []*Alloc, string) {
+	c, js := p.c, p.js
+	if js.Priority == BandBatch && !p.batchShareAllows() {
 		return nil, nil, fmt.Sprintf("batch share exhausted: batch uses %s of the cell's %s, limit %.0f%%",
-			c.batchUsed, c.capacity, c.BatchShare*100)
+			c.batchUsed.Add(p.batchUp), c.capacity, c.BatchShare*100)
 	}
 	var buf [40]*nodeState
-	cands := c.candidates(js, buf[:0])
+	cands := p.candidates(buf[:0])
 	if len(cands) > 0 {
-		best, bestScore := cands[0], c.rank(cands[0], js)
+		best, bestScore := cands[0], p.rank(cands[0])
 		for _, n := range cands[1:] {
-			if s := c.rank(n, js); s > bestScore || s == bestScore && n.slot < best.slot {
+			if s := p.rank(n); s > bestScore || s == bestScore && n.slot < best.slot {
 				best, bestScore = n, s
 			}
 		}
@@ -165,15 +49,16 @@ func (c *Cell) selectNode(js *jobState, retry bool) (*nodeState, []*Alloc, strin
 		return nil, nil, ""
 	}
 	if js.Priority == BandProd {
-		if n, victims := c.preemptFor(js); n != nil {
+		if n, victims := p.preemptFor(); n != nil {
 			return n, victims, ""
 		}
 	}
-	return nil, nil, c.explain(js)
+	return nil, nil, p.explain()
 }
 
-func (c *Cell) batchShareAllows(r Resources) bool {
-	after := c.batchUsed.Add(r)
+func (p *planState) batchShareAllows() bool {
+	c := p.c
+	after := c.batchUsed.Add(p.batchUp).Add(p.js.Resources)
 	return float64(after.CPU) <= c.BatchShare*float64(c.capacity.CPU) &&
 		float64(after.Memory) <= c.BatchShare*float64(c.capacity.Memory)
 }
@@ -181,7 +66,8 @@ func (c *Cell) batchShareAllows(r Resources) bool {
 // candidates collects up to k feasible machines, walking the free-resource grid
 // from the tightest cells that can hold the request outwards (best fit first),
 // each cell from a random offset, plus a few machines that hold the artifact.
-func (c *Cell) candidates(js *jobState, out []*nodeState) []*nodeState {
+func (p *planState) candidates(out []*nodeState) []*nodeState {
+	c, js := p.c, p.js
 	f := &c.free
 	g := f.g
 	want := min(c.k, cap(out)-12)
@@ -214,11 +100,11 @@ walk:
 			if n == 0 {
 				continue
 			}
-			start := c.rng.IntN(n)
+			start := p.rng.IntN(n)
 			taken := 0
 			for t := 0; t < n && taken < perCell; t++ {
 				ns := c.nodes[cell[(start+t)%n]]
-				if js.Resources.CPU <= ns.free.CPU && js.Resources.Memory <= ns.free.Memory && feasible(ns, js) {
+				if p.fits(ns) {
 					out = append(out, ns)
 					taken++
 					if len(out) >= want {
@@ -235,8 +121,8 @@ walk:
 		// A few machines from anywhere: most likely in label values the job has
 		// few tasks in yet.
 		for t := 0; t < 16 && len(out) < cap(out)-4; t++ {
-			ns := c.nodes[c.rng.IntN(len(c.nodes))]
-			if ns.schedulable() && feasible(ns, js) && !containsNode(out, ns) {
+			ns := c.nodes[p.rng.IntN(len(c.nodes))]
+			if ns.schedulable() && p.fits(ns) && !containsNode(out, ns) {
 				out = append(out, ns)
 			}
 		}
@@ -246,8 +132,8 @@ walk:
 	for _, key := range []string{js.Artifact, "sha256:" + js.Digest} {
 		h := c.holders[key]
 		for t := 0; t < 2 && len(h) > 0 && len(out) < cap(out); t++ {
-			ns := c.nodes[h[c.rng.IntN(len(h))]]
-			if feasible(ns, js) && !containsNode(out, ns) {
+			ns := c.nodes[h[p.rng.IntN(len(h))]]
+			if p.fits(ns) && !containsNode(out, ns) {
 				out = append(out, ns)
 			}
 		}
@@ -268,7 +154,8 @@ func containsNode(list []*nodeState, n *nodeState) bool {
 // prod task: among the first k machines where that works, from a random start,
 // the one losing the least (smallest share of the machine evicted, then fewest
 // tasks). Prod is never evicted.
-func (c *Cell) preemptFor(js *jobState) (*nodeState, []*Alloc) {
+func (p *planState) preemptFor() (*nodeState, []*Alloc) {
+	c, js := p.c, p.js
 	r := js.Resources
 	var best *nodeState
 	var bestVictims []*Alloc
@@ -276,21 +163,22 @@ func (c *Cell) preemptFor(js *jobState) (*nodeState, []*Alloc) {
 	viable := 0
 	start := 0
 	if len(c.nodes) > 0 {
-		start = c.rng.IntN(len(c.nodes))
+		start = p.rng.IntN(len(c.nodes))
 	}
 	for t := 0; t < len(c.nodes) && viable < c.k; t++ {
 		n := c.nodes[(start+t)%len(c.nodes)]
-		if !n.schedulable() || n.batchUsed.CPU == 0 && n.batchUsed.Memory == 0 ||
-			!constraintsHold(n, js) || js.DistinctHosts && n.jobCount[js.Name] > 0 {
+		batchUsed := p.batchOn(n)
+		if !n.schedulable() || batchUsed.CPU <= 0 && batchUsed.Memory <= 0 ||
+			!constraintsHold(n, js) || js.DistinctHosts && p.jobTasksOn(n) > 0 {
 			continue
 		}
-		free := n.freeRes()
-		if !needFits(r, free.Add(n.batchUsed), n.Capacity) {
+		free := p.freeOn(n)
+		if !needFits(r, free.Add(batchUsed), n.Capacity) {
 			continue
 		}
 		var batch []*Alloc
 		for _, a := range n.live {
-			if a.Band == BandBatch {
+			if a.Band == BandBatch && !p.stopped[a] {
 				batch = append(batch, a)
 			}
 		}
@@ -383,6 +271,68 @@ func (c *Cell) retryPending(trigger string) []*Evaluation {
 	}
 	clear(c.grown)
 	return evs
+}
+
+// schedule runs the evaluations an operation made necessary: at once on a
+// serial cell, or later, by the server's workers (takeEvalRequests).
+func (c *Cell) schedule(trigger string) []*Evaluation {
+	if c.async {
+		if c.trigger == "" {
+			c.trigger = trigger
+		}
+		return nil
+	}
+	return c.retryPending(trigger)
+}
+
+// evalRequest asks for one evaluation of a job.
+type evalRequest struct {
+	job     string
+	trigger string
+	retry   bool
+	prod    bool
+	id      string // the pending evaluation recorded for it; none for a retry
+}
+
+// takeEvalRequests hands over the evaluations the operations so far made
+// necessary: jobs whose allocations changed, and waiting jobs that a machine
+// which gained room could now take (retries: no preemption, no diagnosis).
+func (c *Cell) takeEvalRequests() []evalRequest {
+	trigger := c.trigger
+	if trigger == "" {
+		trigger = "plan-applied"
+	}
+	c.trigger = ""
+	var out []evalRequest
+	for _, name := range slices.Sorted(maps.Keys(c.dirty)) {
+		js := c.jobs[name]
+		if js == nil {
+			continue
+		}
+		// Recorded with the operation: if this leader fails before the plan
+		// commits, the next one finds it pending and runs it.
+		ev := &Evaluation{ID: c.newID(), Job: name, Trigger: trigger, Index: c.index, Time: c.now(), Status: EvalPending}
+		js.lastEval = ev
+		if c.ch != nil {
+			c.ch.evals = append(c.ch.evals, ev)
+		}
+		out = append(out, evalRequest{job: name, trigger: trigger, prod: js.Priority == BandProd, id: ev.ID})
+	}
+	if len(c.grown) > 0 {
+		for name := range c.pending {
+			js := c.jobs[name]
+			if js == nil {
+				delete(c.pending, name)
+				continue
+			}
+			if !c.dirty[name] && anyFits(c.grown, js) {
+				out = append(out, evalRequest{job: name, trigger: trigger, retry: true, prod: js.Priority == BandProd})
+			}
+		}
+	}
+	clear(c.dirty)
+	clear(c.grown)
+	return out
 }
 
 // anyFits reports whether one of the machines could take a task of js now.

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net/http/httputil"
 	"net/url"
+	"runtime"
 
 	"errors"
 	"fmt"
@@ -36,6 +37,9 @@ type Options struct {
 	// Metrics, when set, is where the server registers its metrics (see
 	// metrics.go); the caller serves them.
 	Metrics prometheus.Registerer
+	// Workers is how many evaluations the leader plans at once; default the
+	// number of CPUs the process may use, at least 2.
+	Workers int
 }
 
 // DefaultNodeTTL is how long a machine may miss heartbeats before its tasks move.
@@ -79,7 +83,10 @@ type Server struct {
 	transMu sync.Mutex // serializes leadership transitions; before fsmMu
 	fsmMu   sync.Mutex // held while an entry or a snapshot is applied; before mu
 
-	mu          sync.Mutex
+	broker *evalBroker
+	plans  chan *planSubmission
+
+	mu          sync.RWMutex // workers plan under the read lock
 	cell        *Cell
 	index       uint64 // last committed operation index
 	committed   uint64 // same, kept beside planned
@@ -95,6 +102,8 @@ type Server struct {
 // CommitStats counts what the server committed through Raft since it started.
 type CommitStats struct {
 	Entries    uint64 // Raft entries this server appended as leader
+	Plans      uint64 // plans the plan applier took
+	Replans    uint64 // evaluations planned again after the applier refused part of a plan
 	Operations uint64 // operations they carried
 	Bytes      uint64
 	// SnapshotsRestored counts snapshots installed into this server's state (a
@@ -124,6 +133,9 @@ func Open(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Workers <= 0 {
+		opts.Workers = max(2, runtime.GOMAXPROCS(0))
+	}
 	if opts.Cell != nil && (opts.Cell.Identity == nil || opts.Cell.RaftListener == nil) {
 		return nil, errors.New("placement server: a cell needs the server's identity and a Raft listener")
 	}
@@ -133,7 +145,8 @@ func Open(opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, db: db, log: opts.Logger, notify: make(chan struct{}), origin: randomID(),
 		inflight: make(chan inflightBatch, 16), raftReady: make(chan struct{}),
-		writes: make(chan pendingWrite, 64), writerDone: make(chan struct{}), queueCh: make(chan struct{}, 1), self: ServerInfo{Name: "local"}}
+		writes: make(chan pendingWrite, 64), writerDone: make(chan struct{}), queueCh: make(chan struct{}, 1), self: ServerInfo{Name: "local"},
+		broker: newEvalBroker(), plans: make(chan *planSubmission, 64)}
 	s.m = newMetrics(s)
 	s.closers = append(s.closers, db.Close)
 	if opts.Cell != nil {
@@ -166,7 +179,11 @@ func Open(opts Options) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	for _, f := range []func(context.Context){s.leaderLoop, s.commitLoop, s.ackLoop, s.formCell, s.keepRecorded} {
+	workers := []func(context.Context){s.leaderLoop, s.commitLoop, s.ackLoop, s.formCell, s.keepRecorded, s.planApplier}
+	for i := range opts.Workers {
+		workers = append(workers, func(ctx context.Context) { s.worker(ctx, i) })
+	}
+	for _, f := range workers {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -214,6 +231,7 @@ func (s *Server) reloadLocked() error {
 		}
 	}
 	c := NewCell(s.opts.BatchShare, s.opts.Now, uint64(time.Now().UnixNano()))
+	c.async = true
 	idx, err := loadCell(s.db, c)
 	if err != nil {
 		return err

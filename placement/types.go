@@ -239,7 +239,16 @@ type Evaluation struct {
 	Notes     []string      `json:"notes,omitempty"`
 	Index     uint64        `json:"index"`
 	Time      time.Time     `json:"time"`
+	// Status is pending from the operation that asked for the evaluation until
+	// its plan commits; a new leader runs the pending ones again.
+	Status string `json:"status,omitempty"`
 }
+
+// Evaluation statuses.
+const (
+	EvalPending  = "pending"
+	EvalComplete = "complete"
+)
 
 // PendingTask is a task that could not be placed, and why.
 type PendingTask struct {
