@@ -30,9 +30,9 @@ type SelfInfo struct {
 
 func (s *Server) selfInfo() SelfInfo {
 	_, leader := s.raft.LeaderWithID()
-	s.mu.Lock()
+	s.cmu.Lock()
 	applied := s.appliedRaft
-	s.mu.Unlock()
+	s.cmu.Unlock()
 	return SelfInfo{ServerInfo: s.self, State: s.raft.State().String(), Leader: string(leader), LastIndex: applied}
 }
 

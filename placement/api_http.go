@@ -93,10 +93,7 @@ type leaderURLKey struct{}
 // atLeader runs h on the leader; a follower forwards the request, unread, to it.
 func (s *Server) atLeader(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		leading := s.leader
-		s.mu.Unlock()
-		if leading {
+		if s.leading.Load() {
 			h(w, r)
 			return
 		}

@@ -15,13 +15,14 @@ import (
 // Job endpoints: status, list, submit, stop, and node drain.
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	index := s.Index()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	c := s.cell
 	_, leader := s.raft.LeaderWithID()
 	writeJSON(w, http.StatusOK, map[string]any{
 		"server": s.self.Name, "leader": string(leader), "raft_state": s.raft.State().String(),
-		"index": s.index, "nodes": len(c.nodes), "jobs": len(c.jobs), "allocations": len(c.allocs),
+		"index": index, "nodes": len(c.nodes), "jobs": len(c.jobs), "allocations": len(c.allocs),
 		"capacity": c.capacity, "allocated": c.used, "batch_allocated": c.batchUsed, "batch_share": c.BatchShare,
 	})
 }

@@ -143,11 +143,13 @@ func (s *Server) handleAllocations(w http.ResponseWriter, r *http.Request, _ []b
 	for {
 		// Every commit wakes every watcher: look at the node's index before building
 		// its list, so that a busy cell costs watchers a map lookup each.
-		s.mu.Lock()
+		s.cmu.Lock()
+		ch := s.notify // before looking, so that no change is missed
+		s.cmu.Unlock()
+		s.mu.RLock()
 		n := s.cell.byID[id]
 		moved := n != nil && (index == 0 || n.allocIndex > index)
-		ch := s.notify
-		s.mu.Unlock()
+		s.mu.RUnlock()
 		if n == nil || moved {
 			answer()
 			return

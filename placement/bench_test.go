@@ -342,6 +342,8 @@ func placeThrough(b *testing.B, s *Server, ms []benchMachine, jobs []*Job, worke
 	}
 	close(next)
 	wg.Wait()
+	st := s.Stats()
+	b.Logf("plans %d, replans %d, entries %d, operations %d", st.Plans, st.Replans, st.Entries, st.Operations)
 	return placed, time.Since(start)
 }
 

@@ -83,13 +83,15 @@ func (s *Server) queueOpLocked(ch *changes) (*pendingOp, error) {
 	data, err := encodeOp(ch, s.cell.index)
 	if err != nil {
 		// Cannot happen with these types; the working state is ahead of the log now.
-		s.leader = false
+		s.setLeader(false)
 		go s.becomeLeader()
 		return nil, fmt.Errorf("encode changes: %w", err)
 	}
 	s.planned = s.cell.index
 	p := &pendingOp{data: data, index: s.cell.index, origin: s.origin, done: make(chan error, 1)}
+	s.cmu.Lock()
 	s.queue = append(s.queue, p)
+	s.cmu.Unlock()
 	for _, ev := range ch.evals {
 		if ev.Placed+ev.Stopped+ev.Preempted+len(ev.Pending) > 0 {
 			s.log.Debug("evaluation", "job", ev.Job, "trigger", ev.Trigger, "placed", ev.Placed,
@@ -126,9 +128,10 @@ func (s *Server) waitCommitted(ctx context.Context, idx uint64) error {
 	timer := time.NewTimer(commitTimeout)
 	defer timer.Stop()
 	for {
-		s.mu.RLock()
-		done, ch, leading := s.committed >= idx, s.notify, s.leader
-		s.mu.RUnlock()
+		s.cmu.Lock()
+		done, ch := s.committed >= idx, s.notify
+		s.cmu.Unlock()
+		leading := s.leading.Load()
 		if done {
 			return nil
 		}
@@ -162,8 +165,8 @@ func (s *Server) commitLoop(ctx context.Context) {
 		case <-s.queueCh:
 		}
 		for {
-			s.mu.Lock()
-			origin := s.origin
+			s.cmu.Lock()
+			origin := s.qorigin
 			var batch []*pendingOp
 			size := 0
 			n := 0
@@ -176,7 +179,7 @@ func (s *Server) commitLoop(ctx context.Context) {
 			if len(s.queue) == 0 {
 				s.queue = nil
 			}
-			s.mu.Unlock()
+			s.cmu.Unlock()
 			if len(batch) == 0 {
 				break
 			}
@@ -200,11 +203,11 @@ func (s *Server) commitLoop(ctx context.Context) {
 			data := encodeEntry(origin, encoded)
 			start := time.Now()
 			f := s.raft.Apply(data, 0)
-			s.mu.Lock()
+			s.cmu.Lock()
 			s.stats.Entries++
 			s.stats.Operations += uint64(len(ops))
 			s.stats.Bytes += uint64(len(data))
-			s.mu.Unlock()
+			s.cmu.Unlock()
 			select {
 			case s.inflight <- inflightBatch{f: f, ops: ops, start: start}:
 			case <-ctx.Done():
@@ -249,7 +252,7 @@ func (s *Server) ackLoop(ctx context.Context) {
 			err = fmt.Errorf("%w (%v)", ErrNoQuorum, err)
 			s.mu.Lock()
 			wasLeader := s.leader
-			s.leader = false
+			s.setLeader(false)
 			s.mu.Unlock()
 			if wasLeader {
 				// The working state holds what did not commit: rebuild it from what

@@ -57,7 +57,7 @@ func (s *Server) becomeLeader() {
 		s.stepDownLocked()
 		return
 	}
-	if s.planned > s.committed {
+	if s.planned > s.Index() {
 		if err := s.reloadLocked(); err != nil {
 			s.log.Error("rebuild the working state", "err", err)
 			s.mu.Unlock()
@@ -75,7 +75,7 @@ func (s *Server) becomeLeader() {
 	// recorded as pending evaluations, committed with the operations that asked
 	// for them. Run them again.
 	clear(c.dirty)
-	s.leader = true
+	s.setLeader(true)
 	s.broker.setEnabled(true, nil)
 	pending := 0
 	for _, name := range slices.Sorted(maps.Keys(c.jobs)) {
@@ -85,8 +85,9 @@ func (s *Server) becomeLeader() {
 			pending++
 		}
 	}
-	close(s.notify)
-	s.notify = make(chan struct{})
+	s.cmu.Lock()
+	s.wake()
+	s.cmu.Unlock()
 	s.mu.Unlock()
 	s.fsmMu.Unlock()
 	s.log.Info("leader ready for writes", "server", s.self.Name, "index", s.Index(), "pending_evaluations", pending)
@@ -110,13 +111,15 @@ func (s *Server) stepDownLocked() {
 	defer s.fsmMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.leader = false
+	s.setLeader(false)
 	s.broker.setEnabled(false, ErrNoLeader)
+	s.cmu.Lock()
 	for _, p := range s.queue {
 		p.done <- ErrNoQuorum
 	}
 	s.queue = nil
-	if s.planned > s.committed {
+	s.cmu.Unlock()
+	if s.planned > s.Index() {
 		if err := s.reloadLocked(); err != nil {
 			s.log.Error("rebuild the state after losing leadership", "err", err)
 		}

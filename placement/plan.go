@@ -27,6 +27,7 @@ type planState struct {
 	stopped map[*Alloc]bool
 	live    int // the job's live tasks added
 	batchUp Resources
+	freed   bool // the plan stopped something
 }
 
 func newPlanState(c *Cell, js *jobState, rng *rand.Rand) *planState {
@@ -77,6 +78,7 @@ func (p *planState) release(a *Alloc) {
 		return
 	}
 	p.stopped[a] = true
+	p.freed = true
 	n := p.c.byID[a.NodeID]
 	if n == nil {
 		return
@@ -97,6 +99,13 @@ func (p *planState) release(a *Alloc) {
 
 // fits reports whether n can take one more task of the job as the plan sees it.
 func (p *planState) fits(n *nodeState) bool {
+	r := p.js.Resources
+	if !p.freed && (r.CPU > n.free.CPU || r.Memory > n.free.Memory) {
+		// The plan only takes room until it frees some: what does not fit the
+		// machine as it is does not fit the plan's view either. Most machines a
+		// search looks at end here, without a map lookup.
+		return false
+	}
 	free := p.freeOn(n)
 	return p.js.Resources.CPU <= free.CPU && p.js.Resources.Memory <= free.Memory && feasible(p, n)
 }

@@ -567,11 +567,27 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 		}
 		return out
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	// The leader's own entries (its working state already holds them) need only
+	// the commit side's lock, so that acknowledgements never wait for workers
+	// planning under s.mu. The origin cannot change meanwhile: that takes fsmMu.
+	s.cmu.Lock()
+	origin := s.qorigin
+	s.cmu.Unlock()
+	needMu := false
+	for _, e := range entries {
+		for _, o := range e.ops {
+			needMu = needMu || e.origin != origin || len(o.Servers) > 0
+		}
+	}
+	if needMu {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+	}
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
 	for _, e := range entries {
 		s.appliedRaft = e.index
-		mine := e.origin == s.origin
+		mine := e.origin == origin
 		for _, o := range e.ops {
 			if !mine {
 				if err := s.cell.applyRecords(o); err != nil {
@@ -593,9 +609,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
 			s.planned = max(s.planned, s.committed)
 		}
 	}
-	s.index = s.committed
-	close(s.notify)
-	s.notify = make(chan struct{})
+	s.wake()
 	return out
 }
 
@@ -630,9 +644,10 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err := s.reloadLocked(); err != nil {
 		return err
 	}
+	s.cmu.Lock()
 	s.stats.SnapshotsRestored++
-	s.log.Info("state restored from a snapshot", "raft_index", s.appliedRaft, "index", s.committed)
-	close(s.notify)
-	s.notify = make(chan struct{})
+	s.wake()
+	s.cmu.Unlock()
+	s.log.Info("state restored from a snapshot", "raft_index", s.appliedRaft, "index", s.Index())
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"runtime"
+	"sync/atomic"
 
 	"errors"
 	"fmt"
@@ -37,8 +38,10 @@ type Options struct {
 	// Metrics, when set, is where the server registers its metrics (see
 	// metrics.go); the caller serves them.
 	Metrics prometheus.Registerer
-	// Workers is how many evaluations the leader plans at once; default the
-	// number of CPUs the process may use, at least 2.
+	// Workers is how many evaluations the leader plans at once; 0 means the
+	// number of CPUs the process may use, at least 2. A negative value runs none
+	// (like Nomad's num_schedulers = 0): evaluations wait, recorded as pending,
+	// until a server with workers leads.
 	Workers int
 }
 
@@ -71,7 +74,6 @@ type Server struct {
 	wg           sync.WaitGroup
 	inflight     chan inflightBatch
 	queueCh      chan struct{}
-	stats        CommitStats
 	m            *metrics
 
 	// The events stream, UI sessions and what nodes report of their releases
@@ -88,15 +90,21 @@ type Server struct {
 
 	mu          sync.RWMutex // workers plan under the read lock
 	cell        *Cell
-	index       uint64 // last committed operation index
-	committed   uint64 // same, kept beside planned
 	planned     uint64 // last operation computed on the leader's working state
-	appliedRaft uint64 // last Raft entry applied to badger and the cell
+	appliedRaft uint64 // last Raft entry applied to badger and the cell; written under fsmMu and cmu
 	origin      string // names the working state; entries computed on it carry it
 	leader      bool   // leading, with a working state ready for writes
 	servers     map[string]*ServerInfo
-	queue       []*pendingOp
-	notify      chan struct{} // closed and replaced on every commit
+
+	// The commit side has its own lock, taken after mu, never before: entries
+	// flow to Raft and are acknowledged while workers hold mu to plan.
+	cmu       sync.Mutex
+	leading   atomic.Bool // leader, readable without mu
+	qorigin   string      // origin, as the commit side sees it
+	queue     []*pendingOp
+	committed uint64        // last committed operation index
+	notify    chan struct{} // closed and replaced on every commit
+	stats     CommitStats
 }
 
 // CommitStats counts what the server committed through Raft since it started.
@@ -133,7 +141,7 @@ func Open(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.Workers <= 0 {
+	if opts.Workers == 0 {
 		opts.Workers = max(2, runtime.GOMAXPROCS(0))
 	}
 	if opts.Cell != nil && (opts.Cell.Identity == nil || opts.Cell.RaftListener == nil) {
@@ -208,10 +216,10 @@ func Open(opts Options) (*Server, error) {
 // WaitLeader returns when this server leads with its state ready, or ctx ends.
 func (s *Server) WaitLeader(ctx context.Context) error {
 	for {
-		s.mu.Lock()
-		ok, ch := s.leader, s.notify
-		s.mu.Unlock()
-		if ok {
+		s.cmu.Lock()
+		ch := s.notify
+		s.cmu.Unlock()
+		if s.leading.Load() {
 			return nil
 		}
 		select {
@@ -240,8 +248,11 @@ func (s *Server) reloadLocked() error {
 	if err != nil {
 		return err
 	}
-	s.cell, s.index, s.committed, s.planned, s.appliedRaft, s.servers = c, idx, idx, idx, raftIndex, servers
+	s.cell, s.planned, s.servers = c, idx, servers
 	s.origin = randomID()
+	s.cmu.Lock()
+	s.committed, s.qorigin, s.appliedRaft = idx, s.origin, raftIndex
+	s.cmu.Unlock()
 	return nil
 }
 
@@ -281,23 +292,32 @@ func (s *Server) stopWriter() {
 
 // Index is the last committed change.
 func (s *Server) Index() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.index
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
+	return s.committed
 }
 
 // Stats returns what this server committed as leader.
 func (s *Server) Stats() CommitStats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.cmu.Lock()
+	defer s.cmu.Unlock()
 	return s.stats
 }
 
 // IsLeader reports whether this server leads the cell and takes writes.
-func (s *Server) IsLeader() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.leader
+func (s *Server) IsLeader() bool { return s.leading.Load() }
+
+// setLeader records whether this server leads; s.mu is held.
+func (s *Server) setLeader(on bool) {
+	s.leader = on
+	s.leading.Store(on)
+}
+
+// wake closes the commit notification channel (every waiter looks again);
+// s.cmu is held.
+func (s *Server) wake() {
+	close(s.notify)
+	s.notify = make(chan struct{})
 }
 
 // Name is the server's name in the cell.

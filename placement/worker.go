@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 )
 
@@ -28,9 +29,12 @@ type planSubmission struct {
 	res chan planAnswer
 }
 
+// planAnswer comes back as soon as the plan is applied to the working state;
+// committed then waits until the operation holding it is committed.
 type planAnswer struct {
 	planResult
-	err error
+	err       error
+	committed func() error
 }
 
 // worker plans evaluations until ctx ends.
@@ -41,24 +45,39 @@ func (s *Server) worker(ctx context.Context, id int) {
 		if err != nil {
 			return
 		}
-		ev, err := s.runEval(ctx, t, rng)
-		if err == nil && ev != nil {
-			s.m.observe([]*Evaluation{ev}, t.enqueued)
+		ev, waits, err := s.runEval(ctx, t, rng)
+		if err != nil {
+			s.broker.finish(t, ev, err)
+			continue
 		}
-		s.broker.finish(t, ev, err)
+		// The worker goes on with the next evaluation while this one's plans
+		// commit; the ticket (and the job's next evaluation) waits for them.
+		go func() {
+			for _, w := range waits {
+				if err := w(); err != nil {
+					s.broker.finish(t, ev, err)
+					return
+				}
+			}
+			if ev != nil {
+				s.m.observe([]*Evaluation{ev}, t.enqueued)
+			}
+			s.broker.finish(t, ev, nil)
+		}()
 	}
 }
 
 // runEval plans one evaluation, has the applier commit it, and plans again what
 // the applier refused. The evaluation it returns sums every round.
-func (s *Server) runEval(ctx context.Context, t *evalTicket, rng *rand.Rand) (*Evaluation, error) {
+func (s *Server) runEval(ctx context.Context, t *evalTicket, rng *rand.Rand) (*Evaluation, []func() error, error) {
 	var total *Evaluation
+	var waits []func() error
 	trigger, retry := t.trigger, t.retry
 	for round := 0; ; round++ {
 		s.mu.RLock()
 		if !s.leader {
 			s.mu.RUnlock()
-			return total, ErrNoLeader
+			return total, nil, ErrNoLeader
 		}
 		pl := s.cell.planJob(t.job, trigger, retry, rng)
 		pl.origin, pl.evalID, pl.final = s.origin, t.id, round+1 >= maxReplans
@@ -68,32 +87,36 @@ func (s *Server) runEval(ctx context.Context, t *evalTicket, rng *rand.Rand) (*E
 		select {
 		case s.plans <- sub:
 		case <-ctx.Done():
-			return total, ctx.Err()
+			return total, nil, ctx.Err()
 		}
 		var ans planAnswer
 		select {
 		case ans = <-sub.res:
 		case <-ctx.Done():
-			return total, ctx.Err()
+			return total, nil, ctx.Err()
 		}
 		if ans.err != nil {
-			return total, ans.err
+			return total, nil, ans.err
 		}
-		total = sumEvaluations(total, ans.ev)
+		waits = append(waits, ans.committed)
+		if !ans.stale {
+			total = sumEvaluations(total, ans.ev)
+		}
 		if !ans.stale && ans.refused == 0 {
-			return total, nil
+			return total, waits, nil
 		}
-		s.mu.Lock()
+		s.cmu.Lock()
 		s.stats.Replans++
-		s.mu.Unlock()
+		s.cmu.Unlock()
 		if round+1 >= maxReplans {
 			// Only a stale plan gets here (a final round's refusals wait as pending).
-			return total, fmt.Errorf("job %s changed under %d plans in a row: %w", t.job, round+1, ErrConflict)
+			return total, nil, fmt.Errorf("job %s changed under %d plans in a row: %w", t.job, round+1, ErrConflict)
 		}
-		// A stale plan is planned afresh as it was asked; refused placements are
-		// planned again in full, never as a retry, so they may preempt.
+		// A stale plan is planned afresh as it was asked; so are refused
+		// placements, under their own trigger. A retry stays a retry: many waiting
+		// jobs are retried at once when room appears, and all but one may lose it.
 		if !ans.stale {
-			trigger, retry = "plan-refused", false
+			trigger = "plan-refused"
 		}
 	}
 }
@@ -142,19 +165,19 @@ func (s *Server) planApplier(ctx context.Context) {
 // commit itself: the next batch is checked against a state that already holds
 // this one (Nomad's plan pipelining).
 func (s *Server) applyPlans(ctx context.Context, batch []*planSubmission) {
-	answer := func(res []planResult, err error) {
+	answer := func(res []planResult, err error, committed func() error) {
 		for i, sub := range batch {
 			var r planResult
 			if res != nil {
 				r = res[i]
 			}
-			sub.res <- planAnswer{planResult: r, err: err}
+			sub.res <- planAnswer{planResult: r, err: err, committed: committed}
 		}
 	}
 	s.mu.Lock()
 	if !s.leader {
 		s.mu.Unlock()
-		answer(nil, ErrNoLeader)
+		answer(nil, ErrNoLeader, nil)
 		return
 	}
 	c := s.cell
@@ -173,23 +196,30 @@ func (s *Server) applyPlans(ctx context.Context, batch []*planSubmission) {
 	s.enqueueEvals(c.takeEvalRequests())
 	ch := c.ch
 	c.ch = nil
-	s.stats.Plans += uint64(len(batch))
 	p, err := s.queueOpLocked(ch)
+	s.cmu.Lock()
+	s.stats.Plans += uint64(len(batch))
+	s.cmu.Unlock()
 	need := s.planned
 	s.mu.Unlock()
 	s.kickCommit()
 	if err != nil {
-		answer(nil, err)
+		answer(nil, err, nil)
 		return
 	}
-	go func() {
-		if p == nil {
-			// Nothing changed, but the outcome may rest on operations still committing.
-			answer(res, s.waitCommitted(ctx, need))
-			return
-		}
-		answer(res, s.waitOp(ctx, p))
-	}()
+	var once sync.Once
+	var cerr error
+	answer(res, nil, func() error {
+		once.Do(func() {
+			if p == nil {
+				// Nothing changed, but the outcome may rest on operations still committing.
+				cerr = s.waitCommitted(ctx, need)
+			} else {
+				cerr = s.waitOp(ctx, p)
+			}
+		})
+		return cerr
+	})
 }
 
 // enqueueEvals hands evaluation requests to the broker, in order. s.mu is held.
