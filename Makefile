@@ -77,7 +77,7 @@ run: build ## the embedded cluster: publish, place and run the sample service
 	echo "web UI: a one-time login URL opens it (a fresh one from: ballena ui --url); checking one with curl:"; \
 	curl -fsS --cacert dev/server/ca.pem -c ui.cookies -b ui.cookies -L "$$($$B ui --url)" | grep -Eo 'id="task-[0-9]+" class="state-[a-z]+"'; \
 	echo "web UI login URL (works once, for 5 minutes; trust dev/server/ca.pem in the browser): $$($$B ui --url)"; \
-	if [ -n "$(HOLD)" ]; then echo "HOLD is set: the cluster runs until Ctrl-C"; wait $$DEV; fi; \
+	if [ -n "$(HOLD)" ]; then echo "HOLD is set: the cluster runs until Ctrl-C"; wait $$DEV || true; fi; \
 	echo "make run: done; stopping the dev cluster (its log is $(RUN)/dev.log)"
 
 # Screenshots of the web UI for the README, taken by the browser test (root, chromium).
