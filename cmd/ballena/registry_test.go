@@ -10,9 +10,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"ballena.dev/internal/poll"
 	"ballena.dev/internal/testnet"
+	"ballena.dev/signing"
 )
 
 // TestNodeServesRegistry: `ballena node --registry-listen` serves a release
@@ -36,7 +40,7 @@ func TestNodeServesRegistry(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(nodeDir, "trust.yaml"), []byte(policy), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	startNodeAt(t, "registrynode", nodeDir, "--registry-listen", regAddr,
+	node := startNodeAt(t, "registrynode", nodeDir, "--registry-listen", regAddr,
 		"--registry-map", "registry.example.com/team/=", "--metrics-listen", metricsAddr)
 	tarPath := filepath.Join(dir, "web.tar")
 	writeImageTar(t, tarPath)
@@ -82,6 +86,24 @@ func TestNodeServesRegistry(t *testing.T) {
 			t.Fatalf("promtool check metrics: %v\n%s", err, out)
 		}
 	}
+
+	// The key revoked in trust.yaml and SIGHUP: the registry follows the
+	// node's policy at once.
+	pub, err := signing.LoadPublicKey(filepath.Join(dir, "release.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked := policy + fmt.Sprintf("revoked: [%q]\n", signing.KeyID(pub))
+	if err := os.WriteFile(filepath.Join(nodeDir, "trust.yaml"), []byte(revoked), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := node.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 10*time.Second, "the registry refusing the revoked key's release", func() bool {
+		code, _ := get("/v2/web/manifests/2.0.0")
+		return code == 404
+	})
 
 	hosts := filepath.Join(dir, "certs.d")
 	code, out, msg := run(t, nodeDir, "registry", "config", "containerd", "--out", hosts,
