@@ -382,15 +382,23 @@ type freeIndex struct {
 	g      int
 	maxCPU int64
 	maxMem int64
-	cells  [][]int32
+	cells  [][]freeEntry
 	rows   []uint64 // bit j of rows[i]: cell (i, j) is not empty
+}
+
+// freeEntry is a machine in the free index with its free cpu and memory beside
+// it: a search rejects most machines it looks at without loading their state.
+type freeEntry struct {
+	slot int32
+	cpu  int64
+	mem  int64
 }
 
 // freeGrid is the grid's side; 64 so that a row's occupancy is one word.
 const freeGrid = 64
 
 func newFreeIndex() freeIndex {
-	return freeIndex{g: freeGrid, maxCPU: 1, maxMem: 1, cells: make([][]int32, freeGrid*freeGrid), rows: make([]uint64, freeGrid)}
+	return freeIndex{g: freeGrid, maxCPU: 1, maxMem: 1, cells: make([][]freeEntry, freeGrid*freeGrid), rows: make([]uint64, freeGrid)}
 }
 
 func (f *freeIndex) occupied(i, j int) bool { return f.rows[i]&(1<<uint(j)) != 0 }
@@ -417,7 +425,7 @@ func (f *freeIndex) key(free Resources) int {
 func (f *freeIndex) insert(c *Cell, n *nodeState) {
 	k := f.key(n.freeRes())
 	n.fcell, n.fpos = k, len(f.cells[k])
-	f.cells[k] = append(f.cells[k], int32(n.slot))
+	f.cells[k] = append(f.cells[k], freeEntry{slot: int32(n.slot), cpu: n.free.CPU, mem: n.free.Memory})
 	f.rows[k/f.g] |= 1 << uint(k%f.g)
 }
 
@@ -428,7 +436,7 @@ func (f *freeIndex) remove(c *Cell, n *nodeState) {
 	cell := f.cells[n.fcell]
 	last := cell[len(cell)-1]
 	cell[n.fpos] = last
-	c.nodes[last].fpos = n.fpos
+	c.nodes[last.slot].fpos = n.fpos
 	f.cells[n.fcell] = cell[:len(cell)-1]
 	if len(cell) == 1 {
 		f.rows[n.fcell/f.g] &^= 1 << uint(n.fcell%f.g)
@@ -443,7 +451,10 @@ func (f *freeIndex) update(c *Cell, n *nodeState) {
 	if k := f.key(n.freeRes()); k != n.fcell {
 		f.remove(c, n)
 		f.insert(c, n)
+		return
 	}
+	e := &f.cells[n.fcell][n.fpos]
+	e.cpu, e.mem = n.free.CPU, n.free.Memory
 }
 
 func (f *freeIndex) rebuild(c *Cell, capacity Resources) {

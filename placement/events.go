@@ -146,6 +146,12 @@ func (h *eventHub) recordEvals(ops []*op) {
 				ring = &evalRing{}
 				h.evals[job] = ring
 			}
+			// An evaluation is recorded twice: pending with the operation that asked
+			// for it, complete with its plan. The second replaces the first.
+			if ring.n > 0 && evalID(ring.buf[(ring.n-1)%recentEvals]) == evalID(raw) {
+				ring.buf[(ring.n-1)%recentEvals] = bytes.Clone(raw)
+				continue
+			}
 			ring.buf[ring.n%recentEvals] = bytes.Clone(raw)
 			ring.n++
 		}
@@ -393,4 +399,13 @@ func sortedKeys(m map[string]json.RawMessage) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// evalID reads an evaluation record's ID.
+func evalID(raw json.RawMessage) string {
+	var ev struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal(raw, &ev)
+	return ev.ID
 }

@@ -54,7 +54,8 @@ func checkInvariants(t *testing.T, c *Cell, step int, op string) {
 		if want := n.schedulable(); want != (n.fcell >= 0) {
 			t.Fatalf("step %d (%s): node %s schedulable %v but indexed %v", step, op, n.ID, want, n.fcell >= 0)
 		}
-		if n.fcell >= 0 && (n.fcell != c.free.key(n.free) || c.nodes[c.free.cells[n.fcell][n.fpos]] != n) {
+		if n.fcell >= 0 && (n.fcell != c.free.key(n.free) || c.nodes[c.free.cells[n.fcell][n.fpos].slot] != n ||
+			c.free.cells[n.fcell][n.fpos].cpu != n.free.CPU || c.free.cells[n.fcell][n.fpos].mem != n.free.Memory) {
 			t.Fatalf("step %d (%s): node %s misplaced in the free index", step, op, n.ID)
 		}
 	}

@@ -103,7 +103,11 @@ walk:
 			start := p.rng.IntN(n)
 			taken := 0
 			for t := 0; t < n && taken < perCell; t++ {
-				ns := c.nodes[cell[(start+t)%n]]
+				e := &cell[(start+t)%n]
+				if !p.freed && (js.Resources.CPU > e.cpu || js.Resources.Memory > e.mem) {
+					continue // as in fits, from the index alone
+				}
+				ns := c.nodes[e.slot]
 				if p.fits(ns) {
 					out = append(out, ns)
 					taken++
