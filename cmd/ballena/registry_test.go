@@ -87,6 +87,29 @@ func TestNodeServesRegistry(t *testing.T) {
 		}
 	}
 
+	// A second node that never held the release serves it from the mesh.
+	secondDir := filepath.Join(dir, "second")
+	if err := os.MkdirAll(secondDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(secondDir, "trust.yaml"), []byte(policy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secondAddr := testnet.FreeAddr(t)
+	startNodeAt(t, "registrynode2", secondDir, "--bootstrap", node.addr, "--registry-listen", secondAddr)
+	resp2, err := http.Get("http://" + secondAddr + "/v2/web/manifests/2.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp2.Body)
+	resp2.Body.Close()
+	if resp2.StatusCode != 200 || resp2.Header.Get("Docker-Content-Digest") != digest {
+		t.Fatalf("from the mesh: %d %q, want 200 %s", resp2.StatusCode, resp2.Header.Get("Docker-Content-Digest"), digest)
+	}
+	if code, out, msg := run(t, secondDir, "ls", "--json"); code != 0 || !strings.Contains(out, `"web"`) {
+		t.Fatalf("the second node does not hold the release it served from the mesh: %d %s %s", code, out, msg)
+	}
+
 	// The key revoked in trust.yaml and SIGHUP: the registry follows the
 	// node's policy at once.
 	pub, err := signing.LoadPublicKey(filepath.Join(dir, "release.pub"))
