@@ -77,7 +77,21 @@ type eventHub struct {
 // evalRing holds a job's last recentEvals evaluations.
 type evalRing struct {
 	buf [recentEvals]json.RawMessage
+	ids [recentEvals]string
 	n   int // evaluations ever recorded; the newest is buf[(n-1)%recentEvals]
+}
+
+// put records an evaluation, in place of an earlier record of the same one (an
+// evaluation is recorded pending, then complete).
+func (r *evalRing) put(id string, raw json.RawMessage) {
+	for i := r.n - 1; i >= 0 && i >= r.n-recentEvals; i-- {
+		if r.ids[i%recentEvals] == id {
+			r.buf[i%recentEvals] = raw
+			return
+		}
+	}
+	r.buf[r.n%recentEvals], r.ids[r.n%recentEvals] = raw, id
+	r.n++
 }
 
 // recentEvals is how many evaluations per job the server remembers for the
@@ -87,8 +101,8 @@ const (
 	maxEvalJobs = 1 << 14
 )
 
-// publish hands one committed operation to every subscriber. It is called by
-// ApplyBatch with the server's locks held, so it only queues.
+// publish hands one committed entry's operations to every subscriber. It is
+// called by ApplyBatch with the server's commit lock held, so it only queues.
 func (h *eventHub) publish(ops []*op) {
 	h.recordEvals(ops)
 	if h.n.Load() == 0 {
@@ -146,17 +160,26 @@ func (h *eventHub) recordEvals(ops []*op) {
 				ring = &evalRing{}
 				h.evals[job] = ring
 			}
-			// An evaluation is recorded twice: pending with the operation that asked
-			// for it, complete with its plan. The second replaces the first.
-			if ring.n > 0 && evalID(ring.buf[(ring.n-1)%recentEvals]) == evalID(raw) {
-				ring.buf[(ring.n-1)%recentEvals] = bytes.Clone(raw)
-				continue
-			}
-			ring.buf[ring.n%recentEvals] = bytes.Clone(raw)
-			ring.n++
+			ring.put(evalID(raw), bytes.Clone(raw))
 		}
 		h.evMu.Unlock()
 	}
+}
+
+// evalID reads an evaluation record's ID: the first field of what the server
+// encodes, so no decoding is needed (anything else is decoded).
+func evalID(raw json.RawMessage) string {
+	const prefix = `{"id":"`
+	if rest, ok := bytes.CutPrefix(raw, []byte(prefix)); ok {
+		if i := bytes.IndexByte(rest, '"'); i >= 0 && bytes.IndexByte(rest[:i], '\\') < 0 {
+			return string(rest[:i])
+		}
+	}
+	var ev struct {
+		ID string `json:"id"`
+	}
+	json.Unmarshal(raw, &ev)
+	return ev.ID
 }
 
 // recent returns a job's remembered evaluations, newest first.
@@ -179,7 +202,7 @@ func (h *eventHub) recent(job string) []*Evaluation {
 	return out
 }
 
-// subscribe adds a subscriber. The caller holds s.mu, which ApplyBatch holds
+// subscribe adds a subscriber. The caller holds s.cmu, which ApplyBatch holds
 // while it publishes, so the stream starts exactly after the state seeded here.
 func (h *eventHub) subscribe(job string, nodes map[string][]string) (*subscriber, error) {
 	h.mu.Lock()
@@ -229,8 +252,10 @@ func (h *eventHub) closeAll() {
 // subscribeEvents opens an in-process events stream (the SSE handler's, and
 // tests'). job, if set, keeps only that job's events. Unsubscribe when done.
 func (s *Server) subscribeEvents(job string) (*subscriber, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock() // the cell, as it is read
+	defer s.mu.RUnlock()
+	s.cmu.Lock() // ApplyBatch publishes under it: nothing is applied meanwhile
+	defer s.cmu.Unlock()
 	arts := make(map[string][]string, len(s.cell.byID))
 	for id, n := range s.cell.byID {
 		arts[id] = n.Artifacts
@@ -399,13 +424,4 @@ func sortedKeys(m map[string]json.RawMessage) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-// evalID reads an evaluation record's ID.
-func evalID(raw json.RawMessage) string {
-	var ev struct {
-		ID string `json:"id"`
-	}
-	json.Unmarshal(raw, &ev)
-	return ev.ID
 }

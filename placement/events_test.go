@@ -175,12 +175,18 @@ func TestRecentEvaluations(t *testing.T) {
 		raw, _ := json.Marshal(&Evaluation{ID: fmt.Sprint("e", i), Job: "api"})
 		h.publish([]*op{{Index: uint64(i), Evals: map[string]json.RawMessage{"api": raw}}})
 	}
+	// An evaluation recorded again (pending, then complete) keeps its place.
+	raw, _ := json.Marshal(&Evaluation{ID: "e11", Job: "api", Status: EvalComplete})
+	h.publish([]*op{{Index: 13, Evals: map[string]json.RawMessage{"api": raw}}})
 	var ids []string
 	for _, ev := range h.recent("api") {
 		ids = append(ids, ev.ID)
 	}
 	if got := strings.Join(ids, " "); got != "e12 e11 e10 e9 e8 e7 e6 e5 e4 e3" {
 		t.Fatalf("recent evaluations %q", got)
+	}
+	if st := h.recent("api")[1].Status; st != EvalComplete {
+		t.Fatalf("e11 is %q, want its later record", st)
 	}
 	h.publish([]*op{{Index: 14, Jobs: map[string]json.RawMessage{"api": {}}}})
 	if evs := h.recent("api"); len(evs) != 0 {

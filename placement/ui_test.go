@@ -124,7 +124,7 @@ func TestUILoginIsOneTime(t *testing.T) {
 	}
 	// The job's page: its recent evaluations, newest first.
 	ts.submit(t, job("api", 3, 100, 64, BandProd))
-	if _, body := uiGet(t, hc, ts.url+"/ui/jobs/api", cookie); strings.Count(body, "<td>job-register</td>") != 2 || !strings.Contains(body, "<td>1</td><td>0</td><td>0</td>") {
+	if _, body := uiGet(t, hc, ts.url+"/ui/jobs/api", cookie); strings.Count(body, "<td>job-register</td><td>complete</td>") != 2 || !strings.Contains(body, "<td>complete</td><td>1</td><td>0</td><td>0</td>") {
 		t.Fatalf("job page lacks its two evaluations:\n%s", body)
 	}
 	if resp, _ := uiGet(t, hc, ts.url+"/ui/jobs/nope", cookie); resp.StatusCode != http.StatusNotFound {
