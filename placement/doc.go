@@ -12,7 +12,9 @@
 // raft.go Raft (mutual-TLS transport, joining and bootstrapping a cell, the
 // state machine); server.go opening and closing a server; commit.go the leader's
 // write path (operations computed on its working state, group-committed, many per
-// entry); leader.go leadership and the heartbeat TTLs held in the leader's memory;
+// entry); plan.go plans (read-only, against the state) and their application
+// (checked again against the latest state); broker.go the queue of evaluations;
+// worker.go the workers and the plan applier; leader.go leadership and the heartbeat TTLs held in the leader's memory;
 // api_http.go the HTTP server, routes, forwarding to the leader and answers;
 // api_guards.go the credentials each route needs; api_jobs.go, api_nodes.go and
 // api_cell.go the endpoints; client.go the client, which moves along a list of
