@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
 )
 
 // Badger layout. Every server writes the records the Raft entries carry (see
@@ -25,8 +26,12 @@ const (
 func openDB(dir string) (*badger.DB, error) {
 	// Not synced: the Raft log (synced) is the durable record; badger is what it
 	// built, and a crash only replays entries into it.
+	// Records are small JSON and written once per change on every server:
+	// compressing them and tracking transaction conflicts (only write batches
+	// write here) cost CPU for nothing.
 	opts := badger.DefaultOptions(dir).WithSyncWrites(false).WithLogger(nil).
-		WithNumVersionsToKeep(1).WithCompactL0OnClose(true)
+		WithNumVersionsToKeep(1).WithCompactL0OnClose(true).
+		WithCompression(options.None).WithDetectConflicts(false)
 	db, err := badger.Open(opts)
 	if err != nil {
 		return nil, fmt.Errorf("open placement state %s: %w", dir, err)
