@@ -39,7 +39,8 @@ type Heartbeat struct {
 	Artifacts []string `json:"artifacts,omitempty"`
 	// Releases describes what the node holds or is fetching, with provenance,
 	// for the web UI (fleet.go); kept in the leader's memory, never replicated.
-	Releases []ReleaseReport `json:"releases,omitempty"`
+	// An empty list says the node has none; nil (older nodes) says nothing.
+	Releases []ReleaseReport `json:"releases"`
 }
 
 // HeartbeatResponse lists allocations the node runs that it must kill: unknown

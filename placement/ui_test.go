@@ -223,6 +223,21 @@ func TestUIReleasePage(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `href="/ui/releases/api@1.0.0"`) || !strings.Contains(body, digest) {
 		t.Fatalf("node page: %s\n%s", resp.Status, body)
 	}
+
+	// A node that no longer holds anything says so with an empty list; an
+	// older node's heartbeat, without the list, changes nothing.
+	if _, err := fetcher.Heartbeat(ctx, Heartbeat{}); err != nil {
+		t.Fatal(err)
+	}
+	if reps, _ := ts.fleet.node(fetcher.NodeID()); len(reps) != 1 {
+		t.Fatalf("a heartbeat without releases dropped the reports: %+v", reps)
+	}
+	if _, err := fetcher.Heartbeat(ctx, Heartbeat{Releases: []ReleaseReport{}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, body := uiGet(t, hc, ts.url+"/ui/nodes/"+fetcher.NodeID(), cookie); !strings.Contains(body, "It holds and fetches nothing") {
+		t.Fatalf("node page after an empty report:\n%s", body)
+	}
 }
 
 // TestUIAndEventsFromAnyServer: in a cell of three, a login URL from one
