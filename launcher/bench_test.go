@@ -169,6 +169,21 @@ func BenchmarkIsolationCosts(b *testing.B) {
 			}
 		}
 	})
+	b.Run("chowned-copy-image", func(b *testing.B) { // per start, only where idmapped mounts are missing
+		img := buildUserImage(b)
+		digest, err := artifactHash(img)
+		if err != nil {
+			b.Fatal(err)
+		}
+		l := &Launcher{}
+		art := Artifact{BlobPath: img, Digest: digest}
+		for b.Loop() {
+			dir := filepath.Join(b.TempDir(), "rootfs")
+			if err := l.unpackBlob(context.Background(), art, dir, defaultIDRangeStart); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("userns-for-idmap", func(b *testing.B) {
 		for b.Loop() {
 			h, err := holdUserNS(&IDMap{HostID: defaultIDRangeStart, Size: idsPerTask})
