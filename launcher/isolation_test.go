@@ -431,3 +431,30 @@ func TestNoSwapBeyondMemoryLimit(t *testing.T) {
 		t.Errorf("%s = %q (%v), want %s", file, strings.TrimSpace(string(b)), err, want)
 	}
 }
+
+// Two launchers on one machine (two nodes, one per network namespace) never
+// hand out the same id block: blocks are claimed machine-wide, and a task's
+// shim keeps the claim while the task runs, even if its launcher goes.
+func TestIDBlocksAreClaimedMachineWide(t *testing.T) {
+	a := newEnv(t, func(c *Config) { c.WarmShims = -1 })
+	b := newEnv(t, func(c *Config) { c.WarmShims = -1 })
+	ra, rb := a.publishTask(), b.publishTask()
+	ta := a.start(TaskSpec{Artifact: ra, Args: []string{"serve"}})
+	tb := b.start(TaskSpec{Artifact: rb, Args: []string{"serve"}})
+	if ta.UserNS == nil || tb.UserNS == nil || *ta.UserNS == *tb.UserNS {
+		t.Fatalf("two launchers gave their tasks blocks %v and %v", ta.UserNS, tb.UserNS)
+	}
+	// a's launcher goes away; its task runs on and its shim holds the block.
+	cfg := a.l.cfg
+	a.l.Close()
+	a.l.ids.put(ta.UserNS) // as if the launcher had died: its own claims are gone
+	tc := b.start(TaskSpec{Artifact: rb, Args: []string{"serve"}})
+	if tc.UserNS == nil || *tc.UserNS == *ta.UserNS {
+		t.Errorf("a block still held by a running task (%v) was handed out again: %v", ta.UserNS, tc.UserNS)
+	}
+	l, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.l = l
+}

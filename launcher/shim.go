@@ -25,6 +25,12 @@ import (
 // no process start-up. EOF on fd 4 (the launcher went away) ends it.
 func runShim() int {
 	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGPIPE)
+	// What the launcher passed beyond the status pipe (whale, control
+	// socket, the claim on the run's id block, which stays open here for as
+	// long as the task lives) goes to no child.
+	for fd := 4; fd <= 5; fd++ {
+		syscall.CloseOnExec(fd)
+	}
 	status := os.NewFile(3, "status")
 	report := func(s shimStatus) {
 		if status != nil {

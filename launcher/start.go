@@ -267,7 +267,7 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (cmd *e
 	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
 		return nil, err
 	}
-	cmd, st, err := l.startShim(ctx, dir, cfgPath, ws, rc.RootSource != "", bin)
+	cmd, st, err := l.startShim(ctx, dir, cfgPath, ws, rc.RootSource != "", bin, l.ids.lockFile(idmap))
 	ws = nil // startShim used or discarded it
 	if err != nil {
 		_ = e.cg.destroy()
@@ -340,7 +340,7 @@ func fitsIDMap(uid, gid int, m *IDMap) error {
 // given, is used (its init already waits in its namespaces); ownMountNS puts
 // a cold shim in a mount namespace of its own (for an image root it mounts);
 // bin is a whale's verified executable, passed to the shim as a descriptor.
-func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, ws *warmShim, ownMountNS bool, bin *os.File) (*exec.Cmd, shimStatus, error) {
+func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, ws *warmShim, ownMountNS bool, bin, lock *os.File) (*exec.Cmd, shimStatus, error) {
 	var st shimStatus
 	if ws != nil {
 		if err := sendControl(ws.ctrl, cfgPath, bin); err == nil {
@@ -376,9 +376,9 @@ func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, ws *warmS
 		ExtraFiles:  []*os.File{w},
 		SysProcAttr: attr,
 	}
-	if bin != nil {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, bin) // fd 4
-	}
+	// fd 4: the whale; fd 5: the claim on the run's id block, which the
+	// shim keeps for as long as the task lives.
+	cmd.ExtraFiles = append(cmd.ExtraFiles, bin, lock)
 	err = cmd.Start()
 	w.Close()
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,42 +52,94 @@ const (
 	defaultIDRangeCount = 1024 * idsPerTask
 )
 
-// idAllocator hands out blocks of a subordinate range.
+// idAllocator hands out blocks of a subordinate range. A block is claimed
+// machine-wide with an flock on idLockDir/<first id>, so that two nodes on
+// one machine (one per network namespace, as in tests) never hand out the
+// same block either. The launcher passes the locked file to the run's shim,
+// which keeps it for as long as the task lives: a launcher that dies does
+// not free the blocks of the tasks that run on.
 type idAllocator struct {
-	mu    sync.Mutex
-	start uint32
-	n     int // blocks
-	used  map[int]bool
+	mu      sync.Mutex
+	start   uint32
+	n       int              // blocks
+	used    map[int]*os.File // the claim, or nil when a shim holds it (adopted)
+	lockDir string
 }
 
+// idLockDir holds the machine-wide claims on id blocks.
+const idLockDir = "/run/ballena-ids"
+
 func newIDAllocator(start, count uint32) *idAllocator {
-	return &idAllocator{start: start, n: int(count / idsPerTask), used: map[int]bool{}}
+	a := &idAllocator{start: start, n: int(count / idsPerTask), used: map[int]*os.File{}, lockDir: idLockDir}
+	if err := os.MkdirAll(a.lockDir, 0o700); err != nil {
+		a.lockDir = "" // claims within this launcher only
+	}
+	return a
+}
+
+// claim flocks block i machine-wide; nil, false when another holds it.
+func (a *idAllocator) claim(i int) (*os.File, bool) {
+	if a.lockDir == "" {
+		return nil, true
+	}
+	f, err := os.OpenFile(filepath.Join(a.lockDir, strconv.FormatUint(uint64(a.start)+uint64(i)*idsPerTask, 10)), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, true
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, false
+	}
+	return f, true
 }
 
 func (a *idAllocator) get() (*IDMap, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for i := range a.n {
-		if !a.used[i] {
-			a.used[i] = true
-			return &IDMap{HostID: a.start + uint32(i)*idsPerTask, Size: idsPerTask}, nil
+		if _, inUse := a.used[i]; inUse {
+			continue
 		}
+		f, ok := a.claim(i)
+		if !ok {
+			continue // another launcher on this machine has it
+		}
+		a.used[i] = f
+		return &IDMap{HostID: a.start + uint32(i)*idsPerTask, Size: idsPerTask}, nil
 	}
 	return nil, fmt.Errorf("all %d user namespace id blocks of the subordinate range are in use: widen Config.IDRangeCount", a.n)
 }
 
-// take marks m as used (a task found running after a restart of the launcher).
+// take marks m as used (a task found running after a restart of the
+// launcher; its shim holds the claim).
 func (a *idAllocator) take(m *IDMap) {
 	if i, ok := a.index(m); ok {
 		a.mu.Lock()
-		a.used[i] = true
-		a.mu.Unlock()
+		defer a.mu.Unlock()
+		if _, inUse := a.used[i]; !inUse {
+			f, _ := a.claim(i) // nil when the shim holds it, as it should
+			a.used[i] = f
+		}
 	}
+}
+
+// lockFile is the claim on m's block, for the run's shim to inherit.
+func (a *idAllocator) lockFile(m *IDMap) *os.File {
+	i, ok := a.index(m)
+	if !ok {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.used[i]
 }
 
 func (a *idAllocator) put(m *IDMap) {
 	if i, ok := a.index(m); ok {
 		a.mu.Lock()
+		if f := a.used[i]; f != nil {
+			f.Close() // the lock goes when the shim's copy goes too
+		}
 		delete(a.used, i)
 		a.mu.Unlock()
 	}

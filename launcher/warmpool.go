@@ -84,7 +84,7 @@ func (l *Launcher) spawnWarm() (ws *warmShim, err error) {
 		Env:         []string{modeEnv + "=shim", idmapEnv + "=" + idmapEnvValue(idmap)},
 		Stdout:      shimLog,
 		Stderr:      shimLog,
-		ExtraFiles:  []*os.File{sw, cr},
+		ExtraFiles:  []*os.File{sw, cr, l.ids.lockFile(idmap)}, // fd 5: the claim on its id block
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
 	}
 	err = cmd.Start()
