@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 
+	recordjson "github.com/segmentio/encoding/json"
+
 	"github.com/dgraph-io/badger/v4"
 	"github.com/hashicorp/raft"
 	"github.com/klauspost/compress/s2"
@@ -406,7 +408,7 @@ func (c *Cell) applyRecords(o *op) error {
 			continue // machines are never deleted
 		}
 		n := &Node{}
-		if err := json.Unmarshal(raw, n); err != nil {
+		if err := recordjson.Unmarshal(raw, n); err != nil {
 			return fmt.Errorf("node %s: %w", id, err)
 		}
 		if old := c.byID[n.ID]; old != nil {
@@ -420,7 +422,7 @@ func (c *Cell) applyRecords(o *op) error {
 			continue
 		}
 		j := &Job{}
-		if err := json.Unmarshal(raw, j); err != nil {
+		if err := recordjson.Unmarshal(raw, j); err != nil {
 			return fmt.Errorf("job %s: %w", name, err)
 		}
 		c.putJob(j)
@@ -451,7 +453,7 @@ func (c *Cell) applyRecords(o *op) error {
 			continue
 		}
 		t := &Task{}
-		if err := json.Unmarshal(raw, t); err != nil {
+		if err := recordjson.Unmarshal(raw, t); err != nil {
 			return fmt.Errorf("task %s: %w", k, err)
 		}
 		switch {
@@ -482,7 +484,7 @@ func (c *Cell) applyRecords(o *op) error {
 			continue
 		}
 		a := &Alloc{}
-		if err := json.Unmarshal(raw, a); err != nil {
+		if err := recordjson.Unmarshal(raw, a); err != nil {
 			return fmt.Errorf("allocation %s: %w", id, err)
 		}
 		c.putAlloc(a)
@@ -492,7 +494,7 @@ func (c *Cell) applyRecords(o *op) error {
 	}
 	for job, raw := range o.Evals {
 		ev := &Evaluation{}
-		if err := json.Unmarshal(raw, ev); err != nil {
+		if err := recordjson.Unmarshal(raw, ev); err != nil {
 			return fmt.Errorf("evaluation of %s: %w", job, err)
 		}
 		if js := c.jobs[job]; js != nil {

@@ -2,11 +2,12 @@ package placement
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
 	"strings"
+
+	recordjson "github.com/segmentio/encoding/json"
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
@@ -87,7 +88,7 @@ func loadCell(db *badger.DB, c *Cell) (uint64, error) {
 			default:
 				continue
 			}
-			if err := item.Value(func(v []byte) error { return json.Unmarshal(v, dst) }); err != nil {
+			if err := item.Value(func(v []byte) error { return recordjson.Unmarshal(v, dst) }); err != nil {
 				return fmt.Errorf("read %s: %w", key, err)
 			}
 		}
