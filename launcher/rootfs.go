@@ -20,6 +20,11 @@ const rootMount = "/tmp"
 // and makes it read-only. The whale itself is not in it: init executes it
 // from the descriptor the shim verified.
 func setupRoot(cfg *runConfig) error {
+	// init is cloned into new PID and mount namespaces together: PID 1 proves
+	// that the mounts below land in a namespace of the task's own, never on the host.
+	if os.Getpid() != 1 {
+		return fmt.Errorf("init runs as PID %d, not 1 of a new PID namespace: refusing to mount anything", os.Getpid())
+	}
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
