@@ -176,3 +176,14 @@ func decodeBase64(s string) ([]byte, error) {
 	}
 	return nil, first
 }
+
+// SignedBy reports whether the envelope carries a signature naming keyID. It
+// does not check the signature: a co-signer uses it to refuse signing twice.
+func (e *Envelope) SignedBy(keyID string) bool {
+	for _, s := range e.Signatures {
+		if s.KeyID == keyID {
+			return true
+		}
+	}
+	return false
+}

@@ -166,6 +166,7 @@ func NewNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 		return nil, err
 	}
 	serveLookup(h, n.answerLookup, n.answerList, n.lists, n.log)
+	serveHold(ctx, h, n.st, n.log)
 	if len(cfg.AutoFetch) > 0 {
 		if err := n.watchPeers(); err != nil {
 			return nil, err
