@@ -85,6 +85,7 @@ func publishOnlyFlags() []cli.Flag {
 		&cli.StringFlag{Name: "allow-peers", Usage: "with --bootstrap: file of peer IDs, one per line: connect with no others"},
 		&cli.StringSliceFlag{Name: "listen", Usage: "with --bootstrap: libp2p listen multiaddr (default /ip4/0.0.0.0/tcp/0 with --psk, else loopback)"},
 		&cli.StringFlag{Name: "identity", Usage: "with --bootstrap: the pushing node's libp2p key file, made if missing (0600), so that fleets with --allow-peers can list its peer ID (default: a new one each run)"},
+		&cli.StringFlag{Name: "upload-limit", Usage: "with --bootstrap: cap the pushing node's upload, e.g. 50MiB (per second); default unlimited"},
 		&cli.IntFlag{Name: "wait-replicas", Value: 1, Usage: "with --bootstrap: wait until this many fleet nodes prove they hold the verified release"},
 		&cli.DurationFlag{Name: "timeout", Value: 5 * time.Minute, Usage: "with --bootstrap: give up waiting for replicas after this long"},
 	}
@@ -112,7 +113,7 @@ func publishCommand() *cli.Command {
 			if c.IsSet("envelope") {
 				return publishEnvelope(c)
 			}
-			for _, f := range []string{"trust", "bootstrap", "psk", "allow-peers", "listen", "identity", "wait-replicas", "timeout"} {
+			for _, f := range []string{"trust", "bootstrap", "psk", "allow-peers", "listen", "identity", "upload-limit", "wait-replicas", "timeout"} {
 				if c.IsSet(f) {
 					return usageErrorf("publish: --%s goes with --envelope: sign first (`ballena sign`), then publish the envelope", f)
 				}
@@ -185,7 +186,7 @@ func publishEnvelope(c *cli.Context) error {
 	if c.IsSet("bootstrap") {
 		return pushCommand(c, input, rel, env)
 	}
-	for _, f := range []string{"psk", "allow-peers", "listen", "identity", "wait-replicas", "timeout"} {
+	for _, f := range []string{"psk", "allow-peers", "listen", "identity", "upload-limit", "wait-replicas", "timeout"} {
 		if c.IsSet(f) {
 			return usageErrorf("publish: --%s goes with --bootstrap, which pushes the release to a fleet", f)
 		}

@@ -46,6 +46,7 @@ type pushConfig struct {
 	want       int
 	timeout    time.Duration
 	psk        []byte
+	upload     int64 // bytes per second, 0 unlimited
 }
 
 func pushFlagsConfig(c *cli.Context) (pushConfig, error) {
@@ -64,6 +65,11 @@ func pushFlagsConfig(c *cli.Context) (pushConfig, error) {
 	if p := c.String("psk"); p != "" {
 		if pc.psk, err = swarm.LoadPSK(p); err != nil {
 			return pc, usageErrorf("publish: --psk: %v", err)
+		}
+	}
+	if s := c.String("upload-limit"); s != "" {
+		if pc.upload, err = units.ParseBytes(strings.TrimSuffix(strings.TrimSuffix(s, "/s"), "ps")); err != nil {
+			return pc, usageErrorf("publish: --upload-limit: %v", err)
 		}
 	}
 	if len(pc.listen) == 0 {
@@ -162,7 +168,7 @@ func push(ctx context.Context, pc pushConfig, input string, rel artifact.Release
 	defer cancel()
 	n, err := swarm.NewNode(ctx, swarm.NodeConfig{
 		DataDir: nodeDir, Listen: pc.listen, Bootstrap: pc.bootstrap, PSK: pc.psk, AllowPeers: pc.allowPeers,
-		Store: st, PartialTimeout: -1, Logger: log,
+		Store: st, PartialTimeout: -1, Logger: log, UploadLimit: pc.upload,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("publish: start the pushing node: %w", err)
