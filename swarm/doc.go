@@ -40,6 +40,7 @@
 //	discovery.go   kad-dht provider records and peer lookups; mDNS
 //	gossip.go      the release topic and its validator
 //	lookup.go      the release lookup protocol, both sides
+//	holdproof.go   proving to a peer that a release is held (publish --wait-replicas)
 //
 // The node:
 //

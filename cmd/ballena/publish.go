@@ -99,7 +99,7 @@ func publishCommand() *cli.Command {
 		UsageText: "ballena publish --key release.key --name api --version 1.4.0 ./api\n" +
 			"   ballena publish --key release.key --name web --version 2.0.0 --kind oci ./web.tar\n" +
 			"   ballena publish --envelope ./api.dsse.json ./api\n" +
-			"   ballena publish --envelope ./api.dsse.json ./api --bootstrap /ip4/10.0.0.1/tcp/7400/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN --psk fleet.psk --wait-replicas 3 --timeout 5m",
+			"   ballena publish --envelope ./api.dsse.json ./api --bootstrap /ip4/10.0.0.1/tcp/7400/p2p/12D3KooW... --psk fleet.psk --wait-replicas 3 --timeout 5m",
 		Description: "With --envelope, PATH must be exactly what the envelope signs (digest, and the name, version\n" +
 			"and kind it records); the release is stored as signed, with no key at hand.\n" +
 			"With --bootstrap, nothing is stored here: a short-lived node in a temporary directory joins\n" +

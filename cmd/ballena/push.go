@@ -181,9 +181,12 @@ func push(ctx context.Context, pc pushConfig, input string, rel artifact.Release
 	}()
 	w := &replicaWait{n: n, rel: rel, want: pc.want, asked: map[peer.ID]time.Time{}, busy: map[peer.ID]bool{},
 		confirmed: map[peer.ID]swarm.HoldReceipt{}, log: log}
-	err = w.run(ctx, env, view)
-	res.Replicas = w.receipts()
+	runCtx, stop := context.WithCancel(ctx)
+	err = w.run(runCtx, env, view)
 	res.BytesSent = bytesSent(n, rel.Digest)
+	stop()
+	w.wg.Wait() // proofs and DHT lookups in flight end with runCtx
+	res.Replicas = w.receipts()
 	res.Seconds = time.Since(start).Seconds()
 	if err != nil {
 		return res, err
@@ -207,6 +210,7 @@ type replicaWait struct {
 	want int
 	log  *slog.Logger
 
+	wg        sync.WaitGroup
 	mu        sync.Mutex
 	asked     map[peer.ID]time.Time // last time each peer was asked
 	busy      map[peer.ID]bool      // asked, no answer yet
@@ -263,16 +267,16 @@ func (w *replicaWait) run(ctx context.Context, env *signing.Envelope, view *push
 		}
 		if now.Sub(lastProviders) >= providersEvery {
 			lastProviders = now
-			go w.findProviders(ctx)
+			w.wg.Go(func() { w.findProviders(ctx) })
 		}
 		for _, p := range w.candidates(now) {
-			go func() {
+			w.wg.Go(func() {
 				w.ask(ctx, p)
 				select {
 				case done <- struct{}{}:
 				default:
 				}
-			}()
+			})
 		}
 		select {
 		case <-ctx.Done():
