@@ -21,8 +21,8 @@ import (
 // fleet (real libp2p and BitTorrent on loopback) and exits 0 once 3 nodes
 // proved they hold it; the fleet holds it verified. A release the fleet's
 // threshold-2 policy refuses, or more replicas than the fleet has, end in
-// exit 5 with the count reached. BALLENA_PUSH_MIB sets the artifact's size
-// (default 16) for measurements.
+// exit 5 with the count reached. For measurements, BALLENA_PUSH_MIB sets the
+// artifact's size (default 16) and BALLENA_PUSH_LINK the links' cap (default 100MiB).
 func TestPublishPushToFleet(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs several node processes")
@@ -35,7 +35,10 @@ func TestPublishPushToFleet(t *testing.T) {
 	}
 	// Every link is capped, the runner's too, as on a network: on unlimited
 	// loopback the runner would serve as fast as the fleet nodes serve each other.
-	const linkCap = "100MiB"
+	linkCap := "100MiB"
+	if s := os.Getenv("BALLENA_PUSH_LINK"); s != "" {
+		linkCap = s
+	}
 	common := []string{"--psk", psk, "--trust", trust, "--auto-fetch", "api*", "--upload-limit", linkCap, "--download-limit", linkCap}
 	fleet := []*daemonProc{startNode(t, "a", common...)}
 	for _, name := range []string{"b", "c", "d"} {
