@@ -14,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"ballena.dev/internal/poll"
+	"ballena.dev/swarm"
 )
 
 // A CI runner that is no fleet node pushes a co-signed release to a 4-node
@@ -87,7 +90,9 @@ func TestPublishPushToFleet(t *testing.T) {
 		return 0, stdout.String(), stderr.String(), took
 	}
 
-	code, out, errOut, took := push("--envelope", env, "--trust", trust, "--wait-replicas", "3", "--timeout", "120s", "--json", api)
+	identity := filepath.Join(dir, "runner.p2pkey") // made by the push, kept for the next
+	code, out, errOut, took := push("--envelope", env, "--trust", trust, "--wait-replicas", "3", "--timeout", "120s", "--json",
+		"--identity", identity, api)
 	if code != 0 {
 		t.Fatalf("push: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -97,6 +102,16 @@ func TestPublishPushToFleet(t *testing.T) {
 	}
 	if len(res.Replicas) < 3 || res.Release.Ref().String() != "api@1.4.0" {
 		t.Fatalf("push reported %d replicas of %s", len(res.Replicas), res.Release.Ref())
+	}
+	if st, err := os.Stat(identity); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("--identity: %v, want a 0600 key file", err)
+	}
+	key, err := swarm.LoadIdentity(identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, _ := peer.IDFromPrivateKey(key); id.String() != res.PeerID {
+		t.Errorf("the push ran as %s, not as --identity's %s", res.PeerID, id)
 	}
 	for _, r := range res.Replicas {
 		if err := r.Verify(); err != nil {
@@ -132,7 +147,9 @@ func TestPublishPushToFleet(t *testing.T) {
 	poll.Until(t, 60*time.Second, "the whole fleet to hold api@1.4.0", func() bool {
 		return !slices.ContainsFunc(fleet, func(n *daemonProc) bool { return !n.holds(t, "api@1.4.0") })
 	})
-	code, _, errOut, _ = push("--envelope", env, "--wait-replicas", "5", "--timeout", "10s", api)
+	// In process from here, so that the race detector sees the push's goroutines.
+	code, _, errOut = run(t, runner, "publish", "--bootstrap", fleet[0].addr, "--psk", psk,
+		"--envelope", env, "--wait-replicas", "5", "--timeout", "10s", api)
 	if code != exitUnavailable || !strings.Contains(errOut, "4 of 5 replicas confirmed before the timeout") {
 		t.Errorf("push asking for 5 replicas of 4 nodes: exit %d, want %d with the count: %s", code, exitUnavailable, errOut)
 	}
@@ -143,7 +160,8 @@ func TestPublishPushToFleet(t *testing.T) {
 	if code, _, msg := run(t, dir, "sign", "--key", key1, "--name", "api", "--version", "1.5.0", v2); code != 0 {
 		t.Fatalf("sign: %d %s", code, msg)
 	}
-	code, _, errOut, _ = push("--envelope", v2+".dsse.json", "--wait-replicas", "1", "--timeout", "10s", v2)
+	code, _, errOut = run(t, runner, "publish", "--bootstrap", fleet[0].addr, "--psk", psk,
+		"--envelope", v2+".dsse.json", "--wait-replicas", "1", "--timeout", "10s", v2)
 	if code != exitUnavailable || !strings.Contains(errOut, "0 of 1 replicas confirmed") {
 		t.Errorf("push of a release the fleet refuses: exit %d, want %d with the count: %s", code, exitUnavailable, errOut)
 	}
