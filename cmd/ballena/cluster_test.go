@@ -225,6 +225,7 @@ func cliServer(t *testing.T, dir string, extra ...string) string {
 			}
 		}
 		close(urls)
+		io.Copy(io.Discard, pr) // a line too long for the scanner must not block the server
 	}()
 	select {
 	case u, ok := <-urls:

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -9,7 +8,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"image/png"
-	"io"
 	"net/url"
 	"os"
 	"os/exec"
@@ -285,43 +283,7 @@ func browse[T any](t *testing.T, ctx context.Context, what string, a chromedp.Ac
 // heartbeat every second) and returns its API URL.
 func uiTestServer(t *testing.T, dir string) string {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		app := newApp()
-		app.Writer, app.ErrWriter = pw, io.Discard
-		done <- runApp(ctx, app, []string{"ballena", "server", "--data", dir, "--listen", "127.0.0.1:0",
-			"--raft-listen", "127.0.0.1:0", "--node-ttl", "3s"})
-		pw.Close()
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server: %v", err)
-		}
-	})
-	got := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			if rest, ok := strings.CutPrefix(sc.Text(), "placement server listening on "); ok {
-				got <- strings.Fields(rest)[0]
-			}
-		}
-		close(got)
-		io.Copy(io.Discard, pr)
-	}()
-	select {
-	case u, ok := <-got:
-		if !ok {
-			t.Fatal("server exited before listening")
-		}
-		return u
-	case <-time.After(30 * time.Second):
-		t.Fatal("server did not listen within 30s")
-	}
-	return ""
+	return cliServer(t, dir, "--node-ttl", "3s")
 }
 
 // serverSPKI is base64(sha256(SubjectPublicKeyInfo)) of the server's
