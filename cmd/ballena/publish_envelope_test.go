@@ -2,12 +2,17 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"ballena.dev/artifact"
 	"ballena.dev/signing"
@@ -165,4 +170,66 @@ func must[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// An image signed on one machine is published from its envelope on another;
+// push flags are checked before anything starts, and a push whose bootstrap
+// peer never answers gives up at --timeout with exit 5.
+func TestPublishEnvelopeImageAndPushRefusals(t *testing.T) {
+	dir := t.TempDir()
+	key1, key2, trust := twoSigners(t, dir)
+	web := filepath.Join(dir, "web.tar")
+	writeImageTar(t, web)
+	env := web + ".dsse.json"
+	if code, _, msg := run(t, dir, "sign", "--key", key1, "--name", "web", "--version", "2.0.0", web); code != 0 {
+		t.Fatalf("sign: %d %s", code, msg)
+	}
+	if code, _, msg := run(t, dir, "sign", "--key", key2, "--envelope", env, "--kind", "whale", web); code != exitVerify || !strings.Contains(msg, "not --kind whale") {
+		t.Errorf("co-sign naming another kind: %d %q", code, msg)
+	}
+	if code, _, msg := run(t, dir, "sign", "--key", key2, "--envelope", env, web); code != 0 {
+		t.Fatalf("co-sign: %d %s", code, msg)
+	}
+	store := filepath.Join(dir, "store")
+	code, out, msg := run(t, store, "publish", "--json", "--envelope", env, "--trust", trust, web)
+	if code != 0 {
+		t.Fatalf("publish --envelope of an image: %d %s", code, msg)
+	}
+	var rel artifact.Release
+	if err := json.Unmarshal([]byte(out), &rel); err != nil || rel.Kind != artifact.KindOCI || rel.Digest != sha256Of(t, web) {
+		t.Fatalf("publish --json: %v: %s", err, out)
+	}
+	if code, _, msg := run(t, store, "verify", "--trust", trust, "web@2.0.0"); code != 0 {
+		t.Fatalf("verify: %d %s", code, msg)
+	}
+
+	sk, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := peer.IDFromPrivateKey(sk)
+	// A port nothing listens on: take one, then free it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := fmt.Sprintf("/ip4/127.0.0.1/tcp/%d/p2p/%s", ln.Addr().(*net.TCPAddr).Port, id)
+	ln.Close()
+	runner := filepath.Join(dir, "runner")
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"--bootstrap", "/ip4/127.0.0.1/tcp/1", "--envelope", env, web}, exitUsage, "--bootstrap"},
+		{[]string{"--bootstrap", dead, "--wait-replicas", "0", "--envelope", env, web}, exitUsage, "--wait-replicas must be at least 1"},
+		{[]string{"--bootstrap", dead, "--psk", filepath.Join(dir, "nope.psk"), "--envelope", env, web}, exitUsage, "--psk"},
+		{[]string{"--bootstrap", dead, "--upload-limit", "fast", "--envelope", env, web}, exitUsage, "--upload-limit"},
+		{[]string{"--bootstrap", dead, "--timeout", "2s", "--envelope", env, web}, exitUnavailable, "no bootstrap peer reachable"},
+	} {
+		code, _, msg := run(t, runner, append([]string{"publish"}, tc.args...)...)
+		if code != tc.code || !strings.Contains(msg, tc.msg) {
+			t.Errorf("publish %s: exit %d %q, want %d with %q", strings.Join(tc.args, " "), code, msg, tc.code, tc.msg)
+		}
+	}
 }
