@@ -223,7 +223,7 @@ type replicaWait struct {
 // asked again after askEvery; the release is re-announced every announceEvery
 // for nodes that joined since.
 const (
-	askEvery       = time.Second
+	askEvery       = 500 * time.Millisecond
 	announceEvery  = 10 * time.Second
 	providersEvery = 3 * time.Second
 )
@@ -382,10 +382,11 @@ type pushView struct {
 	bar   *progressbar.ProgressBar
 	last  time.Time
 	shown string
+	start time.Time
 }
 
 func newPushView(w io.Writer, label string, want int) *pushView {
-	v := &pushView{w: w, label: label, want: want}
+	v := &pushView{w: w, label: label, want: want, start: time.Now()}
 	if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
 		v.bar = progressbar.NewOptions(want,
 			progressbar.OptionSetWriter(w),
@@ -413,7 +414,7 @@ func (v *pushView) update(replicas int, sent int64, peers int) {
 		return
 	}
 	v.last, v.shown = time.Now(), line
-	fmt.Fprintln(v.w, line)
+	fmt.Fprintf(v.w, "%s (%.1fs)\n", line, time.Since(v.start).Seconds())
 }
 
 func (v *pushView) finish() {

@@ -25,7 +25,7 @@ import (
 // proved they hold it; the fleet holds it verified. A release the fleet's
 // threshold-2 policy refuses, or more replicas than the fleet has, end in
 // exit 5 with the count reached. For measurements, BALLENA_PUSH_MIB sets the
-// artifact's size (default 16) and BALLENA_PUSH_LINK the links' cap (default 100MiB).
+// artifact's size (default 16) and BALLENA_PUSH_LINK the links' cap (default 100MiB; none: unlimited).
 func TestPublishPushToFleet(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs several node processes")
@@ -42,7 +42,12 @@ func TestPublishPushToFleet(t *testing.T) {
 	if s := os.Getenv("BALLENA_PUSH_LINK"); s != "" {
 		linkCap = s
 	}
-	common := []string{"--psk", psk, "--trust", trust, "--auto-fetch", "api*", "--upload-limit", linkCap, "--download-limit", linkCap}
+	common := []string{"--psk", psk, "--trust", trust, "--auto-fetch", "api*"}
+	runnerCap := []string{}
+	if linkCap != "none" {
+		common = append(common, "--upload-limit", linkCap, "--download-limit", linkCap)
+		runnerCap = []string{"--upload-limit", linkCap}
+	}
 	fleet := []*daemonProc{startNode(t, "a", common...)}
 	for _, name := range []string{"b", "c", "d"} {
 		fleet = append(fleet, startNode(t, name, append(common, "--bootstrap", fleet[0].addr)...))
@@ -74,7 +79,7 @@ func TestPublishPushToFleet(t *testing.T) {
 	// The runner has its own empty data dir and no key.
 	runner := filepath.Join(dir, "runner")
 	push := func(args ...string) (int, string, string, time.Duration) {
-		cmd := exec.Command(ballenaBinary(t), append([]string{"--data", runner, "publish", "--bootstrap", fleet[0].addr, "--psk", psk, "--upload-limit", linkCap}, args...)...)
+		cmd := exec.Command(ballenaBinary(t), append([]string{"--data", runner, "publish", "--bootstrap", fleet[0].addr, "--psk", psk}, append(runnerCap, args...)...)...)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		start := time.Now()
@@ -123,6 +128,7 @@ func TestPublishPushToFleet(t *testing.T) {
 	}
 	// Not a terminal: plain progress lines.
 	mustContain(t, errOut, "api@1.4.0: ", "replicas confirmed, sent")
+	t.Logf("runner stderr:\n%s", errOut)
 	t.Logf("push: %s to a 4-node loopback fleet, links capped at %s, --wait-replicas 3: exit 0 after %s; the runner sent %s (%.2f copies)",
 		mib(size), linkCap, took.Round(10*time.Millisecond), mib(res.BytesSent), copies(res.BytesSent, size))
 	if res.BytesSent >= 3*size {
