@@ -25,7 +25,7 @@ func newMetrics(s *Server) *metrics {
 	m := &metrics{s: s,
 		placeLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ballena_placement_latency_seconds",
-			Help:    "Time from the start of an operation that placed tasks (a job run, a machine joining, a task ending) until its placements were committed.",
+			Help:    "Time from the request of an evaluation that placed tasks (a job run, a machine joining, a task ending) until its placements were committed.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}),
 		placed: prometheus.NewCounter(prometheus.CounterOpts{
@@ -78,6 +78,12 @@ var (
 		"1 if this server is the cell's Raft leader, else 0.", nil, nil)
 	descRaftCommit = prometheus.NewDesc("ballena_raft_commit_index",
 		"The last Raft log index this server knows to be committed.", nil, nil)
+	descEvals = prometheus.NewDesc("ballena_placement_evaluations",
+		"Evaluations on the leader: queued in the broker, or being planned and committed.", []string{"state"}, nil)
+	descPlans = prometheus.NewDesc("ballena_placement_plans_total",
+		"Plans the leader's plan applier took since this server started.", nil, nil)
+	descReplans = prometheus.NewDesc("ballena_placement_replans_total",
+		"Evaluations planned again because the plan applier refused part of a plan (its machines changed meanwhile).", nil, nil)
 	descRaftApplied = prometheus.NewDesc("ballena_raft_applied_index",
 		"The last Raft log index this server applied to its state.", nil, nil)
 )
@@ -86,7 +92,8 @@ var (
 type stateCollector struct{ s *Server }
 
 func (stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descJobs, descTasks, descNodes, descPendingEvals, descRaftLeader, descRaftCommit, descRaftApplied} {
+	for _, d := range []*prometheus.Desc{descJobs, descTasks, descNodes, descPendingEvals, descEvals, descPlans, descReplans,
+		descRaftLeader, descRaftCommit, descRaftApplied} {
 		ch <- d
 	}
 }
@@ -101,7 +108,7 @@ func (sc stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	nodes := map[string]int{NodeReady: 0, "draining": 0, NodeDown: 0, "revoked": 0}
-	s.mu.Lock()
+	s.mu.RLock()
 	jobs, pending := len(s.cell.jobs), len(s.cell.pending)
 	for _, js := range s.cell.jobs {
 		for _, t := range js.tasks {
@@ -118,7 +125,7 @@ func (sc stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		nodes[st]++
 	}
-	s.mu.Unlock()
+	s.mu.RUnlock()
 	ch <- prometheus.MustNewConstMetric(descJobs, prometheus.GaugeValue, float64(jobs))
 	for k, v := range tasks {
 		ch <- prometheus.MustNewConstMetric(descTasks, prometheus.GaugeValue, float64(v), k.state, k.band)
@@ -127,6 +134,12 @@ func (sc stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(v), st)
 	}
 	ch <- prometheus.MustNewConstMetric(descPendingEvals, prometheus.GaugeValue, float64(pending))
+	queued, running := s.broker.stats()
+	ch <- prometheus.MustNewConstMetric(descEvals, prometheus.GaugeValue, float64(queued), "queued")
+	ch <- prometheus.MustNewConstMetric(descEvals, prometheus.GaugeValue, float64(running), "running")
+	st := s.Stats()
+	ch <- prometheus.MustNewConstMetric(descPlans, prometheus.CounterValue, float64(st.Plans))
+	ch <- prometheus.MustNewConstMetric(descReplans, prometheus.CounterValue, float64(st.Replans))
 	select {
 	case <-s.raftReady:
 	default:

@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"testing"
@@ -16,7 +17,8 @@ import (
 // TestMetricsAfterPreemption: a server registering its metrics, a machine
 // filled with batch tasks, then a prod job that preempts two of them. The
 // scrape shows the jobs, the tasks by state and band, the machine, the waiting
-// job, the placements, the preemptions and the timings.
+// job, the placements, the preemptions, the scheduler's evaluations and plans,
+// and the timings.
 func TestMetricsAfterPreemption(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	clock := newFakeClock()
@@ -39,6 +41,12 @@ func TestMetricsAfterPreemption(t *testing.T) {
 	if ev := ts.submit(t, job("api", 2, 1000, 1024, BandProd)); ev.Placed != 2 || ev.Preempted != 2 {
 		t.Fatalf("prod placed %d preempting %d, want 2 and 2", ev.Placed, ev.Preempted)
 	}
+	// The preempted job's retry may still be queued: the scrape reads a settled cell.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.quiesce(ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	got := metricstest.Gather(t, reg)
 	for name, want := range map[string]float64{
@@ -53,10 +61,18 @@ func TestMetricsAfterPreemption(t *testing.T) {
 		"ballena_placement_preemptions_total":                2,
 		"ballena_placement_latency_seconds":                  2,
 		"ballena_raft_leader":                                1,
+		"ballena_placement_evaluations{state=queued}":        0,
+		"ballena_placement_evaluations{state=running}":       0,
 	} {
 		if v, ok := got[name]; !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
 		}
+	}
+	if got["ballena_placement_plans_total"] < 2 {
+		t.Errorf("plans applied: %v, want 2 or more (one per job)", got["ballena_placement_plans_total"])
+	}
+	if _, ok := got["ballena_placement_replans_total"]; !ok {
+		t.Error("ballena_placement_replans_total missing")
 	}
 	if got["ballena_raft_commit_index"] < 3 || got["ballena_raft_apply_duration_seconds"] < 3 {
 		t.Errorf("raft: commit index %v, %v entries timed; want 3 or more (a machine, two jobs)",
