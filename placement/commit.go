@@ -154,8 +154,8 @@ const (
 	maxEntryBytes = 4 << 20
 )
 
-// commitLoop is the plan applier: it takes the operations computed on the
-// leader's working state, in order, and appends them to the Raft log, many per
+// commitLoop takes the operations applied to the leader's working state (by
+// writes and by the plan applier), in order, and appends them to the Raft log, many per
 // entry, without waiting for one entry to commit before sending the next.
 func (s *Server) commitLoop(ctx context.Context) {
 	for {
