@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"ballena.dev/internal/cgtest"
 	"ballena.dev/internal/testbin"
 
 	"ballena.dev/artifact"
@@ -79,6 +80,10 @@ func startNodeAt(t *testing.T, name, data string, args ...string) *daemonProc {
 		if t.Failed() {
 			t.Logf("%s stderr:\n%s", name, p.stderr())
 		}
+		// A node that stops leaves its tasks running (a restarted node adopts
+		// them): at the end of the test they go, or they would hold their ports
+		// and memory for the next one.
+		cgtest.RemoveParent("ballena-test-" + name)
 	})
 	select {
 	case p.addr = <-addrs:
