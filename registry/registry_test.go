@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,9 +14,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"github.com/prometheus/common/expfmt"
 
-	"ballena.dev/artifact"
 	"ballena.dev/internal/metricstest"
 	"ballena.dev/signing"
 )
@@ -353,24 +350,5 @@ func TestRequestsMetric(t *testing.T) {
 			t.Errorf("%s = %v, want %v (all: %v)", k, got[k], want, got)
 		}
 	}
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Fatal("promtool is needed: apt-get install prometheus (.ci/run installs it)")
-	}
-	fams, err := e.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	for _, f := range fams {
-		if _, err := expfmt.MetricFamilyToText(&buf, f); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cmd := exec.Command(promtool, "check", "metrics")
-	cmd.Stdin = &buf
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("promtool check metrics: %v\n%s\n%s", err, out, buf.String())
-	}
-	_ = artifact.KindOCI
+	metricstest.Promtool(t, "registry", metricstest.Text(t, e.reg))
 }

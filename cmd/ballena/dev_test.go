@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"ballena.dev/internal/metricstest"
 	"ballena.dev/internal/poll"
 	"ballena.dev/internal/testnet"
 	"ballena.dev/launcher"
@@ -160,11 +161,7 @@ func TestDevRunsTheSampleJob(t *testing.T) {
 			t.Errorf("dev metrics: %s%v = %v, want %v", c.name, c.labels, v, c.want)
 		}
 	}
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Fatal("promtool is needed: apt-get install prometheus (.ci/run installs it)")
-	}
-	promtoolCheck(t, promtool, "dev endpoint", raw)
+	metricstest.Promtool(t, "dev endpoint", raw)
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

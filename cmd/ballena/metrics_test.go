@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"ballena.dev/internal/metricstest"
 	"ballena.dev/internal/poll"
 	"ballena.dev/internal/testnet"
 )
@@ -29,10 +30,6 @@ import (
 func TestMetricsEndpoints(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a server and a node")
-	}
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Fatal("promtool is needed: apt-get install prometheus (.ci/run installs it)")
 	}
 	root := os.Geteuid() == 0
 	dir := t.TempDir()
@@ -112,7 +109,7 @@ func TestMetricsEndpoints(t *testing.T) {
 			t.Errorf("server %s%v = %v, want in [%v, %v]", c.name, c.labels, v, c.min, c.max)
 		}
 	}
-	promtoolCheck(t, promtool, "server", raw)
+	metricstest.Promtool(t, "server", raw)
 
 	// The node: the release held, the task (as root) started after a
 	// verification, the swarm's counters there.
@@ -161,7 +158,7 @@ func TestMetricsEndpoints(t *testing.T) {
 			t.Errorf("node %s%v = %v, want in [%v, %v]", c.name, c.labels, v, c.min, c.max)
 		}
 	}
-	promtoolCheck(t, promtool, "node", raw)
+	metricstest.Promtool(t, "node", raw)
 }
 
 // metricsServer runs `ballena server --metrics-listen` in-process on loopback
@@ -268,15 +265,4 @@ next:
 		}
 	}
 	return -1
-}
-
-// promtoolCheck pipes a scrape through `promtool check metrics`, which lints
-// names, units, types and help.
-func promtoolCheck(t *testing.T, promtool, what string, raw []byte) {
-	t.Helper()
-	cmd := exec.Command(promtool, "check", "metrics")
-	cmd.Stdin = bytes.NewReader(raw)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Errorf("promtool check metrics on the %s's scrape: %v\n%s", what, err, out)
-	}
 }

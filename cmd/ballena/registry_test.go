@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"ballena.dev/internal/metricstest"
 	"ballena.dev/internal/poll"
 	"ballena.dev/internal/testnet"
 	"ballena.dev/signing"
@@ -79,13 +80,7 @@ func TestNodeServesRegistry(t *testing.T) {
 			t.Fatalf("node metrics lack %s", want)
 		}
 	}
-	if promtool, err := exec.LookPath("promtool"); err == nil {
-		cmd := exec.Command(promtool, "check", "metrics")
-		cmd.Stdin = bytes.NewReader(metrics)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("promtool check metrics: %v\n%s", err, out)
-		}
-	}
+	metricstest.Promtool(t, "node", metrics)
 
 	// A second node that never held the release serves it from the mesh.
 	secondDir := filepath.Join(dir, "second")
