@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -189,27 +190,18 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 				j.Env[k.Value] = val.Value
 			}
 		case "restart":
-			j.Restart = p.str(v, field)
-			if p.err == nil && j.Restart != RestartNever && j.Restart != RestartOnFailure && j.Restart != RestartAlways {
-				p.fail(v, field, "%q is not a restart policy (never, on-failure, always)", j.Restart)
-			}
+			j.Restart = p.oneOf(v, field, "a restart policy (never, on-failure, always)", RestartNever, RestartOnFailure, RestartAlways)
 		case "update":
 			p.fields(v, "update.", []string{"max_parallel"}, func(key string, v *yaml.Node, field string) {
 				j.Update.MaxParallel = int(p.int(v, field, 1, 10000))
 			})
 		case "seccomp":
-			j.Isolation.Seccomp = p.str(v, field)
-			if p.err == nil && j.Isolation.Seccomp != SeccompDefault && j.Isolation.Seccomp != SeccompUnconfined {
-				p.fail(v, field, "%q is not a seccomp setting (default, or unconfined to run without the filter)", j.Isolation.Seccomp)
-			}
+			j.Isolation.Seccomp = p.oneOf(v, field, "a seccomp setting (default, or unconfined to run without the filter)", SeccompDefault, SeccompUnconfined)
 			if j.Isolation.Seccomp == SeccompDefault {
 				j.Isolation.Seccomp = ""
 			}
 		case "network":
-			j.Isolation.Network = p.str(v, field)
-			if p.err == nil && j.Isolation.Network != NetworkHost && j.Isolation.Network != NetworkNone {
-				p.fail(v, field, "%q is not a network (host, or none for loopback only)", j.Isolation.Network)
-			}
+			j.Isolation.Network = p.oneOf(v, field, "a network (host, or none for loopback only)", NetworkHost, NetworkNone)
 			if j.Isolation.Network == NetworkHost {
 				j.Isolation.Network = ""
 			}
@@ -290,6 +282,16 @@ func (p *jobParser) str(n *yaml.Node, field string) string {
 		return ""
 	}
 	return n.Value
+}
+
+// oneOf reads a string that must be one of allowed; what names the kind of
+// value, with its choices, for the error.
+func (p *jobParser) oneOf(n *yaml.Node, field, what string, allowed ...string) string {
+	s := p.str(n, field)
+	if p.err == nil && !slices.Contains(allowed, s) {
+		p.fail(n, field, "%q is not %s", s, what)
+	}
+	return s
 }
 
 func (p *jobParser) strs(n *yaml.Node, field string) []string {

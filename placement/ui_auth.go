@@ -59,17 +59,27 @@ func prune(m map[[32]byte]time.Time, now time.Time) {
 func (u *uiSessions) newLoginToken(now time.Time) (string, time.Time, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.tokens == nil {
-		u.tokens = map[[32]byte]time.Time{}
-	}
-	prune(u.tokens, now)
-	if len(u.tokens) >= maxUISecrets {
+	tok, exp, ok := addSecret(&u.tokens, now, loginTokenTTL)
+	if !ok {
 		return "", time.Time{}, errTooManySecrets
 	}
-	tok, h := newSecret()
-	exp := now.Add(loginTokenTTL)
-	u.tokens[h] = exp
 	return tok, exp, nil
+}
+
+// addSecret makes a secret good until now+ttl and keeps its hash in *m (made
+// on first use), after dropping the expired ones; false when *m is full.
+func addSecret(m *map[[32]byte]time.Time, now time.Time, ttl time.Duration) (string, time.Time, bool) {
+	if *m == nil {
+		*m = map[[32]byte]time.Time{}
+	}
+	prune(*m, now)
+	if len(*m) >= maxUISecrets {
+		return "", time.Time{}, false
+	}
+	secret, h := newSecret()
+	exp := now.Add(ttl)
+	(*m)[h] = exp
+	return secret, exp, true
 }
 
 // login consumes a login token and opens a session, whose ID it returns.
@@ -82,17 +92,7 @@ func (u *uiSessions) login(token string, now time.Time) (string, time.Time, bool
 	if !ok || now.After(exp) {
 		return "", time.Time{}, false
 	}
-	if u.sessions == nil {
-		u.sessions = map[[32]byte]time.Time{}
-	}
-	prune(u.sessions, now)
-	if len(u.sessions) >= maxUISecrets {
-		return "", time.Time{}, false
-	}
-	id, sh := newSecret()
-	sexp := now.Add(sessionTTL)
-	u.sessions[sh] = sexp
-	return id, sexp, true
+	return addSecret(&u.sessions, now, sessionTTL)
 }
 
 // valid reports whether a session ID is open.
