@@ -40,7 +40,8 @@ type Cell struct {
 	ch    *changes // records to persist; nil when not tracking
 	k     int      // candidates ranked per placement
 
-	minReq Resources // smallest request of any job, for the stranding penalty
+	minReq      Resources // smallest request of any job, for the stranding penalty
+	minReqValid bool      // minReq needs recomputing (jobs changed) when false
 
 	// async: evaluations are not run inside the operation that needs them, but
 	// handed to the server's workers (takeEvalRequests); trigger says why.
@@ -243,7 +244,7 @@ func (c *Cell) putJob(j *Job) *jobState {
 		c.jobs[j.Name] = js
 	}
 	js.Job = j
-	c.refreshMinRequest()
+	c.minReqValid = false
 	// The spread label may have changed; recount.
 	clear(js.spread)
 	if j.Spread != "" {

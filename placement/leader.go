@@ -75,6 +75,7 @@ func (s *Server) becomeLeader() {
 	// recorded as pending evaluations, committed with the operations that asked
 	// for them. Run them again.
 	clear(c.dirty)
+	c.refreshMinRequest() // a follower's state was built without planning
 	s.setLeader(true)
 	s.broker.setEnabled(true, nil)
 	pending := 0

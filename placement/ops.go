@@ -72,7 +72,7 @@ func (c *Cell) stopJob(name string) ([]*Evaluation, error) {
 		return nil, fmt.Errorf("job %s: %w", name, ErrNotFound)
 	}
 	js.Stopped = true
-	c.refreshMinRequest()
+	c.minReqValid = false
 	c.touchJob(js)
 	c.dirty[name] = true
 	return c.schedule("job-stop"), nil

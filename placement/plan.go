@@ -35,13 +35,6 @@ func newPlanState(c *Cell, js *jobState, rng *rand.Rand) *planState {
 		tasks: map[*nodeState]int{}, spread: map[string]int{}, stopped: map[*Alloc]bool{}}
 }
 
-func (p *planState) usedOn(n *nodeState) Resources {
-	if d, ok := p.used[n]; ok {
-		return n.used.Add(d)
-	}
-	return n.used
-}
-
 func (p *planState) freeOn(n *nodeState) Resources {
 	if d, ok := p.used[n]; ok {
 		return n.free.Sub(d)
@@ -114,7 +107,6 @@ func (p *planState) fits(n *nodeState) bool {
 type plan struct {
 	job     string
 	trigger string
-	retry   bool
 	evalID  string // the pending evaluation this plan carries out, if recorded
 	final   bool   // the last round: what no longer fits waits, instead of coming back
 
@@ -155,7 +147,7 @@ type planResult struct {
 // room goes to prod first anyway, and a full diagnosis per waiting job per
 // change would cost a scan of the cell each time.
 func (c *Cell) planJob(name, trigger string, retry bool, rng *rand.Rand) *plan {
-	pl := &plan{job: name, trigger: trigger, retry: retry}
+	pl := &plan{job: name, trigger: trigger}
 	js := c.jobs[name]
 	if js == nil {
 		pl.gone = true
@@ -366,6 +358,7 @@ func (c *Cell) stillFits(js *jobState, pp placement) bool {
 // on the very state it is applied to, so nothing is refused.
 func (c *Cell) evaluateJob(name, trigger string, retry bool) *Evaluation {
 	delete(c.dirty, name)
+	c.refreshMinRequest()
 	pl := c.planJob(name, trigger, retry, c.rng)
 	if js := c.jobs[name]; js != nil && js.lastEval != nil && js.lastEval.Status == EvalPending {
 		pl.evalID = js.lastEval.ID

@@ -79,9 +79,13 @@ func artifactScore(p *planState, n *nodeState) float64 {
 }
 
 // refreshMinRequest recomputes the smallest cpu and memory any running job asks
-// for per task. It runs when jobs change, not while planning: planners only
-// read the cell.
+// for per task, if jobs changed since. It runs under the write lock before any
+// planning that may follow (planners only read the cell), once per operation
+// rather than once per job changed.
 func (c *Cell) refreshMinRequest() {
+	if c.minReqValid {
+		return
+	}
 	var m Resources
 	for _, js := range c.jobs {
 		if js.Stopped {
@@ -94,5 +98,5 @@ func (c *Cell) refreshMinRequest() {
 			m.Memory = js.Resources.Memory
 		}
 	}
-	c.minReq = m
+	c.minReq, c.minReqValid = m, true
 }

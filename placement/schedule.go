@@ -302,6 +302,7 @@ type evalRequest struct {
 // necessary: jobs whose allocations changed, and waiting jobs that a machine
 // which gained room could now take (retries: no preemption, no diagnosis).
 func (c *Cell) takeEvalRequests() []evalRequest {
+	c.refreshMinRequest() // the workers about to plan only read the cell
 	trigger := c.trigger
 	if trigger == "" {
 		trigger = "plan-applied"

@@ -137,5 +137,6 @@ func loadCell(db *badger.DB, c *Cell) (uint64, error) {
 	for _, n := range c.nodes {
 		c.grown[n] = true // waiting jobs get a try after a restart
 	}
+	c.refreshMinRequest()
 	return index, nil
 }
