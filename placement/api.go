@@ -30,6 +30,10 @@ type TaskState struct {
 	OOMKilled bool   `json:"oom_killed,omitempty"`
 	Message   string `json:"message,omitempty"`
 	Restarts  int    `json:"restarts,omitempty"`
+	// Health and Healthy: see Alloc. Healthy, once reported, never changes
+	// for an allocation; the node keeps reporting it.
+	Health  string `json:"health,omitempty"`
+	Healthy *bool  `json:"healthy,omitempty"`
 }
 
 // Heartbeat is a launcher's periodic report: what it runs and what it holds.

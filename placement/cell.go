@@ -349,7 +349,8 @@ func (c *Cell) setDesired(a *Alloc, desired, desc string) {
 
 // setClient records what the launcher reports about an allocation.
 func (c *Cell) setClient(a *Alloc, st TaskState) bool {
-	if a.ClientStatus == st.State && a.Restarts == st.Restarts && a.Message == st.Message {
+	if a.ClientStatus == st.State && a.Restarts == st.Restarts && a.Message == st.Message &&
+		a.Health == st.Health && (st.Healthy == nil || a.Healthy != nil) {
 		return false
 	}
 	if clientTerminal(a.ClientStatus) && !clientTerminal(st.State) {
@@ -359,6 +360,16 @@ func (c *Cell) setClient(a *Alloc, st TaskState) bool {
 	}
 	was := a.live()
 	a.ClientStatus, a.ExitCode, a.OOMKilled, a.Message, a.Restarts = st.State, st.ExitCode, st.OOMKilled, st.Message, st.Restarts
+	a.Health = st.Health
+	if a.Healthy == nil && st.Healthy != nil {
+		// The node's verdict is final; a later report cannot turn a failed
+		// replacement into a healthy one.
+		v := *st.Healthy
+		a.Healthy = &v
+		if js := c.jobs[a.Job]; js != nil {
+			c.dirty[a.Job] = true // a rollout may take its next step, or fail
+		}
+	}
 	if was && !a.live() {
 		c.account(a, -1)
 		if js := c.jobs[a.Job]; js != nil && !js.Stopped {

@@ -3,10 +3,12 @@ package placement
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"ballena.dev/artifact"
 	"ballena.dev/internal/units"
@@ -107,10 +109,10 @@ const MaxCount = 10000
 
 var jobFields = []string{"name", "artifact", "digest", "count", "resources", "priority",
 	"constraints", "spread", "distinct_hosts", "args", "env", "restart", "update",
-	"seccomp", "network", "user", "limits"}
+	"seccomp", "network", "user", "limits", "check"}
 
 func (p *jobParser) job(n *yaml.Node, j *Job) {
-	resNode := n
+	resNode, updNode := n, n
 	j.Count = 1 // unless the file says otherwise; count: 0 keeps the job with no tasks
 	p.fields(n, "", jobFields, func(key string, v *yaml.Node, field string) {
 		switch key {
@@ -192,9 +194,23 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 		case "restart":
 			j.Restart = p.oneOf(v, field, "a restart policy (never, on-failure, always)", RestartNever, RestartOnFailure, RestartAlways)
 		case "update":
-			p.fields(v, "update.", []string{"max_parallel"}, func(key string, v *yaml.Node, field string) {
-				j.Update.MaxParallel = int(p.int(v, field, 1, 10000))
+			updNode = v
+			p.fields(v, "update.", []string{"max_parallel", "canary", "min_healthy_time", "healthy_deadline", "auto_revert"}, func(key string, v *yaml.Node, field string) {
+				switch key {
+				case "max_parallel":
+					j.Update.MaxParallel = int(p.int(v, field, 1, 10000))
+				case "canary":
+					j.Update.Canary = int(p.int(v, field, 0, MaxCount))
+				case "min_healthy_time":
+					j.Update.MinHealthyTime = p.duration(v, field, 0)
+				case "healthy_deadline":
+					j.Update.HealthyDeadline = p.duration(v, field, time.Second)
+				case "auto_revert":
+					j.Update.AutoRevert = p.bool(v, field)
+				}
 			})
+		case "check":
+			j.Check = p.check(v, field)
 		case "seccomp":
 			j.Isolation.Seccomp = p.oneOf(v, field, "a seccomp setting (default, or unconfined to run without the filter)", SeccompDefault, SeccompUnconfined)
 			if j.Isolation.Seccomp == SeccompDefault {
@@ -244,6 +260,115 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 		p.fail(resNode, "resources.memory", "is required")
 	}
 	j.setDefaults()
+	if j.Update.HealthyDeadline <= j.Update.MinHealthyTime {
+		p.fail(updNode, "update.healthy_deadline", "%s must be longer than min_healthy_time (%s)", j.Update.HealthyDeadline, j.Update.MinHealthyTime)
+	}
+}
+
+func (p *jobParser) check(n *yaml.Node, field string) *Check {
+	c := &Check{}
+	kinds := 0
+	p.fields(n, field+".", []string{"http", "tcp", "exec", "port", "port_env", "interval", "timeout", "failures"}, func(key string, v *yaml.Node, f string) {
+		switch key {
+		case "http":
+			kinds++
+			c.HTTP = p.str(v, f)
+			if p.err == nil && !strings.HasPrefix(c.HTTP, "/") {
+				p.fail(v, f, "%q is not a path (e.g. /healthz)", c.HTTP)
+			}
+		case "tcp":
+			kinds++
+			c.TCP = p.bool(v, f)
+			if p.err == nil && !c.TCP {
+				p.fail(v, f, "tcp: false checks nothing; leave it out")
+			}
+		case "exec":
+			kinds++
+			c.Exec = p.strs(v, f)
+			if p.err == nil && len(c.Exec) == 0 {
+				p.fail(v, f, "needs a command")
+			}
+		case "port":
+			c.Port = int(p.int(v, f, 1, 65535))
+		case "port_env":
+			c.PortEnv = p.str(v, f)
+			if p.err == nil && !envRE.MatchString(c.PortEnv) {
+				p.fail(v, f, "%q is not an environment variable name", c.PortEnv)
+			}
+		case "interval":
+			c.Interval = p.duration(v, f, 100*time.Millisecond)
+		case "timeout":
+			c.Timeout = p.duration(v, f, 10*time.Millisecond)
+		case "failures":
+			c.Failures = int(p.int(v, f, 1, 100))
+		}
+	})
+	if p.err != nil {
+		return nil
+	}
+	if kinds != 1 {
+		p.fail(n, field, "needs exactly one of http, tcp, exec")
+		return nil
+	}
+	if err := c.validate(); err != nil {
+		p.fail(n, field, "%s", err)
+	}
+	return c
+}
+
+// duration reads a Go duration ("10s", "1m30s") of at least lo.
+func (p *jobParser) duration(n *yaml.Node, field string, lo time.Duration) time.Duration {
+	if n.Kind != yaml.ScalarNode {
+		p.fail(n, field, "%s is not a duration (e.g. 10s, 1m30s)", kindName(n))
+		return 0
+	}
+	d, err := time.ParseDuration(n.Value)
+	if err != nil {
+		p.fail(n, field, "%q is not a duration (e.g. 10s, 1m30s)", n.Value)
+		return 0
+	}
+	if d < lo {
+		p.fail(n, field, "%s is too short (at least %s)", n.Value, lo)
+	}
+	return d
+}
+
+// validate checks what ParseJob and the API both require of a check.
+func (c *Check) validate() error {
+	kinds := 0
+	for _, set := range []bool{c.HTTP != "", c.TCP, len(c.Exec) > 0} {
+		if set {
+			kinds++
+		}
+	}
+	switch {
+	case kinds != 1:
+		return errors.New("needs exactly one of http, tcp, exec")
+	case (c.HTTP != "" || c.TCP) && (c.Port == 0) == (c.PortEnv == ""):
+		return errors.New("an http or tcp check needs one of port, port_env")
+	case c.Port < 0 || c.Port > 65535:
+		return fmt.Errorf("port %d is out of range", c.Port)
+	case c.PortEnv != "" && !envRE.MatchString(c.PortEnv):
+		return fmt.Errorf("port_env %q is not an environment variable name", c.PortEnv)
+	case c.Interval < 0 || c.Timeout < 0 || c.Failures < 0:
+		return errors.New("interval, timeout and failures must not be negative")
+	}
+	return nil
+}
+
+func (c *Check) setDefaults() {
+	if c.Interval == 0 {
+		c.Interval = DefaultCheckInterval
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultCheckTimeout
+	}
+	if c.Timeout > c.Interval {
+		c.Timeout = c.Interval
+	}
+	if c.Failures == 0 {
+		c.Failures = DefaultCheckFailures
+	}
 }
 
 func (p *jobParser) constraint(n *yaml.Node, field string) Constraint {
@@ -376,6 +501,15 @@ func (j *Job) setDefaults() {
 	if j.Update.MaxParallel == 0 {
 		j.Update.MaxParallel = 1
 	}
+	if j.Update.MinHealthyTime == 0 {
+		j.Update.MinHealthyTime = DefaultMinHealthyTime
+	}
+	if j.Update.HealthyDeadline == 0 {
+		j.Update.HealthyDeadline = DefaultHealthyDeadline
+	}
+	if j.Check != nil {
+		j.Check.setDefaults()
+	}
 }
 
 // Validate checks a job that did not come from ParseJob (e.g. over the API).
@@ -401,6 +535,12 @@ func (j *Job) Validate() error {
 		return bad("restart", "%q is not never, on-failure or always", j.Restart)
 	case j.Update.MaxParallel < 1:
 		return bad("update.max_parallel", "must be at least 1")
+	case j.Update.Canary < 0 || j.Update.Canary > MaxCount:
+		return bad("update.canary", "%d is out of range", j.Update.Canary)
+	case j.Update.MinHealthyTime < 0 || j.Update.HealthyDeadline < 0:
+		return bad("update", "min_healthy_time and healthy_deadline must not be negative")
+	case j.Update.HealthyDeadline <= j.Update.MinHealthyTime:
+		return bad("update.healthy_deadline", "%s must be longer than min_healthy_time (%s)", j.Update.HealthyDeadline, j.Update.MinHealthyTime)
 	case j.Isolation.Seccomp != "" && j.Isolation.Seccomp != SeccompUnconfined:
 		return bad("seccomp", "%q is not default or unconfined", j.Isolation.Seccomp)
 	case j.Isolation.Network != "" && j.Isolation.Network != NetworkNone:
@@ -430,6 +570,11 @@ func (j *Job) Validate() error {
 			return bad("env."+k, "is not an environment variable name")
 		}
 	}
+	if j.Check != nil {
+		if err := j.Check.validate(); err != nil {
+			return bad("check", "%s", err)
+		}
+	}
 	return nil
 }
 
@@ -449,6 +594,9 @@ func specEqual(a, b *Job) bool {
 		if bv, ok := b.Env[k]; !ok || bv != v {
 			return false
 		}
+	}
+	if (a.Check == nil) != (b.Check == nil) || a.Check != nil && !reflect.DeepEqual(*a.Check, *b.Check) {
+		return false
 	}
 	return true
 }

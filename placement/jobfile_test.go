@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"ballena.dev/artifact"
 )
@@ -23,7 +24,9 @@ func TestParseJobFile(t *testing.T) {
 		Count: 4, Resources: Resources{CPU: 500, Memory: 256 << 20, PIDs: 128}, Priority: BandProd,
 		Constraints: []Constraint{{Label: "zone", Op: OpIn, Values: []string{"eu-1", "eu-2"}}, {Label: "disk", Op: OpNotEquals, Values: []string{"hdd"}}},
 		Spread:      "rack", DistinctHosts: true, Args: []string{"--listen", ":8080"}, Env: map[string]string{"LOG_LEVEL": "info"},
-		Restart: RestartOnFailure, Update: Update{MaxParallel: 2},
+		Restart: RestartOnFailure,
+		Update:  Update{MaxParallel: 2, Canary: 1, MinHealthyTime: 15 * time.Second, HealthyDeadline: 2 * time.Minute, AutoRevert: true},
+		Check:   &Check{HTTP: "/healthz", PortEnv: "PORT", Interval: 5 * time.Second, Timeout: DefaultCheckTimeout, Failures: DefaultCheckFailures},
 	}
 	if !reflect.DeepEqual(j, want) {
 		t.Errorf("got  %+v\nwant %+v", j, want)
@@ -75,6 +78,13 @@ func TestParseJobErrors(t *testing.T) {
 		{"not yaml", "name: [api\n", "api.yaml:"},
 		{"not a mapping", "- api\n", "api.yaml:1: must be a mapping"},
 		{"empty", "", "api.yaml: empty job file"},
+		{"check without kind", base + "check: {port: 80}\n", "api.yaml:6: check: needs exactly one of http, tcp, exec"},
+		{"check two kinds", base + "check: {tcp: true, exec: [true], port: 80}\n", "api.yaml:6: check: needs exactly one of http, tcp, exec"},
+		{"http check without port", base + "check: {http: /healthz}\n", "api.yaml:6: check: an http or tcp check needs one of port, port_env"},
+		{"http check not a path", base + "check: {http: healthz, port: 80}\n", `api.yaml:6: check.http: "healthz" is not a path`},
+		{"bad interval", base + "check: {tcp: true, port: 80, interval: often}\n", `api.yaml:6: check.interval: "often" is not a duration`},
+		{"bad min_healthy_time", base + "update: {min_healthy_time: 10}\n", `api.yaml:6: update.min_healthy_time: "10" is not a duration`},
+		{"deadline before healthy", base + "update: {min_healthy_time: 1m, healthy_deadline: 30s}\n", "update.healthy_deadline: 30s must be longer than min_healthy_time (1m0s)"},
 	}
 	for _, tc := range cases {
 		_, err := ParseJob("api.yaml", []byte(tc.yaml))

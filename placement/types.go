@@ -80,10 +80,66 @@ func (c Constraint) String() string {
 }
 
 // Update says how a job moves to a new version: at most MaxParallel tasks are
-// replaced (or migrated off a draining machine) at a time.
+// replaced (or migrated off a draining machine) at a time, and the next ones
+// only once the replacements have been healthy for MinHealthyTime.
 type Update struct {
 	MaxParallel int `json:"max_parallel"`
+	// Canary is how many tasks move to a new version first; the rollout then
+	// waits for `ballena job promote`.
+	Canary int `json:"canary,omitempty"`
+	// MinHealthyTime is how long a new task must stay healthy (its check
+	// passing, or running when it has none) to count as a healthy replacement.
+	MinHealthyTime time.Duration `json:"min_healthy_time,omitempty"`
+	// HealthyDeadline is how long a new task has to become healthy before the
+	// rollout fails.
+	HealthyDeadline time.Duration `json:"healthy_deadline,omitempty"`
+	// AutoRevert moves a failed rollout back to the last version whose
+	// rollout succeeded.
+	AutoRevert bool `json:"auto_revert,omitempty"`
 }
+
+// Defaults of Update's health settings, as in Nomad.
+const (
+	DefaultMinHealthyTime  = 10 * time.Second
+	DefaultHealthyDeadline = 5 * time.Minute
+)
+
+// Check is a task's health check, run by the node inside the task's network
+// namespace where it has one. Exactly one of HTTP, TCP and Exec is set.
+type Check struct {
+	// HTTP is a path: GET http://127.0.0.1:PORT/PATH is healthy on a 2xx or 3xx.
+	HTTP string `json:"http,omitempty"`
+	// TCP checks that 127.0.0.1:PORT accepts a connection.
+	TCP bool `json:"tcp,omitempty"`
+	// Exec runs a command in the task's namespaces, as the task's user;
+	// exit status 0 is healthy.
+	Exec []string `json:"exec,omitempty"`
+	// Port is the port HTTP and TCP checks use. PortEnv instead names an
+	// environment variable that holds it: if the job's env does not set it,
+	// the node picks a free port and sets it in the task's environment.
+	Port    int    `json:"port,omitempty"`
+	PortEnv string `json:"port_env,omitempty"`
+	// Interval between checks (default 10s), Timeout of one check (default
+	// 2s), and Failures: consecutive failed checks before the task is
+	// unhealthy (default 3).
+	Interval time.Duration `json:"interval,omitempty"`
+	Timeout  time.Duration `json:"timeout,omitempty"`
+	Failures int           `json:"failures,omitempty"`
+}
+
+// Defaults of Check's timing.
+const (
+	DefaultCheckInterval = 10 * time.Second
+	DefaultCheckTimeout  = 2 * time.Second
+	DefaultCheckFailures = 3
+)
+
+// Task health, as the node reports it (TaskState.Health, Alloc.Health).
+const (
+	HealthStarting  = "starting"  // running; its check has not passed yet
+	HealthHealthy   = "healthy"   // the check passes (or, with no check, the task runs)
+	HealthUnhealthy = "unhealthy" // Failures checks in a row failed
+)
 
 // Job is what an admin asks to run: Count copies (tasks) of one artifact.
 type Job struct {
@@ -101,6 +157,7 @@ type Job struct {
 	Restart       string            `json:"restart"`
 	Update        Update            `json:"update"`
 	Isolation     Isolation         `json:"isolation,omitzero"`
+	Check         *Check            `json:"check,omitempty"`
 
 	// Set by the server.
 	Version     uint64    `json:"version,omitempty"` // bumps when the task spec changes
@@ -186,6 +243,13 @@ type Alloc struct {
 	Env        map[string]string `json:"env,omitempty"`
 	Restart    string            `json:"restart"`
 	Isolation  Isolation         `json:"isolation,omitzero"`
+	// Check is the job's health check; the node runs it and restarts the
+	// task by its restart policy when it turns unhealthy.
+	Check *Check `json:"check,omitempty"`
+	// MinHealthyTime and HealthyDeadline are the job's update settings, which
+	// the node applies to decide Healthy (Nomad's client-side health).
+	MinHealthyTime  time.Duration `json:"min_healthy_time,omitempty"`
+	HealthyDeadline time.Duration `json:"healthy_deadline,omitempty"`
 
 	DesiredStatus      string `json:"desired_status"`
 	DesiredDescription string `json:"desired_description,omitempty"`
@@ -194,6 +258,12 @@ type Alloc struct {
 	OOMKilled          bool   `json:"oom_killed,omitempty"`
 	Message            string `json:"message,omitempty"`
 	Restarts           int    `json:"restarts,omitempty"`
+	// Health is the check's latest verdict (Health* constants; "" before the
+	// task runs). Healthy is the node's verdict for rollouts, set once: true
+	// when the task stayed healthy for MinHealthyTime, false when it turned
+	// unhealthy, ended or restarted first, or missed HealthyDeadline.
+	Health  string `json:"health,omitempty"`
+	Healthy *bool  `json:"healthy,omitempty"`
 	// Replaces is the allocation this one took over from (update, drain, node loss).
 	Replaces string `json:"replaces,omitempty"`
 
