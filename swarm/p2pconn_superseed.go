@@ -225,8 +225,8 @@ func (c *ssConn) decideLocked(hs []byte) bool {
 	c.limit = superSeedWindow
 	c.progress = time.Now()
 	c.ss.register(c)
-	c.has = make([]bool, len(t.shown))
-	c.seen = make([]bool, len(t.shown))
+	c.has = make([]bool, t.numPieces())
+	c.seen = make([]bool, t.numPieces())
 	for _, i := range c.early {
 		c.peerHasLocked(i)
 	}

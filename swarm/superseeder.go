@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/anacrolix/torrent/metainfo"
+
+	"ballena.dev/swarm/policy"
 )
 
 // Super-seeding, as the physical limit asks: the original seed sends each piece
@@ -20,14 +22,12 @@ import (
 // The seed's engine never learns of the rewrite: it believes the peer knows it
 // has everything, and serves whatever the peer requests.
 
-// superSeedWindow is how many shown-but-unsent pieces a peer may hold:
-// enough to keep its requests to the seed pipelined.
-const superSeedWindow = 4
-
-// superSeedStall is how long a peer may leave its window unrequested before
-// it is shown more: it may not want the pieces it was shown (a piece it
-// believes requested elsewhere, say), and must never starve.
-const superSeedStall = 2 * time.Second
+// The choice of piece (policy.SuperSeed) is shared with the simulator
+// (swarm/sim); this file and ssConn apply it to anacrolix's wire.
+const (
+	superSeedWindow = policy.SuperSeedWindow
+	superSeedStall  = policy.SuperSeedStall
+)
 
 // superSeeder tracks, per torrent the node seeds, how often each piece was shown.
 type superSeeder struct {
@@ -40,10 +40,10 @@ type superSeeder struct {
 
 type ssTorrent struct {
 	pieceLen, length int64
-	shown            []int // how many peers each piece was shown to
-	open             []int // showings not yet resolved: neither sent nor had
-	cursor           int   // spreads ties across pieces
+	pol              *policy.SuperSeed // guarded by superSeeder.mu
 }
+
+func (t *ssTorrent) numPieces() int { return t.pol.NumPieces() }
 
 func newSuperSeeder() *superSeeder {
 	return &superSeeder{
@@ -112,8 +112,7 @@ func (s *superSeeder) add(ih metainfo.Hash, info *metainfo.Info) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.torrents[ih]; !ok {
-		n := info.NumPieces()
-		s.torrents[ih] = &ssTorrent{pieceLen: info.PieceLength, length: info.Length, shown: make([]int, n), open: make([]int, n)}
+		s.torrents[ih] = &ssTorrent{pieceLen: info.PieceLength, length: info.Length, pol: policy.NewSuperSeed(info.NumPieces())}
 	}
 }
 
@@ -123,47 +122,22 @@ func (s *superSeeder) remove(ih metainfo.Hash) {
 	s.mu.Unlock()
 }
 
-// pick chooses the piece to show next to a peer: one it lacks and has not been
-// shown, shown to the fewest peers so far. A piece is shown again only once
-// every earlier showing was resolved (the seed sent it, or the peer got it
-// elsewhere), so the seed never queues a second copy before the first went
-// out; force lifts that for a peer that would otherwise starve.
+// pick chooses the piece to show next to a peer (see policy.SuperSeed.Pick).
 func (s *superSeeder) pick(t *ssTorrent, has, seen []bool, force bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := len(t.shown)
-	best := -1
-	for k := range n {
-		i := (t.cursor + k) % n
-		if has[i] || seen[i] || (t.open[i] > 0 && !force) {
-			continue
-		}
-		if best == -1 || t.shown[i] < t.shown[best] {
-			best = i
-			if t.shown[i] == 0 {
-				break
-			}
-		}
-	}
-	if best >= 0 {
-		t.shown[best]++
-		t.open[best]++
-		t.cursor = (best + 1) % n
-	}
-	return best
+	return t.pol.Pick(has, seen, force)
 }
 
 // resolve closes a showing of piece i.
 func (s *superSeeder) resolve(t *ssTorrent, i int) {
 	s.mu.Lock()
-	if t.open[i] > 0 {
-		t.open[i]--
-	}
+	t.pol.Resolve(i)
 	s.mu.Unlock()
 }
 
 func (t *ssTorrent) pieceLength(i int) int64 {
-	if i == len(t.shown)-1 {
+	if i == t.numPieces()-1 {
 		return t.length - int64(i)*t.pieceLen
 	}
 	return t.pieceLen
