@@ -64,6 +64,7 @@ type AllocationList struct {
 // JobStatus is a job with its tasks and the last evaluation.
 type JobStatus struct {
 	Job      *Job           `json:"job"`
+	Rollout  *Rollout       `json:"rollout,omitempty"`
 	Tasks    []TaskStatus   `json:"tasks"`
 	Summary  map[string]int `json:"summary"` // running, starting (placed, not yet running), waiting (no room), complete, failed, done
 	LastEval *Evaluation    `json:"last_evaluation,omitempty"`
@@ -82,6 +83,13 @@ type TaskStatus struct {
 	OOMKilled    bool   `json:"oom_killed,omitempty"`
 	Reason       string `json:"reason,omitempty"`
 	Message      string `json:"message,omitempty"` // the launcher's last word, e.g. why verification refused
+	Health       string `json:"health,omitempty"`
+	Healthy      *bool  `json:"healthy,omitempty"`
+}
+
+// RevertRequest asks for a job to go back to an earlier version.
+type RevertRequest struct {
+	Version uint64 `json:"version"`
 }
 
 // NodeInfo is one machine as `ballena nodes` shows it.

@@ -116,6 +116,60 @@ func (s *Server) handleStop(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request) {
+	var out []VersionInfo
+	var err error
+	if rerr := s.readCommitted(r.Context(), func(c *Cell) {
+		out, err = c.history(r.PathValue("name"))
+	}); rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handlePromote(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	s.respondUpdate(w, r, func(c *Cell) (*Job, error) {
+		if _, err := c.promote(name); err != nil {
+			return nil, asBadRequest(err)
+		}
+		return c.jobs[name].Job, nil
+	})
+}
+
+func (s *Server) handleRevert(w http.ResponseWriter, r *http.Request) {
+	body, err := readBody(w, r)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	var req RevertRequest
+	if err := decode(body, &req); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	name := r.PathValue("name")
+	s.respondUpdate(w, r, func(c *Cell) (*Job, error) {
+		if _, err := c.revert(name, req.Version); err != nil {
+			return nil, asBadRequest(err)
+		}
+		return c.jobs[name].Job, nil
+	})
+}
+
+// asBadRequest marks an operation's refusal as the caller's mistake (400),
+// unless it is a missing record (404).
+func asBadRequest(err error) error {
+	if errors.Is(err, ErrNotFound) {
+		return err
+	}
+	return badRequest{err}
+}
+
 func (s *Server) handleDrain(w http.ResponseWriter, r *http.Request) {
 	body, err := readBody(w, r)
 	if err != nil {

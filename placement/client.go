@@ -320,6 +320,34 @@ func (c *Client) StopJob(ctx context.Context, name string) (*SubmitResponse, err
 	return &out, nil
 }
 
+// JobHistory lists a job's versions, the current one first, with their
+// rollouts' outcomes.
+func (c *Client) JobHistory(ctx context.Context, name string) ([]VersionInfo, error) {
+	var out []VersionInfo
+	if err := c.do(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(name)+"/history", nil, &out, false); err != nil {
+		return nil, fmt.Errorf("history of job %s: %w", name, err)
+	}
+	return out, nil
+}
+
+// PromoteJob lets a rollout waiting on its healthy canaries go on.
+func (c *Client) PromoteJob(ctx context.Context, name string) (*SubmitResponse, error) {
+	var out SubmitResponse
+	if err := c.do(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(name)+"/promote", struct{}{}, &out, false); err != nil {
+		return nil, fmt.Errorf("promote job %s: %w", name, err)
+	}
+	return &out, nil
+}
+
+// RevertJob makes a new version of the job with version's spec and rolls it out.
+func (c *Client) RevertJob(ctx context.Context, name string, version uint64) (*SubmitResponse, error) {
+	var out SubmitResponse
+	if err := c.do(ctx, http.MethodPost, "/v1/jobs/"+url.PathEscape(name)+"/revert", RevertRequest{Version: version}, &out, false); err != nil {
+		return nil, fmt.Errorf("revert job %s to version %d: %w", name, version, err)
+	}
+	return &out, nil
+}
+
 // Nodes lists the machines.
 func (c *Client) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	var out []NodeInfo

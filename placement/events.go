@@ -362,7 +362,11 @@ func jobSummary(j *Job) string {
 	if j.Stopped {
 		return fmt.Sprintf("job %s stopped", j.Name)
 	}
-	return fmt.Sprintf("job %s v%d: %d × %s (%s)", j.Name, j.Version, j.Count, j.Artifact, j.Priority)
+	s := fmt.Sprintf("job %s v%d: %d × %s (%s)", j.Name, j.Version, j.Count, j.Artifact, j.Priority)
+	if d := deploySummary(j); d != "" {
+		s += "; " + d
+	}
+	return s
 }
 
 func taskSummary(t *Task) string {
@@ -393,6 +397,12 @@ func allocSummary(a *Alloc) string {
 	}
 	if a.Restarts > 0 {
 		s += fmt.Sprintf(", %d restarts", a.Restarts)
+	}
+	if a.Health != "" {
+		s += ", " + a.Health
+	}
+	if a.Healthy != nil && !*a.Healthy && a.Message != "" {
+		s += ": " + a.Message
 	}
 	return s
 }

@@ -79,7 +79,7 @@ func TestEventsFollowTheCell(t *testing.T) {
 			t.Fatalf("event %q at index %d after index %d", e.Summary, e.Index, last)
 		}
 		last = e.Index
-		jobSeen = jobSeen || e.Type == EventJob && e.Summary == "job api v1: 2 × api@1.0.0 (prod)"
+		jobSeen = jobSeen || e.Type == EventJob && e.Summary == "job api v1: 2 × api@1.0.0 (prod); rollout of v1 running"
 	}
 	if !jobSeen {
 		t.Fatalf("no job event for api before its tasks")
@@ -88,7 +88,7 @@ func TestEventsFollowTheCell(t *testing.T) {
 	// The machine starts them: allocation events say running, on this node.
 	n.converge()
 	waitEvent(t, all, "api[0] running", func(e Event) bool {
-		return e.Type == EventAlloc && e.Node == n.NodeID() && strings.HasPrefix(e.Summary, "task api[0] on "+ShortID(n.NodeID())+": running")
+		return e.Type == EventAlloc && e.Node == n.NodeID() && e.Summary == "task api[0] on "+ShortID(n.NodeID())+": running, healthy"
 	})
 
 	// A release arrives on the machine.
@@ -108,6 +108,10 @@ func TestEventsFollowTheCell(t *testing.T) {
 			t.Fatalf("job stream carried %s event %q", e.Type, e.Summary)
 		}
 	}
+	// Both healthy: the job's rollout succeeded, and says so.
+	waitEvent(t, onlyAPI, "api's rollout done", func(e Event) bool {
+		return e.Type == EventJob && e.Summary == "job api v1: 2 × api@1.0.0 (prod); rollout of v1 successful: 2 tasks of version 1 healthy"
+	})
 }
 
 // TestEventsSlowSubscriberIsDropped: a subscriber that reads nothing while

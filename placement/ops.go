@@ -32,12 +32,21 @@ func (c *Cell) submitJob(j *Job, expectIndex *uint64) ([]*Evaluation, error) {
 		}
 	}
 	j.SubmittedAt = c.now()
+	j.Stable, j.Deployment, j.History = false, nil, nil // the server's to set
 	if old == nil {
 		j.Version, j.CreateIndex = 1, c.index
+		j.Deployment = c.newDeployment(j, 0, 0)
 	} else {
 		j.Version, j.CreateIndex = old.Version, old.CreateIndex
-		if !specEqual(old.Job, j) || !sameConstraints(old.Job, j) {
+		j.Stable, j.Deployment, j.History = old.Stable, old.Deployment, old.History
+		switch {
+		case !specEqual(old.Job, j) || !sameConstraints(old.Job, j):
 			j.Version++
+			j.Stable = false
+			j.History = c.archive(old.Job, j.Version)
+			j.Deployment = c.newDeployment(j, j.Update.Canary, 0)
+		case old.Stopped:
+			j.Deployment = c.newDeployment(j, 0, 0) // its tasks start afresh
 		}
 		for _, t := range old.tasks {
 			switch {
@@ -72,6 +81,9 @@ func (c *Cell) stopJob(name string) ([]*Evaluation, error) {
 		return nil, fmt.Errorf("job %s: %w", name, ErrNotFound)
 	}
 	js.Stopped = true
+	if js.Deployment.active() {
+		js.Deployment = c.endDeployment(js.Deployment, DeployCancelled, "job stopped")
+	}
 	c.minReqValid = false
 	c.touchJob(js)
 	c.dirty[name] = true
@@ -225,12 +237,13 @@ func (c *Cell) jobStatus(name string) (*JobStatus, error) {
 	if js == nil {
 		return nil, fmt.Errorf("job %s: %w", name, ErrNotFound)
 	}
-	st := &JobStatus{Job: js.Job, Summary: map[string]int{}, LastEval: js.lastEval}
+	st := &JobStatus{Job: js.Job, Summary: map[string]int{}, LastEval: js.lastEval, Rollout: c.rollout(js)}
 	for _, t := range js.tasks {
 		ts := TaskStatus{Index: t.Index, State: t.State, Reason: t.Reason}
 		if a := c.allocs[t.AllocID]; a != nil {
 			ts.AllocID, ts.NodeID, ts.Version, ts.Desired, ts.ClientStatus = a.ID, a.NodeID, a.JobVersion, a.DesiredStatus, a.ClientStatus
 			ts.ExitCode, ts.OOMKilled, ts.Message = a.ExitCode, a.OOMKilled, a.Message
+			ts.Health, ts.Healthy = a.Health, a.Healthy
 			if a.DesiredStatus == DesiredStop && ts.Reason == "" {
 				ts.Reason = a.DesiredDescription
 			}

@@ -123,6 +123,7 @@ type plan struct {
 	done    []int
 	failed  []int
 	notes   []string
+	deploy  *deployChange
 }
 
 // placement is one task put on one machine, evicting victims (batch, for prod).
@@ -159,9 +160,10 @@ func (c *Cell) planJob(name, trigger string, retry bool, rng *rand.Rand) *plan {
 	for _, s := range res.stop {
 		p.release(s.alloc)
 	}
-	pl.stops, pl.done, pl.failed = res.stop, res.done, res.failed
-	if res.blocked > 0 {
-		pl.notes = append(pl.notes, fmt.Sprintf("%d more tasks to update or move once the replacements run (update.max_parallel %d)",
+	pl.stops, pl.done, pl.failed, pl.deploy = res.stop, res.done, res.failed, res.deploy
+	pl.notes = append(pl.notes, res.notes...)
+	if res.blocked > 0 && len(res.notes) == 0 {
+		pl.notes = append(pl.notes, fmt.Sprintf("%d more tasks to update or move once the replacements run (and, in a rollout, are healthy; update.max_parallel %d)",
 			res.blocked, js.Update.MaxParallel))
 	}
 	var blockedWhy string
@@ -304,6 +306,7 @@ func (c *Cell) applyPlan(pl *plan) planResult {
 		c.markPending(js, js.tasks[pt.Index], pt.Reason, ev)
 	}
 	ev.Notes = append(ev.Notes, pl.notes...)
+	c.applyDeploy(js, pl.deploy, ev)
 	if refused > 0 {
 		// Planned again by the worker; until then the job counts as waiting, so that
 		// room appearing elsewhere also brings it back.

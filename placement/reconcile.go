@@ -25,9 +25,12 @@ type reconcileResult struct {
 	place  []placeAction
 	done   []int // tasks that ended for good under their restart policy
 	failed []int // tasks that failed on MaxFailures allocations in a row
-	// inflight is how many replacements (update or migration) are not running yet;
-	// blocked is how many more wait for them, a few at a time.
+	// inflight is how many replacements (update or migration) are not running yet,
+	// or in a rollout not yet healthy; blocked is how many more wait for them, a
+	// few at a time.
 	inflight, blocked int
+	deploy            *deployChange // the rollout's next state, if it changes
+	notes             []string
 }
 
 func reconcile(c *Cell, js *jobState) reconcileResult {
@@ -51,6 +54,7 @@ func reconcile(c *Cell, js *jobState) reconcileResult {
 		}
 	}
 	var updates, migrations []*Alloc
+	same := map[uint64]bool{} // earlier versions with the current spec
 	for idx := 0; idx < js.Count; idx++ {
 		list := byIndex[idx]
 		if len(list) > 1 {
@@ -64,7 +68,7 @@ func reconcile(c *Cell, js *jobState) reconcileResult {
 		if len(list) == 1 {
 			a := list[0]
 			switch {
-			case a.JobVersion < js.Version:
+			case !js.current(a, same):
 				updates = append(updates, a)
 			case c.byID[a.NodeID] != nil && c.byID[a.NodeID].Drain:
 				migrations = append(migrations, a)
@@ -103,19 +107,31 @@ func reconcile(c *Cell, js *jobState) reconcileResult {
 	// replacements of the previous one run. A pending replacement of an older
 	// version (one the launcher refused, say) is not progress of this rollout:
 	// it is itself replaced, or a bad version would block every later one.
+	// In a rollout, a replacement is in flight until the node finds it healthy.
+	rolling := js.Deployment.active() && js.Deployment.JobVersion == js.Version
 	for _, a := range js.live {
-		if a.Replaces != "" && a.ClientStatus == ClientPending && a.JobVersion == js.Version {
+		if a.Replaces == "" || a.JobVersion != js.Version {
+			continue
+		}
+		if a.ClientStatus == ClientPending || rolling && a.CreateIndex >= js.Deployment.CreateIndex && a.Healthy == nil {
 			res.inflight++
 		}
 	}
+	limit, change, note := rolloutStep(js, same, len(updates))
+	res.deploy = change
+	if note != "" {
+		res.notes = append(res.notes, note)
+	}
 	budget := js.Update.MaxParallel - res.inflight
+	updBudget := min(budget, limit)
 	sort.Slice(updates, func(i, j int) bool { return updates[i].TaskIndex < updates[j].TaskIndex })
 	sort.Slice(migrations, func(i, j int) bool { return migrations[i].TaskIndex < migrations[j].TaskIndex })
 	for _, a := range updates {
-		if budget <= 0 {
+		if updBudget <= 0 {
 			res.blocked++
 			continue
 		}
+		updBudget--
 		budget--
 		res.stop = append(res.stop, stopAction{a, fmt.Sprintf("updating to version %d", js.Version)})
 		res.place = append(res.place, placeAction{index: a.TaskIndex, replaces: a, why: "update"})

@@ -70,6 +70,9 @@ func startServer(t *testing.T, dir string) *testServer {
 type testNode struct {
 	*Client
 	t *testing.T
+	// sick lists artifacts whose tasks fail their health check here; every
+	// other task the node runs is healthy at once, as after min_healthy_time.
+	sick map[string]bool
 }
 
 func (ts *testServer) addNode(t *testing.T, cpu, memGiB int64, labels map[string]string) *testNode {
@@ -92,7 +95,10 @@ func (ts *testServer) addNode(t *testing.T, cpu, memGiB int64, labels map[string
 	return &testNode{Client: cl, t: t}
 }
 
-// converge reads the node's allocations and reports them running or stopped.
+var yes, no = true, false
+
+// converge reads the node's allocations and reports them running (and healthy,
+// unless sick) or stopped.
 func (n *testNode) converge() *HeartbeatResponse {
 	n.t.Helper()
 	ctx := context.Background()
@@ -102,11 +108,14 @@ func (n *testNode) converge() *HeartbeatResponse {
 	}
 	var hb Heartbeat
 	for _, a := range l.Allocations {
-		st := ClientRunning
-		if a.DesiredStatus == DesiredStop {
-			st = ClientComplete
+		st := TaskState{AllocID: a.ID, State: ClientRunning, Health: HealthHealthy, Healthy: &yes}
+		switch {
+		case a.DesiredStatus == DesiredStop:
+			st = TaskState{AllocID: a.ID, State: ClientComplete}
+		case n.sick[a.Artifact]:
+			st.Health, st.Healthy, st.Message = HealthUnhealthy, &no, "health check failed 3 times: GET /healthz: 500"
 		}
-		hb.Tasks = append(hb.Tasks, TaskState{AllocID: a.ID, State: st})
+		hb.Tasks = append(hb.Tasks, st)
 	}
 	resp, err := n.Heartbeat(ctx, hb)
 	if err != nil {

@@ -98,6 +98,36 @@ type Update struct {
 	AutoRevert bool `json:"auto_revert,omitempty"`
 }
 
+// Deployment is the rollout of one job version: new tasks replace old ones
+// update.max_parallel at a time, each batch once the last proved healthy.
+type Deployment struct {
+	ID          string `json:"id"`
+	JobVersion  uint64 `json:"job_version"`
+	Status      string `json:"status"`
+	Description string `json:"description,omitempty"`
+	// Canary is how many tasks move first; the rest wait for Promoted.
+	Canary   int  `json:"canary,omitempty"`
+	Promoted bool `json:"promoted,omitempty"`
+	// RevertedFrom is the version this deployment goes back from, when it is a
+	// revert (auto_revert or `job revert`).
+	RevertedFrom uint64    `json:"reverted_from,omitempty"`
+	CreateIndex  uint64    `json:"create_index"`
+	StartedAt    time.Time `json:"started_at,omitzero"`
+	EndedAt      time.Time `json:"ended_at,omitzero"`
+}
+
+// Deployment statuses.
+const (
+	DeployRunning    = "running"
+	DeployPaused     = "awaiting-promotion" // canaries healthy; `ballena job promote` goes on
+	DeploySuccessful = "successful"
+	DeployFailed     = "failed"
+	DeployCancelled  = "cancelled" // superseded by a newer version, or the job stopped
+)
+
+// MaxHistory is how many earlier versions a job keeps.
+const MaxHistory = 10
+
 // Defaults of Update's health settings, as in Nomad.
 const (
 	DefaultMinHealthyTime  = 10 * time.Second
@@ -162,6 +192,14 @@ type Job struct {
 	// Set by the server.
 	Version     uint64    `json:"version,omitempty"` // bumps when the task spec changes
 	Stopped     bool      `json:"stopped,omitempty"`
+	// Stable: this version's rollout succeeded; auto_revert goes back to the
+	// newest stable version.
+	Stable bool `json:"stable,omitempty"`
+	// Deployment is the rollout of this version.
+	Deployment *Deployment `json:"deployment,omitempty"`
+	// History holds earlier versions, newest first (at most MaxHistory), each
+	// with its rollout's outcome, for `job history` and `job revert`.
+	History []*Job `json:"history,omitempty"`
 	SubmittedAt time.Time `json:"submitted_at,omitzero"`
 	CreateIndex uint64    `json:"create_index,omitempty"`
 	ModifyIndex uint64    `json:"modify_index,omitempty"`
