@@ -190,8 +190,8 @@ type Job struct {
 	Check         *Check            `json:"check,omitempty"`
 
 	// Set by the server.
-	Version     uint64    `json:"version,omitempty"` // bumps when the task spec changes
-	Stopped     bool      `json:"stopped,omitempty"`
+	Version uint64 `json:"version,omitempty"` // bumps when the task spec changes
+	Stopped bool   `json:"stopped,omitempty"`
 	// Stable: this version's rollout succeeded; auto_revert goes back to the
 	// newest stable version.
 	Stable bool `json:"stable,omitempty"`
@@ -199,7 +199,7 @@ type Job struct {
 	Deployment *Deployment `json:"deployment,omitempty"`
 	// History holds earlier versions, newest first (at most MaxHistory), each
 	// with its rollout's outcome, for `job history` and `job revert`.
-	History []*Job `json:"history,omitempty"`
+	History     []*Job    `json:"history,omitempty"`
 	SubmittedAt time.Time `json:"submitted_at,omitzero"`
 	CreateIndex uint64    `json:"create_index,omitempty"`
 	ModifyIndex uint64    `json:"modify_index,omitempty"`
