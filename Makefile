@@ -44,12 +44,17 @@ bench-verify: ## sha256 + signature verification throughput on a 1 GiB blob
 bench-launch: ## launch latency p50/p99 of a whale (200 launches) beside runc run of the same binary; root
 	$(GO) test -run '^$$' -bench BenchmarkLaunch -benchtime 1x -timeout 30m ./launcher/
 
-# One seed and N leechers as separate processes on loopback, each capped at U MiB/s up
-# and down, spreading one F MiB artifact; against the fluid bound and one HTTP server.
+# First one seed → one leecher, 1 GiB, no caps, with and without --psk: each role's
+# CPU-seconds per GiB and throughput, beside one plain HTTP server, aria2c fetching
+# from the seed's --bt-listen and libtorrent (if python3-libtorrent is installed).
+# Flags: BENCH_SINGLE_FLAGS='-size 1024 -psk both -perf DIR'.
+# Then one seed and N leechers as separate processes on loopback, each capped at U MiB/s
+# up and down, spreading one F MiB artifact; against the fluid bound and one HTTP server.
 # Flags: BENCH_SWARM_FLAGS='-n 16 -size 256 -cap 16 -json'.
 # Every node is a `ballena node` process; the seed publishes, leechers run `ballena fetch`.
-bench-swarm: build ## swarm spread time vs the fluid lower bound and a central HTTP server
+bench-swarm: build ## swarm CPU per GiB and spread time vs the fluid bound, HTTP, aria2c, libtorrent
 	$(GO) build -o bin/benchswarm ./swarm/benchswarm
+	bin/benchswarm -ballena $(BIN) -single -size 1024 $(BENCH_SINGLE_FLAGS)
 	bin/benchswarm -ballena $(BIN) $(BENCH_SWARM_FLAGS)
 
 # The whole system on one machine: `ballena dev` (placement server + node), a key,

@@ -32,11 +32,12 @@ type ssConn struct {
 	holding  bool          // swallowing the seed's bitfield or have-all
 	pending  []byte        // Have messages waiting for a message boundary
 	early    []int         // peer's haves before the torrent was known; -1 is have-all
-	out      []byte
-	asked    map[int]bool // window pieces the peer has requested from the seed
-	force    bool         // the peer stalled once: show it pieces shown elsewhere too
-	limit    int          // window size
-	progress time.Time    // last time the peer received a shown piece or was shown more
+	emit     ssEmitter     // what the Write in progress sends; guarded by wmu
+	scratch  []byte        // a bitfield being built
+	asked    map[int]bool  // window pieces the peer has requested from the seed
+	force    bool          // the peer stalled once: show it pieces shown elsewhere too
+	limit    int           // window size
+	progress time.Time     // last time the peer received a shown piece or was shown more
 
 	rmu sync.Mutex
 	r   wireParser
@@ -51,19 +52,29 @@ func (c *ssConn) Write(b []byte) (int, error) {
 		return c.Conn.Write(b)
 	}
 	p := &c.w
-	out := c.out[:0]
+	// What goes out is mostly b itself: runs of it pass by reference, and
+	// only what the seed did not write (bitfields, Have and Suggest messages,
+	// heads split across Writes) is built in c.emit. Copying piece payloads
+	// here used to cost a fresh buffer the size of every Write.
+	o := &c.emit
+	o.reset()
 	i := 0
 	for i < len(b) {
 		if !p.started || len(p.hs) < btHandshakeLen {
 			p.started = true
+			from := len(p.hs)
 			n := min(btHandshakeLen-len(p.hs), len(b)-i)
 			p.hs = append(p.hs, b[i:i+n]...)
 			i += n
 			if len(p.hs) == btHandshakeLen {
-				out = append(out, p.hs...)
+				if from == 0 {
+					o.pass(i-btHandshakeLen, i)
+				} else {
+					o.add(p.hs)
+				}
 				if !c.decideLocked(p.hs) {
 					c.off = true
-					out = append(out, b[i:]...)
+					o.pass(i, len(b))
 					break
 				}
 			}
@@ -72,7 +83,7 @@ func (c *ssConn) Write(b []byte) (int, error) {
 		if p.left > 0 {
 			n := min(p.left, len(b)-i)
 			if !c.holding {
-				out = append(out, b[i:i+n]...)
+				o.pass(i, i+n)
 			}
 			if p.id == msgPiece {
 				if _, ok := c.win[p.piece]; ok {
@@ -82,13 +93,15 @@ func (c *ssConn) Write(b []byte) (int, error) {
 			p.left -= n
 			i += n
 			if p.left == 0 {
-				out = c.endMessageLocked(out)
+				c.endMessageLocked(o)
 			}
 			continue
 		}
 		// Message head: 4 length bytes, the id and, for pieces, the index.
 		// Process it as soon as it is whole: a bodiless message such as
 		// unchoke must not wait for the next Write.
+		from := len(p.hdr) // head bytes that came in earlier Writes
+		headStart := i
 		keepAlive := false
 		for len(p.hdr) < headNeed(p.hdr) && i < len(b) {
 			n := min(headNeed(p.hdr)-len(p.hdr), len(b)-i)
@@ -99,10 +112,17 @@ func (c *ssConn) Write(b []byte) (int, error) {
 				break
 			}
 		}
+		emitHead := func() {
+			if from == 0 {
+				o.pass(headStart, i)
+			} else {
+				o.add(p.hdr)
+			}
+		}
 		if keepAlive {
-			out = append(out, p.hdr...)
+			emitHead()
 			p.hdr = p.hdr[:0]
-			out = c.flushPendingLocked(out)
+			c.flushPendingLocked(o)
 			continue
 		}
 		if len(p.hdr) < headNeed(p.hdr) {
@@ -116,20 +136,19 @@ func (c *ssConn) Write(b []byte) (int, error) {
 			c.holding = true
 		case msgPiece, msgReject:
 			p.piece = int(binary.BigEndian.Uint32(p.hdr[5:9]))
-			out = append(out, p.hdr...)
+			emitHead()
 		default:
-			out = append(out, p.hdr...)
+			emitHead()
 		}
 		p.hdr = p.hdr[:0]
 		if p.left == 0 {
-			out = c.endMessageLocked(out)
+			c.endMessageLocked(o)
 		}
 	}
-	// out is handed over: the next Write builds its own.
-	c.out = nil
+	segs := o.segments(b)
 	c.mu.Unlock()
-	if len(out) > 0 {
-		if _, err := c.Conn.Write(out); err != nil {
+	for _, s := range segs {
+		if _, err := c.Conn.Write(s); err != nil {
 			return 0, err
 		}
 	}
@@ -137,6 +156,63 @@ func (c *ssConn) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	return len(b), nil
+}
+
+// ssEmitter collects what one ssConn.Write sends: ranges of the caller's
+// buffer and bytes of its own, in order. Its buffers are reused across Writes
+// (the write lock covers them until the segments are written).
+type ssEmitter struct {
+	out  []byte  // bytes of our own
+	segs []ssSeg // in stream order
+	bufs [][]byte
+}
+
+// ssSeg is b[lo:hi] of the caller's buffer, or out[lo:hi] if own.
+type ssSeg struct {
+	own    bool
+	lo, hi int
+}
+
+func (e *ssEmitter) reset() {
+	e.out = e.out[:0]
+	e.segs = e.segs[:0]
+}
+
+func (e *ssEmitter) pass(lo, hi int) {
+	if lo == hi {
+		return
+	}
+	if k := len(e.segs) - 1; k >= 0 && !e.segs[k].own && e.segs[k].hi == lo {
+		e.segs[k].hi = hi
+		return
+	}
+	e.segs = append(e.segs, ssSeg{lo: lo, hi: hi})
+}
+
+func (e *ssEmitter) add(p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	lo := len(e.out)
+	e.out = append(e.out, p...)
+	if k := len(e.segs) - 1; k >= 0 && e.segs[k].own && e.segs[k].hi == lo {
+		e.segs[k].hi = len(e.out)
+		return
+	}
+	e.segs = append(e.segs, ssSeg{own: true, lo: lo, hi: len(e.out)})
+}
+
+// segments resolves the collected ranges against b, in order.
+func (e *ssEmitter) segments(b []byte) [][]byte {
+	e.bufs = e.bufs[:0]
+	for _, s := range e.segs {
+		if s.own {
+			e.bufs = append(e.bufs, e.out[s.lo:s.hi])
+		} else {
+			e.bufs = append(e.bufs, b[s.lo:s.hi])
+		}
+	}
+	return e.bufs
 }
 
 // drainW writes queued Have messages while the stream is between messages.
@@ -158,13 +234,14 @@ func (c *ssConn) drainW() error {
 }
 
 // endMessageLocked runs after the last byte of a message the seed wrote.
-func (c *ssConn) endMessageLocked(out []byte) []byte {
+func (c *ssConn) endMessageLocked(o *ssEmitter) {
 	switch {
 	case c.holding:
 		// In place of the seed's "everything": the pieces shown to this peer.
 		c.holding = false
 		c.refillLocked(false)
-		out = appendBitfield(out, c.seen)
+		c.scratch = appendBitfield(c.scratch[:0], c.seen)
+		o.add(c.scratch)
 	case c.w.id == msgPiece:
 		if sent, ok := c.win[c.w.piece]; ok && sent >= c.t.pieceLength(c.w.piece) {
 			delete(c.win, c.w.piece)
@@ -181,21 +258,22 @@ func (c *ssConn) endMessageLocked(out []byte) []byte {
 		// Suggest Piece (BEP 6) makes it plan again, with the piece in view.
 		if _, ok := c.win[c.w.piece]; ok && !c.has[c.w.piece] {
 			delete(c.asked, c.w.piece)
-			out = binary.BigEndian.AppendUint32(out, 5)
-			out = append(out, msgSuggest)
-			out = binary.BigEndian.AppendUint32(out, uint32(c.w.piece))
+			var m [9]byte
+			binary.BigEndian.PutUint32(m[:], 5)
+			m[4] = msgSuggest
+			binary.BigEndian.PutUint32(m[5:], uint32(c.w.piece))
+			o.add(m[:])
 		}
 	}
 	c.w.id = 0
-	return c.flushPendingLocked(out)
+	c.flushPendingLocked(o)
 }
 
-func (c *ssConn) flushPendingLocked(out []byte) []byte {
+func (c *ssConn) flushPendingLocked(o *ssEmitter) {
 	if len(c.pending) > 0 {
-		out = append(out, c.pending...)
+		o.add(c.pending)
 		c.pending = c.pending[:0]
 	}
-	return out
 }
 
 // atBoundaryLocked reports whether the seed's stream is between messages, after

@@ -1,6 +1,7 @@
 package swarm
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"net"
@@ -160,5 +161,94 @@ func TestSuperSeedRewrite(t *testing.T) {
 	}
 	if len(out) != len(reject)+5 || out[len(reject)+4] != 1 {
 		t.Fatalf("a reject of an unshown piece came out as %v", out)
+	}
+}
+
+// TestSuperSeedSplitWrites writes one seed stream (handshake, have-all, an
+// unchoke, keep-alives, whole and rejected pieces) through ssConn in one
+// Write and again cut into pieces of every size from 1 byte: the peer must
+// see the same bytes each time, with every piece payload intact, whether
+// the rewriter passes runs of the caller's buffer or builds bytes of its own.
+func TestSuperSeedSplitWrites(t *testing.T) {
+	var ih metainfo.Hash
+	ih[0] = 9
+	const pieceLen, pieces = 40, 12
+	info := &metainfo.Info{PieceLength: pieceLen, Length: pieceLen * pieces}
+	info.Pieces = make([]byte, 20*pieces)
+	var stream []byte
+	hs := make([]byte, 68)
+	hs[0] = 19
+	copy(hs[1:], "BitTorrent protocol")
+	copy(hs[28:], ih[:])
+	stream = append(stream, hs...)
+	stream = append(stream, 0, 0, 0, 1, msgHaveAll)
+	stream = append(stream, 0, 0, 0, 1, 1) // unchoke
+	stream = append(stream, 0, 0, 0, 0)    // keep-alive
+	for i := range 6 {                     // the shown pieces and one more, each payload distinct
+		stream = binary.BigEndian.AppendUint32(stream, 9+pieceLen)
+		stream = append(stream, msgPiece)
+		stream = binary.BigEndian.AppendUint32(stream, uint32(i))
+		stream = binary.BigEndian.AppendUint32(stream, 0)
+		for k := range pieceLen {
+			stream = append(stream, byte(i*pieceLen+k))
+		}
+		stream = append(stream, 0, 0, 0, 0)
+	}
+	stream = binary.BigEndian.AppendUint32(stream, 13)
+	stream = append(stream, msgReject, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, pieceLen)
+
+	run := func(cut int) []byte {
+		ss := newSuperSeeder()
+		defer ss.close()
+		ss.add(ih, info)
+		a, b := net.Pipe()
+		defer b.Close()
+		c := ss.wrap(a)
+		got := make(chan []byte, 1)
+		go func() {
+			var all []byte
+			buf := make([]byte, 4096)
+			for {
+				n, err := b.Read(buf)
+				all = append(all, buf[:n]...)
+				if err != nil {
+					got <- all
+					return
+				}
+			}
+		}()
+		for i := 0; i < len(stream); i += cut {
+			if _, err := c.Write(stream[i:min(i+cut, len(stream))]); err != nil {
+				t.Fatalf("cut %d: write: %v", cut, err)
+			}
+		}
+		c.Close()
+		select {
+		case all := <-got:
+			return all
+		case <-time.After(10 * time.Second):
+			t.Fatalf("cut %d: output did not end", cut)
+			return nil
+		}
+	}
+	want := run(len(stream))
+	// The peer sees the handshake, a bitfield in place of have-all, and
+	// every piece message byte for byte.
+	if !bytes.Equal(want[:68], hs) || want[72] != msgBitfield {
+		t.Fatalf("whole write: bad start %v", want[:80])
+	}
+	for i := range 6 {
+		payload := make([]byte, pieceLen)
+		for k := range payload {
+			payload[k] = byte(i*pieceLen + k)
+		}
+		if !bytes.Contains(want, payload) {
+			t.Fatalf("whole write: piece %d's payload is not in the output", i)
+		}
+	}
+	for cut := 1; cut < 80; cut++ {
+		if got := run(cut); !bytes.Equal(got, want) {
+			t.Fatalf("writes of %d bytes: output differs from one whole write:\n got %v\nwant %v", cut, got, want)
+		}
 	}
 }

@@ -86,6 +86,10 @@ func run() error {
 	timeout := flag.Duration("timeout", 150*time.Second, "give up on the swarm run after this long")
 	keep := flag.Bool("keep", false, "keep the work dir")
 	ballena := flag.String("ballena", "", "run every node as `ballena node` from this binary (publish and fetch through its CLI); default: engine processes of this program")
+	single := flag.Bool("single", false, "one seed → one leecher `ballena node` (needs -ballena), no caps: per-role CPU per GiB and throughput beside HTTP, aria2c and libtorrent; -size is the blob")
+	pskMode := flag.String("psk", "both", "with -single: run with a fleet PSK (on), without (off), or both")
+	perfDir := flag.String("perf", "", "with -single: perf record each node during the transfer into this dir")
+	others := flag.Bool("others", true, "with -single: also run one HTTP server, aria2c and libtorrent (when installed)")
 	flag.Parse()
 
 	work, err := os.MkdirTemp("", "benchswarm-")
@@ -96,6 +100,22 @@ func run() error {
 		defer os.RemoveAll(work)
 	}
 	capB := int64(*capMiB * mib)
+	if *single {
+		if *ballena == "" {
+			return fmt.Errorf("-single needs -ballena BIN")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+		defer cancel()
+		F := int64(*size) * mib
+		rows, err := runSingle(ctx, singleOpts{bin: *ballena, work: work, size: F, perfDir: *perfDir,
+			aria: *others, libt: *others, http: *others, psk: *pskMode})
+		if *jsonOut {
+			json.NewEncoder(os.Stdout).Encode(rows)
+		} else if len(rows) > 0 {
+			printSingle(rows, F)
+		}
+		return err
+	}
 	F := int64(*size) * mib
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
