@@ -103,7 +103,7 @@ func (c *Cell) revertJob(js *jobState, target uint64, why string) (*Job, error) 
 	j.Stopped, j.Stable = false, false
 	j.History = c.archive(js.Job, j.Version)
 	j.Deployment = c.newDeployment(&j, 0, from)
-	j.Deployment.Description = why
+	j.Deployment.Description, j.Deployment.RevertedTo = why, target
 	nj := c.putJob(&j)
 	c.touchJob(nj)
 	c.dirty[j.Name] = true

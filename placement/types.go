@@ -108,9 +108,10 @@ type Deployment struct {
 	// Canary is how many tasks move first; the rest wait for Promoted.
 	Canary   int  `json:"canary,omitempty"`
 	Promoted bool `json:"promoted,omitempty"`
-	// RevertedFrom is the version this deployment goes back from, when it is a
-	// revert (auto_revert or `job revert`).
+	// A revert (auto_revert or `job revert`) goes from version RevertedFrom
+	// back to the spec of version RevertedTo.
 	RevertedFrom uint64    `json:"reverted_from,omitempty"`
+	RevertedTo   uint64    `json:"reverted_to,omitempty"`
 	CreateIndex  uint64    `json:"create_index"`
 	StartedAt    time.Time `json:"started_at,omitzero"`
 	EndedAt      time.Time `json:"ended_at,omitzero"`

@@ -22,7 +22,9 @@ func jobCommand() *cli.Command {
 		Name:  "job",
 		Usage: "submit, inspect and stop jobs on the placement service",
 		UsageText: "ballena job run api.yaml\n" +
+			"ballena job wait api --healthy --timeout 10m\n" +
 			"ballena job status api\n" +
+			"ballena job history api\n" +
 			"ballena job stop api",
 		Subcommands: []*cli.Command{
 			{
@@ -39,7 +41,8 @@ func jobCommand() *cli.Command {
 					"  constraints: [{label: zone, in: [eu-1, eu-2]}]\n" +
 					"  spread: rack\n" +
 					"  restart: on-failure       # never | on-failure | always\n" +
-					"  update: {max_parallel: 2}",
+					"  check: {http: /healthz, port_env: PORT, interval: 10s, timeout: 2s, failures: 3}   # or tcp: true, or exec: [cmd, args]\n" +
+					"  update: {max_parallel: 2, canary: 1, min_healthy_time: 10s, healthy_deadline: 5m, auto_revert: true}",
 				Flags: append(clientFlags(), jsonFlag,
 					&cli.Uint64Flag{Name: "if-index", Usage: "refuse (409) unless the job is still at this modify index (0: must be new)"}),
 				Action: func(c *cli.Context) error {
@@ -145,6 +148,10 @@ func jobCommand() *cli.Command {
 					return nil
 				},
 			},
+			jobWaitCommand(),
+			jobHistoryCommand(),
+			jobPromoteCommand(),
+			jobRevertCommand(),
 		},
 	}
 }
@@ -211,8 +218,21 @@ func printJobStatus(w io.Writer, st *placement.JobStatus) {
 	if len(sum) > 0 {
 		fmt.Fprintln(w, strings.Join(sum, ", "))
 	}
+	if r := st.Rollout; r != nil {
+		line := fmt.Sprintf("rollout of version %d: %s, %d of %d placed, %d healthy", r.JobVersion, r.Status, r.Placed, r.Desired, r.Healthy)
+		if r.Unhealthy > 0 {
+			line += fmt.Sprintf(", %d unhealthy", r.Unhealthy)
+		}
+		if r.Canary > 0 && !r.Promoted {
+			line += fmt.Sprintf(", %d canaries", r.Canary)
+		}
+		if r.Description != "" {
+			line += " (" + r.Description + ")"
+		}
+		fmt.Fprintln(w, line)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TASK\tSTATE\tNODE\tALLOC\tVERSION\tSTATUS\tREASON")
+	fmt.Fprintln(tw, "TASK\tSTATE\tNODE\tALLOC\tVERSION\tSTATUS\tHEALTH\tREASON")
 	for _, t := range st.Tasks {
 		status, reason := orDash(t.ClientStatus), t.Reason
 		if t.ClientStatus == placement.ClientPending {
@@ -237,7 +257,11 @@ func printJobStatus(w io.Writer, st *placement.JobStatus) {
 		if t.Version > 0 {
 			version = fmt.Sprint(t.Version)
 		}
-		fmt.Fprintf(tw, "%s[%d]\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, t.Index, t.State, orDash(t.NodeID), orDash(t.AllocID), version, status, reason)
+		health := orDash(t.Health)
+		if t.Healthy != nil && !*t.Healthy {
+			health += " (rollout: unhealthy)"
+		}
+		fmt.Fprintf(tw, "%s[%d]\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Name, t.Index, t.State, orDash(t.NodeID), orDash(t.AllocID), version, status, health, reason)
 	}
 	tw.Flush()
 }
