@@ -153,10 +153,11 @@ func (c *Cell) revert(name string, target uint64) ([]*Evaluation, error) {
 
 // deployChange is what an evaluation says of the job's rollout.
 type deployChange struct {
-	id     string
-	status string
-	why    string
-	revert uint64 // with status failed: the stable version to go back to
+	id      string
+	status  string
+	why     string
+	promote bool   // with status running: the canaries are promoted
+	revert  uint64 // with status failed: the stable version to go back to
 }
 
 // rolloutStep reads the job's rollout against its allocations: how many
@@ -216,6 +217,10 @@ func rolloutStep(js *jobState, same map[uint64]bool, updates int) (budget int, c
 		want := min(d.Canary, moved+updates)
 		if moved >= want {
 			if waiting == 0 && d.Status == DeployRunning {
+				if js.Update.AutoPromote {
+					return 0, &deployChange{id: d.ID, status: DeployRunning, promote: true,
+						why: fmt.Sprintf("%d canaries healthy; promoted (auto_promote)", moved)}, ""
+				}
 				return 0, &deployChange{id: d.ID, status: DeployPaused,
 					why: fmt.Sprintf("%d canaries healthy; `ballena job promote %s` rolls out the rest", moved, js.Name)}, ""
 			}
@@ -253,15 +258,19 @@ func allHealthy(js *jobState, same map[uint64]bool) bool {
 // failed one with auto_revert goes back to the stable version.
 func (c *Cell) applyDeploy(js *jobState, ch *deployChange, ev *Evaluation) {
 	d := js.Deployment
-	if ch == nil || d == nil || d.ID != ch.id || !d.active() || d.Status == ch.status {
+	if ch == nil || d == nil || d.ID != ch.id || !d.active() || d.Status == ch.status && !ch.promote {
 		return
 	}
 	js.Deployment = c.endDeployment(d, ch.status, ch.why)
+	if ch.promote {
+		js.Deployment.Promoted = true
+		c.dirty[js.Name] = true // the rest may go now
+	}
 	if ch.status == DeploySuccessful {
 		js.Stable = true
 	}
 	c.touchJob(js)
-	ev.Notes = append(ev.Notes, fmt.Sprintf("rollout of version %d %s: %s", d.JobVersion, ch.status, ch.why))
+	ev.Notes = append(ev.Notes, fmt.Sprintf("rollout of version %d %s: %s", d.JobVersion, js.Deployment.Status, ch.why))
 	if ch.status != DeployFailed || !js.Update.AutoRevert {
 		return
 	}

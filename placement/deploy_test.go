@@ -228,3 +228,27 @@ func TestFailedRolloutStopsAndRevertsOnRequest(t *testing.T) {
 		t.Fatalf("after job revert 1: %+v, running %v", r, run)
 	}
 }
+
+// With auto_promote, healthy canaries promote themselves.
+func TestCanaryAutoPromote(t *testing.T) {
+	ts := startServer(t, t.TempDir())
+	n := ts.addNode(t, 16000, 32, nil)
+	j := startStable(t, ts, n, 3, Update{MaxParallel: 1, Canary: 1, AutoPromote: true})
+	j2 := *j
+	j2.Artifact = "api@1.1.0"
+	ts.submit(t, &j2)
+	for step := 0; step < 10; step++ {
+		n.converge()
+		r, _ := rolloutOf(t, ts, "api")
+		if r.Status == DeployPaused {
+			t.Fatalf("step %d: the rollout waits for promotion despite auto_promote", step)
+		}
+		if r.Status == DeploySuccessful {
+			if !r.Promoted || versionsRunning(n)["api@1.1.0"] != 3 {
+				t.Fatalf("rollout %+v with %v running", r, versionsRunning(n))
+			}
+			return
+		}
+	}
+	t.Fatal("the auto-promoted rollout did not finish")
+}

@@ -195,7 +195,7 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 			j.Restart = p.oneOf(v, field, "a restart policy (never, on-failure, always)", RestartNever, RestartOnFailure, RestartAlways)
 		case "update":
 			updNode = v
-			p.fields(v, "update.", []string{"max_parallel", "canary", "min_healthy_time", "healthy_deadline", "auto_revert"}, func(key string, v *yaml.Node, field string) {
+			p.fields(v, "update.", []string{"max_parallel", "canary", "min_healthy_time", "healthy_deadline", "auto_revert", "auto_promote"}, func(key string, v *yaml.Node, field string) {
 				switch key {
 				case "max_parallel":
 					j.Update.MaxParallel = int(p.int(v, field, 1, 10000))
@@ -207,6 +207,8 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 					j.Update.HealthyDeadline = p.duration(v, field, time.Second)
 				case "auto_revert":
 					j.Update.AutoRevert = p.bool(v, field)
+				case "auto_promote":
+					j.Update.AutoPromote = p.bool(v, field)
 				}
 			})
 		case "check":

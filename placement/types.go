@@ -96,6 +96,9 @@ type Update struct {
 	// AutoRevert moves a failed rollout back to the last version whose
 	// rollout succeeded.
 	AutoRevert bool `json:"auto_revert,omitempty"`
+	// AutoPromote goes on by itself once the canaries are healthy: they
+	// prove the version on a few tasks, and a failure among them reverts.
+	AutoPromote bool `json:"auto_promote,omitempty"`
 }
 
 // Deployment is the rollout of one job version: new tasks replace old ones
