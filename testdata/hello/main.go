@@ -16,11 +16,18 @@ import (
 	"time"
 )
 
+// healthz is what /healthz answers: "ok" (200), or "fail" (500) for a build
+// that must fail its health check: go build -ldflags=-X=main.healthz=fail.
+var healthz = "ok"
+
 func main() {
-	addr := flag.String("listen", ":8080", "address to serve on")
+	addr := flag.String("listen", ":8080", "address to serve on (default :$PORT when PORT is set)")
 	base := flag.Int("port-base", 0, "if set, serve on port-base + $BALLENA_TASK_INDEX (copies on one machine get distinct ports)")
 	msg := flag.String("message", "hello from ballena", "what to answer")
 	flag.Parse()
+	if p := os.Getenv("PORT"); p != "" && !isSet("listen") {
+		*addr = ":" + p
+	}
 	if *base > 0 {
 		idx, _ := strconv.Atoi(os.Getenv("BALLENA_TASK_INDEX"))
 		*addr = fmt.Sprintf(":%d", *base+idx)
@@ -29,6 +36,13 @@ func main() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s: task %s of job %s on %s, pid %d\n", *msg, os.Getenv("BALLENA_TASK_INDEX"), os.Getenv("BALLENA_JOB"), host, os.Getpid())
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if healthz != "ok" {
+			http.Error(w, "unhealthy build", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "ok")
 	})
 	srv := &http.Server{Addr: *addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	// As PID 1 of its namespace, a Go program must handle SIGTERM itself to stop cleanly.
@@ -45,4 +59,10 @@ func main() {
 		log.Fatal(err)
 	}
 	log.Printf("hello: stopped")
+}
+
+func isSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
