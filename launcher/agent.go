@@ -98,7 +98,7 @@ func taskState(allocID string, t Task) placement.TaskState {
 		st.State = placement.ClientComplete
 	case StateExited:
 		st.State = placement.ClientFailed
-		if t.Exit != nil && t.Exit.Code == 0 {
+		if t.Exit != nil && t.Exit.Code == 0 && !t.Exit.Unhealthy {
 			st.State = placement.ClientComplete
 		}
 	default: // oom, failed
@@ -107,6 +107,12 @@ func taskState(allocID string, t Task) placement.TaskState {
 	if t.Exit != nil {
 		code := t.Exit.Code
 		st.ExitCode, st.OOMKilled, st.Message = &code, t.Exit.OOM, t.Exit.Message
+	}
+	if t.State == StateRunning {
+		st.Health = t.Health
+	}
+	if t.Healthy != nil {
+		st.Healthy = new(*t.Healthy)
 	}
 	return st
 }
@@ -328,7 +334,10 @@ func (a *Agent) attempt(ctx context.Context, al *placement.Alloc) (Task, error) 
 		Hostname: al.Name(), Labels: map[string]string{allocLabel: al.ID, "ballena.job": al.Job},
 		// The job's isolation, and its pinned digest: Start refuses any other.
 		Seccomp: iso.Seccomp, Network: iso.Network, User: iso.User, NoFile: iso.NoFile, CoreBytes: iso.CoreBytes,
-		Digest: al.Digest}
+		Digest: al.Digest,
+		// The node judges the task's health (and restarts it when it turns
+		// unhealthy); the server reads the verdict for rollouts.
+		Health: &HealthSpec{Check: al.Check, MinHealthyTime: al.MinHealthyTime, HealthyDeadline: al.HealthyDeadline}}
 	// Like NOMAD_ALLOC_INDEX: lets copies of a task on one machine pick distinct ports.
 	spec.Env = append(spec.Env, fmt.Sprintf("BALLENA_TASK_INDEX=%d", al.TaskIndex), "BALLENA_JOB="+al.Job, "BALLENA_ALLOC_ID="+al.ID)
 	for k, v := range al.Env {

@@ -92,6 +92,9 @@ func newEnv(t testing.TB, tune func(*Config)) *testEnv {
 	if tune != nil {
 		tune(&cfg)
 	}
+	if cfg.CheckHelper == "" {
+		cfg.CheckHelper = testbin.Build(t, "./testdata/checkhelper")
+	}
 	e.l, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)

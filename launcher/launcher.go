@@ -53,6 +53,11 @@ type Config struct {
 
 	Runc string // runc binary for images; default found on PATH
 
+	// CheckHelper is the executable that runs a whale's exec checks inside
+	// the task (health_exec.go): a static build of a program that calls
+	// MaybeRunInit first. Default /proc/self/exe, the static ballena binary.
+	CheckHelper string
+
 	// WarmShims is how many shims (each with its init already forked into
 	// fresh namespaces) wait for the next whale start; default 1, negative for none.
 	WarmShims int
@@ -80,6 +85,9 @@ type Launcher struct {
 	m   *metrics
 	iso IsolationStatus
 	ids *idAllocator
+
+	helperOnce sync.Once
+	helperErr  error // why CheckHelper cannot run inside a whale's root
 
 	exeMu   sync.Mutex
 	exes    map[string]*os.File // digest -> sealed memfd of the whale
@@ -157,6 +165,9 @@ func New(cfg Config) (*Launcher, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.CheckHelper == "" {
+		cfg.CheckHelper = "/proc/self/exe"
 	}
 	if cfg.WarmShims == 0 {
 		cfg.WarmShims = 1

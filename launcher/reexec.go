@@ -29,6 +29,10 @@ func MaybeRunInit() {
 		os.Exit(127)
 	case "hold":
 		os.Exit(runHold())
+	case "check-enter":
+		os.Exit(runCheckEnter())
+	case "check-exec":
+		os.Exit(runCheckExec())
 	}
 }
 

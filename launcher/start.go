@@ -28,6 +28,9 @@ func (l *Launcher) Start(ctx context.Context, spec TaskSpec) (Task, error) {
 	if err := l.normalize(&spec); err != nil {
 		return Task{}, err
 	}
+	if err := l.assignCheckPort(&spec); err != nil {
+		return Task{}, err
+	}
 	art, err := l.timedVerify(func() (Artifact, error) { return l.cfg.Verifier.Verify(ctx, spec.Artifact) })
 	if err != nil {
 		return Task{}, fmt.Errorf("start %s: %w", spec.Artifact, err)
@@ -138,6 +141,9 @@ func (l *Launcher) normalize(s *TaskSpec) error {
 	}
 	if s.CoreBytes < 0 {
 		return fmt.Errorf("%w: core %d: must not be negative", ErrInvalid, s.CoreBytes)
+	}
+	if err := normalizeHealth(s); err != nil {
+		return err
 	}
 	for _, kv := range s.Env {
 		if !strings.Contains(kv, "=") {
@@ -282,6 +288,7 @@ func (l *Launcher) startRun(ctx context.Context, e *entry, art Artifact) (cmd *e
 	e.t.Exit = nil
 	e.t.Digest = art.Digest
 	e.t.Seccomp, e.t.UserNS, e.t.User = t.Spec.Seccomp, idmap, fmt.Sprintf("%d:%d", uid, gid)
+	runHealth(&e.t)
 	stopping := e.t.Stopping
 	err = l.save(e)
 	l.mu.Unlock()

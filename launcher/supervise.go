@@ -91,8 +91,13 @@ func (l *Launcher) supervise(e *entry, wait func() bool, collect bool) {
 	fails := 0
 	for {
 		if collect {
-			if wait != nil && !wait() {
-				return // the launcher is closing; the task runs on
+			if wait != nil {
+				stop := l.watchHealth(e)
+				ended := wait()
+				stop()
+				if !ended {
+					return // the launcher is closing; the task runs on
+				}
 			}
 			restart := l.endRun(e)
 			if !restart {
@@ -185,10 +190,18 @@ func (l *Launcher) endRun(e *entry) bool {
 	l.ids.put(t.UserNS)                                        // nothing of the run is left to hold its ids
 	_ = os.RemoveAll(filepath.Join(l.taskDir(t.ID), "rootfs")) // a chowned image root, when there was one
 	l.mu.Lock()
+	if e.t.HealthKill != "" && !e.t.Stopping {
+		exit.Unhealthy, exit.Message = true, e.t.HealthKill
+	}
+	if e.t.Spec.Health != nil && e.t.Healthy == nil && !e.t.Stopping {
+		e.t.Healthy = new(false) // it ended or restarts before its verdict
+	}
+	e.t.Health, e.t.HealthySince, e.t.HealthKill = "", time.Time{}, ""
 	e.t.Exit = exit
 	e.t.PID, e.t.PIDStart, e.t.ShimPID, e.t.ShimStart = 0, 0, 0, 0
 	p := e.t.Spec.Restart
-	restart := !e.t.Stopping && (p == RestartAlways || (p == RestartOnFailure && (exit.Code != 0 || exit.OOM)))
+	failed := exit.Code != 0 || exit.OOM || exit.Unhealthy
+	restart := !e.t.Stopping && (p == RestartAlways || (p == RestartOnFailure && failed))
 	switch {
 	case restart:
 		e.t.State = StateRestarting

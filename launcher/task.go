@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"ballena.dev/placement"
 )
 
 // RestartPolicy says what the launcher does when a task's process ends.
@@ -83,6 +85,22 @@ type TaskSpec struct {
 	NoFile int64 `json:"nofile,omitempty"`
 	// CoreBytes is RLIMIT_CORE; 0 means no core dumps.
 	CoreBytes int64 `json:"coreBytes,omitempty"`
+	// Health, when set, has the launcher track the task's health (see
+	// health.go): run its check, restart it by policy when it turns
+	// unhealthy, and give the deployment verdict Task.Healthy.
+	Health *HealthSpec `json:"health,omitempty"`
+}
+
+// HealthSpec is how a task's health is judged: its check (nil: healthy
+// while it runs) and the placement service's update settings, which decide
+// the one-time verdict Task.Healthy (Nomad's client-side allocation health).
+type HealthSpec struct {
+	Check *placement.Check `json:"check,omitempty"`
+	// MinHealthyTime is how long the task must stay healthy for the verdict
+	// to be true; HealthyDeadline (0: none), counted from the task's first
+	// start, is when a verdict not yet given turns false.
+	MinHealthyTime  time.Duration `json:"minHealthyTime,omitempty"`
+	HealthyDeadline time.Duration `json:"healthyDeadline,omitempty"`
 }
 
 // Task is a task's record as the launcher keeps it.
@@ -118,6 +136,20 @@ type Task struct {
 	ShimPID   int    `json:"shimPid,omitempty"`
 	ShimStart uint64 `json:"shimStart,omitempty"`
 	Stopping  bool   `json:"stopping,omitempty"`
+
+	// Health is the current run's health (placement.Health*), "" when the
+	// task is not running or its spec asks for no health tracking.
+	Health string `json:"health,omitempty"`
+	// HealthySince is when the current run last turned healthy.
+	HealthySince time.Time `json:"healthySince,omitzero"`
+	// HealthKill is why the launcher is killing the current run for failing
+	// its check; the run's end is then a failure whatever its exit status.
+	HealthKill string `json:"healthKill,omitempty"`
+	// Healthy is the deployment verdict, given once (see HealthSpec) and
+	// never changed after: true when the task stayed healthy for
+	// MinHealthyTime, false when it turned unhealthy, ended or restarted
+	// first, or HealthyDeadline passed.
+	Healthy *bool `json:"healthy,omitempty"`
 }
 
 // ExitInfo says how a run ended.
@@ -127,6 +159,9 @@ type ExitInfo struct {
 	OOM     bool      `json:"oom,omitempty"`
 	At      time.Time `json:"at,omitzero"`
 	Message string    `json:"message,omitempty"`
+	// Unhealthy says the launcher killed the run for failing its health
+	// check (Message says how): a failure, whatever the exit status.
+	Unhealthy bool `json:"unhealthy,omitempty"`
 }
 
 func (e *ExitInfo) String() string {
@@ -135,6 +170,8 @@ func (e *ExitInfo) String() string {
 		return ""
 	case e.OOM:
 		return "killed: out of memory"
+	case e.Unhealthy:
+		return e.Message
 	case e.Message != "" && e.Code == -1:
 		return e.Message
 	case e.Signal != "":

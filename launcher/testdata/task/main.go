@@ -68,6 +68,10 @@ func main() {
 		}
 	case "ps":
 		ps()
+	case "http": // a health-checked service
+		httpServe(os.Args[2:])
+	case "incheck": // an exec check that checks where it runs
+		inCheck(os.Args[2:])
 	case "probe": // what a hostile program could try; optional address to dial
 		probe(os.Args[2:])
 	case "streams": // interleaved stdout and stderr
