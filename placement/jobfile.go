@@ -234,7 +234,11 @@ func (p *jobParser) job(n *yaml.Node, j *Job) {
 				case "nofile":
 					j.Isolation.NoFile = p.int(v, field, 16, 1<<20)
 				case "core":
-					c, err := units.ParseBytes(v.Value)
+					var c int64
+					var err error
+					if v.Value != "0" { // no core dumps: the default, and what the README shows
+						c, err = units.ParseBytes(v.Value)
+					}
 					if err != nil || v.Kind != yaml.ScalarNode || c < 0 {
 						p.fail(v, field, "%q is not a size (e.g. 0, 64MiB)", v.Value)
 					}

@@ -130,7 +130,7 @@ func TestParseJobIsolation(t *testing.T) {
 		t.Errorf("validate: %v", err)
 	}
 	// The defaults spelled out are the zero value: the same spec as saying nothing.
-	d, err := ParseJob("w.yaml", []byte(base+"seccomp: default\nnetwork: host\n"))
+	d, err := ParseJob("w.yaml", []byte(base+"seccomp: default\nnetwork: host\nlimits: {core: 0}\n"))
 	if err != nil || d.Isolation != (Isolation{}) {
 		t.Errorf("explicit defaults: %+v, %v", d.Isolation, err)
 	}

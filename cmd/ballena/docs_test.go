@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"ballena.dev/internal/ocitest"
+	"ballena.dev/placement"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/urfave/cli/v2"
@@ -305,4 +306,56 @@ func writeImageTar(t *testing.T, path string) {
 	ocitest.WriteDockerSave(t, path, "example.com/web:2.0.0", ocitest.Image(t, "amd64",
 		v1.Config{Entrypoint: []string{"/web"}},
 		ocitest.Layer(t, ocitest.Entry{Name: "index.html", Body: "static site\n", Mode: 0o644})))
+}
+
+// readmeFences returns the contents of README.md's fenced blocks in lang
+// under heading (a prefix of the heading line), in order.
+func readmeFences(t *testing.T, heading, lang string) []string {
+	t.Helper()
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	var cur *strings.Builder
+	under := false
+	for _, line := range strings.Split(string(data), "\n") {
+		switch {
+		case cur != nil && line == "```":
+			out = append(out, cur.String())
+			cur = nil
+		case cur != nil:
+			cur.WriteString(line + "\n")
+		case strings.HasPrefix(line, "```"):
+			if under && strings.TrimPrefix(line, "```") == lang {
+				cur = &strings.Builder{}
+			}
+		case strings.HasPrefix(line, "#"):
+			under = strings.HasPrefix(line, heading)
+		}
+	}
+	return out
+}
+
+// TestREADMEJobFilesParse: every job file the README shows is one the server
+// takes (the CI job file with a version filled in).
+func TestREADMEJobFilesParse(t *testing.T) {
+	n := 0
+	for _, y := range readmeFences(t, "#", "yaml") {
+		if !strings.Contains(y, "\nartifact: ") {
+			continue // a trust policy, say
+		}
+		n++
+		j, err := placement.ParseJob("README job file", []byte(strings.ReplaceAll(y, "@VERSION@", "1.4.0")))
+		if err != nil {
+			t.Errorf("%v\n%s", err, y)
+			continue
+		}
+		if err := j.Validate(); err != nil {
+			t.Errorf("%v\n%s", err, y)
+		}
+	}
+	if n < 2 {
+		t.Fatalf("found %d job files in README.md, want the operators' and the CI's", n)
+	}
 }
