@@ -278,10 +278,12 @@ func (c *Cell) applyDeploy(js *jobState, ch *deployChange, ev *Evaluation) {
 		ev.Notes = append(ev.Notes, "auto_revert: no earlier version of this job rolled out successfully; nothing to go back to")
 		return
 	}
-	if _, err := c.revertJob(js, ch.revert, fmt.Sprintf("auto_revert: version %d failed; back to version %d", d.JobVersion, ch.revert)); err != nil {
+	j, err := c.revertJob(js, ch.revert, fmt.Sprintf("auto_revert: version %d failed; back to version %d", d.JobVersion, ch.revert))
+	if err != nil {
 		ev.Notes = append(ev.Notes, "auto_revert: "+err.Error())
 		return
 	}
+	j.Deployment.AutoRevert = true
 	ev.Notes = append(ev.Notes, fmt.Sprintf("auto_revert: back to version %d as version %d", ch.revert, d.JobVersion+1))
 }
 

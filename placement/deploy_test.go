@@ -175,7 +175,7 @@ func TestFailedCanaryRevertsAutomatically(t *testing.T) {
 		n.converge()
 	}
 	r, h := rolloutOf(t, ts, "api")
-	if r.JobVersion != 3 || r.RevertedFrom != 2 || r.Status != DeploySuccessful {
+	if r.JobVersion != 3 || r.RevertedFrom != 2 || r.RevertedTo != 1 || !r.AutoRevert || r.Status != DeploySuccessful {
 		t.Fatalf("after the failed canary: rollout %+v, want version 3 reverting version 2, successful", r)
 	}
 	if len(h) != 3 || h[1].Version != 2 || h[1].Deployment.Status != DeployFailed || !strings.Contains(h[1].Deployment.Description, "unhealthy: health check failed") ||
@@ -224,7 +224,7 @@ func TestFailedRolloutStopsAndRevertsOnRequest(t *testing.T) {
 		n.converge()
 	}
 	r, _ = rolloutOf(t, ts, "api")
-	if run := versionsRunning(n); r.Status != DeploySuccessful || r.JobVersion != 3 || run["api@1.0.0"] != 3 {
+	if run := versionsRunning(n); r.Status != DeploySuccessful || r.JobVersion != 3 || r.AutoRevert || r.RevertedTo != 1 || run["api@1.0.0"] != 3 {
 		t.Fatalf("after job revert 1: %+v, running %v", r, run)
 	}
 }

@@ -113,11 +113,13 @@ type Deployment struct {
 	Promoted bool `json:"promoted,omitempty"`
 	// A revert (auto_revert or `job revert`) goes from version RevertedFrom
 	// back to the spec of version RevertedTo.
-	RevertedFrom uint64    `json:"reverted_from,omitempty"`
-	RevertedTo   uint64    `json:"reverted_to,omitempty"`
-	CreateIndex  uint64    `json:"create_index"`
-	StartedAt    time.Time `json:"started_at,omitzero"`
-	EndedAt      time.Time `json:"ended_at,omitzero"`
+	RevertedFrom uint64 `json:"reverted_from,omitempty"`
+	RevertedTo   uint64 `json:"reverted_to,omitempty"`
+	// AutoRevert: auto_revert made this version because RevertedFrom failed.
+	AutoRevert  bool      `json:"auto_revert,omitempty"`
+	CreateIndex uint64    `json:"create_index"`
+	StartedAt   time.Time `json:"started_at,omitzero"`
+	EndedAt     time.Time `json:"ended_at,omitzero"`
 }
 
 // Deployment statuses.

@@ -160,6 +160,11 @@ func waitJob(c *cli.Context, cl *placement.Client, name string, healthy bool, ti
 		}
 		if version == 0 {
 			version = st.Job.Version
+			if r := st.Rollout; r != nil && r.AutoRevert {
+				// The version last submitted failed before the wait began
+				// (as soon as its first task did): that is the one to report on.
+				version = r.RevertedFrom
+			}
 		}
 		done, progress, err := jobVerdict(ctx, cl, st, version, healthy)
 		if progress != last && err == nil && !done {
