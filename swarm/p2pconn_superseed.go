@@ -246,7 +246,7 @@ func (c *ssConn) endMessageLocked(o *ssEmitter) {
 		if sent, ok := c.win[c.w.piece]; ok && sent >= c.t.pieceLength(c.w.piece) {
 			delete(c.win, c.w.piece)
 			delete(c.asked, c.w.piece)
-			c.ss.resolve(c.t, c.w.piece)
+			c.ss.sent(c.t, c.w.piece)
 			c.progress = time.Now()
 			c.refillLocked(true)
 		}

@@ -129,10 +129,17 @@ func (s *superSeeder) pick(t *ssTorrent, has, seen []bool, force bool) int {
 	return t.pol.Pick(has, seen, force)
 }
 
-// resolve closes a showing of piece i.
+// resolve closes a showing of piece i: the peer got it elsewhere, or went.
 func (s *superSeeder) resolve(t *ssTorrent, i int) {
 	s.mu.Lock()
 	t.pol.Resolve(i)
+	s.mu.Unlock()
+}
+
+// sent closes a showing of piece i that went out whole.
+func (s *superSeeder) sent(t *ssTorrent, i int) {
+	s.mu.Lock()
+	t.pol.Sent(i)
 	s.mu.Unlock()
 }
 

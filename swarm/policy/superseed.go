@@ -26,12 +26,14 @@ const SuperSeedStall = 2 * time.Second
 type SuperSeed struct {
 	shown  []int // how many peers each piece was shown to
 	open   []int // showings not yet resolved: neither sent nor had
+	sent   []int // how often the seed sent each piece whole
+	unsent int   // pieces never sent whole
 	cursor int   // spreads ties across pieces
 }
 
 // NewSuperSeed starts the record of a torrent of n pieces.
 func NewSuperSeed(n int) *SuperSeed {
-	return &SuperSeed{shown: make([]int, n), open: make([]int, n)}
+	return &SuperSeed{shown: make([]int, n), open: make([]int, n), sent: make([]int, n), unsent: n}
 }
 
 // NumPieces is the torrent's piece count.
@@ -44,14 +46,18 @@ func (s *SuperSeed) Shown(i int) int { return s.shown[i] }
 // not been shown (seen), shown to the fewest peers so far. A piece is shown
 // again only once every earlier showing was resolved (the seed sent it, or
 // the peer got it elsewhere), so the seed never queues a second copy before
-// the first went out; force lifts that for a peer that would otherwise
-// starve. It returns -1 when there is nothing to show.
+// the first went out. And while some piece was never sent whole, only such
+// pieces are shown: a second copy would take the seed's upload from a first
+// one, which is time added to every peer's finish (at a thousand peers and
+// more, the swarm waits on the seed's first copies). force lifts both rules
+// for a peer that would otherwise starve. It returns -1 when there is
+// nothing to show.
 func (s *SuperSeed) Pick(has, seen []bool, force bool) int {
 	n := len(s.shown)
 	best := -1
 	for k := range n {
 		i := (s.cursor + k) % n
-		if has[i] || seen[i] || (s.open[i] > 0 && !force) {
+		if has[i] || seen[i] || (!force && (s.open[i] > 0 || (s.unsent > 0 && s.sent[i] > 0))) {
 			continue
 		}
 		if best == -1 || s.shown[i] < s.shown[best] {
@@ -69,10 +75,22 @@ func (s *SuperSeed) Pick(has, seen []bool, force bool) int {
 	return best
 }
 
-// Resolve closes a showing of piece i: the seed sent it, or the peer it was
-// shown to holds it or has gone.
+// Resolve closes a showing of piece i: the peer it was shown to holds it
+// (from another peer) or has gone.
 func (s *SuperSeed) Resolve(i int) {
 	if s.open[i] > 0 {
 		s.open[i]--
 	}
 }
+
+// Sent closes a showing of piece i that the seed sent whole.
+func (s *SuperSeed) Sent(i int) {
+	s.Resolve(i)
+	if s.sent[i] == 0 {
+		s.unsent--
+	}
+	s.sent[i]++
+}
+
+// Unsent is how many pieces the seed never sent whole.
+func (s *SuperSeed) Unsent() int { return s.unsent }

@@ -75,8 +75,8 @@ type Config struct {
 	SeedDeath     float64
 	SeedDeathDone float64
 
-	// Tick is the step in which flows move bytes at fixed rates; 0 means a
-	// sixteenth of a piece's time at a whole link.
+	// Tick is the step in which flows move bytes at fixed rates; 0 means an
+	// eighth of a piece's time at a whole link.
 	Tick float64
 
 	Rand uint64 // random seed: the same Config and Rand give the same Result
@@ -186,6 +186,7 @@ type flow struct {
 	idxDown  int32   // position in dst.downs
 	idxAct   int32   // position in sim.active
 	links    [4]int32
+	nlinks   int8
 	dead     bool
 }
 
@@ -372,7 +373,7 @@ func newSim(cfg Config) *sim {
 	s.tick = cfg.Tick
 	if s.tick <= 0 {
 		// A sixteenth of a piece's time at one slot's share of a link.
-		s.tick = float64(s.pieceLen) / min(cfg.Up, cfg.Down) / 16
+		s.tick = float64(s.pieceLen) / min(cfg.Up, cfg.Down) / 8
 	}
 	for range cfg.Seeds {
 		s.pol = append(s.pol, policy.NewSuperSeed(s.pieces))
@@ -633,14 +634,18 @@ func (s *sim) refill(seed, p *peer, c *ssConn) {
 }
 
 // unshow drops piece i from p's window at the seed: sent, had, or p left.
-func (s *sim) unshow(seed, p *peer, c *ssConn, i int) bool {
+func (s *sim) unshow(seed, p *peer, c *ssConn, i int, sent bool) bool {
 	j := slices.Index(c.win, int32(i))
 	if j < 0 {
 		return false
 	}
 	c.win = slices.Delete(c.win, j, j+1)
 	c.winBits[i>>6] &^= 1 << (i & 63)
-	s.pol[seed.id].Resolve(i)
+	if sent {
+		s.pol[seed.id].Sent(i)
+	} else {
+		s.pol[seed.id].Resolve(i)
+	}
 	if !p.hasPiece(i) && p.alive {
 		p.avail[i]--
 		p.want[slices.Index(p.nbrs, seed.id)]--
@@ -893,6 +898,7 @@ func (s *sim) request(src, dst *peer, i int) {
 }
 
 func (s *sim) startFlow(f *flow) {
+	f.nlinks = int8(len(s.flowLinks(f)))
 	f.active = true
 	f.idxAct = int32(len(s.active))
 	s.active = append(s.active, f)
@@ -940,7 +946,7 @@ func (s *sim) share() {
 	}
 	for _, f := range s.active {
 		f.rate = -1
-		for _, l := range s.flowLinks(f) {
+		for _, l := range f.links[:f.nlinks] {
 			s.links[l].n++
 			s.linkFlows[l] = append(s.linkFlows[l], f)
 		}
@@ -952,16 +958,16 @@ func (s *sim) share() {
 			h = append(h, linkShare{i, s.links[i].left / float64(s.links[i].n)})
 		}
 	}
-	heap.Init(&h)
-	for h.Len() > 0 {
-		top := heap.Pop(&h).(linkShare)
+	h.init()
+	for len(h) > 0 {
+		top := h.pop()
 		l := &s.links[top.l]
 		if l.n == 0 {
 			continue
 		}
 		cur := l.left / float64(l.n)
 		if cur > top.share*(1+1e-12) {
-			heap.Push(&h, linkShare{top.l, cur})
+			h.push(linkShare{top.l, cur})
 			continue
 		}
 		// Freeze every unfrozen flow on l at cur.
@@ -970,7 +976,7 @@ func (s *sim) share() {
 				continue
 			}
 			f.rate = cur
-			for _, o := range s.flowLinks(f) {
+			for _, o := range f.links[:f.nlinks] {
 				s.links[o].left -= cur
 				s.links[o].n--
 			}
@@ -1004,19 +1010,63 @@ type linkShare struct {
 	share float64
 }
 
+// linkHeap is a binary min-heap of link shares, typed to keep share's
+// inner loop free of interface calls.
 type linkHeap []linkShare
 
-func (h linkHeap) Len() int { return len(h) }
-func (h linkHeap) Less(i, j int) bool {
+func (h linkHeap) less(i, j int) bool {
 	return h[i].share < h[j].share || (h[i].share == h[j].share && h[i].l < h[j].l)
 }
-func (h linkHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *linkHeap) Push(x any)   { *h = append(*h, x.(linkShare)) }
-func (h *linkHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
+
+func (h linkHeap) init() {
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		h.down(i)
+	}
+}
+
+func (h linkHeap) down(i int) {
+	n := len(h)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			return
+		}
+		m := l
+		if r := l + 1; r < n && h.less(r, l) {
+			m = r
+		}
+		if !h.less(m, i) {
+			return
+		}
+		h[i], h[m] = h[m], h[i]
+		i = m
+	}
+}
+
+func (h *linkHeap) push(x linkShare) {
+	*h = append(*h, x)
+	a := *h
+	i := len(a) - 1
+	for i > 0 {
+		p := (i - 1) / 2
+		if !a.less(i, p) {
+			break
+		}
+		a[i], a[p] = a[p], a[i]
+		i = p
+	}
+}
+
+func (h *linkHeap) pop() linkShare {
+	a := *h
+	top := a[0]
+	last := len(a) - 1
+	a[0] = a[last]
+	*h = a[:last]
+	if last > 0 {
+		(*h).down(0)
+	}
+	return top
 }
 
 func removeAt(list *[]*flow, f *flow, idx func(*flow) *int32) {
@@ -1042,7 +1092,7 @@ func (s *sim) finishFlow(f *flow) {
 	if src.seed && !s.cfg.NoSuperSeed {
 		if c := src.ss[dst.id]; c != nil {
 			c.progress = s.now
-			s.unshow(src, dst, c, i)
+			s.unshow(src, dst, c, i, true)
 			s.refill(src, dst, c)
 		}
 	}
@@ -1110,7 +1160,7 @@ func (s *sim) announce(p *peer, i int) {
 		if q.seed {
 			if c := q.ss[p.id]; c != nil {
 				c.has[i] = true
-				if s.unshow(q, p, c, i) {
+				if s.unshow(q, p, c, i, false) {
 					c.progress = s.now
 				}
 				s.refill(q, p, c)
@@ -1166,7 +1216,7 @@ func (s *sim) leave(p *peer) {
 		}) {
 			c := p.ss[pid]
 			for _, i := range slices.Clone(c.win) {
-				s.unshow(p, s.peers[pid], c, int(i))
+				s.unshow(p, s.peers[pid], c, int(i), false)
 			}
 			delete(p.ss, pid)
 		}
@@ -1177,7 +1227,7 @@ func (s *sim) leave(p *peer) {
 		if q.seed {
 			if c := q.ss[p.id]; c != nil {
 				for _, i := range slices.Clone(c.win) {
-					s.unshow(q, p, c, int(i))
+					s.unshow(q, p, c, int(i), false)
 				}
 				delete(q.ss, p.id)
 			}
