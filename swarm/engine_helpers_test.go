@@ -106,6 +106,7 @@ func newTestHost(dir string) (host.Host, error) {
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
 		libp2p.DisableRelay(),
+		wireOptions(), // the data path of a real node
 	)
 }
 

@@ -19,6 +19,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	goyamux "github.com/libp2p/go-yamux/v5"
@@ -139,7 +141,7 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 		libp2p.Identity(cfg.Key),
 		libp2p.ListenAddrStrings(listen...),
 		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Muxer(yamux.ID, bulkYamux()),
+		wireOptions(),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
 		libp2p.UserAgent("ballena"),
@@ -167,6 +169,17 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 		return nil, fmt.Errorf("libp2p host: %w", err)
 	}
 	return h, nil
+}
+
+// wireOptions are the muxer and security transports of a node's connections:
+// TLS 1.3 (AES-GCM where the CPU has AES-NI) before Noise (ChaCha20), as libp2p
+// orders them, with batched system calls under TLS, and yamux with large frames.
+func wireOptions() libp2p.Option {
+	return libp2p.ChainOptions(
+		libp2p.Muxer(yamux.ID, bulkYamux()),
+		libp2p.Security(libp2ptls.ID, newBatchedTLS),
+		libp2p.Security(noise.ID, noise.New),
+	)
 }
 
 // bulkYamux is libp2p's yamux with frames of up to 1 MiB instead of 64 KiB.

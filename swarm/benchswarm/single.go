@@ -32,6 +32,8 @@ type roleFigures struct {
 	CPU     float64 `json:"cpu_seconds"`
 	PerGiB  float64 `json:"cpu_seconds_per_gib"`
 	PeakRSS int64   `json:"peak_rss_bytes,omitempty"`
+	// Read and write system calls (from /proc/PID/io) per MiB moved.
+	SyscallsPerMiB float64 `json:"syscalls_per_mib,omitempty"`
 }
 
 // singleRow is one line of the single-stream table.
@@ -174,6 +176,20 @@ func (d *daemon) cpu() float64 {
 	return (ut + st) / 100 // USER_HZ is 100 on Linux
 }
 
+// syscalls is the process's read and write system calls so far.
+func (d *daemon) syscalls() int64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/io", d.cmd.Process.Pid))
+	var n int64
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(l, ": ")
+		if k == "syscr" || k == "syscw" {
+			x, _ := strconv.ParseInt(v, 10, 64)
+			n += x
+		}
+	}
+	return n
+}
+
 // peakRSS is the process's VmHWM in bytes.
 func (d *daemon) peakRSS() int64 {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.cmd.Process.Pid))
@@ -236,10 +252,12 @@ func singleBallena(ctx context.Context, o singleOpts, whale string, psk bool) ([
 	defer leech.kill()
 	stopPerf := startPerf(o.perfDir, tag, map[string]*daemon{"seed": seed, "leecher": leech})
 	s0, l0 := seed.cpu(), leech.cpu()
+	sc0, lc0 := seed.syscalls(), leech.syscalls()
 	start := time.Now()
 	_, err = r.run(leech.dir, "fetch", "--json", "bench@1.0.0")
 	secs := time.Since(start).Seconds()
 	s1, l1 := seed.cpu(), leech.cpu()
+	sc1, lc1 := seed.syscalls(), leech.syscalls()
 	stopPerf()
 	if err != nil {
 		return nil, err
@@ -254,8 +272,10 @@ func singleBallena(ctx context.Context, o singleOpts, whale string, psk bool) ([
 	}
 	rows := []singleRow{{
 		Name: name, Seconds: secs, MiBs: float64(o.size) / mib / secs,
-		Seed:    roleFigures{CPU: s1 - s0, PerGiB: (s1 - s0) / gib, PeakRSS: seed.peakRSS()},
-		Leecher: roleFigures{CPU: l1 - l0, PerGiB: (l1 - l0) / gib, PeakRSS: leech.peakRSS()},
+		Seed: roleFigures{CPU: s1 - s0, PerGiB: (s1 - s0) / gib, PeakRSS: seed.peakRSS(),
+			SyscallsPerMiB: float64(sc1-sc0) / (gib * 1024)},
+		Leecher: roleFigures{CPU: l1 - l0, PerGiB: (l1 - l0) / gib, PeakRSS: leech.peakRSS(),
+			SyscallsPerMiB: float64(lc1-lc0) / (gib * 1024)},
 	}}
 	if o.aria && !psk {
 		row, err := singleAria(ctx, r, seed, rel, o.size)
@@ -401,7 +421,7 @@ func startPerf(dir, tag string, ds map[string]*daemon) func() {
 func printSingle(rows []singleRow, size int64) {
 	w := os.Stdout
 	fmt.Fprintf(w, "single stream: one seed → one leecher, %d MiB, loopback, no caps\n\n", size/mib)
-	fmt.Fprintf(w, "  %-32s %7s %8s  %10s %10s %10s  %9s %9s\n", "", "seconds", "MiB/s", "seed CPU/GiB", "leech CPU/GiB", "sum", "seed RSS", "leech RSS")
+	fmt.Fprintf(w, "  %-32s %7s %6s  %12s %13s %6s  %8s %9s  %s\n", "", "seconds", "MiB/s", "seed CPU/GiB", "leech CPU/GiB", "sum", "seed RSS", "leech RSS", "syscalls/MiB seed, leech")
 	for _, r := range rows {
 		rss := func(b int64) string {
 			if b == 0 {
@@ -409,8 +429,12 @@ func printSingle(rows []singleRow, size int64) {
 			}
 			return fmt.Sprintf("%dMiB", b>>20)
 		}
-		fmt.Fprintf(w, "  %-32s %7.2f %8.0f  %10.2f %10.2f %10.2f  %9s %9s\n", r.Name, r.Seconds, r.MiBs,
-			r.Seed.PerGiB, r.Leecher.PerGiB, r.totalPerGiB(), rss(r.Seed.PeakRSS), rss(r.Leecher.PeakRSS))
+		sys := ""
+		if r.Seed.SyscallsPerMiB > 0 {
+			sys = fmt.Sprintf("%.0f, %.0f", r.Seed.SyscallsPerMiB, r.Leecher.SyscallsPerMiB)
+		}
+		fmt.Fprintf(w, "  %-32s %7.2f %6.0f  %12.2f %13.2f %6.2f  %8s %9s  %s\n", r.Name, r.Seconds, r.MiBs,
+			r.Seed.PerGiB, r.Leecher.PerGiB, r.totalPerGiB(), rss(r.Seed.PeakRSS), rss(r.Leecher.PeakRSS), sys)
 	}
 	for _, r := range rows {
 		if r.Note != "" {

@@ -1,0 +1,176 @@
+package swarm
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/core/sec"
+	tptu "github.com/libp2p/go-libp2p/p2p/net/upgrader"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+)
+
+// batchSize is how much of a connection's TLS output is gathered into one
+// write system call, and how much input one read system call may fetch: 16
+// records. Both buffers are a connection's own and made on first use, and a
+// node keeps many idle connections (the DHT's), so they stay this small.
+const batchSize = 256 << 10
+
+// batchedTLS is libp2p's TLS 1.3 security transport with fewer, larger system
+// calls under it. TLS cuts what it sends into records of at most 16 KiB and
+// writes each with a write(2) of its own: 64 system calls per MiB, which on
+// this kind of VM cost more than the AES-GCM that seals the bytes. Here the
+// records of one Write go out together, and reads take up to batchSize at a
+// time. The bytes on the wire are the same: peers running plain libp2p TLS
+// interoperate.
+type batchedTLS struct{ inner *libp2ptls.Transport }
+
+// newBatchedTLS has the signature libp2p.Security wants.
+func newBatchedTLS(id protocol.ID, key crypto.PrivKey, muxers []tptu.StreamMuxer) (*batchedTLS, error) {
+	t, err := libp2ptls.New(id, key, muxers)
+	if err != nil {
+		return nil, err
+	}
+	return &batchedTLS{inner: t}, nil
+}
+
+func (t *batchedTLS) ID() protocol.ID { return t.inner.ID() }
+
+func (t *batchedTLS) SecureInbound(ctx context.Context, insecure net.Conn, p peer.ID) (sec.SecureConn, error) {
+	bc := newBatchConn(insecure)
+	sc, err := t.inner.SecureInbound(ctx, bc, p)
+	if err != nil {
+		return nil, err
+	}
+	bc.startBatching()
+	return &batchedSecureConn{SecureConn: sc, bc: bc}, nil
+}
+
+func (t *batchedTLS) SecureOutbound(ctx context.Context, insecure net.Conn, p peer.ID) (sec.SecureConn, error) {
+	bc := newBatchConn(insecure)
+	sc, err := t.inner.SecureOutbound(ctx, bc, p)
+	if err != nil {
+		return nil, err
+	}
+	bc.startBatching()
+	return &batchedSecureConn{SecureConn: sc, bc: bc}, nil
+}
+
+// batchedSecureConn flushes what TLS gathered below it once each Write is
+// whole, so nothing waits in the buffer for a later Write.
+type batchedSecureConn struct {
+	sec.SecureConn
+	bc *batchConn
+}
+
+func (c *batchedSecureConn) Write(b []byte) (int, error) {
+	n, err := c.SecureConn.Write(b)
+	if ferr := c.bc.flush(); err == nil && ferr != nil {
+		return 0, ferr
+	}
+	return n, err
+}
+
+// Read flushes too: TLS may answer from its read path (a key update), and
+// that answer must not wait for the next Write.
+func (c *batchedSecureConn) Read(b []byte) (int, error) {
+	n, err := c.SecureConn.Read(b)
+	if c.bc.pending() {
+		if ferr := c.bc.flush(); err == nil && ferr != nil {
+			return n, ferr
+		}
+	}
+	return n, err
+}
+
+// batchConn is the connection under TLS: reads through a buffer, and once
+// the handshake is done (whose flights must go out as written), writes
+// gathered until flush.
+type batchConn struct {
+	net.Conn
+	r *bufio.Reader
+
+	mu       sync.Mutex
+	batching bool
+	buf      []byte // reused; at most batchSize
+	err      error  // a failed write: every later one fails too
+}
+
+func newBatchConn(c net.Conn) *batchConn {
+	return &batchConn{Conn: c}
+}
+
+// Read is only ever called by TLS, one goroutine at a time.
+func (c *batchConn) Read(b []byte) (int, error) {
+	if c.r == nil {
+		c.r = bufio.NewReaderSize(c.Conn, batchSize)
+	}
+	return c.r.Read(b)
+}
+
+func (c *batchConn) startBatching() {
+	c.mu.Lock()
+	c.batching = true
+	c.mu.Unlock()
+}
+
+func (c *batchConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	if !c.batching {
+		return c.Conn.Write(b)
+	}
+	if len(c.buf)+len(b) > batchSize {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(b) >= batchSize {
+			n, err := c.Conn.Write(b)
+			c.err = err
+			return n, err
+		}
+	}
+	if c.buf == nil {
+		c.buf = make([]byte, 0, batchSize)
+	}
+	c.buf = append(c.buf, b...)
+	return len(b), nil
+}
+
+func (c *batchConn) pending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.buf) > 0
+}
+
+func (c *batchConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flushLocked()
+}
+
+func (c *batchConn) flushLocked() error {
+	if c.err != nil {
+		return c.err
+	}
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.buf)
+	c.buf = c.buf[:0]
+	c.err = err
+	return err
+}
+
+// Close sends what TLS wrote last (its close_notify) before closing.
+func (c *batchConn) Close() error {
+	c.flush()
+	return c.Conn.Close()
+}
