@@ -237,3 +237,30 @@ func TestAgentEnforcesPinnedDigest(t *testing.T) {
 		t.Errorf("%d tasks started for a job pinned to another digest", n)
 	}
 }
+
+// A job's health check reaches the node, which runs it and reports health
+// and the verdict to the server at once (job status shows them); a task
+// whose check fails is killed and, with restart never, ends failed with the
+// check's message.
+func TestAgentReportsHealth(t *testing.T) {
+	c := newAgentCell(t)
+	c.env.publishTask()
+	job := "name: %s\nartifact: task@1.0.0\nresources: {cpu: 100m, memory: 64MiB}\nrestart: never\nargs: [http, %s]\n" +
+		"update: {min_healthy_time: 200ms, healthy_deadline: 1m}\n" +
+		"check: {http: /healthz, port_env: PORT, interval: 100ms, failures: 2}\n"
+	submit(t, c, fmt.Sprintf(job, "good", "ok"))
+	submit(t, c, fmt.Sprintf(job, "bad", "sick"))
+	st := c.waitJob(t, "good", func(st *placement.JobStatus) bool {
+		return len(st.Tasks) == 1 && st.Tasks[0].Healthy != nil
+	})
+	if ts := st.Tasks[0]; !*ts.Healthy || ts.Health != placement.HealthHealthy || ts.ClientStatus != placement.ClientRunning {
+		t.Errorf("good job's task: %+v, want running, healthy, verdict true", ts)
+	}
+	st = c.waitJob(t, "bad", func(st *placement.JobStatus) bool {
+		return len(st.Tasks) == 1 && st.Tasks[0].ClientStatus == placement.ClientFailed
+	})
+	if ts := st.Tasks[0]; ts.Healthy == nil || *ts.Healthy || !strings.HasPrefix(ts.Message, "health check failed 2 times: GET http://127.0.0.1:") ||
+		!strings.HasSuffix(ts.Message, "/healthz: 500 Internal Server Error") {
+		t.Errorf("bad job's task: %+v, want failed by its check, verdict false", ts)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"ballena.dev/artifact"
 	"ballena.dev/internal/poll"
 	"ballena.dev/placement"
 )
@@ -287,5 +288,27 @@ func TestHealthSurvivesLauncherRestart(t *testing.T) {
 	}
 	if !strings.Contains(e.logs(tk.ID), fmt.Sprintf("listening %d", port)) {
 		t.Errorf("the restarted run did not listen on %d: %q", port, e.logs(tk.ID))
+	}
+}
+
+// An image task's exec check runs through runc exec: inside the container,
+// as its user, in its cgroup, under its filter.
+func TestHealthExecImage(t *testing.T) {
+	requireRunc(t)
+	e := newEnv(t, nil)
+	e.publish(buildImage(t), "taskimg", "1.0.0", artifact.KindOCI)
+	spec := func(expectUID string) TaskSpec {
+		return TaskSpec{Artifact: "taskimg@1.0.0", Args: []string{"serve"}, Hostname: "imgcheck",
+			Health: &HealthSpec{Check: fastCheck(placement.Check{Exec: []string{"/bin/task", "incheck", expectUID, "imgcheck", e.parent}})}}
+	}
+	ok := e.start(spec("65534"))
+	got := e.await(ok.ID, "the verdict", func(t Task) bool { return t.Healthy != nil })
+	if verdict(got) != "true" {
+		t.Fatalf("exec check in the image task: health %q verdict %s exit %+v", got.Health, verdict(got), got.Exit)
+	}
+	bad := e.wait(e.start(spec("0")).ID)
+	want := "health check failed 2 times: exec /bin/task incheck 0 imgcheck " + e.parent + ": exit status 1: in check: uid 65534"
+	if bad.Exit == nil || !bad.Exit.Unhealthy || bad.Exit.Message != want {
+		t.Errorf("failing exec check: %+v, want %q", bad.Exit, want)
 	}
 }
