@@ -52,6 +52,22 @@
 // watches adopted shims through pidfds, and reads exit.json of those that
 // ended meanwhile.
 //
+// # Health
+//
+// A task whose spec carries a HealthSpec (the agent gives every allocation
+// one) has its check run every interval while it runs: an HTTP GET or a TCP
+// connect to 127.0.0.1:PORT, from inside the task's network namespace when
+// it has one (a thread that entered it makes the socket), or a command run
+// inside the task (runc exec for images; nsenter and the static binary
+// itself, dropping to the task's user and filter, for whales: see
+// health_exec.go). PORT is fixed or read from an environment variable the
+// launcher fills with a free port when the spec leaves it unset; it lives in
+// the spec, so restarts and a restarted launcher keep it. Failures checks in
+// a row make the run unhealthy: it is killed and its end counts as a
+// failure for the restart policy. The one-time verdict Healthy (true after
+// MinHealthyTime healthy, false on unhealthy, an end or a restart first, or
+// past HealthyDeadline) is what the placement service's rollouts read.
+//
 // # Where things are
 //
 //	launcher.go   Config, New (defaults, reopening records), Close
@@ -63,6 +79,9 @@
 //	image.go      images: unpack a layer stream into a rootfs
 //	cgroup.go     the task's cgroup: limits, usage, oom_kill, kill all
 //	supervise.go  watching a run, recording its end, restarting by policy; adopting after a restart
+//	health.go     a run's health monitor: health states, the verdict, killing an unhealthy run
+//	health_check.go HTTP and TCP checks (in the task's network namespace), check ports
+//	health_exec.go exec checks inside the task: runc exec, or nsenter and the re-executed binary
 //	control.go    Stop, Wait, Get, List, Remove
 //	records.go    task records in badger, snapshots and events
 //	logs.go       the log the shim writes with rotation, and reading it back

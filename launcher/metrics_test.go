@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"ballena.dev/internal/metricstest"
+	"ballena.dev/placement"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -50,4 +51,34 @@ func TestMetricsCount(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
 		}
 	}
+}
+
+// TestMetricsHealth: running tasks by health, failed checks and unhealthy
+// kills, as promtool accepts them.
+func TestMetricsHealth(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	e := newEnv(t, func(c *Config) { c.Metrics = reg })
+	ref := e.publishTask()
+	check := fastCheck(placement.Check{HTTP: "/healthz", PortEnv: "PORT"})
+	good := e.start(TaskSpec{Artifact: ref, Args: []string{"http", "ok"}, Health: &HealthSpec{Check: check}})
+	sick := e.start(TaskSpec{Artifact: ref, Args: []string{"http", "sick"}, Health: &HealthSpec{Check: check}})
+	// Its first check is an hour away: it stays starting.
+	e.start(TaskSpec{Artifact: ref, Args: []string{"serve"},
+		Health: &HealthSpec{Check: &placement.Check{HTTP: "/healthz", Port: 9, Interval: time.Hour, Timeout: time.Second, Failures: 1}}})
+	e.await(good.ID, "health", healthIs(placement.HealthHealthy))
+	e.wait(sick.ID)
+
+	got := metricstest.Gather(t, reg)
+	for name, want := range map[string]float64{
+		"ballena_launcher_task_health{health=healthy}":   1,
+		"ballena_launcher_task_health{health=starting}":  1,
+		"ballena_launcher_task_health{health=unhealthy}": 0,
+		"ballena_launcher_health_check_failures_total":   2,
+		"ballena_launcher_unhealthy_kills_total":         1,
+	} {
+		if v, ok := got[name]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+	metricstest.Promtool(t, "launcher", metricstest.Text(t, reg))
 }

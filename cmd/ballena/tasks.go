@@ -18,6 +18,7 @@ import (
 	"ballena.dev/internal/localapi"
 	"ballena.dev/internal/units"
 	"ballena.dev/launcher"
+	"ballena.dev/placement"
 	"github.com/urfave/cli/v2"
 )
 
@@ -252,7 +253,7 @@ func memSize(n int64) string {
 func psCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "ps",
-		Usage:     "list tasks: state, pid, uptime, restarts, CPU and memory used",
+		Usage:     "list tasks: state, health, pid, uptime, restarts, CPU and memory used",
 		UsageText: "ballena ps\nballena ps --all --json",
 		Flags:     []cli.Flag{&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Usage: "include finished tasks"}, cgroupParentFlag, jsonFlag},
 		Action: func(c *cli.Context) error {
@@ -279,7 +280,7 @@ func psCommand() *cli.Command {
 				return printJSON(c.App.Writer, ts)
 			}
 			w := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tARTIFACT\tSTATE\tPID\tUPTIME\tRESTARTS\tCPU\tMEMORY\tISOLATION")
+			fmt.Fprintln(w, "ID\tARTIFACT\tSTATE\tHEALTH\tPID\tUPTIME\tRESTARTS\tCPU\tMEMORY\tISOLATION")
 			for _, t := range ts {
 				state, pid, up, cpu, mem := string(t.State), "-", "-", "-", "-"
 				if t.State.Final() && t.Exit != nil && !t.Exit.OOM && t.Exit.Code >= 0 {
@@ -296,11 +297,29 @@ func psCommand() *cli.Command {
 					cpu = fmt.Sprintf("%.2fs", t.Usage.CPUSeconds)
 					mem = fmt.Sprintf("%s / %s", memSize(t.Usage.MemoryBytes), memSize(t.Spec.MemoryBytes))
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", t.ID, t.Spec.Artifact, state, pid, up, t.Restarts, cpu, mem, isolationSummary(t))
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", t.ID, t.Spec.Artifact, state, healthSummary(t), pid, up, t.Restarts, cpu, mem, isolationSummary(t))
 			}
 			return w.Flush()
 		},
 	}
+}
+
+// healthSummary is ps's HEALTH column: the current run's health, then the
+// deployment verdict once given ("healthy, verdict ok"); "-" for a task
+// whose health nobody asked for.
+func healthSummary(t launcher.Task) string {
+	if t.Spec.Health == nil {
+		return "-"
+	}
+	h := orDash(t.Health)
+	switch {
+	case t.Healthy == nil:
+	case *t.Healthy:
+		h += ", verdict ok"
+	default:
+		h += ", verdict failed"
+	}
+	return h
 }
 
 // isolationSummary is ps's ISOLATION column: the seccomp filter (SECCOMP
@@ -441,6 +460,10 @@ func inspectTask(c *cli.Context, id string) error {
 		state += ": " + t.Exit.String()
 	}
 	fmt.Fprintf(w, "  state:\t%s (restarts %d)\n", state, t.Restarts)
+	if hs := t.Spec.Health; hs != nil {
+		fmt.Fprintf(w, "  health:\t%s\n", healthDetail(t))
+		fmt.Fprintf(w, "  check:\t%s\n", checkSummary(t))
+	}
 	if t.PID != 0 {
 		fmt.Fprintf(w, "  pid:\t%d, cgroup %s\n", t.PID, t.Cgroup)
 	}
@@ -461,6 +484,56 @@ func inspectTask(c *cli.Context, id string) error {
 	fmt.Fprintf(w, "  limits:\tmemory %s (no swap), cpu %s, pids %d, nofile %d, core %s\n", memSize(t.Spec.MemoryBytes),
 		cpuOrUnlimited(t.Spec.CPUMillis), t.Spec.Pids, t.Spec.NoFile, units.FormatBytes(t.Spec.CoreBytes))
 	return w.Flush()
+}
+
+// healthDetail is inspect's health line: the run's health and since when,
+// and the deployment verdict with what it takes.
+func healthDetail(t launcher.Task) string {
+	hs := t.Spec.Health
+	h := orDash(t.Health)
+	if t.Health == placement.HealthHealthy && !t.HealthySince.IsZero() {
+		h += fmt.Sprintf(" for %s", time.Since(t.HealthySince).Round(time.Second))
+	}
+	verdict := "pending"
+	if t.Healthy != nil {
+		verdict = strconv.FormatBool(*t.Healthy)
+	}
+	h += fmt.Sprintf("; verdict %s (healthy for %s", verdict, hs.MinHealthyTime)
+	if hs.HealthyDeadline > 0 {
+		h += fmt.Sprintf(" within %s of the first start", hs.HealthyDeadline)
+	}
+	return h + ")"
+}
+
+// checkSummary says what the check does, e.g. "GET http://127.0.0.1:8080/healthz
+// every 10s, timeout 2s, unhealthy after 3 failures".
+func checkSummary(t launcher.Task) string {
+	c := t.Spec.Health.Check
+	if c == nil {
+		return "none: healthy while it runs"
+	}
+	port := strconv.Itoa(c.Port)
+	if c.PortEnv != "" {
+		port = "$" + c.PortEnv
+		for _, kv := range t.Spec.Env {
+			if v, ok := strings.CutPrefix(kv, c.PortEnv+"="); ok {
+				port = v
+			}
+		}
+	}
+	var what string
+	switch {
+	case c.HTTP != "":
+		what = "GET http://127.0.0.1:" + port + c.HTTP
+	case c.TCP:
+		what = "connect to 127.0.0.1:" + port
+	default:
+		what = "exec " + strings.Join(c.Exec, " ")
+	}
+	if t.Spec.Network == "none" {
+		what += " (in the task's network namespace)"
+	}
+	return fmt.Sprintf("%s every %s, timeout %s, unhealthy after %d failures", what, c.Interval, c.Timeout, c.Failures)
 }
 
 func cpuOrUnlimited(m int64) string {
