@@ -16,8 +16,11 @@ import (
 )
 
 func (n *Node) maybeAutoFetch(rel artifact.Release) {
-	if !n.autoFetches(rel) || n.st.HasBlob(rel.Digest) {
+	if !n.autoFetches(rel) {
 		return
+	}
+	if _, _, err := n.st.Release(rel.Ref()); err == nil && n.st.HasBlob(rel.Digest) {
+		return // held already; a new release of held bytes still needs its record (Fetch)
 	}
 	n.wg.Go(func() {
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AutoFetchTimeout)

@@ -50,6 +50,16 @@ func (n *Node) Fetch(ctx context.Context, ref artifact.Ref, progress func(Progre
 		n.offer(ctx, rel)
 		return rel, nil
 	}
+	if n.st.HasBlob(rel.Digest) {
+		// The same bytes under another name or version (a rebuild tagged anew):
+		// the store hashed them when it took them in, so only the signed record
+		// is new.
+		if err := n.adoptRelease(rel, env); err != nil {
+			return artifact.Release{}, fmt.Errorf("fetch %s: %w", ref, err)
+		}
+		n.offer(ctx, rel)
+		return rel, nil
+	}
 	// 2. Find holders. The job keeps looking and feeding them to the engine;
 	// this call waits only for the first.
 	j := n.startJob(rel, env)

@@ -271,6 +271,45 @@ func TestAutoFetch(t *testing.T) {
 	}
 }
 
+// A new version of bytes a node holds already (a rebuild tagged anew) is
+// taken without a download: only its signed record is new.
+func TestAutoFetchSameBytesNewVersion(t *testing.T) {
+	pub, priv := ntKey(t)
+	src := ntNode(t, ntOpts{trust: []ed25519.PublicKey{pub}})
+	auto := ntNode(t, ntOpts{bootstrap: []*Node{src}, trust: []ed25519.PublicKey{pub}, autoFetch: []string{"api"}})
+	waitGossip(t, src, auto)
+	ctx := context.Background()
+	v1, env1 := ntSign(t, "api", "1.0.0", 1<<20, priv)
+	v2 := v1.Release
+	v2.Version = "1.1.0"
+	env2, err := artifact.Sign(v2, v1.path, artifact.PublishOptions{Keys: []ed25519.PrivateKey{priv}, SourceRepo: "test", SourceCommit: "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct {
+		rel artifact.Release
+		env *signing.Envelope
+	}{{v1.Release, env1}, {v2, env2}} {
+		if _, err := src.st.Import(ctx, v1.path, r.env); err != nil {
+			t.Fatal(err)
+		}
+		if err := src.Announce(ctx, r.rel, r.env); err != nil {
+			t.Fatal(err)
+		}
+		poll.Until(t, 30*time.Second, "auto-fetch of "+r.rel.Ref().String(), func() bool {
+			_, _, err := auto.st.Release(r.rel.Ref())
+			return err == nil
+		})
+	}
+	var down int64
+	for _, tr := range auto.Engine().Transfers() {
+		down += tr.BytesDownloaded
+	}
+	if down > v1.Size+v1.Size/4 {
+		t.Errorf("the node downloaded %d bytes for two releases of the same %d", down, v1.Size)
+	}
+}
+
 func TestFetchNobodyHas(t *testing.T) {
 	pub, _ := ntKey(t)
 	a := ntNode(t, ntOpts{trust: []ed25519.PublicKey{pub}})
