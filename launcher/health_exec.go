@@ -103,7 +103,10 @@ func (l *Launcher) execCheck(ctx context.Context, t Task) error {
 	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// Its own process group, which the timeout kills whole. No Pdeathsig: it
+	// fires when the thread that forked exits, and threads that entered a
+	// task's network namespace (dialInNetns) do exit.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}

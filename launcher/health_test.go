@@ -229,6 +229,15 @@ func TestHealthExecWhale(t *testing.T) {
 	if bad.Exit == nil || !bad.Exit.Unhealthy || bad.Exit.Message != want {
 		t.Errorf("failing exec check: %+v, want %q", bad.Exit, want)
 	}
+	// A command that outlives its timeout is killed, and the check fails.
+	slow := TaskSpec{Artifact: art, Args: []string{"serve"},
+		Health: &HealthSpec{Check: fastCheck(placement.Check{Exec: []string{"/proc/1/exe", "serve"}})}}
+	slow.Health.Check.Timeout = 300 * time.Millisecond
+	end := e.wait(e.start(slow).ID)
+	want = "health check failed 2 times: exec /proc/1/exe serve: timed out after 300ms"
+	if end.Exit == nil || !end.Exit.Unhealthy || end.Exit.Message != want {
+		t.Errorf("exec check past its timeout: %+v, want %q", end.Exit, want)
+	}
 }
 
 // HTTP and TCP checks of a task with its own network namespace run inside
