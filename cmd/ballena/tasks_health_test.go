@@ -39,7 +39,7 @@ func TestPsShowsTaskHealth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check := &placement.Check{HTTP: "/healthz", PortEnv: "PORT", Interval: 50 * time.Millisecond, Timeout: 2 * time.Second, Failures: 3}
+	check := &placement.Check{HTTP: "/healthz", PortEnv: "PORT", Interval: 50 * time.Millisecond, Timeout: 2 * time.Second, Failures: 40}
 	tk, err := l.Start(context.Background(), launcher.TaskSpec{Artifact: "api@1.4.0",
 		Health: &launcher.HealthSpec{Check: check, MinHealthyTime: 100 * time.Millisecond, HealthyDeadline: time.Minute}})
 	if err != nil {
@@ -66,7 +66,7 @@ func TestPsShowsTaskHealth(t *testing.T) {
 	port, _ := strings.CutPrefix(envOf(ts[0], "PORT"), "PORT=")
 	_, out, _ = run(t, f.data, "inspect", tk.ID, cg)
 	mustContain(t, out, "health:", "healthy for", "verdict true", "check:",
-		"GET http://127.0.0.1:"+port+"/healthz every 50ms, timeout 2s, unhealthy after 3 failures")
+		"GET http://127.0.0.1:"+port+"/healthz every 50ms, timeout 2s, unhealthy after 40 failures")
 }
 
 func envOf(t launcher.Task, key string) string {
