@@ -111,6 +111,9 @@ func taskState(allocID string, t Task) placement.TaskState {
 	if t.State == StateRunning {
 		st.Health = t.Health
 	}
+	if st.Message == "" && t.HealthKill != "" {
+		st.Message = t.HealthKill // the rollout that fails on it says why
+	}
 	if t.Healthy != nil {
 		st.Healthy = new(*t.Healthy)
 	}
@@ -334,7 +337,7 @@ func (a *Agent) attempt(ctx context.Context, al *placement.Alloc) (Task, error) 
 		Hostname: al.Name(), Labels: map[string]string{allocLabel: al.ID, "ballena.job": al.Job},
 		// The job's isolation, and its pinned digest: Start refuses any other.
 		Seccomp: iso.Seccomp, Network: iso.Network, User: iso.User, NoFile: iso.NoFile, CoreBytes: iso.CoreBytes,
-		Digest: al.Digest,
+		Digest: al.Digest, AllowRollback: al.AllowRollback,
 		// The node judges the task's health (and restarts it when it turns
 		// unhealthy); the server reads the verdict for rollouts.
 		Health: &HealthSpec{Check: al.Check, MinHealthyTime: al.MinHealthyTime, HealthyDeadline: al.HealthyDeadline}}

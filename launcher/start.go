@@ -31,7 +31,11 @@ func (l *Launcher) Start(ctx context.Context, spec TaskSpec) (Task, error) {
 	if err := l.assignCheckPort(&spec); err != nil {
 		return Task{}, err
 	}
-	art, err := l.timedVerify(func() (Artifact, error) { return l.cfg.Verifier.Verify(ctx, spec.Artifact) })
+	verify := l.cfg.Verifier.Verify
+	if rv, ok := l.cfg.Verifier.(RollbackVerifier); ok && spec.AllowRollback {
+		verify = rv.VerifyRollback
+	}
+	art, err := l.timedVerify(func() (Artifact, error) { return verify(ctx, spec.Artifact) })
 	if err != nil {
 		return Task{}, fmt.Errorf("start %s: %w", spec.Artifact, err)
 	}

@@ -149,6 +149,9 @@ func (l *Launcher) restart(e *entry) (*exec.Cmd, error) {
 	if rv, ok := l.cfg.Verifier.(RestartVerifier); ok {
 		verify = rv.VerifyRestart // a key that expired since the first start still counts
 	}
+	if rv, ok := l.cfg.Verifier.(RollbackVerifier); ok && t.Spec.AllowRollback {
+		verify = rv.VerifyRollback
+	}
 	art, err := l.timedVerify(func() (Artifact, error) { return verify(ctx, t.Spec.Artifact) })
 	if err != nil {
 		return nil, err

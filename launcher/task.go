@@ -89,6 +89,9 @@ type TaskSpec struct {
 	// health.go): run its check, restart it by policy when it turns
 	// unhealthy, and give the deployment verdict Task.Healthy.
 	Health *HealthSpec `json:"health,omitempty"`
+	// AllowRollback accepts an older version than one verified here before:
+	// the placement service sets it on a revert (see RollbackVerifier).
+	AllowRollback bool `json:"allowRollback,omitempty"`
 }
 
 // HealthSpec is how a task's health is judged: its check (nil: healthy

@@ -33,6 +33,20 @@ type StoreVerifier struct {
 	mu sync.Mutex // Store.Verify records versions: one at a time
 }
 
+// RollbackVerifier verifies a task its placement service runs as a revert
+// (TaskSpec.AllowRollback): the cell's admin consented, through `job revert`
+// or the job's auto_revert, to an older version than this node verified
+// before, as --allow-rollback does for a task run by hand. Every other check
+// holds: signatures, scope, threshold, revocation, the blob's sha256.
+type RollbackVerifier interface {
+	VerifyRollback(ctx context.Context, ref string) (Artifact, error)
+}
+
+// VerifyRollback implements RollbackVerifier.
+func (v *StoreVerifier) VerifyRollback(ctx context.Context, ref string) (Artifact, error) {
+	return v.verifyWith(ctx, ref, time.Time{}, true)
+}
+
 // RestartVerifier is a Verifier with a rule of its own for restarts of a task
 // that already ran; the launcher uses it when its Verifier has it.
 type RestartVerifier interface {
@@ -97,6 +111,10 @@ func (v *StoreVerifier) now() time.Time {
 // verify checks ref against the policy as of at (zero: now) and, checked as
 // of now, records the digest's first verification.
 func (v *StoreVerifier) verify(ctx context.Context, ref string, at time.Time) (Artifact, error) {
+	return v.verifyWith(ctx, ref, at, false)
+}
+
+func (v *StoreVerifier) verifyWith(ctx context.Context, ref string, at time.Time, allowRollback bool) (Artifact, error) {
 	r, err := artifact.ParseRef(ref)
 	if err != nil {
 		return Artifact{}, fmt.Errorf("%w: %v", ErrInvalid, err)
@@ -110,7 +128,7 @@ func (v *StoreVerifier) verify(ctx context.Context, ref string, at time.Time) (A
 		now = v.now()
 	}
 	v.mu.Lock()
-	rel, _, err := v.Store.Verify(ctx, r, pol, artifact.VerifyOptions{AllowRollback: v.AllowRollback, Now: now})
+	rel, _, err := v.Store.Verify(ctx, r, pol, artifact.VerifyOptions{AllowRollback: v.AllowRollback || allowRollback, Now: now})
 	v.mu.Unlock()
 	switch {
 	case errors.Is(err, artifact.ErrNotFound):

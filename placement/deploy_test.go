@@ -191,6 +191,10 @@ func TestFailedCanaryRevertsAutomatically(t *testing.T) {
 		if a.Artifact != "api@1.0.0" {
 			t.Errorf("after the revert %s runs %s", a.Name(), a.Artifact)
 		}
+		// The revert's own tasks carry the cell's consent to an older version.
+		if a.AllowRollback != (a.JobVersion == 3) {
+			t.Errorf("%s of version %d: allow_rollback %v", a.Name(), a.JobVersion, a.AllowRollback)
+		}
 	}
 	if kept != 3 {
 		t.Errorf("%d of the old tasks kept running through the revert, want 3", kept)

@@ -22,6 +22,7 @@ func (c *Cell) newAlloc(js *jobState, idx int, n *nodeState) *Alloc {
 		Artifact: js.Artifact, Digest: js.Digest, Resources: js.Resources, Args: js.Args, Env: js.Env,
 		Restart: js.Restart, Isolation: js.Isolation, Check: js.Check,
 		MinHealthyTime: js.Update.MinHealthyTime, HealthyDeadline: js.Update.HealthyDeadline,
+		AllowRollback: js.Deployment != nil && js.Deployment.RevertedTo != 0,
 		DesiredStatus: DesiredRun, ClientStatus: ClientPending,
 		CreatedAt: c.now(), CreateIndex: c.index,
 	}

@@ -294,6 +294,9 @@ type Alloc struct {
 	// the node applies to decide Healthy (Nomad's client-side health).
 	MinHealthyTime  time.Duration `json:"min_healthy_time,omitempty"`
 	HealthyDeadline time.Duration `json:"healthy_deadline,omitempty"`
+	// AllowRollback: the task runs a revert (`job revert`, auto_revert), an
+	// admin's consent to run a version older than one its node verified.
+	AllowRollback bool `json:"allow_rollback,omitempty"`
 
 	DesiredStatus      string `json:"desired_status"`
 	DesiredDescription string `json:"desired_description,omitempty"`

@@ -318,15 +318,20 @@ func readmeFences(t *testing.T, heading, lang string) []string {
 	}
 	var out []string
 	var cur *strings.Builder
-	under := false
+	inCode, under := false, false
 	for _, line := range strings.Split(string(data), "\n") {
 		switch {
-		case cur != nil && line == "```":
-			out = append(out, cur.String())
-			cur = nil
-		case cur != nil:
-			cur.WriteString(line + "\n")
+		case inCode && line == "```":
+			if cur != nil {
+				out = append(out, cur.String())
+			}
+			inCode, cur = false, nil
+		case inCode:
+			if cur != nil {
+				cur.WriteString(line + "\n")
+			}
 		case strings.HasPrefix(line, "```"):
+			inCode = true
 			if under && strings.TrimPrefix(line, "```") == lang {
 				cur = &strings.Builder{}
 			}

@@ -45,7 +45,8 @@ const (
 // counts where the bytes came from and calls every task; then kills a node,
 // cuts a host off the network and brings it back, submits jobs for an
 // untrusted and a tampered artifact, times job starts, and rolls the job over
-// to a refused release and then to a good one.
+// to a refused release and then to a good one; last, runs README's release
+// script from a CI runner three times (ciRelease).
 func TestE2EFleet(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: starts a server and 4 nodes in network namespaces; skipped with -short")
@@ -100,6 +101,7 @@ func TestE2EFleet(t *testing.T) {
 	e.admin("job", "stop", "big")
 
 	e.rollout()
+	e.ciRelease()
 }
 
 // e2e is one test fleet.
@@ -212,7 +214,7 @@ func (e *e2e) startNode(n *e2eNode) {
 		"--listen", fmt.Sprintf("/ip4/%s/tcp/7400", n.host.Addr),
 		"--trust", e.path("trust.yaml"), "--psk", e.path("fleet.psk"),
 		"--upload-limit", fmt.Sprint(e2eCap), "--download-limit", fmt.Sprint(e2eCap),
-		"--cgroup-parent", n.cgroup}
+		"--cgroup-parent", n.cgroup, "--auto-fetch", "api*"}
 	if n.i > 0 {
 		args = append(args, "--bootstrap", e.nodes[0].addr)
 	}
@@ -455,7 +457,7 @@ func (e *e2e) waitRefused(job, ref string, count int, host string) []string {
 // why, the other tasks running on), then to a good one (every task rolls over).
 func (e *e2e) rollout() {
 	t := e.t
-	const update = "update: {max_parallel: 1}\n"
+	const update = "update: {max_parallel: 1, min_healthy_time: 1s}\n"
 	e.jobRun(jobYAML("hello", "hello@2.0.0", e2eNodes, 8100, "") + update)
 	var bad uint64
 	e.waitFor("job hello: the update to the untrusted hello@2.0.0 is refused", func() (bool, string) {

@@ -142,8 +142,12 @@ func jobWaitCommand() *cli.Command {
 	}
 }
 
-// errRolloutFailed marks the end of a wait on a rollout that will not succeed.
-var errRolloutFailed = errors.New("rollout failed")
+// rolloutError ends a wait on a rollout that will not succeed (exit 1).
+type rolloutError struct{ msg string }
+
+func (e *rolloutError) Error() string { return e.msg }
+
+func rolloutFailed(format string, a ...any) error { return &rolloutError{fmt.Sprintf(format, a...)} }
 
 // waitJob re-reads the job's status whenever its events stream says it
 // changed, until the verdict is in or the timeout runs out.
@@ -195,8 +199,10 @@ func waitJob(c *cli.Context, cl *placement.Client, name string, healthy bool, ti
 			}
 			fmt.Fprintf(c.App.Writer, "job %s version %d: %s\n", name, st.Job.Version, doneLine(st, healthy))
 			return nil
-		case errors.Is(err, errRolloutFailed):
-			return err
+		case errors.As(err, new(*rolloutError)):
+			var re *rolloutError
+			errors.As(err, &re)
+			return re // without the stream's wrapping: one line about the job
 		case ctx.Err() != nil && c.Context.Err() == nil:
 			return withCode(exitUnavailable, fmt.Errorf("job %s: gave up after %v: %s", name, timeout, last))
 		case c.Context.Err() != nil:
@@ -219,11 +225,11 @@ func doneLine(st *placement.JobStatus, healthy bool) string {
 }
 
 // jobVerdict says whether the wait is over, how far it got (one line), or
-// why it never will be (errRolloutFailed).
+// why it never will be (a rolloutError).
 func jobVerdict(ctx context.Context, cl *placement.Client, st *placement.JobStatus, version uint64, healthy bool) (bool, string, error) {
 	j := st.Job
 	if j.Stopped {
-		return false, "", fmt.Errorf("job %s is stopped: %w", j.Name, errRolloutFailed)
+		return false, "", rolloutFailed("job %s is stopped", j.Name)
 	}
 	running := st.Summary[placement.ClientRunning]
 	want := j.Count - st.Summary[placement.TaskDone]
@@ -236,7 +242,7 @@ func jobVerdict(ctx context.Context, cl *placement.Client, st *placement.JobStat
 	}
 	r := st.Rollout
 	if r == nil {
-		return false, "", fmt.Errorf("job %s version %d has no rollout to wait for: %w", j.Name, j.Version, errRolloutFailed)
+		return false, "", rolloutFailed("job %s version %d has no rollout to wait for", j.Name, j.Version)
 	}
 	line := fmt.Sprintf("job %s version %d: rollout %s, %d of %d tasks placed, %d healthy", j.Name, j.Version, r.Status, r.Placed, r.Desired, r.Healthy)
 	if r.Description != "" && r.Status != placement.DeployRunning {
@@ -244,9 +250,9 @@ func jobVerdict(ctx context.Context, cl *placement.Client, st *placement.JobStat
 	}
 	switch r.Status {
 	case placement.DeployFailed:
-		return false, line, fmt.Errorf("job %s: the rollout of version %d failed: %s: %w", j.Name, r.JobVersion, r.Description, errRolloutFailed)
+		return false, line, rolloutFailed("job %s: the rollout of version %d failed: %s", j.Name, r.JobVersion, r.Description)
 	case placement.DeployCancelled:
-		return false, line, fmt.Errorf("job %s: the rollout of version %d was cancelled: %s: %w", j.Name, r.JobVersion, r.Description, errRolloutFailed)
+		return false, line, rolloutFailed("job %s: the rollout of version %d was cancelled: %s", j.Name, r.JobVersion, r.Description)
 	case placement.DeploySuccessful:
 		healthyNow := 0
 		for _, t := range st.Tasks {
@@ -282,7 +288,7 @@ func rolloutOutcome(ctx context.Context, cl *placement.Client, j *placement.Job,
 		if d.Status == placement.DeploySuccessful {
 			what += "; wait for that one to check its health"
 		}
-		return fmt.Errorf("job %s: %s: %w", j.Name, what, errRolloutFailed)
+		return rolloutFailed("job %s: %s", j.Name, what)
 	}
-	return fmt.Errorf("job %s: version %d was replaced by version %d: %w", j.Name, version, j.Version, errRolloutFailed)
+	return rolloutFailed("job %s: version %d was replaced by version %d", j.Name, version, j.Version)
 }

@@ -20,6 +20,9 @@ import (
 // that must fail its health check: go build -ldflags=-X=main.healthz=fail.
 var healthz = "ok"
 
+// version is set at build time: go build -ldflags "-X main.version=1.4.0".
+var version = "dev"
+
 func main() {
 	addr := flag.String("listen", ":8080", "address to serve on (default :$PORT when PORT is set)")
 	base := flag.Int("port-base", 0, "if set, serve on port-base + $BALLENA_TASK_INDEX (copies on one machine get distinct ports)")
@@ -36,6 +39,9 @@ func main() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s: task %s of job %s on %s, pid %d\n", *msg, os.Getenv("BALLENA_TASK_INDEX"), os.Getenv("BALLENA_JOB"), host, os.Getpid())
+		if version != "dev" {
+			fmt.Fprintf(w, "version %s\n", version)
+		}
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if healthz != "ok" {
@@ -54,7 +60,7 @@ func main() {
 		defer cancel()
 		srv.Shutdown(sctx)
 	}()
-	log.Printf("hello: serving on %s", *addr)
+	log.Printf("hello %s: serving on %s", version, *addr)
 	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
 		log.Fatal(err)
 	}
