@@ -156,7 +156,7 @@ func (e *e2e) ciRelease() {
 		}
 	}
 	hist := e.admin("job", "history", "api")
-	for _, want := range []string{"4 (current)", "api@1.1.0", "failed", "auto_revert: version 3 failed; back to version 2"} {
+	for _, want := range []string{"4 (current)", "api@1.1.0", "failed", "auto_revert from version 3 to version 2", "unhealthy: health check failed"} {
 		if !strings.Contains(hist, want) {
 			t.Errorf("job history lacks %q:\n%s", want, hist)
 		}

@@ -45,6 +45,13 @@ func jobHistoryCommand() *cli.Command {
 				}
 				if d := v.Deployment; d != nil {
 					rollout, desc = d.Status, d.Description
+					if d.RevertedTo != 0 {
+						kind := "job revert"
+						if d.AutoRevert {
+							kind = "auto_revert"
+						}
+						desc = fmt.Sprintf("%s from version %d to version %d; %s", kind, d.RevertedFrom, d.RevertedTo, desc)
+					}
 				}
 				fmt.Fprintf(tw, "%d%s\t%s\t%s\t%d\t%s\t%v\t%s\n", v.Version, mark, v.SubmittedAt, v.Artifact, v.Count, rollout, v.Stable, desc)
 			}
