@@ -16,13 +16,16 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
+	"github.com/libp2p/go-libp2p/core/transport"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcpreuse"
 	goyamux "github.com/libp2p/go-yamux/v5"
 	ma "github.com/multiformats/go-multiaddr"
 
@@ -140,7 +143,6 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 	opts := []libp2p.Option{
 		libp2p.Identity(cfg.Key),
 		libp2p.ListenAddrStrings(listen...),
-		libp2p.Transport(tcp.NewTCPTransport),
 		wireOptions(),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
@@ -160,9 +162,18 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 				}
 			}
 		}
-		opts = append(opts, libp2p.PrivateNetwork(cfg.PSK))
+		// The private network is this package's pskConn under the TCP
+		// transport, in place of libp2p.PrivateNetwork (see fastpath_psk.go).
+		psk := cfg.PSK
+		opts = append(opts, libp2p.Transport(func(u transport.Upgrader, rcmgr network.ResourceManager, shared *tcpreuse.ConnMgr) (*tcp.TcpTransport, error) {
+			pu, err := newPSKUpgrader(u, psk)
+			if err != nil {
+				return nil, err
+			}
+			return tcp.NewTCPTransport(pu, rcmgr, shared)
+		}))
 	} else {
-		opts = append(opts, libp2p.Transport(libp2pquic.NewTransport))
+		opts = append(opts, libp2p.Transport(tcp.NewTCPTransport), libp2p.Transport(libp2pquic.NewTransport))
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
