@@ -270,6 +270,14 @@ func TestHealthInsideNetworkNone(t *testing.T) {
 			t.Errorf("the task's port is reachable from the host: the test proves nothing")
 		}
 	}
+	// An exec check enters the network namespace too: it reaches the
+	// task's loopback listener (its port from the task's environment).
+	execTask := e.start(TaskSpec{Artifact: art, Args: []string{"http", "ok"}, Network: "none",
+		Health: &HealthSpec{Check: passingCheck(placement.Check{Exec: []string{"/proc/1/exe", "dial-env", "PORT"}, PortEnv: "PORT"})}})
+	got := e.await(execTask.ID, "the verdict", func(t Task) bool { return t.Healthy != nil })
+	if verdict(got) != "true" {
+		t.Errorf("exec check inside network none: health %q verdict %s exit %+v", got.Health, verdict(got), got.Exit)
+	}
 }
 
 // A restarted launcher keeps the verdict, the health and the picked port of

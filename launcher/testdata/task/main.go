@@ -70,6 +70,13 @@ func main() {
 		ps()
 	case "http": // a health-checked service
 		httpServe(os.Args[2:])
+	case "dial-env": // exit 0 if 127.0.0.1:$<arg> accepts a connection
+		c, err := net.DialTimeout("tcp", "127.0.0.1:"+os.Getenv(os.Args[2]), 2*time.Second)
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		c.Close()
 	case "incheck": // an exec check that checks where it runs
 		inCheck(os.Args[2:])
 	case "probe": // what a hostile program could try; optional address to dial
