@@ -90,7 +90,7 @@ func TestEventsCommand(t *testing.T) {
 		t.Fatalf("events: %v", err)
 	}
 	// No machine: the job registers and its task waits for room.
-	if len(got) != 2 || got[0] != "job: job api v1: 1 × api@1.0.0 (prod)" || !strings.HasPrefix(got[1], "task: task api[0] pending") {
+	if len(got) != 2 || got[0] != "job: job api v1: 1 × api@1.0.0 (prod); rollout of v1 running" || !strings.HasPrefix(got[1], "task: task api[0] pending") {
 		t.Fatalf("events:\n%s", strings.Join(got, "\n"))
 	}
 }
