@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -162,6 +163,31 @@ func (e *e2e) ciRelease() {
 		}
 	}
 	e.admin("job", "stop", "api")
+	e.push64()
+}
+
+// push64 measures a push from the runner to the fleet: a 64 MiB whale,
+// signed apart, published with --wait-replicas 3, the runner's uplink capped
+// like every node's. Logged, not asserted beyond success: timings are
+// measurements.
+func (e *e2e) push64() {
+	t := e.t
+	api := e.whale("api-big", e2eBig)
+	e.cli(nil, "sign", "--key", e.path("release.key"), "--name", "api-big", "--version", "1.0.0", api)
+	h := e.net.Hosts[e2eServerHost]
+	start := time.Now()
+	out := e.cli(h, "--data", e.path("runner64"), "publish", "--envelope", api+".dsse.json", api,
+		"--bootstrap", e.nodes[0].addr, "--psk", e.path("fleet.psk"), "--upload-limit", fmt.Sprint(e2eCap),
+		"--wait-replicas", "3", "--timeout", "2m", "--json")
+	took := time.Since(start)
+	var res pushResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Replicas) < 3 {
+		t.Fatalf("publish --wait-replicas 3 --json: %v: %s", err, out)
+	}
+	bound := fluidBound(e2eBig, e2eCap, e2eCap, e2eCap, 3)
+	t.Logf("e2e: push of %s from a runner to the %d-node fleet, every link %s/s: --wait-replicas 3 exit 0 after %.2fs "+
+		"(fluid bound for 3 copies %.2fs); the runner sent %s (%.2f copies)",
+		mib(e2eBig), e2eNodes, mib(e2eCap), took.Seconds(), bound.Seconds(), mib(res.BytesSent), float64(res.BytesSent)/float64(e2eBig))
 }
 
 // upTasks counts the job's tasks running as wanted, of the versions ok
