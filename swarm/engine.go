@@ -60,8 +60,11 @@ type EngineConfig struct {
 	// NoSuperSeed turns off super-seeding (see superseeder.go) on the
 	// torrents this node seeds from its store; for measurements.
 	NoSuperSeed bool
-	Store       BlobStore
-	Logger      *slog.Logger
+	// Rack is this node's rack label; with one, the node prefers peers of its
+	// own rack for the pieces they hold (see rackconn.go).
+	Rack   string
+	Store  BlobStore
+	Logger *slog.Logger
 }
 
 // Engine moves artifact blobs between nodes with BitTorrent: over libp2p streams
@@ -78,6 +81,7 @@ type Engine struct {
 	completion *trustedCompletion
 	samples    atomic.Int64 // sampling rounds done, for tests to await
 	ss         *superSeeder
+	racks      *racks        // nil: rack-blind
 	up         *rate.Limiter // nil: no upload cap
 
 	mu        sync.Mutex
@@ -141,6 +145,10 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		}
 		e.watchPeers(cfg.Host)
 		e.p2p = newP2PTransport(cfg.Host, e.addrs, e.ss, e.up)
+		if cfg.Rack != "" {
+			e.racks = newRacks(cfg.Host, cfg.Rack, e.numPieces, lg)
+			e.p2p.racks = e.racks
+		}
 		cl.AddListener(e.p2p)
 		cl.AddDialer(e.p2p)
 	}
@@ -241,6 +249,9 @@ func (e *Engine) Close() error {
 	}
 	if e.ss != nil {
 		e.ss.close()
+	}
+	if e.racks != nil {
+		e.racks.close()
 	}
 	if e.plain != nil {
 		e.plain.Close()

@@ -48,6 +48,7 @@ type NodeConfig struct {
 	AutoFetchTimeout time.Duration
 
 	UploadLimit, DownloadLimit int64  // bytes per second, 0 unlimited
+	Rack                       string // the machine's rack label: prefer same-rack peers
 	PlainListen, TrackerListen string // for standard BitTorrent clients; "" disables
 	StallTimeout               time.Duration
 	Logger                     *slog.Logger
@@ -153,6 +154,7 @@ func NewNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 		PlainListen:    cfg.PlainListen,
 		TrackerListen:  cfg.TrackerListen,
 		UploadLimit:    cfg.UploadLimit,
+		Rack:           cfg.Rack,
 		DownloadLimit:  cfg.DownloadLimit,
 		StallTimeout:   cfg.StallTimeout,
 		PartialTimeout: max(cfg.PartialTimeout, 0),

@@ -90,6 +90,7 @@ type p2pTransport struct {
 	h      host.Host
 	addrs  *peerAddrs
 	ss     *superSeeder  // nil: no super-seeding
+	racks  *racks        // nil: rack-blind; set before the first stream
 	up     *rate.Limiter // nil: no upload cap
 	conns  chan net.Conn
 	closed chan struct{}
@@ -129,6 +130,9 @@ func (t *p2pTransport) wrap(s network.Stream) net.Conn {
 	}
 	if t.ss != nil {
 		c = t.ss.wrap(c)
+	}
+	if t.racks != nil {
+		c = t.racks.wrap(c, s.Conn().RemotePeer())
 	}
 	return c
 }

@@ -162,6 +162,11 @@ func nodeConfig(c *cli.Context) (daemon.Config, error) {
 			}
 		}
 	}
+	for _, l := range c.StringSlice("label") {
+		if v, ok := strings.CutPrefix(l, "rack="); ok {
+			sc.Rack = v // rack-aware peers (swarm/rackconn.go)
+		}
+	}
 	cfg.Swarm = sc
 	if err := registryConfig(c, &cfg); err != nil {
 		return cfg, err
