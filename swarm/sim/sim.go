@@ -79,6 +79,11 @@ type Config struct {
 	// eighth of a piece's time at a whole link.
 	Tick float64
 
+	// ShareEvery is how many ticks pass between two exact max-min shares of
+	// the links; in between, a new flow takes what its links have left and a
+	// finished one gives its rate back. 0 means 8: about once a piece time.
+	ShareEvery int
+
 	Rand uint64 // random seed: the same Config and Rand give the same Result
 	// MaxWall bounds the run's real time; 0 means 30 minutes.
 	MaxWall time.Duration
@@ -187,6 +192,7 @@ type flow struct {
 	idxAct   int32   // position in sim.active
 	links    [4]int32
 	nlinks   int8
+	conn     int32 // src's index in dst.nbrs
 	dead     bool
 }
 
@@ -220,6 +226,7 @@ type peer struct {
 	nbrs     []int32
 	rev      []int32  // rev[k]: our index in nbrs[k]'s list
 	want     []int32  // want[k]: pieces nbrs[k] announced that we lack
+	busy     []bool   // busy[k]: the connection from nbrs[k] carries a piece
 	avail    []uint16 // per piece: neighbours that announced it
 	rackView *policy.RackView
 	ups      []*flow
@@ -251,6 +258,7 @@ type sim struct {
 	tick     float64
 	active   []*flow
 	dirty    bool
+	shared   int64 // the step share last ran
 	// links: every peer's upload, then every peer's download, then each
 	// rack's uplink out and in.
 	links     []link
@@ -308,6 +316,9 @@ func (c *Config) fill() error {
 	}
 	if c.Racks > 0 && c.Oversub <= 0 {
 		c.Oversub = 1
+	}
+	if c.ShareEvery <= 0 {
+		c.ShareEvery = 8
 	}
 	if c.MaxWall <= 0 {
 		c.MaxWall = 30 * time.Minute
@@ -481,6 +492,7 @@ func (s *sim) connect() {
 	}
 	for _, p := range s.peers {
 		p.want = make([]int32, len(p.nbrs))
+		p.busy = make([]bool, len(p.nbrs))
 	}
 }
 
@@ -531,8 +543,9 @@ func (s *sim) loop() error {
 			s.now = max(s.now+s.tick, s.q[0].t)
 			continue
 		}
-		if s.dirty {
+		if s.dirty && steps-s.shared >= int64(s.cfg.ShareEvery) {
 			s.share()
+			s.shared = steps
 		}
 		next := s.now + s.tick
 		finished = finished[:0]
@@ -769,11 +782,11 @@ func (s *sim) fill(p *peer) {
 	for k := 0; k < n && p.freeDown(&s.cfg); k++ {
 		j := (off + k) % n
 		q := s.peers[p.nbrs[j]]
-		if p.want[j] <= 0 || !q.alive || !q.freeUp(&s.cfg) || s.connBusy(q, p) {
+		if p.want[j] <= 0 || !q.alive || !q.freeUp(&s.cfg) || p.busy[j] {
 			continue
 		}
 		if i := s.pick(q, p); i >= 0 {
-			s.request(q, p, i)
+			s.request(q, p, i, j)
 		}
 	}
 	if p.freeDown(&s.cfg) {
@@ -795,11 +808,11 @@ func (s *sim) offer(q *peer) {
 	for k := 0; k < n && q.freeUp(&s.cfg); k++ {
 		j := (off + k) % n
 		p := s.peers[q.nbrs[j]]
-		if p.seed || !p.alive || p.done || !p.freeDown(&s.cfg) || p.want[q.rev[j]] <= 0 || s.connBusy(q, p) {
+		if p.seed || !p.alive || p.done || !p.freeDown(&s.cfg) || p.want[q.rev[j]] <= 0 || p.busy[q.rev[j]] {
 			continue
 		}
 		if i := s.pick(q, p); i >= 0 {
-			s.request(q, p, i)
+			s.request(q, p, i, int(q.rev[j]))
 		}
 	}
 }
@@ -825,9 +838,9 @@ func (s *sim) endgame(p *peer) {
 			if p.flying[i] >= 2 {
 				continue
 			}
-			for _, qid := range p.nbrs {
+			for j, qid := range p.nbrs {
 				q := s.peers[qid]
-				if !q.alive || !q.freeUp(&s.cfg) || !q.announced(i) || s.connBusy(q, p) {
+				if !q.alive || !q.freeUp(&s.cfg) || !q.announced(i) || p.busy[j] {
 					continue
 				}
 				if q.seed && !s.cfg.NoSuperSeed {
@@ -838,40 +851,24 @@ func (s *sim) endgame(p *peer) {
 				if p.rackView != nil && !q.seed && !p.rackView.MayAsk(s.sameRack(p, q), i) {
 					continue
 				}
-				s.request(q, p, i)
+				s.request(q, p, i, j)
 				break
 			}
 		}
 	}
 }
 
-// connBusy reports whether the connection from src to dst carries a piece:
-// a connection delivers its requests in order, one piece after another
-// (anacrolix pipelines the requests, so no round trip is lost between them).
-func (s *sim) connBusy(src, dst *peer) bool {
-	if len(src.ups) < len(dst.downs) {
-		for _, f := range src.ups {
-			if f.dst == dst.id {
-				return true
-			}
-		}
-		return false
-	}
-	for _, f := range dst.downs {
-		if f.src == src.id {
-			return true
-		}
-	}
-	return false
-}
-
 // request starts a flow of piece i from src to dst; bytes move after a round trip.
-func (s *sim) request(src, dst *peer, i int) {
+// k is src's index in dst.nbrs. A connection delivers its requests in
+// order, one piece after another (anacrolix pipelines the requests, so no
+// round trip is lost between them): it carries one flow at a time.
+func (s *sim) request(src, dst *peer, i, k int) {
 	size := s.pieceLen
 	if i == s.pieces-1 {
 		size = s.cfg.Size - int64(i)*s.pieceLen
 	}
-	f := &flow{src: src.id, dst: dst.id, piece: int32(i), size: float64(size)}
+	f := &flow{src: src.id, dst: dst.id, piece: int32(i), size: float64(size), conn: int32(k)}
+	dst.busy[k] = true
 	f.cross = s.cfg.Racks > 0 && src.rack != dst.rack
 	f.idxUp = int32(len(src.ups))
 	src.ups = append(src.ups, f)
@@ -903,6 +900,16 @@ func (s *sim) startFlow(f *flow) {
 	f.idxAct = int32(len(s.active))
 	s.active = append(s.active, f)
 	s.dirty = true
+	// Until the next share, the flow takes what its links have left.
+	r := math.Inf(1)
+	for _, l := range f.links[:f.nlinks] {
+		r = min(r, s.links[l].left)
+	}
+	r = max(r, 0)
+	f.rate = r
+	for _, l := range f.links[:f.nlinks] {
+		s.links[l].left -= r
+	}
 }
 
 // remove takes f out of every list; its bytes so far are counted.
@@ -911,6 +918,7 @@ func (s *sim) remove(f *flow) {
 	f.dead = true
 	removeAt(&src.ups, f, func(g *flow) *int32 { return &g.idxUp })
 	removeAt(&dst.downs, f, func(g *flow) *int32 { return &g.idxDown })
+	dst.busy[f.conn] = false
 	i := int(f.piece)
 	dst.flying[i]--
 	if dst.flying[i] == 0 {
@@ -924,6 +932,9 @@ func (s *sim) remove(f *flow) {
 		s.res.CrossRack += moved
 	}
 	if f.active {
+		for _, l := range f.links[:f.nlinks] {
+			s.links[l].left += f.rate
+		}
 		removeAt(&s.active, f, func(g *flow) *int32 { return &g.idxAct })
 		f.active = false
 		s.dirty = true
@@ -1178,9 +1189,9 @@ func (s *sim) announce(p *peer, i int) {
 		if !q.hasPiece(i) {
 			q.want[p.rev[k]]++
 			// q may fetch it from p at once, if both have room.
-			if !q.done && q.freeDown(&s.cfg) && p.freeUp(&s.cfg) && q.inflight[i>>6]&(1<<(i&63)) == 0 && !s.connBusy(p, q) &&
+			if !q.done && q.freeDown(&s.cfg) && p.freeUp(&s.cfg) && q.inflight[i>>6]&(1<<(i&63)) == 0 && !q.busy[p.rev[k]] &&
 				(q.rackView == nil || q.rackView.MayAsk(s.sameRack(p, q), i)) {
-				s.request(p, q, i)
+				s.request(p, q, i, int(p.rev[k]))
 			}
 		}
 	}
