@@ -84,6 +84,10 @@ var (
 		"Plans the leader's plan applier took since this server started.", nil, nil)
 	descReplans = prometheus.NewDesc("ballena_placement_replans_total",
 		"Evaluations planned again because the plan applier refused part of a plan (its machines changed meanwhile).", nil, nil)
+	descRollouts = prometheus.NewDesc("ballena_placement_rollouts",
+		"Jobs by the status of their current version's rollout (running, awaiting-promotion, successful, failed, cancelled).", []string{"status"}, nil)
+	descTaskHealth = prometheus.NewDesc("ballena_placement_task_health",
+		"Running tasks by the health their nodes report (starting, healthy, unhealthy; none: not reported yet).", []string{"health"}, nil)
 	descRaftApplied = prometheus.NewDesc("ballena_raft_applied_index",
 		"The last Raft log index this server applied to its state.", nil, nil)
 )
@@ -93,7 +97,7 @@ type stateCollector struct{ s *Server }
 
 func (stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descJobs, descTasks, descNodes, descPendingEvals, descEvals, descPlans, descReplans,
-		descRaftLeader, descRaftCommit, descRaftApplied} {
+		descRollouts, descTaskHealth, descRaftLeader, descRaftCommit, descRaftApplied} {
 		ch <- d
 	}
 }
@@ -108,11 +112,25 @@ func (sc stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	nodes := map[string]int{NodeReady: 0, "draining": 0, NodeDown: 0, "revoked": 0}
+	rollouts := map[string]int{DeployRunning: 0, DeployPaused: 0, DeploySuccessful: 0, DeployFailed: 0, DeployCancelled: 0}
+	health := map[string]int{"none": 0, HealthStarting: 0, HealthHealthy: 0, HealthUnhealthy: 0}
 	s.mu.RLock()
 	jobs, pending := len(s.cell.jobs), len(s.cell.pending)
 	for _, js := range s.cell.jobs {
 		for _, t := range js.tasks {
 			tasks[key{t.State, string(js.Priority)}]++
+		}
+		if d := js.Deployment; d != nil {
+			rollouts[d.Status]++
+		}
+		for _, a := range js.live {
+			if a.ClientStatus == ClientRunning {
+				h := a.Health
+				if h == "" {
+					h = "none"
+				}
+				health[h]++
+			}
 		}
 	}
 	for _, n := range s.cell.nodes {
@@ -132,6 +150,12 @@ func (sc stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for st, v := range nodes {
 		ch <- prometheus.MustNewConstMetric(descNodes, prometheus.GaugeValue, float64(v), st)
+	}
+	for st, v := range rollouts {
+		ch <- prometheus.MustNewConstMetric(descRollouts, prometheus.GaugeValue, float64(v), st)
+	}
+	for h, v := range health {
+		ch <- prometheus.MustNewConstMetric(descTaskHealth, prometheus.GaugeValue, float64(v), h)
 	}
 	ch <- prometheus.MustNewConstMetric(descPendingEvals, prometheus.GaugeValue, float64(pending))
 	queued, running := s.broker.stats()

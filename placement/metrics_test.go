@@ -34,7 +34,7 @@ func TestMetricsAfterPreemption(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts := &testServer{Server: s, url: url, clock: clock, admin: admin}
-	ts.addNode(t, 4000, 8, nil)
+	n := ts.addNode(t, 4000, 8, nil)
 	if ev := ts.submit(t, job("crunch", 4, 1000, 1024, BandBatch)); ev.Placed != 4 {
 		t.Fatalf("batch placed %d of 4", ev.Placed)
 	}
@@ -63,9 +63,28 @@ func TestMetricsAfterPreemption(t *testing.T) {
 		"ballena_raft_leader":                                1,
 		"ballena_placement_evaluations{state=queued}":        0,
 		"ballena_placement_evaluations{state=running}":       0,
+		"ballena_placement_rollouts{status=running}":         2,
+		"ballena_placement_task_health{health=healthy}":      0,
 	} {
 		if v, ok := got[name]; !ok || v != want {
 			t.Errorf("%s = %v (present %v), want %v", name, v, ok, want)
+		}
+	}
+	// The machine reports its tasks running and healthy: api's rollout is
+	// done; crunch's waits for its preempted tasks.
+	n.converge()
+	if err := s.quiesce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	health := metricstest.Gather(t, reg)
+	for name, want := range map[string]float64{
+		"ballena_placement_rollouts{status=successful}": 1,
+		"ballena_placement_rollouts{status=running}":    1,
+		"ballena_placement_task_health{health=healthy}": 4,
+		"ballena_placement_task_health{health=none}":    0,
+	} {
+		if v := health[name]; v != want {
+			t.Errorf("after the node's report: %s = %v, want %v", name, v, want)
 		}
 	}
 	if got["ballena_placement_plans_total"] < 2 {
