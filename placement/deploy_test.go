@@ -2,6 +2,7 @@ package placement
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 )
@@ -255,4 +256,36 @@ func TestCanaryAutoPromote(t *testing.T) {
 		}
 	}
 	t.Fatal("the auto-promoted rollout did not finish")
+}
+
+// The job page shows the rollout, each task's health, and earlier versions.
+func TestUIShowsRollouts(t *testing.T) {
+	ts := startServer(t, t.TempDir())
+	ctx := context.Background()
+	n := ts.addNode(t, 16000, 32, nil)
+	j := startStable(t, ts, n, 2, Update{MaxParallel: 1})
+	n.sick = map[string]bool{"api@2.0.0": true}
+	bad := *j
+	bad.Artifact = "api@2.0.0"
+	ts.submit(t, &bad)
+	n.converge()
+	loginURL, _, err := ts.admin.UILoginURL(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := noRedirects(http.DefaultTransport)
+	resp, body := uiGet(t, hc, ts.url+"/ui/jobs/api", sessionCookie(t, hc, loginURL))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s\n%s", resp.Status, body)
+	}
+	for _, want := range []string{
+		`<dd class="rollout rollout-failed">v2 failed: task api[0]`,
+		`<span class="badge health-unhealthy">unhealthy</span> (rollout: unhealthy)`,
+		`<span class="badge health-healthy">healthy</span>`,
+		"<h2>Earlier versions</h2>", "<td>v1 (stable)</td><td>api@1.0.0</td>",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("job page lacks %q", want)
+		}
+	}
 }

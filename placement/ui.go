@@ -191,6 +191,8 @@ type uiTask struct {
 	ExitCode *int
 	OOM      bool
 	Message  string
+	Health   string
+	Verdict  string // the node's rollout verdict: healthy, unhealthy, or "" before it
 }
 
 type uiJob struct {
@@ -223,6 +225,10 @@ func (c *Cell) uiJob(js *jobState, limit int) uiJob {
 		if a := c.allocs[t.AllocID]; a != nil {
 			ut.AllocID, ut.NodeID, ut.Version, ut.Desired = a.ID, a.NodeID, a.JobVersion, a.DesiredStatus
 			ut.Restarts, ut.ExitCode, ut.OOM, ut.Message = a.Restarts, a.ExitCode, a.OOMKilled, a.Message
+			ut.Health = a.Health
+			if a.Healthy != nil {
+				ut.Verdict = map[bool]string{true: HealthHealthy, false: HealthUnhealthy}[*a.Healthy]
+			}
 			if t.State == TaskPlaced {
 				ut.State = a.ClientStatus
 				if a.ClientStatus == ClientPending {
