@@ -4,7 +4,7 @@ BIN     := bin/ballena
 PKGS    := ./...
 export CGO_ENABLED := 0
 
-.PHONY: build test test-short demo run clean bench-verify bench-launch bench-swarm ui-screenshots
+.PHONY: build test test-short demo run clean bench-verify bench-launch bench-swarm sim ui-screenshots
 
 build: ## static binary at bin/ballena
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN) ./cmd/ballena
@@ -56,6 +56,13 @@ bench-swarm: build ## swarm CPU per GiB and spread time vs the fluid bound, HTTP
 	$(GO) build -o bin/benchswarm ./swarm/benchswarm
 	bin/benchswarm -ballena $(BIN) -single -size 1024 $(BENCH_SINGLE_FLAGS)
 	bin/benchswarm -ballena $(BIN) $(BENCH_SWARM_FLAGS)
+
+# The swarm simulator (swarm/sim, its README): every scenario of the README, one after
+# another (about an hour on 2 cores; SIM_FLAGS='-only racks' runs one), its table on
+# stdout and its PNG plots in swarm/sim/. One spread: bin/ballena-sim -n 1000 -size 1024 -up 119.2
+sim: ## swarm simulator: the README's scenarios, their table and plots
+	$(GO) build -o bin/ballena-sim ./cmd/ballena-sim
+	bin/ballena-sim -scenarios -out swarm/sim $(SIM_FLAGS)
 
 # The whole system on one machine: `ballena dev` (placement server + node), a key,
 # the sample whale published, a job of 2 tasks placed, fetched, verified, started in

@@ -53,17 +53,17 @@ func scenarios() []scenario {
 	out = append(out, scenario{Name: "fleet10k", Title: "10,000 peers, 1 GiB, 1 Gb/s", Variants: []variant{
 		{"10,000 peers", fleet(10000)},
 	}})
-	// Churn at 2,000 peers: 10% leave between 20% and 80% of the bound; the
+	// Churn at 1,000 peers: 10% leave between 20% and 80% of the bound; the
 	// seed dies once half the peers finished, or at half the bound.
-	b := sim.Bound(gib, gbit, gbit, gbit, 2000)
-	base := fleet(2000)
+	b := sim.Bound(gib, gbit, gbit, gbit, 1000)
+	base := fleet(1000)
 	leave := base
 	leave.LeaveFrac, leave.LeaveFrom, leave.LeaveTo = 0.1, 0.2*b, 0.8*b
 	deadDone := leave
 	deadDone.SeedDeathDone = 0.5
 	deadHalf := leave
 	deadHalf.SeedDeath = 0.5 * b
-	out = append(out, scenario{Name: "churn", Title: "2,000 peers, 1 GiB, 1 Gb/s, churn", Variants: []variant{
+	out = append(out, scenario{Name: "churn", Title: "1,000 peers, 1 GiB, 1 Gb/s, churn", Variants: []variant{
 		{"no churn", base},
 		{"10% leave", leave},
 		{"10% leave, seed dies at 50% done", deadDone},
