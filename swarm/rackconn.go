@@ -180,6 +180,9 @@ func (c *rackConn) Read(b []byte) (int, error) {
 	}
 	n := copy(b, c.out)
 	c.out = c.out[n:]
+	if len(c.out) == 0 {
+		c.out = c.out[:0:0] // let the next rewrite start a buffer, not grow a drained one
+	}
 	c.cond.Broadcast() // the pump may wait for room
 	return n, nil
 }
