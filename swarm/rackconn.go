@@ -147,7 +147,8 @@ type rackConn struct {
 
 	// Cross-rack: a goroutine reads the peer, rewrites, and queues for Read.
 	cond    *sync.Cond
-	out     []byte
+	out     []byte // rewritten bytes; Read has handed out out[:r]
+	r       int
 	err     error
 	pass    bool // unknown torrent: no rewriting
 	hs      []byte
@@ -172,16 +173,16 @@ func (c *rackConn) Read(b []byte) (int, error) {
 	}
 	c.rk.mu.Lock()
 	defer c.rk.mu.Unlock()
-	for len(c.out) == 0 && c.err == nil {
+	for len(c.out) == c.r && c.err == nil {
 		c.cond.Wait()
 	}
-	if len(c.out) == 0 {
+	if len(c.out) == c.r {
 		return 0, c.err
 	}
-	n := copy(b, c.out)
-	c.out = c.out[n:]
-	if len(c.out) == 0 {
-		c.out = c.out[:0:0] // let the next rewrite start a buffer, not grow a drained one
+	n := copy(b, c.out[c.r:])
+	c.r += n
+	if c.r == len(c.out) {
+		c.out, c.r = c.out[:0], 0 // drained: reuse the buffer
 	}
 	c.cond.Broadcast() // the pump may wait for room
 	return n, nil
@@ -236,7 +237,7 @@ func (c *rackConn) pump() {
 			c.err = err
 		}
 		c.cond.Broadcast()
-		for len(c.out) > maxRackBuffered && c.err == nil {
+		for len(c.out)-c.r > maxRackBuffered && c.err == nil {
 			c.cond.Wait()
 		}
 		done := c.err != nil
