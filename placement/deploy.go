@@ -2,6 +2,7 @@ package placement
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 )
@@ -285,6 +286,60 @@ func (c *Cell) applyDeploy(js *jobState, ch *deployChange, ev *Evaluation) {
 	}
 	j.Deployment.AutoRevert = true
 	ev.Notes = append(ev.Notes, fmt.Sprintf("auto_revert: back to version %d as version %d", ch.revert, d.JobVersion+1))
+}
+
+// lateRollouts names the jobs whose rollout has a new task past its
+// healthy_deadline without a verdict (the node never started it, say, because
+// it refuses the release): the leader's sweep fails them (failLate).
+func (c *Cell) lateRollouts() []string {
+	var out []string
+	for name, js := range c.jobs {
+		if len(c.lateAllocs(js)) > 0 {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+func (c *Cell) lateAllocs(js *jobState) []*Alloc {
+	d := js.Deployment
+	if !d.active() || d.JobVersion != js.Version {
+		return nil
+	}
+	now := c.now()
+	var late []*Alloc
+	for _, a := range js.live {
+		if a.JobVersion == js.Version && a.CreateIndex >= d.CreateIndex && a.Healthy == nil &&
+			a.HealthyDeadline > 0 && now.Sub(a.CreatedAt) > a.HealthyDeadline {
+			late = append(late, a)
+		}
+	}
+	return late
+}
+
+// failLate gives the server's own unhealthy verdict to new tasks past their
+// healthy_deadline (counted from placement, so it includes the fetch), which
+// fails their rollouts on the next evaluation.
+func (c *Cell) failLate() []string {
+	var names []string
+	for _, name := range slices.Sorted(maps.Keys(c.jobs)) {
+		js := c.jobs[name]
+		for _, a := range c.lateAllocs(js) {
+			v := false
+			a.Healthy = &v
+			why := fmt.Sprintf("not healthy within healthy_deadline (%s) of its placement", a.HealthyDeadline)
+			if a.Message != "" {
+				why += "; the node says: " + a.Message
+			} else {
+				why += "; the node reports it " + a.ClientStatus
+			}
+			a.Message = why
+			c.touchAlloc(a, false)
+			c.dirty[name] = true
+			names = append(names, a.Name())
+		}
+	}
+	return names
 }
 
 // Rollout is a job's current rollout with its tasks counted, for `job status`.

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // rolloutOf reads a job's rollout and its history.
@@ -287,5 +288,57 @@ func TestUIShowsRollouts(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("job page lacks %q", want)
 		}
+	}
+}
+
+// A new task that never turns healthy, because its node never starts it (it
+// refuses the release, say), fails the rollout once healthy_deadline has
+// passed since its placement: the leader's sweep gives the verdict, and
+// auto_revert goes back.
+func TestRolloutFailsPastTheHealthyDeadline(t *testing.T) {
+	ts := startServer(t, t.TempDir())
+	ctx := context.Background()
+	n := ts.addNode(t, 16000, 32, nil)
+	j := startStable(t, ts, n, 2, Update{MaxParallel: 1, AutoRevert: true, HealthyDeadline: time.Minute, MinHealthyTime: time.Second})
+	bad := *j
+	bad.Artifact = "api@2.0.0"
+	ts.submit(t, &bad)
+	// The node runs the old tasks and cannot start the new one.
+	report := func() {
+		t.Helper()
+		var hb Heartbeat
+		for _, a := range n.allocs() {
+			st := TaskState{AllocID: a.ID, State: ClientRunning, Health: HealthHealthy, Healthy: &yes}
+			switch {
+			case a.DesiredStatus == DesiredStop:
+				st = TaskState{AllocID: a.ID, State: ClientComplete}
+			case a.Artifact == "api@2.0.0":
+				st = TaskState{AllocID: a.ID, State: ClientPending, Message: "start api@2.0.0: refused: signature by unknown key"}
+			}
+			hb.Tasks = append(hb.Tasks, st)
+		}
+		if _, err := n.Heartbeat(ctx, hb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report()
+	if err := ts.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := rolloutOf(t, ts, "api"); r.Status != DeployRunning || r.JobVersion != 2 {
+		t.Fatalf("before the deadline: %+v", r)
+	}
+	ts.clock.Advance(time.Minute + time.Second)
+	report() // the machine is alive: only the task is late
+	if err := ts.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.quiesce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, h := rolloutOf(t, ts, "api")
+	if r.JobVersion != 3 || !r.AutoRevert || h[1].Deployment.Status != DeployFailed ||
+		!strings.Contains(h[1].Deployment.Description, "not healthy within healthy_deadline (1m0s)") {
+		t.Fatalf("after the deadline: rollout %+v; version 2: %+v", r, h[1].Deployment)
 	}
 }

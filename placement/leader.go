@@ -148,6 +148,22 @@ func (s *Server) Sweep() error {
 		}
 		s.log.Warn("machine missed its heartbeats: down, tasks moved", "node", id, "ttl", s.opts.NodeTTL)
 	}
+	s.mu.RLock()
+	late := s.cell.lateRollouts()
+	s.mu.RUnlock()
+	if len(late) == 0 {
+		return nil
+	}
+	var failed []string
+	if err := s.update(func(c *Cell) error {
+		failed = c.failLate()
+		return nil
+	}); err != nil {
+		return fmt.Errorf("fail tasks past their healthy deadline: %w", err)
+	}
+	for _, a := range failed {
+		s.log.Warn("task not healthy by its deadline: its rollout fails", "task", a)
+	}
 	return nil
 }
 
