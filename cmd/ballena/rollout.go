@@ -127,7 +127,7 @@ func jobWaitCommand() *cli.Command {
 		Description: "Exit status: 0 when done; 1 when the rollout failed (the message says which task was\n" +
 			"unhealthy, and whether auto_revert went back) or a newer version replaced it; 5 when --timeout\n" +
 			"ran out (the message says how far the rollout got); 4 when there is no such job.\n" +
-			"A rollout with canaries waits for `ballena job promote` before it can succeed.",
+			"A rollout with canaries waits for `ballena job promote` (unless update.auto_promote) before it can succeed.",
 		UsageText: "ballena job run api.yaml && ballena job wait api --healthy --timeout 10m",
 		Flags: append(clientFlags(),
 			&cli.BoolFlag{Name: "healthy", Usage: "wait for the current version's rollout to succeed and every task to be healthy"},
