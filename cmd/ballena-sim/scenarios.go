@@ -93,7 +93,7 @@ type row struct {
 	WastedPct       float64
 	CrossRackGiB    float64
 	Wall            float64
-	Finish          []float64 `json:"-"`
+	Finish          []float64 `json:"finish_seconds"`
 }
 
 func runScenarios(out, only string) error {
@@ -167,13 +167,20 @@ func plotCDF(path, title string, runs []row) error {
 	p.X.Label.Text = "time / fluid bound"
 	p.Y.Label.Text = "fraction of peers done"
 	p.Y.Min, p.Y.Max = 0, 1
-	xmax := 1.0
+	xmin, xmax := 1.0, 1.0
+	for _, r := range runs {
+		if len(r.Finish) > 0 {
+			xmin = min(xmin, r.Finish[0]/r.Bound)
+		}
+	}
+	xmin = max(0, math.Floor(xmin*10)/10-0.1)
 	for i, r := range runs {
-		n := r.Finished + r.Incomplete + r.Left
-		pts := make(plotter.XYs, 0, len(r.Finish)+1)
-		pts = append(pts, plotter.XY{X: 0, Y: 0})
+		total := float64(r.Finished + r.Incomplete + r.Left)
+		// A step up at every finish.
+		pts := make(plotter.XYs, 0, 2*len(r.Finish)+1)
+		pts = append(pts, plotter.XY{X: xmin, Y: 0})
 		for k, t := range r.Finish {
-			pts = append(pts, plotter.XY{X: t / r.Bound, Y: float64(k+1) / float64(n)})
+			pts = append(pts, plotter.XY{X: t / r.Bound, Y: float64(k) / total}, plotter.XY{X: t / r.Bound, Y: float64(k+1) / total})
 			xmax = max(xmax, t/r.Bound)
 		}
 		l, err := plotter.NewLine(pts)
@@ -194,9 +201,9 @@ func plotCDF(path, title string, runs []row) error {
 	bound.Dashes = []vg.Length{vg.Points(2), vg.Points(2)}
 	p.Add(bound)
 	p.Legend.Add("fluid bound", bound)
-	p.Legend.Top, p.Legend.Left = false, false
-	p.Legend.YOffs = vg.Points(20)
-	p.X.Min, p.X.Max = 0, math.Ceil(xmax*10+0.5)/10
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Legend.XOffs = vg.Points(10)
+	p.X.Min, p.X.Max = xmin, math.Ceil(xmax*10+0.5)/10
 	p.Add(plotter.NewGrid())
 	return p.Save(6*vg.Inch, 4*vg.Inch, path)
 }
