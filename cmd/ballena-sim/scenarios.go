@@ -123,23 +123,42 @@ func runScenarios(out, only string) error {
 		}
 		rows = append(rows, runs...)
 	}
-	if only == "" {
-		if err := plotBars(filepath.Join(out, "seed-waste.png"), rows); err != nil {
+	// One results file per scenario, so that one can be run again alone.
+	for _, sc := range scenarios() {
+		var mine []row
+		for _, r := range rows {
+			if r.Scenario == sc.Name {
+				mine = append(mine, r)
+			}
+		}
+		if len(mine) == 0 {
+			continue
+		}
+		b, err := json.MarshalIndent(mine, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(out, "results-"+sc.Name+".json"), append(b, '\n'), 0o644); err != nil {
 			return err
 		}
 	}
-	b, err := json.MarshalIndent(rows, "", "  ")
-	if err != nil {
+	// The bars and the table cover every scenario with results on disk.
+	var all []row
+	for _, sc := range scenarios() {
+		b, err := os.ReadFile(filepath.Join(out, "results-"+sc.Name+".json"))
+		if err != nil {
+			continue
+		}
+		var rs []row
+		if err := json.Unmarshal(b, &rs); err != nil {
+			return fmt.Errorf("results of %s: %w", sc.Name, err)
+		}
+		all = append(all, rs...)
+	}
+	if err := plotBars(filepath.Join(out, "seed-waste.png"), all); err != nil {
 		return err
 	}
-	name := "results.json"
-	if only != "" {
-		name = "results-" + only + ".json"
-	}
-	if err := os.WriteFile(filepath.Join(out, name), append(b, '\n'), 0o644); err != nil {
-		return err
-	}
-	printMarkdown(rows)
+	printMarkdown(all)
 	return nil
 }
 
@@ -233,6 +252,11 @@ func plotBars(path string, rows []row) error {
 	b.Color = plotutil.Color(1)
 	b.Offset = w / 2
 	p.Add(a, b, plotter.NewGrid())
+	top := 0.0
+	for i := range copies {
+		top = max(top, copies[i], waste[i])
+	}
+	p.Y.Min, p.Y.Max = 0, top*1.25 // room for the legend
 	p.Legend.Add("seed copies", a)
 	p.Legend.Add("wasted %", b)
 	p.Legend.Top = true
