@@ -73,7 +73,10 @@
 //	plaintcp.go    plain TCP for standard BitTorrent clients
 //	tracker.go     the HTTP tracker that points standard clients at plain TCP
 //	ratelimit.go   the upload cap on connections; limiter bursts
-//	superseeder.go super-seeding: which piece to show which peer
+//	superseeder.go super-seeding: which piece to show which peer (policy.SuperSeed)
 //	p2pconn_superseed.go  the seed's connections rewritten to show it
+//	rackconn.go    rack-aware peers: a cross-rack peer shown holding only what the rack lacks
 //	btwire.go      the BitTorrent wire, parsed in passing
+//
+// The decisions shared with the simulator (swarm/sim) live in swarm/policy.
 package swarm

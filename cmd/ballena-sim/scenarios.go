@@ -63,11 +63,14 @@ func scenarios() []scenario {
 	deadDone.SeedDeathDone = 0.5
 	deadHalf := leave
 	deadHalf.SeedDeath = 0.5 * b
+	twoDead := deadHalf
+	twoDead.Seeds = 2
 	out = append(out, scenario{Name: "churn", Title: "1,000 peers, 1 GiB, 1 Gb/s, churn", Variants: []variant{
 		{"no churn", base},
 		{"10% leave", leave},
 		{"10% leave, seed dies at 50% done", deadDone},
 		{"10% leave, seed dies at 0.5x bound", deadHalf},
+		{"10% leave, 2 seeds die at 0.5x bound", twoDead},
 	}})
 	// Racks: 2,000 peers in 50 racks, 4:1 oversubscribed uplinks.
 	blind := fleet(2000)
@@ -110,11 +113,11 @@ func runScenarios(out, only string) error {
 				return fmt.Errorf("%s/%s: %w", sc.Name, v.Label, err)
 			}
 			rw := row{Scenario: sc.Name, Label: v.Label, Peers: v.Cfg.Peers, Bound: r.Bound,
-				P50: r.Percentile(50), P99: r.Percentile(99), Max: r.Percentile(100),
+				P50: finite(r.Percentile(50)), P99: finite(r.Percentile(99)), Max: finite(r.Percentile(100)),
 				Finished: len(r.Finish), Left: r.Left, Incomplete: r.Incomplete,
 				SeedCopies: r.SeedCopies(), WastedPct: 100 * float64(r.Wasted) / float64(max(r.Delivered, 1)),
 				CrossRackGiB: float64(r.CrossRack) / gib, Wall: r.WallSecond, Finish: r.Finish}
-			fmt.Fprintf(os.Stderr, "  bound %.2fs p50 %.3fx p99 %.3fx max %.3fx, finished %d left %d incomplete %d, seed copies %.3f, wasted %.2f%%, cross-rack %.1f GiB, %.0fs\n",
+			fmt.Fprintf(os.Stderr, "  bound %.2fs p50 %.3fx p99 %.3fx max %.3fx (-1: never), finished %d left %d incomplete %d, seed copies %.3f, wasted %.2f%%, cross-rack %.1f GiB, %.0fs\n",
 				rw.Bound, rw.P50/rw.Bound, rw.P99/rw.Bound, rw.Max/rw.Bound, rw.Finished, rw.Left, rw.Incomplete, rw.SeedCopies, rw.WastedPct, rw.CrossRackGiB, rw.Wall)
 			runs = append(runs, rw)
 		}
@@ -172,8 +175,16 @@ func printMarkdown(rows []row) {
 	}
 }
 
+// finite is t, or -1 for a percentile some peers never reached (JSON has no Inf).
+func finite(t float64) float64 {
+	if math.IsInf(t, 0) || math.IsNaN(t) {
+		return -1
+	}
+	return t
+}
+
 func ratio(t, b float64) string {
-	if math.IsInf(t, 1) {
+	if t < 0 {
 		return "never"
 	}
 	return fmt.Sprintf("%.2f s (%.3f)", t, t/b)
