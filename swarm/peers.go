@@ -11,6 +11,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"ballena.dev/swarm/policy"
 )
 
 type peerSet map[string]torrent.PeerInfo
@@ -56,14 +58,25 @@ func (e *Engine) peerGone(p peer.ID) {
 }
 
 // AddPeers tells the engine about fleet nodes that hold or fetch infoHash (hex).
-// Peers given before the transfer starts are remembered for it.
+// Peers given before the transfer starts are remembered for it. Given more
+// than it keeps (maxKnownPeers), a rack-aware engine keeps those of its own
+// rack first (policy.SelectPeers, as the simulator runs it), as far as it
+// has learnt their racks.
 func (e *Engine) AddPeers(infoHash string, peers []peer.ID) {
-	var pis []torrent.PeerInfo
+	cands := make([]policy.Candidate[peer.ID], 0, len(peers))
 	for _, id := range peers {
 		if e.cfg.Host != nil && id == e.cfg.Host.ID() {
 			continue
 		}
-		pis = append(pis, torrent.PeerInfo{Addr: p2pAddr(e.addrs.addrOf(id)), Source: torrent.PeerSourceDirect})
+		cands = append(cands, policy.Candidate[peer.ID]{ID: id, Rack: e.racks.known(id)})
+	}
+	self := ""
+	if e.racks != nil {
+		self = e.racks.self
+	}
+	var pis []torrent.PeerInfo
+	for _, c := range policy.SelectPeers(self, cands, maxKnownPeers) {
+		pis = append(pis, torrent.PeerInfo{Addr: p2pAddr(e.addrs.addrOf(c.ID)), Source: torrent.PeerSourceDirect})
 	}
 	e.addPeerInfos(infoHash, pis)
 }

@@ -104,6 +104,16 @@ func (r *racks) rackOf(ctx context.Context, p peer.ID) string {
 	return rk
 }
 
+// known is p's rack if this node learnt it, else ""; r may be nil.
+func (r *racks) known(p peer.ID) string {
+	if r == nil {
+		return ""
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.of[p]
+}
+
 // torrentLocked returns the rack state of ih, or nil if the torrent is unknown.
 func (r *racks) torrentLocked(ih metainfo.Hash) *rackTorrent {
 	if t := r.torrents[ih]; t != nil {
