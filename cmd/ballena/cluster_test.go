@@ -113,6 +113,9 @@ func TestServerJobNodesCLI(t *testing.T) {
 	if code != 0 {
 		t.Errorf("job stop: %d", code)
 	}
+	if code, out, msg := run(t, dir, append([]string{"job", "history", "api"}, srv...)...); code != 0 || !strings.Contains(out, "1 (current)") || !strings.Contains(out, "cancelled") {
+		t.Errorf("job history: %d %q %s", code, out, msg)
+	}
 
 	wrongTok := filepath.Join(t.TempDir(), "wrong.token")
 	os.WriteFile(wrongTok, []byte("0123456789abcdef0123456789abcdef\n"), 0o600)
@@ -135,6 +138,10 @@ func TestServerJobNodesCLI(t *testing.T) {
 		{"no server", []string{"nodes", "--server", "https://127.0.0.1:1"}, exitUnavailable, "placement server"},
 		{"http server URL list with garbage", []string{"nodes", "--server", url + ",ftp://x"}, exitUsage, "want https://host:port"},
 		{"unknown node", append(append([]string{"node", "drain"}, srv...), "12D3KooWnope"), exitNotFound, "no node"},
+		{"promote with no rollout", append([]string{"job", "promote", "api"}, srv...), exitUsage, "no rollout in progress (the last one is cancelled)"},
+		{"revert to a version never made", append([]string{"job", "revert", "api", "9"}, srv...), exitNotFound, "job api has no version 9"},
+		{"revert to no version", append([]string{"job", "revert", "api", "latest"}, srv...), exitUsage, `"latest" is not a version number`},
+		{"wait on a stopped job", append([]string{"job", "wait", "api", "--healthy", "--timeout", "10s"}, srv...), exitFailure, "job api is stopped"},
 	} {
 		code, _, msg := run(t, dir, tc.args...)
 		if code != tc.code || !strings.Contains(msg, tc.msg) {

@@ -129,23 +129,12 @@ func jobCommand() *cli.Command {
 				UsageText: "ballena job stop api",
 				Flags:     append(clientFlags(), jsonFlag),
 				Action: func(c *cli.Context) error {
-					args := c.Args().Slice()
-					if len(args) != 1 {
+					if c.NArg() != 1 {
 						return usageErrorf("job stop takes one job name")
 					}
-					cl, err := placementClient(c)
-					if err != nil {
-						return err
-					}
-					resp, err := cl.StopJob(c.Context, args[0])
-					if err != nil {
-						return placementErr(err)
-					}
-					if c.Bool("json") {
-						return printJSON(c.App.Writer, resp)
-					}
-					printEvaluations(c.App.Writer, resp)
-					return nil
+					return jobChange(c, func(cl *placement.Client) (*placement.SubmitResponse, error) {
+						return cl.StopJob(c.Context, c.Args().First())
+					})
 				},
 			},
 			jobWaitCommand(),

@@ -76,19 +76,9 @@ func jobRevertCommand() *cli.Command {
 			if err != nil || v == 0 {
 				return usageErrorf("job revert: %q is not a version number", c.Args().Get(1))
 			}
-			cl, err := placementClient(c)
-			if err != nil {
-				return err
-			}
-			resp, err := cl.RevertJob(c.Context, c.Args().First(), v)
-			if err != nil {
-				return placementErr(err)
-			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, resp)
-			}
-			printEvaluations(c.App.Writer, resp)
-			return nil
+			return jobChange(c, func(cl *placement.Client) (*placement.SubmitResponse, error) {
+				return cl.RevertJob(c.Context, c.Args().First(), v)
+			})
 		},
 	}
 }
@@ -103,21 +93,29 @@ func jobPromoteCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return usageErrorf("job promote takes one job name")
 			}
-			cl, err := placementClient(c)
-			if err != nil {
-				return err
-			}
-			resp, err := cl.PromoteJob(c.Context, c.Args().First())
-			if err != nil {
-				return placementErr(err)
-			}
-			if c.Bool("json") {
-				return printJSON(c.App.Writer, resp)
-			}
-			printEvaluations(c.App.Writer, resp)
-			return nil
+			return jobChange(c, func(cl *placement.Client) (*placement.SubmitResponse, error) {
+				return cl.PromoteJob(c.Context, c.Args().First())
+			})
 		},
 	}
+}
+
+// jobChange makes one change through the placement client and prints what
+// its evaluations did (--json: the whole answer).
+func jobChange(c *cli.Context, change func(*placement.Client) (*placement.SubmitResponse, error)) error {
+	cl, err := placementClient(c)
+	if err != nil {
+		return err
+	}
+	resp, err := change(cl)
+	if err != nil {
+		return placementErr(err)
+	}
+	if c.Bool("json") {
+		return printJSON(c.App.Writer, resp)
+	}
+	printEvaluations(c.App.Writer, resp)
+	return nil
 }
 
 func jobWaitCommand() *cli.Command {
