@@ -56,6 +56,7 @@ type ntOpts struct {
 	dir       string // data dir; default a new one
 	allow     string // allowlist file
 	metrics   prometheus.Registerer
+	rack      string
 }
 
 func ntNode(t testing.TB, o ntOpts) *Node {
@@ -85,6 +86,7 @@ func ntNode(t testing.TB, o ntOpts) *Node {
 		StallTimeout: 20 * time.Second,
 		Logger:       testLogger(t).With("node", len(o.bootstrap)),
 		Metrics:      o.metrics,
+		Rack:         o.rack,
 	})
 	if err != nil {
 		cancel()

@@ -2,6 +2,7 @@ package swarm
 
 import (
 	"context"
+	"crypto/ed25519"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -130,5 +131,21 @@ func TestRackAwareCrossesWhenRackLoses(t *testing.T) {
 	checkBlob(t, f.store, rel.Digest)
 	if uploaded(seed, rel) == 0 {
 		t.Fatal("the fetch completed without the seed: the holder did not leave in time to test anything")
+	}
+}
+
+// A node's rack label (ballena node --label rack=R) reaches its engine: a
+// peer asks it over /ballena/rack/1.0.0 and hears R.
+func TestNodeRackLabelAnswers(t *testing.T) {
+	pub, _ := ntKey(t)
+	a := ntNode(t, ntOpts{trust: []ed25519.PublicKey{pub}, rack: "r1"})
+	b := ntNode(t, ntOpts{bootstrap: []*Node{a}, trust: []ed25519.PublicKey{pub}, rack: "r2"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if got := b.Engine().racks.rackOf(ctx, a.h.ID()); got != "r1" {
+		t.Fatalf("b asked a for its rack: %q, want r1", got)
+	}
+	if got := a.Engine().racks.rackOf(ctx, b.h.ID()); got != "r2" {
+		t.Fatalf("a asked b for its rack: %q, want r2", got)
 	}
 }
