@@ -88,24 +88,14 @@ func TestRolloutWaitsForHealth(t *testing.T) {
 	j2 := *j
 	j2.Artifact = "api@1.1.0"
 	ts.submit(t, &j2)
-	l := n.allocs()
-	var hb Heartbeat
-	for _, a := range l {
-		st := TaskState{AllocID: a.ID, State: ClientRunning, Health: HealthHealthy, Healthy: a.Healthy}
-		if a.DesiredStatus == DesiredStop {
-			st = TaskState{AllocID: a.ID, State: ClientComplete}
-		} else if a.Artifact == "api@1.1.0" {
-			st.Health, st.Healthy = HealthStarting, nil // running, not yet healthy for min_healthy_time
-		}
-		hb.Tasks = append(hb.Tasks, st)
-	}
-	if _, err := n.Heartbeat(context.Background(), hb); err != nil {
-		t.Fatal(err)
-	}
+	// Running, not yet healthy for min_healthy_time.
+	n.states = map[string]TaskState{"api@1.1.0": {State: ClientRunning, Health: HealthStarting}}
+	n.converge()
 	run := versionsRunning(n)
 	if run["api@1.1.0"] != 1 || run["api@1.0.0"] != 2 {
 		t.Fatalf("with the first replacement running but not healthy: %v, want 1 new and 2 old", run)
 	}
+	n.states = nil
 	n.converge() // now healthy: the next one goes
 	if run := versionsRunning(n); run["api@1.0.0"] != 1 {
 		t.Fatalf("after the replacement turned healthy: %v, want one more replaced", run)
@@ -304,24 +294,8 @@ func TestRolloutFailsPastTheHealthyDeadline(t *testing.T) {
 	bad.Artifact = "api@2.0.0"
 	ts.submit(t, &bad)
 	// The node runs the old tasks and cannot start the new one.
-	report := func() {
-		t.Helper()
-		var hb Heartbeat
-		for _, a := range n.allocs() {
-			st := TaskState{AllocID: a.ID, State: ClientRunning, Health: HealthHealthy, Healthy: &yes}
-			switch {
-			case a.DesiredStatus == DesiredStop:
-				st = TaskState{AllocID: a.ID, State: ClientComplete}
-			case a.Artifact == "api@2.0.0":
-				st = TaskState{AllocID: a.ID, State: ClientPending, Message: "start api@2.0.0: refused: signature by unknown key"}
-			}
-			hb.Tasks = append(hb.Tasks, st)
-		}
-		if _, err := n.Heartbeat(ctx, hb); err != nil {
-			t.Fatal(err)
-		}
-	}
-	report()
+	n.states = map[string]TaskState{"api@2.0.0": {State: ClientPending, Message: "start api@2.0.0: refused: signature by unknown key"}}
+	n.converge()
 	if err := ts.Sweep(); err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +303,7 @@ func TestRolloutFailsPastTheHealthyDeadline(t *testing.T) {
 		t.Fatalf("before the deadline: %+v", r)
 	}
 	ts.clock.Advance(time.Minute + time.Second)
-	report() // the machine is alive: only the task is late
+	n.converge() // the machine is alive: only the task is late
 	if err := ts.Sweep(); err != nil {
 		t.Fatal(err)
 	}

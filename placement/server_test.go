@@ -70,9 +70,12 @@ func startServer(t *testing.T, dir string) *testServer {
 type testNode struct {
 	*Client
 	t *testing.T
-	// sick lists artifacts whose tasks fail their health check here; every
-	// other task the node runs is healthy at once, as after min_healthy_time.
-	sick map[string]bool
+	// sick lists artifacts whose tasks fail their health check here, and
+	// states what the node reports instead for an artifact's tasks (AllocID
+	// filled in); every other task it runs is healthy at once, as after
+	// min_healthy_time.
+	sick   map[string]bool
+	states map[string]TaskState
 }
 
 func (ts *testServer) addNode(t *testing.T, cpu, memGiB int64, labels map[string]string) *testNode {
@@ -114,6 +117,10 @@ func (n *testNode) converge() *HeartbeatResponse {
 			st = TaskState{AllocID: a.ID, State: ClientComplete}
 		case n.sick[a.Artifact]:
 			st.Health, st.Healthy, st.Message = HealthUnhealthy, &no, "health check failed 3 times: GET /healthz: 500"
+		default:
+			if s, ok := n.states[a.Artifact]; ok {
+				st, st.AllocID = s, a.ID
+			}
 		}
 		hb.Tasks = append(hb.Tasks, st)
 	}
