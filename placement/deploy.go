@@ -177,7 +177,7 @@ func rolloutStep(js *jobState, same map[uint64]bool, updates int) (budget int, c
 		return budget, nil, ""
 	}
 	// Replacements made by this rollout, and how they fare.
-	var moved, healthy, waiting int
+	var moved, waiting int
 	var bad *Alloc
 	for _, a := range js.allocs {
 		if a.JobVersion != js.Version || a.CreateIndex < d.CreateIndex || a.DesiredStatus != DesiredRun {
@@ -192,9 +192,7 @@ func rolloutStep(js *jobState, same map[uint64]bool, updates int) (budget int, c
 		if a.Replaces != "" {
 			moved++
 		}
-		if a.Healthy != nil {
-			healthy++
-		} else if a.live() {
+		if a.Healthy == nil && a.live() {
 			waiting++
 		}
 	}
