@@ -1,7 +1,6 @@
 package swarm
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"io"
@@ -93,24 +92,7 @@ func TestBatchedTLS(t *testing.T) {
 			if _, err := io.ReadFull(s, one); err != nil || one[0] != 42 {
 				t.Fatalf("one byte: got %v, %v", one, err)
 			}
-			errc := make(chan error, 1)
-			go func() {
-				_, err := s.Write(payload)
-				if err == nil {
-					err = s.CloseWrite()
-				}
-				errc <- err
-			}()
-			got, err := io.ReadAll(s)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := <-errc; err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, payload) {
-				t.Fatalf("echo of %d bytes came back as %d bytes, equal %v", len(payload), len(got), bytes.Equal(got, payload))
-			}
+			echoBack(t, s, payload)
 		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	stockpnet "github.com/libp2p/go-libp2p/p2p/net/pnet"
@@ -68,6 +69,13 @@ func echoRoundTrip(t *testing.T, a, b host.Host) {
 	}
 	payload := make([]byte, 3<<20+5)
 	rand.Read(payload)
+	echoBack(t, s, payload)
+}
+
+// echoBack writes payload to an echo stream, closes its write side, and
+// checks the same bytes come back.
+func echoBack(t *testing.T, s network.Stream, payload []byte) {
+	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
 		_, err := s.Write(payload)

@@ -62,15 +62,7 @@ func httpServe(args []string) {
 // under a seccomp filter, with no_new_privs and no capabilities; otherwise it
 // says what differs and exits 1.
 func inCheck(args []string) {
-	status, _ := os.ReadFile("/proc/self/status")
-	field := func(k string) string {
-		for _, l := range strings.Split(string(status), "\n") {
-			if v, ok := strings.CutPrefix(l, k+":"); ok {
-				return strings.TrimSpace(v)
-			}
-		}
-		return ""
-	}
+	field := procStatus()
 	host, _ := os.Hostname()
 	cg, _ := os.ReadFile("/proc/self/cgroup")
 	var bad []string

@@ -126,15 +126,7 @@ func ps() {
 			pids = append(pids, n)
 		}
 	}
-	status, _ := os.ReadFile("/proc/self/status")
-	field := func(k string) string {
-		for _, l := range strings.Split(string(status), "\n") {
-			if v, ok := strings.CutPrefix(l, k+":"); ok {
-				return strings.TrimSpace(v)
-			}
-		}
-		return ""
-	}
+	field := procStatus()
 	host, _ := os.Hostname()
 	root, _ := os.ReadDir("/")
 	var names []string
@@ -172,4 +164,18 @@ func ps() {
 		"tmpErr": tmpErr, "rootWritable": rootErr, "args": os.Args[2:], "env": os.Getenv("GREETING"),
 	})
 	fmt.Println(string(out))
+}
+
+// procStatus reads /proc/self/status once and returns a lookup of its fields
+// (e.g. "CapEff"); "" for a field it lacks.
+func procStatus() func(string) string {
+	status, _ := os.ReadFile("/proc/self/status")
+	return func(k string) string {
+		for _, l := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(l, k+":"); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+		return ""
+	}
 }

@@ -31,15 +31,7 @@ const (
 // namespace, ids, what the refused system calls answer, its limits, /etc,
 // and whether the address in args[0] (if any) can be reached.
 func probe(args []string) {
-	status, _ := os.ReadFile("/proc/self/status")
-	field := func(k string) string {
-		for _, l := range strings.Split(string(status), "\n") {
-			if v, ok := strings.CutPrefix(l, k+":"); ok {
-				return strings.TrimSpace(v)
-			}
-		}
-		return ""
-	}
+	field := procStatus()
 	errStr := func(e syscall.Errno) string {
 		if e == 0 {
 			return "ok"
