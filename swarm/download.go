@@ -149,6 +149,13 @@ func (e *Engine) addDownload(tr *transfer) (*torrent.Torrent, error) {
 // the signed release (stage 4's first check).
 func (e *Engine) awaitInfo(tr *transfer, t *torrent.Torrent, stall *time.Timer) error {
 	rel := tr.rel
+	if e.cfg.Host != nil {
+		// BitTorrent's metadata exchange can miss peers that got the info
+		// after connecting (see InfoProtocol): ask them directly too.
+		ctx, stop := context.WithCancel(context.Background())
+		defer stop()
+		go e.fillInfo(ctx, tr, t)
+	}
 	select {
 	case <-t.GotInfo():
 	case <-stall.C:

@@ -144,6 +144,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 			e.ss = newSuperSeeder()
 		}
 		e.watchPeers(cfg.Host)
+		e.serveInfo()
 		e.p2p = newP2PTransport(cfg.Host, e.addrs, e.ss, e.up)
 		if cfg.Rack != "" {
 			e.racks = newRacks(cfg.Host, cfg.Rack, e.numPieces, lg)
@@ -242,6 +243,7 @@ func (e *Engine) Close() error {
 		e.tracker.close()
 	}
 	if e.p2p != nil {
+		e.cfg.Host.RemoveStreamHandler(InfoProtocol)
 		e.p2p.Close()
 	}
 	if e.notifiee != nil {
