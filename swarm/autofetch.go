@@ -3,6 +3,7 @@ package swarm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path"
 	"time"
@@ -22,14 +23,54 @@ func (n *Node) maybeAutoFetch(rel artifact.Release) {
 	if _, _, err := n.st.Release(rel.Ref()); err == nil && n.st.HasBlob(rel.Digest) {
 		return // held already; a new release of held bytes still needs its record (Fetch)
 	}
+	n.mu.Lock()
+	running := n.autos[rel.Digest]
+	n.autos[rel.Digest] = true
+	n.mu.Unlock()
+	if running {
+		return // a catch-up and the gossip often bring the same release at once
+	}
 	n.wg.Go(func() {
-		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AutoFetchTimeout)
-		defer cancel()
-		n.log.Info("auto-fetching", "release", rel.Ref())
-		if _, err := n.Fetch(ctx, rel.Ref(), nil); err != nil {
-			n.log.Warn("auto-fetch failed", "release", rel.Ref(), "err", err)
-		}
+		defer func() {
+			n.mu.Lock()
+			delete(n.autos, rel.Digest)
+			n.mu.Unlock()
+		}()
+		n.autoFetch(rel)
 	})
+}
+
+// Auto-fetch retries: a fetch that found no data (ErrUnavailable: every
+// holder gone, or none serving yet) is tried again after autoRetryFirst,
+// doubling up to autoRetryMax, until AutoFetchTimeout. Without it a node
+// that missed a release would wait for the next announcement or a new
+// peer's catch-up, which in a quiet fleet may never come.
+const (
+	autoRetryFirst = 5 * time.Second
+	autoRetryMax   = time.Minute
+)
+
+func (n *Node) autoFetch(rel artifact.Release) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.AutoFetchTimeout)
+	defer cancel()
+	n.log.Info("auto-fetching", "release", rel.Ref())
+	for wait := autoRetryFirst; ; wait = min(2*wait, autoRetryMax) {
+		_, err := n.Fetch(ctx, rel.Ref(), nil)
+		if err == nil || n.ctx.Err() != nil { // done, or the node is stopping
+			return
+		}
+		if !errors.Is(err, ErrUnavailable) || ctx.Err() != nil {
+			n.log.Warn("auto-fetch failed", "release", rel.Ref(), "err", err)
+			return
+		}
+		n.log.Warn("auto-fetch failed; will retry", "release", rel.Ref(), "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			n.log.Warn("auto-fetch gave up", "release", rel.Ref(), "after", n.cfg.AutoFetchTimeout)
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 func (n *Node) autoFetches(rel artifact.Release) bool {

@@ -44,7 +44,8 @@ type NodeConfig struct {
 	// AutoFetch globs, matched against a release's name and its name@version:
 	// matching announced releases are fetched at once.
 	AutoFetch []string
-	// AutoFetchTimeout bounds an automatic fetch; default 10 minutes.
+	// AutoFetchTimeout bounds an automatic fetch, its retries included;
+	// default 10 minutes.
 	AutoFetchTimeout time.Duration
 
 	UploadLimit, DownloadLimit int64  // bytes per second, 0 unlimited
@@ -79,6 +80,7 @@ type Node struct {
 	known    map[artifact.Ref]knownRelease // verified announcements and lookups
 	holders  map[string]map[peer.ID]bool   // digest -> nodes that announced or hold it
 	jobs     map[string]*fetchJob          // running fetches by digest
+	autos    map[string]bool               // digests being auto-fetched, retries included
 	provided map[string]bool               // digests this node advertises
 	newInfo  chan struct{}                 // closed and replaced when known or holders change
 
@@ -135,6 +137,7 @@ func NewNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 		known:    make(map[artifact.Ref]knownRelease),
 		holders:  make(map[string]map[peer.ID]bool),
 		jobs:     make(map[string]*fetchJob),
+		autos:    make(map[string]bool),
 		provided: make(map[string]bool),
 		newInfo:  make(chan struct{}),
 		lists:    newPerPeerClock(listInterval),

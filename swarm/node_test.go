@@ -1,6 +1,7 @@
 package swarm
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -57,6 +58,7 @@ type ntOpts struct {
 	allow     string // allowlist file
 	metrics   prometheus.Registerer
 	rack      string
+	stall     time.Duration // the engine's stall timeout; default 20s
 }
 
 func ntNode(t testing.TB, o ntOpts) *Node {
@@ -83,7 +85,7 @@ func ntNode(t testing.TB, o ntOpts) *Node {
 		Policy:       signing.PolicyForKeys(o.trust...),
 		AutoFetch:    o.autoFetch,
 		AllowPeers:   o.allow,
-		StallTimeout: 20 * time.Second,
+		StallTimeout: cmp.Or(o.stall, 20*time.Second),
 		Logger:       testLogger(t).With("node", len(o.bootstrap)),
 		Metrics:      o.metrics,
 		Rack:         o.rack,
@@ -422,6 +424,35 @@ func TestForgedRecordDropped(t *testing.T) {
 			t.Fatalf("the forged announcement was accepted as %s", ref)
 		}
 	}
+}
+
+// An auto-fetch that finds a holder with nothing to serve fails for want of
+// data, and is tried again: once the holder serves, the node gets the
+// release with no new announcement or peer to prompt it.
+func TestAutoFetchRetries(t *testing.T) {
+	pub, priv := ntKey(t)
+	src := ntNode(t, ntOpts{trust: []ed25519.PublicKey{pub}})
+	rel := ntPublish(t, src, "api", "1.0.0", 256<<10, priv)
+	if err := src.engine.Drop(rel.Digest); err != nil { // holds it, serves nothing
+		t.Fatal(err)
+	}
+	auto := ntNode(t, ntOpts{bootstrap: []*Node{src}, trust: []ed25519.PublicKey{pub}, autoFetch: []string{"api"},
+		stall: 2 * time.Second})
+	downloading := func() bool {
+		return slices.ContainsFunc(auto.engine.Transfers(), func(ts TransferStats) bool { return ts.Digest == rel.Digest })
+	}
+	poll.Until(t, 30*time.Second, "the first attempt", downloading)
+	poll.Until(t, 30*time.Second, "the first attempt to fail", func() bool { return !downloading() })
+	if auto.st.HasBlob(rel.Digest) {
+		t.Fatal("fetched from a holder that served nothing")
+	}
+	if err := src.engine.Seed(context.Background(), rel); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, time.Minute, "a retry to fetch it", func() bool {
+		_, _, err := auto.st.Release(rel.Ref())
+		return err == nil
+	})
 }
 
 // A node that auto-fetches catches up, on joining, on what was announced
