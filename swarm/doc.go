@@ -28,7 +28,9 @@
 // the same way.
 //
 // Bytes: the Engine (engine.go) runs anacrolix/torrent with its peer wire over
-// libp2p streams, and optionally plain TCP plus an HTTP tracker for standard
+// libp2p streams (a download that gets no torrent info over BitTorrent's
+// metadata exchange within a second also asks its peers over
+// /ballena/info/1.0.0, InfoProtocol), and optionally plain TCP plus an HTTP tracker for standard
 // clients. Node ties it all together over one artifact store.
 //
 // # Where things are
@@ -67,6 +69,7 @@
 //	peers.go       peers handed to transfers, remembered and dialed again
 //	stats.go       TransferStats, Pieces, rates and idle time
 //	metainfo.go    torrent info: cached, computed from a stored blob, MetaInfo
+//	infoproto.go   torrent info asked of fleet peers (/ballena/info/1.0.0) when BEP 9 gives none
 //	blobstorage.go storage that writes a download straight into one staged blob
 //	completion.go  piece completion that trusts blobs the store verified whole
 //	p2pconn.go     the peer wire over libp2p streams
