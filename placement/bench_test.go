@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http/httptest"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"syscall"
@@ -374,6 +375,9 @@ func BenchmarkCellPlace100kOn10k(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		// Labels tell the two runs apart in a CPU profile (pprof -tagfocus
+		// phase=cell): the servers' goroutines inherit them.
+		pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("phase", "single")))
 		cpu0 := cpuTime()
 		placed1, el1 := placeThrough(b, single, ms, jobs, benchWriters)
 		cpu1 := cpuTime() - cpu0
@@ -383,6 +387,7 @@ func BenchmarkCellPlace100kOn10k(b *testing.B) {
 		single = nil
 		base = heapInUse()
 
+		pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("phase", "cell")))
 		tc := startRaftCellWith(b, 3, func(cc *CellConfig) { cc.Timeout = time.Second })
 		for _, m := range tc.members {
 			m.srv.log = quiet
@@ -420,5 +425,6 @@ func BenchmarkCellPlace100kOn10k(b *testing.B) {
 		for _, m := range tc.members {
 			tc.stop(m)
 		}
+		pprof.SetGoroutineLabels(context.Background())
 	}
 }
