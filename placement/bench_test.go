@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"runtime/pprof"
 	"sort"
@@ -348,6 +349,27 @@ func placeThrough(b *testing.B, s *Server, ms []benchMachine, jobs []*Job, worke
 	return placed, time.Since(start)
 }
 
+// cellProfile starts a CPU profile of the cell's measured run, written to
+// $PLACEMENT_CELL_PROFILE if set: -cpuprofile also takes in the single server,
+// startup and closing (badger's flushes and compactions on Close).
+func cellProfile(b *testing.B) (stop func()) {
+	path := os.Getenv("PLACEMENT_CELL_PROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
+
 // benchWriters is how many clients submit jobs at once in the cell benchmark.
 var benchWriters = 16
 
@@ -383,6 +405,7 @@ func BenchmarkCellPlace100kOn10k(b *testing.B) {
 		cpu1 := cpuTime() - cpu0
 		st1 := single.Stats()
 		mem1 := heapInUse() - base
+		pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("phase", "teardown")))
 		single.Close()
 		single = nil
 		base = heapInUse()
@@ -394,6 +417,7 @@ func BenchmarkCellPlace100kOn10k(b *testing.B) {
 		}
 		lead := tc.leader()
 		st0 := lead.srv.Stats()
+		stopProfile := cellProfile(b)
 		t0 := time.Now()
 		cpu0 = cpuTime()
 		placed3, el3 := placeThrough(b, lead.srv, ms, jobs, benchWriters)
@@ -406,6 +430,7 @@ func BenchmarkCellPlace100kOn10k(b *testing.B) {
 		}
 		elAll := time.Since(t0)
 		cpu3 := cpuTime() - cpu0
+		stopProfile()
 		mem3 := (heapInUse() - base) / 3
 		entries3 := st3.Entries - st0.Entries
 		b.ReportMetric(float64(placed1)/el1.Seconds(), "single-placements/s")
@@ -422,6 +447,8 @@ func BenchmarkCellPlace100kOn10k(b *testing.B) {
 			float64(placed1)/el1.Seconds(), float64(placed1)/cpu1.Seconds(), float64(st1.Entries)/el1.Seconds(), float64(st1.Operations)/float64(max(st1.Entries, 1)), float64(mem1)/(1<<20),
 			float64(placed3)/el3.Seconds(), float64(placed3)/cpu3.Seconds(), float64(entries3)/el3.Seconds(), float64(st3.Operations-st0.Operations)/float64(max(entries3, 1)), float64(mem3)/(1<<20),
 			placed3, el3.Round(time.Millisecond), elAll.Round(time.Millisecond))
+		// Closing (badger flushes and compacts) is outside the measured part.
+		pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("phase", "teardown")))
 		for _, m := range tc.members {
 			tc.stop(m)
 		}

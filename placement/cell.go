@@ -240,7 +240,8 @@ func (c *Cell) updateNode(n *nodeState, fn func(*Node)) {
 func (c *Cell) putJob(j *Job) *jobState {
 	js := c.jobs[j.Name]
 	if js == nil {
-		js = &jobState{allocs: map[string]*Alloc{}, live: map[string]*Alloc{}, spread: map[string]int{}}
+		// At the size the job will have: growing them task by task rehashes.
+		js = &jobState{allocs: make(map[string]*Alloc, min(j.Count, 1<<12)), live: make(map[string]*Alloc, min(j.Count, 1<<12)), spread: map[string]int{}}
 		c.jobs[j.Name] = js
 	}
 	js.Job = j

@@ -80,7 +80,7 @@ func (s *Server) queueOpLocked(ch *changes) (*pendingOp, error) {
 	if ch.empty() {
 		return nil, nil
 	}
-	data, err := encodeOp(ch, s.cell.index)
+	data, err := encodeOp(ch, s.cell.index, cellSpec(s.cell))
 	if err != nil {
 		// Cannot happen with these types; the working state is ahead of the log now.
 		s.setLeader(false)

@@ -107,6 +107,7 @@ func (c *Cell) revertJob(js *jobState, target uint64, why string) (*Job, error) 
 	j.Deployment.Description, j.Deployment.RevertedTo = why, target
 	nj := c.putJob(&j)
 	c.touchJob(nj)
+	c.keepAllocsDecodable(nj)
 	c.dirty[j.Name] = true
 	return &j, nil
 }

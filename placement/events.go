@@ -62,6 +62,36 @@ type subscriber struct {
 	wake   chan struct{} // capacity 1
 
 	arts map[string][]string // node ID -> held artifacts, for release events (subscriber goroutine only)
+	// specs holds the job versions seen, to fill normalized allocation records
+	// in (records.go); subscriber goroutine only.
+	specs map[string][]*Job
+}
+
+// learn records a job's versions (current and history) for spec lookups.
+func (sub *subscriber) learn(j *Job) {
+	have := sub.specs[j.Name]
+	for _, v := range append([]*Job{j}, j.History...) {
+		found := false
+		for i, h := range have {
+			if h.Version == v.Version {
+				have[i], found = v, true
+				break
+			}
+		}
+		if !found {
+			have = append(have, v)
+		}
+	}
+	sub.specs[j.Name] = have
+}
+
+func (sub *subscriber) spec(job string, v uint64) *Job {
+	for _, h := range sub.specs[job] {
+		if h.Version == v {
+			return h
+		}
+	}
+	return nil
 }
 
 // eventHub fans committed operations out to subscribers. Its zero value is ready.
@@ -204,15 +234,18 @@ func (h *eventHub) recent(job string) []*Evaluation {
 
 // subscribe adds a subscriber. The caller holds s.cmu, which ApplyBatch holds
 // while it publishes, so the stream starts exactly after the state seeded here.
-func (h *eventHub) subscribe(job string, nodes map[string][]string) (*subscriber, error) {
+func (h *eventHub) subscribe(job string, nodes map[string][]string, jobs []*Job) (*subscriber, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.subs) >= maxSubscribers {
 		return nil, fmt.Errorf("%d event streams are open on this server already", maxSubscribers)
 	}
-	sub := &subscriber{job: job, wake: make(chan struct{}, 1), arts: map[string][]string{}}
+	sub := &subscriber{job: job, wake: make(chan struct{}, 1), arts: map[string][]string{}, specs: map[string][]*Job{}}
 	for id, arts := range nodes {
 		sub.arts[id] = slices.Clone(arts)
+	}
+	for _, j := range jobs {
+		sub.learn(j)
 	}
 	if h.subs == nil {
 		h.subs = map[*subscriber]struct{}{}
@@ -260,7 +293,13 @@ func (s *Server) subscribeEvents(job string) (*subscriber, error) {
 	for id, n := range s.cell.byID {
 		arts[id] = n.Artifacts
 	}
-	return s.events.subscribe(job, arts)
+	// Copies: the cell changes a job's record in place (its status, indexes).
+	jobs := make([]*Job, 0, len(s.cell.jobs))
+	for _, js := range s.cell.jobs {
+		cp := *js.Job
+		jobs = append(jobs, &cp)
+	}
+	return s.events.subscribe(job, arts, jobs)
 }
 
 // take returns the queued events, decoded, or ok=false when the subscriber was
@@ -297,6 +336,7 @@ func (sub *subscriber) decode(o *op, now time.Time) []Event {
 			e.Summary, e.Record = "job "+name+" removed", json.RawMessage("null")
 		} else if j := (&Job{}); json.Unmarshal(raw, j) == nil {
 			e.Summary = jobSummary(j)
+			sub.learn(j)
 		}
 		add(e)
 	}
@@ -309,8 +349,11 @@ func (sub *subscriber) decode(o *op, now time.Time) []Event {
 		e := Event{Type: EventTask, Job: job, Key: key, Record: raw}
 		if isNull(raw) {
 			e.Summary, e.Record = "task "+key+" removed (count lowered)", json.RawMessage("null")
-		} else if t := (&Task{}); json.Unmarshal(raw, t) == nil {
+		} else if t, err := decodeTask(raw, ""); err == nil {
 			e.Summary = taskSummary(t)
+			if raw[0] != '{' {
+				e.Record, _ = json.Marshal(t)
+			}
 		}
 		add(e)
 	}
@@ -319,11 +362,17 @@ func (sub *subscriber) decode(o *op, now time.Time) []Event {
 		if isNull(raw) {
 			continue // garbage collection of old allocations says nothing new
 		}
-		a := &Alloc{}
-		if json.Unmarshal(raw, a) != nil {
+		a, err := decodeAlloc(raw, sub.spec)
+		if err != nil {
+			// A normalized record of a version this stream never saw (it left the
+			// job's history before the stream started): nothing to show it with.
 			continue
 		}
-		add(Event{Type: EventAlloc, Job: a.Job, Node: a.NodeID, Key: id, Record: raw, Summary: allocSummary(a)})
+		rec := raw
+		if raw[0] != '{' {
+			rec, _ = json.Marshal(a) // normalized: readers get the whole record
+		}
+		add(Event{Type: EventAlloc, Job: a.Job, Node: a.NodeID, Key: id, Record: rec, Summary: allocSummary(a)})
 	}
 	for _, id := range sortedKeys(o.Nodes) {
 		raw := o.Nodes[id]

@@ -119,7 +119,7 @@ func TestEventsFollowTheCell(t *testing.T) {
 // holds no memory for them.
 func TestEventsSlowSubscriberIsDropped(t *testing.T) {
 	var h eventHub
-	sub, err := h.subscribe("", nil)
+	sub, err := h.subscribe("", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func BenchmarkEventsPublish(b *testing.B) {
 	})
 	b.Run("one-subscriber", func(b *testing.B) {
 		var h eventHub
-		sub, _ := h.subscribe("", nil)
+		sub, _ := h.subscribe("", nil, nil)
 		for b.Loop() {
 			h.publish(ops)
 			if evs, _, _ := sub.take(time.Time{}); len(evs) != 2 {

@@ -67,6 +67,7 @@ func (c *Cell) submitJob(j *Job, expectIndex *uint64) ([]*Evaluation, error) {
 	j.Stopped = false
 	js := c.putJob(j)
 	c.touchJob(js)
+	c.keepAllocsDecodable(js)
 	c.dirty[j.Name] = true
 	return c.schedule("job-register"), nil
 }

@@ -93,6 +93,32 @@ func (r *reader) uvarint() uint64 {
 	return v
 }
 
+func (r *reader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err = errors.New("truncated varint")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) byte() byte {
+	if r.err != nil {
+		return 0
+	}
+	if len(r.b) == 0 {
+		r.err = errors.New("truncated record")
+		return 0
+	}
+	v := r.b[0]
+	r.b = r.b[1:]
+	return v
+}
+
 func (r *reader) bytes() []byte {
 	n := r.uvarint()
 	if r.err != nil {
@@ -136,7 +162,23 @@ func decodeEntry(data []byte) (string, []*op, error) {
 	return origin, ops, nil
 }
 
+// countRecords counts an encoded op's records by kind, so that decodeOp makes
+// its maps at their size instead of growing them record by record.
+func countRecords(data []byte) (counts [256]int) {
+	r := &reader{b: data}
+	r.uvarint()
+	for r.err == nil && len(r.b) > 0 && r.b[0] != 0 {
+		kind := r.b[0]
+		r.b = r.b[1:]
+		r.bytes()
+		r.bytes()
+		counts[kind]++
+	}
+	return counts
+}
+
 func decodeOp(data []byte) (*op, error) {
+	counts := countRecords(data)
 	r := &reader{b: data}
 	o := &op{Index: r.uvarint()}
 	for r.err == nil {
@@ -168,7 +210,7 @@ func decodeOp(data []byte) (*op, error) {
 			return nil, fmt.Errorf("unknown record kind %q", kind)
 		}
 		if *m == nil {
-			*m = map[string]json.RawMessage{}
+			*m = make(map[string]json.RawMessage, counts[kind])
 		}
 		(*m)[k] = v
 	}
@@ -192,10 +234,35 @@ func appendRecords[V any](b []byte, kind byte, m map[string]*V) ([]byte, error) 
 	return b, nil
 }
 
+// appendRecord frames one record whose value enc appends (nil v: deleted).
+func appendRecord[V any](b []byte, kind byte, k string, v *V, enc func([]byte, *V) ([]byte, error)) ([]byte, error) {
+	b = append(b, kind)
+	b = appendString(b, k)
+	if v == nil {
+		return appendUvarint(b, 0), nil
+	}
+	// The value's length goes before it: leave room for the longest varint and
+	// close the gap once the length is known.
+	at := len(b)
+	b = append(b, make([]byte, binary.MaxVarintLen64)...)
+	b, err := enc(b, v)
+	if err != nil {
+		return nil, err
+	}
+	n := len(b) - at - binary.MaxVarintLen64
+	var lb [binary.MaxVarintLen64]byte
+	l := binary.PutUvarint(lb[:], uint64(n))
+	copy(b[at:], lb[:l])
+	copy(b[at+l:], b[at+binary.MaxVarintLen64:])
+	return b[:at+l+n], nil
+}
+
 // encodeOp encodes an operation's changes; the caller holds the lock that guards
-// the records.
-func encodeOp(ch *changes, index uint64) ([]byte, error) {
-	b := appendUvarint(make([]byte, 0, 512*(len(ch.allocs)+len(ch.tasks)+len(ch.nodes)+4)), index)
+// the records. spec finds the job versions allocations are normalized against
+// (records.go): the state the operation leaves, which every server holds when
+// it reads the allocations, since jobs are applied before them.
+func encodeOp(ch *changes, index uint64, spec specLookup) ([]byte, error) {
+	b := appendUvarint(make([]byte, 0, 128*(len(ch.allocs)+len(ch.tasks))+512*(len(ch.nodes)+4)), index)
 	var err error
 	if b, err = appendRecords(b, 'n', ch.nodes); err != nil {
 		return nil, err
@@ -203,11 +270,15 @@ func encodeOp(ch *changes, index uint64) ([]byte, error) {
 	if b, err = appendRecords(b, 'j', ch.jobs); err != nil {
 		return nil, err
 	}
-	if b, err = appendRecords(b, 't', ch.tasks); err != nil {
-		return nil, err
+	for k, t := range ch.tasks {
+		b, _ = appendRecord(b, 't', k, t, func(b []byte, t *Task) ([]byte, error) { return appendTask(b, t), nil })
 	}
-	if b, err = appendRecords(b, 'a', ch.allocs); err != nil {
-		return nil, err
+	for k, a := range ch.allocs {
+		if b, err = appendRecord(b, 'a', k, a, func(b []byte, a *Alloc) ([]byte, error) {
+			return appendAlloc(b, a, spec(a.Job, a.JobVersion))
+		}); err != nil {
+			return nil, err
+		}
 	}
 	if b, err = appendRecords(b, 's', ch.servers); err != nil {
 		return nil, err
@@ -283,7 +354,13 @@ func (s *Server) diskWriter() {
 		}
 		// Each key once per batch, with its last value: badger's write batch
 		// does not promise that the later of two writes of a key wins.
-		latest := map[string][]byte{}
+		n := 0
+		for _, w := range batch {
+			for _, o := range w.ops {
+				n += len(o.Nodes) + len(o.Jobs) + len(o.Tasks) + len(o.Allocs) + len(o.Evals) + len(o.Servers)
+			}
+		}
+		latest := make(map[string][]byte, n)
 		var opIndex, raftIndex uint64
 		for _, w := range batch {
 			if w.flushed == nil {
@@ -452,8 +529,8 @@ func (c *Cell) applyRecords(o *op) error {
 			}
 			continue
 		}
-		t := &Task{}
-		if err := recordjson.Unmarshal(raw, t); err != nil {
+		t, err := decodeTask(raw, js.Name)
+		if err != nil {
 			return fmt.Errorf("task %s: %w", k, err)
 		}
 		switch {
@@ -473,6 +550,7 @@ func (c *Cell) applyRecords(o *op) error {
 			}
 		}
 	}
+	spec := cellSpec(c)
 	for id, raw := range o.Allocs {
 		if old := c.allocs[id]; old != nil {
 			c.forgetAlloc(old)
@@ -483,9 +561,12 @@ func (c *Cell) applyRecords(o *op) error {
 		if isNull(raw) {
 			continue
 		}
-		a := &Alloc{}
-		if err := recordjson.Unmarshal(raw, a); err != nil {
+		a, err := decodeAlloc(raw, spec)
+		if err != nil {
 			return fmt.Errorf("allocation %s: %w", id, err)
+		}
+		if n := c.byID[a.NodeID]; n != nil {
+			a.NodeID = n.ID // one copy of the ID
 		}
 		c.putAlloc(a)
 		if n := c.byID[a.NodeID]; n != nil {

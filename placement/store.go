@@ -47,7 +47,7 @@ func loadCell(db *badger.DB, c *Cell) (uint64, error) {
 	var nodes []*Node
 	var jobs []*Job
 	var tasks []*Task
-	var allocs []*Alloc
+	var rawAllocs [][]byte
 	var evals []*Evaluation
 	err := db.View(func(txn *badger.Txn) error {
 		if item, err := txn.Get([]byte(keyIndex)); err == nil {
@@ -77,11 +77,23 @@ func loadCell(db *badger.DB, c *Cell) (uint64, error) {
 				j := &Job{}
 				jobs, dst = append(jobs, j), j
 			case strings.HasPrefix(key, prefixTask):
-				t := &Task{}
-				tasks, dst = append(tasks, t), t
+				if err := item.Value(func(v []byte) error {
+					t, err := decodeTask(v, "")
+					tasks = append(tasks, t)
+					return err
+				}); err != nil {
+					return fmt.Errorf("read %s: %w", key, err)
+				}
+				continue
 			case strings.HasPrefix(key, prefixAlloc):
-				a := &Alloc{}
-				allocs, dst = append(allocs, a), a
+				// Normalized allocations are filled in from their jobs, which
+				// come later in key order.
+				v, err := item.ValueCopy(nil)
+				if err != nil {
+					return fmt.Errorf("read %s: %w", key, err)
+				}
+				rawAllocs = append(rawAllocs, v)
+				continue
 			case strings.HasPrefix(key, prefixEval):
 				e := &Evaluation{}
 				evals, dst = append(evals, e), e
@@ -121,7 +133,15 @@ func loadCell(db *badger.DB, c *Cell) (uint64, error) {
 			c.pending[t.Job] = true
 		}
 	}
-	for _, a := range allocs {
+	spec := cellSpec(c)
+	for _, raw := range rawAllocs {
+		a, err := decodeAlloc(raw, spec)
+		if err != nil {
+			return 0, fmt.Errorf("load placement state: %w", err)
+		}
+		if n := c.byID[a.NodeID]; n != nil {
+			a.NodeID = n.ID
+		}
 		c.putAlloc(a)
 	}
 	// Deleted allocations leave no trace of their index: after a restart every

@@ -1,0 +1,213 @@
+package placement
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"testing"
+	"time"
+
+	"ballena.dev/internal/poll"
+)
+
+func TestAllocRecordRoundTrip(t *testing.T) {
+	j := &Job{Name: "api", Version: 3, Artifact: "api@1.2.0", Digest: "sha256:ab", Resources: Resources{CPU: 500, Memory: 1 << 30, PIDs: 64},
+		Priority: BandBatch, Args: []string{"-v"}, Env: map[string]string{"A": "1"}, Restart: RestartOnFailure,
+		Isolation: Isolation{Network: "none", NoFile: 1024}, Check: &Check{HTTP: "/health", Port: 8080, Interval: time.Second}}
+	code, healthy := -9, false
+	a := &Alloc{ID: "00000000000000aa", Job: "api", TaskIndex: 7, JobVersion: 3, NodeID: "node-1", MinHealthyTime: time.Second,
+		HealthyDeadline: time.Minute, AllowRollback: true, DesiredStatus: DesiredStop, DesiredDescription: "replaced",
+		ClientStatus: ClientFailed, ExitCode: &code, OOMKilled: true, Message: "killed", Restarts: 2, Health: HealthUnhealthy,
+		Healthy: &healthy, Replaces: "00000000000000a9",
+		CreatedAt: time.Date(2026, 1, 2, 3, 4, 5, 6, time.FixedZone("x", 3600)), CreateIndex: 10, ModifyIndex: 12}
+	fillSpec(a, j)
+	lookup := func(job string, v uint64) *Job {
+		if job == j.Name && v == j.Version {
+			return j
+		}
+		return nil
+	}
+	raw, err := appendAlloc(nil, a, j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if raw[0] != recAllocNormalized {
+		t.Fatalf("an allocation of its job's spec is stored as %q", raw)
+	}
+	full, _ := json.Marshal(a)
+	if len(raw) > len(full)/3 {
+		t.Errorf("normalized record of %d bytes, the JSON one %d", len(raw), len(full))
+	}
+	got, err := decodeAlloc(raw, lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back, _ := json.Marshal(got); string(back) != string(full) {
+		t.Errorf("round trip:\n got %s\nwant %s", back, full)
+	}
+	if _, err := decodeAlloc(raw, func(string, uint64) *Job { return nil }); err == nil {
+		t.Error("a normalized allocation decoded without its job version")
+	}
+	// A spec that is not the version's (or a version not held) goes whole.
+	other := *a
+	other.Args = []string{"-x"}
+	raw, _ = appendAlloc(nil, &other, j)
+	if got, err := decodeAlloc(raw, lookup); raw[0] != '{' || err != nil || !reflect.DeepEqual(got.Args, other.Args) {
+		t.Errorf("allocation with its own spec: %q, %v", raw, err)
+	}
+	if raw, _ = appendAlloc(nil, a, nil); raw[0] != '{' {
+		t.Errorf("allocation of a version not held: %q", raw)
+	}
+
+	task := &Task{Job: "api", Index: 7, State: TaskPending, AllocID: "aa", Reason: "waiting for room", Failures: 2}
+	gotTask, err := decodeTask(appendTask(nil, task), "api")
+	if err != nil || !reflect.DeepEqual(gotTask, task) {
+		t.Errorf("task round trip: %+v, %v", gotTask, err)
+	}
+	tj, _ := json.Marshal(task)
+	if gotTask, err := decodeTask(tj, ""); err != nil || !reflect.DeepEqual(gotTask, task) {
+		t.Errorf("JSON task record: %+v, %v", gotTask, err)
+	}
+}
+
+// TestOlderVersionAllocsAcrossTheCell: allocations of older job versions keep
+// their own spec on every server, through replication, a snapshot installed on
+// a server that was away, and restarts (loading badger), also once their
+// version has left the job's history.
+func TestOlderVersionAllocsAcrossTheCell(t *testing.T) {
+	tc := startRaftCellWith(t, 3, func(cc *CellConfig) {
+		cc.SnapshotThreshold, cc.SnapshotInterval = 32, 100*time.Millisecond
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	lead := tc.leader()
+	var away, other *cellMember
+	for _, m := range tc.members {
+		switch {
+		case m == lead:
+		case away == nil:
+			away = m
+		default:
+			other = m
+		}
+	}
+	update := func(fn func(c *Cell) error) {
+		t.Helper()
+		if err := lead.srv.update(fn); err != nil {
+			t.Fatal(err)
+		}
+		if err := lead.srv.quiesce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	update(func(c *Cell) error {
+		for i := range 3 {
+			c.registerNode(fmt.Sprintf("node-%d", i), &NodeRegistration{Capacity: Resources{CPU: 8000, Memory: 16 << 30}})
+		}
+		return nil
+	})
+	submitVersion := func(v int) {
+		t.Helper()
+		j := job("api", 3, 500, 256, BandProd)
+		j.Update = Update{MaxParallel: 1, Canary: 1}
+		if v > 1 {
+			j.Artifact = fmt.Sprintf("api@1.%d.0", v)
+			j.Args = []string{fmt.Sprint("version-", v)}
+			j.Env = map[string]string{"V": fmt.Sprint(v)}
+			j.Resources.CPU += int64(v)
+		}
+		update(func(c *Cell) error { _, err := c.submitJob(j, nil); return err })
+	}
+	// v1's allocations: their spec, as the leader holds it.
+	v1Allocs := func(s *Server) map[string]string {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		out := map[string]string{}
+		for id, a := range s.cell.allocs {
+			if a.Job == "api" && a.JobVersion == 1 {
+				out[id] = fmt.Sprintf("%s %v %v %v", a.Artifact, a.Args, a.Env, a.Resources)
+			}
+		}
+		return out
+	}
+	agree := func(m *cellMember, when string) {
+		t.Helper()
+		want := lead.srv.Index()
+		poll.Until(t, 30*time.Second, m.name+" to apply everything", func() bool { return m.srv.Index() >= want })
+		lead.srv.mu.RLock()
+		a := snapshotCell(lead.srv.cell)
+		lead.srv.mu.RUnlock()
+		m.srv.mu.RLock()
+		b := snapshotCell(m.srv.cell)
+		m.srv.mu.RUnlock()
+		for k := range a {
+			if a[k] != b[k] {
+				t.Errorf("%s: %s on %s differs:\nleader %s\n%-6s %s", when, k, m.name, a[k], m.name, b[k])
+			}
+		}
+		for k := range b {
+			if _, ok := a[k]; !ok {
+				t.Errorf("%s: %s on %s only: %s", when, k, m.name, b[k])
+			}
+		}
+	}
+
+	submitVersion(1)
+	submitVersion(2)
+	old := v1Allocs(lead.srv)
+	if len(old) < 2 {
+		t.Fatalf("version 2 with a canary left %d allocations of version 1", len(old))
+	}
+	for _, spec := range old {
+		if spec != fmt.Sprintf("api@1.0.0 [] map[] %v", Resources{CPU: 500, Memory: 256 << 20}) {
+			t.Fatalf("an allocation of version 1 reads %s", spec)
+		}
+	}
+	agree(away, "version 2")
+	agree(other, "version 2")
+
+	// The away server misses versions up to past the history's length, and
+	// enough entries to need a snapshot.
+	tc.stop(away)
+	for v := 3; v <= MaxHistory+3; v++ {
+		submitVersion(v)
+	}
+	lead.srv.mu.RLock()
+	held := lead.srv.cell.jobs["api"].version(1) != nil
+	lead.srv.mu.RUnlock()
+	if held {
+		t.Fatal("version 1 is still in the job's history")
+	}
+	if got := v1Allocs(lead.srv); !reflect.DeepEqual(got, old) {
+		t.Fatalf("allocations of version 1 after it left the history: %v, want %v", got, old)
+	}
+	for i := range 40 {
+		update(func(c *Cell) error {
+			_, err := c.submitJob(job(fmt.Sprintf("filler-%02d", i), 1, 10, 1, BandBatch), nil)
+			return err
+		})
+	}
+	if err := lead.srv.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	agree(other, "replicated")
+
+	tc.restart(away)
+	agree(away, "snapshot installed")
+	if away.srv.Stats().SnapshotsRestored == 0 {
+		t.Error("the away server caught up without a snapshot")
+	}
+	if got := v1Allocs(away.srv); !reflect.DeepEqual(got, old) {
+		t.Errorf("allocations of version 1 from the snapshot: %v, want %v", got, old)
+	}
+
+	for _, m := range []*cellMember{away, other} {
+		tc.stop(m)
+		tc.restart(m)
+		if got := v1Allocs(m.srv); !reflect.DeepEqual(got, old) {
+			t.Errorf("allocations of version 1 on %s loaded from disk: %v, want %v", m.name, got, old)
+		}
+		agree(m, "restarted")
+	}
+}
