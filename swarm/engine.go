@@ -116,7 +116,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "info"), 0o700); err != nil {
 		return nil, fmt.Errorf("swarm engine: %w", err)
 	}
-	bolt, err := storage.NewBoltPieceCompletion(dir)
+	bolt, err := openBoltCompletion(dir)
 	if err != nil {
 		return nil, fmt.Errorf("swarm engine: piece completion db in %s: %w", dir, err)
 	}
