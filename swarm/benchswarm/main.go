@@ -89,6 +89,7 @@ func run() error {
 	single := flag.Bool("single", false, "one seed → one leecher `ballena node` (needs -ballena), no caps: per-role CPU per GiB and throughput beside HTTP, aria2c and libtorrent; -size is the blob")
 	pskMode := flag.String("psk", "both", "with -single: run with a fleet PSK (on), without (off), or both")
 	perfDir := flag.String("perf", "", "with -single: perf record each node during the transfer into this dir")
+	perfStat := flag.Bool("perf-stat", false, "with -perf: perf stat (context switches, faults, system calls by kind) instead of perf record")
 	others := flag.Bool("others", true, "with -single: also run one HTTP server, aria2c and libtorrent (when installed)")
 	flag.Parse()
 
@@ -107,7 +108,7 @@ func run() error {
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 		defer cancel()
 		F := int64(*size) * mib
-		rows, err := runSingle(ctx, singleOpts{bin: *ballena, work: work, size: F, perfDir: *perfDir,
+		rows, err := runSingle(ctx, singleOpts{bin: *ballena, work: work, size: F, perfDir: *perfDir, perfStat: *perfStat,
 			aria: *others, libt: *others, http: *others, psk: *pskMode})
 		if *jsonOut {
 			json.NewEncoder(os.Stdout).Encode(rows)

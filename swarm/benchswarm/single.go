@@ -50,14 +50,15 @@ func (r singleRow) totalPerGiB() float64 { return r.Seed.PerGiB + r.Leecher.PerG
 
 // singleOpts are the -single mode's flags.
 type singleOpts struct {
-	bin     string
-	work    string
-	size    int64
-	perfDir string // perf record each node process during the fetch into this dir
-	aria    bool
-	libt    bool
-	http    bool
-	psk     string // "both", "on", "off"
+	bin      string
+	work     string
+	size     int64
+	perfDir  string // perf record each node process during the fetch into this dir
+	perfStat bool   // perf stat (counts) instead of perf record
+	aria     bool
+	libt     bool
+	http     bool
+	psk      string // "both", "on", "off"
 }
 
 func runSingle(ctx context.Context, o singleOpts) ([]singleRow, error) {
@@ -254,7 +255,7 @@ func singleBallena(ctx context.Context, o singleOpts, whale string, psk bool) ([
 		return nil, err
 	}
 	defer leech.kill()
-	stopPerf := startPerf(o.perfDir, tag, map[string]*daemon{"seed": seed, "leecher": leech})
+	stopPerf := startPerf(o.perfDir, tag, o.perfStat, map[string]*daemon{"seed": seed, "leecher": leech})
 	s0, l0 := seed.cpu(), leech.cpu()
 	sc0, lc0 := seed.syscalls(), leech.syscalls()
 	start := time.Now()
@@ -391,10 +392,10 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// startPerf runs `perf record -g` on each daemon until the returned func is
-// called, writing DIR/TAG-ROLE.data; nothing when dir is empty or perf is
-// missing.
-func startPerf(dir, tag string, ds map[string]*daemon) func() {
+// startPerf runs `perf record -g` (with stat, `perf stat` of perfStatEvents)
+// on each daemon until the returned func is called, writing
+// DIR/TAG-ROLE.data; nothing when dir is empty or perf is missing.
+func startPerf(dir, tag string, stat bool, ds map[string]*daemon) func() {
 	if dir == "" {
 		return func() {}
 	}
@@ -406,8 +407,14 @@ func startPerf(dir, tag string, ds map[string]*daemon) func() {
 	os.MkdirAll(dir, 0o755)
 	var cmds []*exec.Cmd
 	for role, d := range ds {
-		c := exec.Command(perf, "record", "-e", "cpu-clock", "-F", "999", "-g", "-p", fmt.Sprint(d.cmd.Process.Pid),
-			"-o", filepath.Join(dir, tag+"-"+role+".data"))
+		args := []string{"record", "-e", "cpu-clock", "-F", "999", "-g"}
+		if stat {
+			// Counts instead of samples: context switches, faults and
+			// system calls are what this VM charges most for.
+			args = []string{"stat", "-e", perfStatEvents}
+		}
+		c := exec.Command(perf, append(args, "-p", fmt.Sprint(d.cmd.Process.Pid),
+			"-o", filepath.Join(dir, tag+"-"+role+".data"))...)
 		c.Stdout, c.Stderr = io.Discard, io.Discard
 		if c.Start() == nil {
 			cmds = append(cmds, c)
@@ -421,6 +428,10 @@ func startPerf(dir, tag string, ds map[string]*daemon) func() {
 		}
 	}
 }
+
+const perfStatEvents = "task-clock,context-switches,cpu-migrations,page-faults," +
+	"syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_pread64,syscalls:sys_enter_pwrite64," +
+	"syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_nanosleep"
 
 func printSingle(rows []singleRow, size int64) {
 	w := os.Stdout
