@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"net"
 	"path/filepath"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -110,9 +111,13 @@ func (tc *raftCell) open(m *cellMember, expect int, join []string) {
 	if tc.tune != nil {
 		tc.tune(cc)
 	}
-	s, err := Open(Options{Dir: filepath.Join(m.dir, "state"), AdminToken: testAdmin, JoinToken: testJoin,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: tc.now, NodeTTL: tc.ttl,
-		ForwardTLS: cellca.ClientConfig(id.Pool), Cell: cc})
+	var s *Server
+	// The server's goroutines carry its name in CPU profiles (pprof -tagfocus server=s1).
+	pprof.Do(context.Background(), pprof.Labels("server", m.name), func(context.Context) {
+		s, err = Open(Options{Dir: filepath.Join(m.dir, "state"), AdminToken: testAdmin, JoinToken: testJoin,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: tc.now, NodeTTL: tc.ttl,
+			ForwardTLS: cellca.ClientConfig(id.Pool), Cell: cc})
+	})
 	if err != nil {
 		tc.t.Fatal(err)
 	}

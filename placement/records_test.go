@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"testing"
 	"time"
@@ -209,5 +210,106 @@ func TestOlderVersionAllocsAcrossTheCell(t *testing.T) {
 			t.Errorf("allocations of version 1 on %s loaded from disk: %v, want %v", m.name, got, old)
 		}
 		agree(m, "restarted")
+	}
+}
+
+// TestRecordsOfTheOlderFormat: a state written before normalized allocations
+// and binary tasks (JSON records) loads as it was, and the first changes on
+// it, tasks deleted among them, survive a restart.
+func TestRecordsOfTheOlderFormat(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *Server {
+		t.Helper()
+		s, err := Open(Options{Dir: dir, AdminToken: testAdmin, JoinToken: testJoin, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	update := func(s *Server, fn func(c *Cell) error) {
+		t.Helper()
+		if err := s.update(fn); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.quiesce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := func(s *Server) map[string]string {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		return snapshotCell(s.cell)
+	}
+	same := func(when string, got, want map[string]string) {
+		t.Helper()
+		for k := range want {
+			if got[k] != want[k] {
+				t.Errorf("%s: %s differs:\n got %s\nwant %s", when, k, got[k], want[k])
+			}
+		}
+		for k := range got {
+			if _, ok := want[k]; !ok {
+				t.Errorf("%s: %s appeared: %s", when, k, got[k])
+			}
+		}
+	}
+	submit := func(s *Server, count int) {
+		j := job("api", count, 100, 64, BandProd)
+		j.Args = []string{"-v"}
+		update(s, func(c *Cell) error { _, err := c.submitJob(j, nil); return err })
+	}
+
+	s := open()
+	update(s, func(c *Cell) error {
+		for i := range 2 {
+			c.registerNode(fmt.Sprintf("node-%d", i), &NodeRegistration{Capacity: Resources{CPU: 64000, Memory: 64 << 30}})
+		}
+		return nil
+	})
+	submit(s, 40)
+	want := state(s)
+	s.Close()
+
+	// Rewrite the state the way the format before this one stored it.
+	db, err := openDB(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewCell(DefaultBatchShare, nil, 1)
+	if _, err := loadCell(db, c); err != nil {
+		t.Fatal(err)
+	}
+	wb := db.NewWriteBatch()
+	for _, js := range c.jobs {
+		for _, task := range js.tasks {
+			v, _ := json.Marshal(task)
+			wb.Set([]byte(prefixTask+taskKey(task.Job, task.Index)), v)
+		}
+	}
+	for id, a := range c.allocs {
+		v, _ := json.Marshal(a)
+		wb.Set([]byte(prefixAlloc+id), v)
+	}
+	if err := wb.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	s = open()
+	same("loaded from the older format", state(s), want)
+	// Fewer tasks: the deleted ones must not come back from their old keys.
+	submit(s, 25)
+	want = state(s)
+	s.Close()
+	s = open()
+	defer s.Close()
+	same("changed and restarted", state(s), want)
+	s.mu.RLock()
+	n := len(s.cell.jobs["api"].tasks)
+	s.mu.RUnlock()
+	if n != 25 {
+		t.Errorf("%d tasks after a restart, want 25", n)
 	}
 }
