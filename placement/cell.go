@@ -1,8 +1,8 @@
 package placement
 
 import (
-	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"time"
 )
 
@@ -88,8 +88,14 @@ type changes struct {
 	evals   []*Evaluation
 }
 
-func newChanges() *changes {
-	return &changes{servers: map[string]*ServerInfo{}, nodes: map[string]*Node{}, jobs: map[string]*Job{}, allocs: map[string]*Alloc{}, tasks: map[string]*Task{}}
+func newChanges() *changes { return newChangesFor(0) }
+
+// newChangesFor is newChanges for an operation expected to place about places
+// tasks (each an allocation and a task record).
+func newChangesFor(places int) *changes {
+	places = min(places, 1<<14)
+	return &changes{servers: map[string]*ServerInfo{}, nodes: map[string]*Node{}, jobs: map[string]*Job{},
+		allocs: make(map[string]*Alloc, places), tasks: make(map[string]*Task, places)}
 }
 
 func (ch *changes) empty() bool {
@@ -122,9 +128,30 @@ func NewCell(batchShare float64, now func() time.Time, seed uint64) *Cell {
 	}
 }
 
-func (c *Cell) newID() string { return fmt.Sprintf("%016x", c.rng.Uint64()) }
+// newID is a random 64-bit ID in 16 hex digits (fmt's %016x, without fmt's
+// cost: one per placement).
+func (c *Cell) newID() string {
+	const digits = "0123456789abcdef"
+	var b [16]byte
+	v := c.rng.Uint64()
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i] = digits[v&15]
+		v >>= 4
+	}
+	return string(b[:])
+}
 
-func taskKey(job string, idx int) string { return fmt.Sprintf("%s/%06d", job, idx) }
+// taskKey is JOB/INDEX, the index in at least six digits (fmt's %s/%06d).
+func taskKey(job string, idx int) string {
+	var d [20]byte
+	digits := strconv.AppendInt(d[:0], int64(idx), 10)
+	b := make([]byte, 0, len(job)+1+max(6, len(digits)))
+	b = append(append(b, job...), '/')
+	for range 6 - len(digits) {
+		b = append(b, '0')
+	}
+	return string(append(b, digits...))
+}
 
 func (c *Cell) touchNode(n *nodeState) {
 	n.ModifyIndex = c.index

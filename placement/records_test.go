@@ -313,3 +313,18 @@ func TestRecordsOfTheOlderFormat(t *testing.T) {
 		t.Errorf("%d tasks after a restart, want 25", n)
 	}
 }
+
+func TestKeysAsFmtWroteThem(t *testing.T) {
+	for _, idx := range []int{0, 7, 42, 999999, 1000000, 12345678} {
+		if got, want := taskKey("api", idx), fmt.Sprintf("%s/%06d", "api", idx); got != want {
+			t.Errorf("taskKey(api, %d) = %q, want %q", idx, got, want)
+		}
+	}
+	c := NewCell(DefaultBatchShare, nil, 3)
+	ref := NewCell(DefaultBatchShare, nil, 3)
+	for range 100 {
+		if got, want := c.newID(), fmt.Sprintf("%016x", ref.rng.Uint64()); got != want {
+			t.Fatalf("newID %q, want %q", got, want)
+		}
+	}
+}

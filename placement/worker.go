@@ -182,7 +182,11 @@ func (s *Server) applyPlans(ctx context.Context, batch []*planSubmission) {
 	}
 	c := s.cell
 	c.index = s.planned + 1
-	c.ch = newChanges()
+	places := 0
+	for _, sub := range batch {
+		places += len(sub.pl.places) + len(sub.pl.stops)
+	}
+	c.ch = newChangesFor(places)
 	res := make([]planResult, len(batch))
 	for i, sub := range batch {
 		if sub.pl.origin != s.origin {
