@@ -24,8 +24,9 @@ import (
 // entry. Every server's state machine (fsm) writes the records to its badger and
 // applies them to its own Cell, except the leader, whose Cell already holds them.
 
-// op is one operation's records, each already encoded (JSON; an empty value is
-// a deletion), so that the leader encodes a record once, under its lock, and
+// op is one operation's records, each already encoded (JSON; allocations
+// normalized and tasks in binary, see records.go; an empty value is a
+// deletion), so that the leader encodes a record once, under its lock, and
 // every server writes those bytes to badger as they are.
 type op struct {
 	Index   uint64
