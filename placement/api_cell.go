@@ -2,8 +2,6 @@ package placement
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"encoding/json"
@@ -141,7 +139,7 @@ func (s *Server) handleBackup(w http.ResponseWriter, r *http.Request) {
 // /v1/cell/backup, `ballena server backup`), so that a new cell starts from it:
 // open a server on dir afterwards and it bootstraps with that state.
 func RestoreBackup(dir string, r io.Reader) error {
-	if _, err := os.Stat(filepath.Join(dir, "raft", "raft.db")); err == nil {
+	if hasRaftLog(dir) {
 		return fmt.Errorf("restore into %s: it holds Raft state already; restore into a new data dir", dir)
 	}
 	db, err := openDB(dir)

@@ -5,11 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"ballena.dev/internal/poll"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
 
 func TestAllocRecordRoundTrip(t *testing.T) {
@@ -325,6 +330,88 @@ func TestKeysAsFmtWroteThem(t *testing.T) {
 	for range 100 {
 		if got, want := c.newID(), fmt.Sprintf("%016x", ref.rng.Uint64()); got != want {
 			t.Fatalf("newID %q, want %q", got, want)
+		}
+	}
+}
+
+// A data dir made before the write-ahead log keeps its bolt Raft log (entries,
+// term, vote); a new one gets the write-ahead log; a backup restores into
+// neither.
+func TestRaftLogStores(t *testing.T) {
+	open := func(dir string) *Server {
+		t.Helper()
+		s, err := Open(Options{Dir: dir, AdminToken: testAdmin, JoinToken: testJoin, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	work := func(s *Server, count int) {
+		t.Helper()
+		if err := s.update(func(c *Cell) error {
+			if len(c.nodes) == 0 {
+				c.registerNode("node-0", &NodeRegistration{Capacity: Resources{CPU: 64000, Memory: 64 << 30}})
+			}
+			_, err := c.submitJob(job("api", count, 100, 64, BandProd), nil)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.quiesce(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := func(s *Server) (map[string]string, uint64) {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		return snapshotCell(s.cell), s.raft.LastIndex()
+	}
+	exists := func(p string) bool {
+		_, err := os.Stat(p)
+		return err == nil
+	}
+
+	for _, older := range []bool{true, false} {
+		dir := t.TempDir()
+		if older {
+			// An empty bolt log, as a server made it before its first entry.
+			if err := os.MkdirAll(filepath.Join(dir, "raft"), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			b, err := raftboltdb.NewBoltStore(filepath.Join(dir, "raft", raftBoltFile))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.Close()
+		}
+		s := open(dir)
+		work(s, 10)
+		want, last := state(s)
+		s.Close()
+		s = open(dir)
+		got, gotLast := state(s)
+		if !s.raftHadState || gotLast < last {
+			t.Errorf("older=%v: reopened with Raft state %v, last index %d, want true, >= %d", older, s.raftHadState, gotLast, last)
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("older=%v: state differs after a restart", older)
+		}
+		work(s, 4)
+		want, _ = state(s)
+		s.Close()
+		s = open(dir)
+		got, _ = state(s)
+		s.Close()
+		if !maps.Equal(got, want) {
+			t.Errorf("older=%v: state differs after a change and a restart", older)
+		}
+		if bolt, wal := exists(filepath.Join(dir, "raft", raftBoltFile)), exists(filepath.Join(dir, "raft", raftWALDir)); bolt != older || wal == older {
+			t.Errorf("older=%v: bolt log %v, write-ahead log %v", older, bolt, wal)
+		}
+		if err := RestoreBackup(dir, strings.NewReader("")); err == nil || !strings.Contains(err.Error(), "holds Raft state") {
+			t.Errorf("older=%v: restore into a used dir: %v", older, err)
 		}
 	}
 }
