@@ -319,6 +319,7 @@ func TestCellReplicatesAndFailsOver(t *testing.T) {
 func TestCellSnapshotCatchUp(t *testing.T) {
 	tc := startRaftCellWith(t, 3, func(cc *CellConfig) {
 		cc.SnapshotThreshold, cc.SnapshotInterval = 32, 100*time.Millisecond
+		cc.LogSegmentSize = 4 << 10 // small segments, so the small log is compacted
 	})
 	ctx := context.Background()
 	lead := tc.leader()

@@ -52,6 +52,10 @@ type CellConfig struct {
 	SnapshotInterval  time.Duration
 	// Timeouts scale Raft's heartbeat and election timeouts; default 1s.
 	Timeout time.Duration
+	// LogSegmentSize is the size of the Raft log's segment files (default
+	// 64 MiB, as Consul's). Compaction deletes whole segments, so the log keeps
+	// up to a segment more than the snapshots need.
+	LogSegmentSize int
 }
 
 // ServerInfo is a server of the cell as the replicated state records it.
@@ -362,7 +366,7 @@ const (
 // bolt's commits were an eighth of a busy cell's CPU. A dir that holds a bolt
 // log keeps it: its entries, term and vote are the server's Raft state, and
 // copying them is a migration nobody needs to trust.
-func openRaftLog(dir string, hl hclog.Logger) (raftLogStore, func() error, error) {
+func openRaftLog(dir string, segmentSize int, hl hclog.Logger) (raftLogStore, func() error, error) {
 	bolt := filepath.Join(dir, raftBoltFile)
 	if _, err := os.Stat(bolt); err == nil {
 		// The map freelist and no synced freelist, as Consul and Nomad run bbolt
@@ -383,7 +387,7 @@ func openRaftLog(dir string, hl hclog.Logger) (raftLogStore, func() error, error
 	// The WAL's Close leaves its metadata database open (and locked): close it
 	// here, or the dir cannot be opened again in this process.
 	meta := &metadb.BoltMetaDB{}
-	store, err := raftwal.Open(wdir, raftwal.WithLogger(hl.Named("wal")), raftwal.WithMetaStore(meta))
+	store, err := raftwal.Open(wdir, raftwal.WithLogger(hl.Named("wal")), raftwal.WithMetaStore(meta), raftwal.WithSegmentSize(segmentSize))
 	if err != nil {
 		meta.Close()
 		return nil, nil, fmt.Errorf("raft log store %s: %w", wdir, err)
@@ -408,7 +412,11 @@ func (s *Server) startRaft() error {
 		return fmt.Errorf("raft dir: %w", err)
 	}
 	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Output: hclogWriter{s.log}, Level: hclog.Info})
-	store, closeStore, err := openRaftLog(dir, hl)
+	var segmentSize int // 0: raft-wal's default
+	if s.opts.Cell != nil {
+		segmentSize = s.opts.Cell.LogSegmentSize
+	}
+	store, closeStore, err := openRaftLog(dir, segmentSize, hl)
 	if err != nil {
 		return err
 	}

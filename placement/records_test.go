@@ -84,6 +84,7 @@ func TestAllocRecordRoundTrip(t *testing.T) {
 func TestOlderVersionAllocsAcrossTheCell(t *testing.T) {
 	tc := startRaftCellWith(t, 3, func(cc *CellConfig) {
 		cc.SnapshotThreshold, cc.SnapshotInterval = 32, 100*time.Millisecond
+		cc.LogSegmentSize = 4 << 10 // small segments, so the small log is compacted
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
