@@ -224,14 +224,7 @@ func TestOlderVersionAllocsAcrossTheCell(t *testing.T) {
 // it, tasks deleted among them, survive a restart.
 func TestRecordsOfTheOlderFormat(t *testing.T) {
 	dir := t.TempDir()
-	open := func() *Server {
-		t.Helper()
-		s, err := Open(Options{Dir: dir, AdminToken: testAdmin, JoinToken: testJoin, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	open := func() *Server { return openQuiet(t, dir) }
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	update := func(s *Server, fn func(c *Cell) error) {
@@ -339,14 +332,7 @@ func TestKeysAsFmtWroteThem(t *testing.T) {
 // term, vote); a new one gets the write-ahead log; a backup restores into
 // neither.
 func TestRaftLogStores(t *testing.T) {
-	open := func(dir string) *Server {
-		t.Helper()
-		s, err := Open(Options{Dir: dir, AdminToken: testAdmin, JoinToken: testJoin, Logger: slog.New(slog.DiscardHandler)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	open := func(dir string) *Server { return openQuiet(t, dir) }
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	work := func(s *Server, count int) {
@@ -415,4 +401,14 @@ func TestRaftLogStores(t *testing.T) {
 			t.Errorf("older=%v: restore into a used dir: %v", older, err)
 		}
 	}
+}
+
+// openQuiet opens a single server on dir with the test tokens and no logs.
+func openQuiet(t testing.TB, dir string) *Server {
+	t.Helper()
+	s, err := Open(Options{Dir: dir, AdminToken: testAdmin, JoinToken: testJoin, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
