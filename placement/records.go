@@ -34,7 +34,7 @@ const (
 	recTaskBinary      = 0xB1
 )
 
-// specOf is what an allocation takes from its job version.
+// allocSpecMatches says whether a's spec (what fillSpec sets) is job version j's.
 func allocSpecMatches(a *Alloc, j *Job) bool {
 	return a.Band == j.Priority && a.Artifact == j.Artifact && a.Digest == j.Digest &&
 		a.Resources == j.Resources && a.Restart == j.Restart && a.Isolation == j.Isolation &&

@@ -94,17 +94,14 @@ func (r *reader) uvarint() uint64 {
 	return v
 }
 
+// varint reads a signed varint (binary.AppendVarint's zig-zag encoding).
 func (r *reader) varint() int64 {
-	if r.err != nil {
-		return 0
+	ux := r.uvarint()
+	x := int64(ux >> 1)
+	if ux&1 != 0 {
+		x = ^x
 	}
-	v, n := binary.Varint(r.b)
-	if n <= 0 {
-		r.err = errors.New("truncated varint")
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
+	return x
 }
 
 func (r *reader) byte() byte {
