@@ -52,7 +52,7 @@ bench-launch: ## launch latency p50/p99 of a whale (200 launches) beside runc ru
 # First one seed → one leecher, 1 GiB, no caps, with and without --psk: each role's
 # CPU-seconds per GiB and throughput, beside one plain HTTP server, aria2c fetching
 # from the seed's --bt-listen and libtorrent (if python3-libtorrent is installed).
-# Flags: BENCH_SINGLE_FLAGS='-size 1024 -psk both -perf DIR'.
+# Flags: BENCH_SINGLE_FLAGS='-size 1024 -psk both -perf DIR' (add -perf-stat for perf stat's counts instead of samples).
 # Then one seed and N leechers as separate processes on loopback, each capped at U MiB/s
 # up and down, spreading one F MiB artifact; against the fluid bound and one HTTP server.
 # Flags: BENCH_SWARM_FLAGS='-n 16 -size 256 -cap 16 -json'.
