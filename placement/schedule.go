@@ -126,9 +126,14 @@ walk:
 	}
 	if js.Spread != "" {
 		// A few machines from anywhere: most likely in label values the job has
-		// few tasks in yet.
-		for t := 0; t < 16 && len(out) < cap(out)-4; t++ {
-			ns := c.nodes[p.rng.IntN(len(c.nodes))]
+		// few tasks in yet. A window from a random start rather than independent
+		// draws, so that a cell of up to 16 machines is seen whole: draws with
+		// replacement sometimes missed one of four machines
+		// (TestSpreadCoversEverySmallValue).
+		n := len(c.nodes)
+		start := p.rng.IntN(n)
+		for t := 0; t < min(16, n) && len(out) < cap(out)-4; t++ {
+			ns := c.nodes[(start+t)%n]
 			if ns.schedulable() && p.fits(ns) && !containsNode(out, ns) {
 				out = append(out, ns)
 			}

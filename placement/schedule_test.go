@@ -297,3 +297,26 @@ func TestCrashLoopStopsMoving(t *testing.T) {
 		t.Errorf("resubmitted crash-looping job placed %d, want 1", ev.Placed)
 	}
 }
+
+// TestSpreadCoversEverySmallValue is the e2e fleet's job in miniature: four
+// machines, one label value each, one of them holding the artifact, four tasks
+// spread over the label. Every machine must get one, whatever the cell's random
+// seed: a soft spread still has to see every machine in a small cell.
+func TestSpreadCoversEverySmallValue(t *testing.T) {
+	for seed := uint64(1); seed <= 300; seed++ {
+		c := NewCell(1, func() time.Time { return time.Unix(1_800_000_000, 0) }, seed)
+		c.index = 1
+		addNode(c, "h0", 2000, 21, nil, "hello@1.0.0")
+		for _, id := range []string{"h1", "h2", "h3"} {
+			addNode(c, id, 2000, 21, nil)
+		}
+		j := job("hello", 4, 50, 128, BandProd)
+		j.Spread = "host"
+		submit(t, c, j)
+		for _, id := range []string{"h0", "h1", "h2", "h3"} {
+			if w := where(c, "hello"); w[id] != 1 {
+				t.Fatalf("seed %d: machine %s runs %d tasks, want 1 each: %v", seed, id, w[id], w)
+			}
+		}
+	}
+}
