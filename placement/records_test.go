@@ -9,11 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"ballena.dev/internal/poll"
+	"github.com/dgraph-io/badger/v4"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 )
 
@@ -222,62 +224,118 @@ func TestOlderVersionAllocsAcrossTheCell(t *testing.T) {
 // TestRecordsOfTheOlderFormat: a state written before normalized allocations
 // and binary tasks (JSON records) loads as it was, and the first changes on
 // it, tasks deleted among them, survive a restart.
-func TestRecordsOfTheOlderFormat(t *testing.T) {
-	dir := t.TempDir()
-	open := func() *Server { return openQuiet(t, dir) }
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	update := func(s *Server, fn func(c *Cell) error) {
-		t.Helper()
-		if err := s.update(fn); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.quiesce(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	state := func(s *Server) map[string]string {
-		s.mu.RLock()
-		defer s.mu.RUnlock()
-		return snapshotCell(s.cell)
-	}
-	same := func(when string, got, want map[string]string) {
-		t.Helper()
-		for k := range want {
-			if got[k] != want[k] {
-				t.Errorf("%s: %s differs:\n got %s\nwant %s", when, k, got[k], want[k])
-			}
-		}
-		for k := range got {
-			if _, ok := want[k]; !ok {
-				t.Errorf("%s: %s appeared: %s", when, k, got[k])
-			}
-		}
-	}
-	submit := func(s *Server, count int) {
-		j := job("api", count, 100, 64, BandProd)
-		j.Args = []string{"-v"}
-		update(s, func(c *Cell) error { _, err := c.submitJob(j, nil); return err })
-	}
+// cellOnDisk opens a single server on one data dir again and again, changes
+// its state and compares what it holds across restarts.
+type cellOnDisk struct {
+	t   *testing.T
+	dir string
+	ctx context.Context
+}
 
-	s := open()
-	update(s, func(c *Cell) error {
-		for i := range 2 {
+func newCellOnDisk(t *testing.T) *cellOnDisk {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return &cellOnDisk{t: t, dir: t.TempDir(), ctx: ctx}
+}
+
+func (d *cellOnDisk) open() *Server { return openQuiet(d.t, d.dir) }
+
+func (d *cellOnDisk) update(s *Server, fn func(c *Cell) error) {
+	d.t.Helper()
+	if err := s.update(fn); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := s.quiesce(d.ctx); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func (d *cellOnDisk) state(s *Server) map[string]string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return snapshotCell(s.cell)
+}
+
+func (d *cellOnDisk) same(when string, got, want map[string]string) {
+	d.t.Helper()
+	for k := range want {
+		if got[k] != want[k] {
+			d.t.Errorf("%s: %s differs:\n got %s\nwant %s", when, k, got[k], want[k])
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			d.t.Errorf("%s: %s appeared: %s", when, k, got[k])
+		}
+	}
+}
+
+// machines registers n machines with room for hundreds of small tasks each.
+func (d *cellOnDisk) machines(s *Server, n int) {
+	d.update(s, func(c *Cell) error {
+		for i := range n {
 			c.registerNode(fmt.Sprintf("node-%d", i), &NodeRegistration{Capacity: Resources{CPU: 64000, Memory: 64 << 30}})
 		}
 		return nil
 	})
-	submit(s, 40)
-	want := state(s)
+}
+
+// submit runs job api with count tasks.
+func (d *cellOnDisk) submit(s *Server, count int) {
+	j := job("api", count, 100, 64, BandProd)
+	j.Args = []string{"-v"}
+	d.update(s, func(c *Cell) error { _, err := c.submitJob(j, nil); return err })
+}
+
+func (d *cellOnDisk) tasks(s *Server, job string) int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.cell.jobs[job].tasks)
+}
+
+// taskKeys lists the badger keys holding task records, per task or by chunk.
+func (d *cellOnDisk) taskKeys() []string {
+	d.t.Helper()
+	db, err := badger.Open(badger.DefaultOptions(d.dir).WithLogger(nil))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer db.Close()
+	var keys []string
+	if err := db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if k := string(it.Item().Key()); strings.HasPrefix(k, prefixTask) || strings.HasPrefix(k, prefixTaskChunk) {
+				keys = append(keys, k)
+			}
+		}
+		return nil
+	}); err != nil {
+		d.t.Fatal(err)
+	}
+	return keys
+}
+
+func TestRecordsOfTheOlderFormat(t *testing.T) {
+	d := newCellOnDisk(t)
+	s := d.open()
+	d.machines(s, 2)
+	d.submit(s, 40)
+	want := d.state(s)
 	s.Close()
 
-	// Rewrite the state the way the format before this one stored it.
-	db, err := openDB(dir)
+	// Rewrite the state the way the format before this one stored it: JSON
+	// records, a key per task.
+	db, err := openDB(d.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := NewCell(DefaultBatchShare, nil, 1)
 	if _, err := loadCell(db, c); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.DropPrefix([]byte(prefixTaskChunk)); err != nil {
 		t.Fatal(err)
 	}
 	wb := db.NewWriteBatch()
@@ -296,20 +354,78 @@ func TestRecordsOfTheOlderFormat(t *testing.T) {
 	}
 	db.Close()
 
-	s = open()
-	same("loaded from the older format", state(s), want)
+	s = d.open()
+	d.same("loaded from the older format", d.state(s), want)
 	// Fewer tasks: the deleted ones must not come back from their old keys.
-	submit(s, 25)
-	want = state(s)
+	d.submit(s, 25)
+	want = d.state(s)
 	s.Close()
-	s = open()
+	if keys := d.taskKeys(); !slices.Equal(keys, []string{"tasks/api/000000"}) {
+		t.Errorf("task keys after the older format was opened: %v, want its tasks folded into one chunk", keys)
+	}
+	s = d.open()
 	defer s.Close()
-	same("changed and restarted", state(s), want)
-	s.mu.RLock()
-	n := len(s.cell.jobs["api"].tasks)
-	s.mu.RUnlock()
-	if n != 25 {
+	d.same("changed and restarted", d.state(s), want)
+	if n := d.tasks(s, "api"); n != 25 {
 		t.Errorf("%d tasks after a restart, want 25", n)
+	}
+}
+
+// Task records are kept by chunks of 64 per key: a job's chunks follow its
+// count up and down, and a restart reads back every task as it was.
+func TestTaskChunks(t *testing.T) {
+	d := newCellOnDisk(t)
+	s := d.open()
+	d.machines(s, 4)
+	for _, step := range []struct {
+		count int
+		keys  []string
+	}{
+		{150, []string{"tasks/api/000000", "tasks/api/000001", "tasks/api/000002"}},
+		{70, []string{"tasks/api/000000", "tasks/api/000001"}},
+		{64, []string{"tasks/api/000000"}},
+		{130, []string{"tasks/api/000000", "tasks/api/000001", "tasks/api/000002"}},
+	} {
+		d.submit(s, step.count)
+		want := d.state(s)
+		s.Close()
+		if keys := d.taskKeys(); !slices.Equal(keys, step.keys) {
+			t.Errorf("count %d: task keys %v, want %v", step.count, keys, step.keys)
+		}
+		s = d.open()
+		d.same(fmt.Sprintf("count %d, restarted", step.count), d.state(s), want)
+		if n := d.tasks(s, "api"); n != step.count {
+			t.Errorf("count %d: %d tasks after a restart", step.count, n)
+		}
+	}
+	s.Close()
+}
+
+func TestTaskChunkRecords(t *testing.T) {
+	var ch taskChunk
+	ch[0], ch[3], ch[63] = []byte("{}"), []byte{recTaskBinary, 1}, []byte{recTaskBinary, 2}
+	var got taskChunk
+	if err := decodeTaskChunk(ch.encode(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, ch) {
+		t.Errorf("round trip: %q, want %q", got, ch)
+	}
+	if v := (&taskChunk{}).encode(); v != nil {
+		t.Errorf("an empty chunk encodes as %q, want nothing (its key deleted)", v)
+	}
+	for _, bad := range [][]byte{nil, {recTaskBinary}, {recTaskChunk, 1, 5, 'x'}, {recTaskChunk, 64, 1, 'x'}, {recTaskChunk, 1, 0}} {
+		if err := decodeTaskChunk(bad, &got); err == nil {
+			t.Errorf("decodeTaskChunk(%q) accepted it", bad)
+		}
+	}
+	for _, k := range []string{"api", "api/x", "a/b/-1"} {
+		if _, _, err := splitTaskKey(k); err == nil {
+			t.Errorf("splitTaskKey(%q) accepted it", k)
+		}
+	}
+	if job, idx, err := splitTaskKey(taskKey("web/eu", 1234)); job != "web/eu" || idx != 1234 || err != nil {
+		t.Errorf("splitTaskKey(taskKey(web/eu, 1234)) = %q, %d, %v", job, idx, err)
 	}
 }
 

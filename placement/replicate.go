@@ -301,16 +301,24 @@ const (
 	prefixServer = "server/"
 )
 
-// collectOps gathers the records of ops, in order, into latest: key -> value
-// (nil: deleted), the last write of a key winning. It returns the highest op index.
-func collectOps(latest map[string][]byte, ops []*op) uint64 {
+// collectOps gathers the records of ops, in order, into latest (badger key ->
+// value, nil: deleted) and tasks (taskKey -> record, nil: deleted; written by
+// chunks), the last write of a key winning. It returns the highest op index.
+func collectOps(latest, tasks map[string][]byte, ops []*op) uint64 {
 	var opIndex uint64
 	for _, o := range ops {
 		opIndex = max(opIndex, o.Index)
+		for k, v := range o.Tasks {
+			if isNull(v) {
+				tasks[k] = nil
+			} else {
+				tasks[k] = v
+			}
+		}
 		for _, set := range []struct {
 			prefix string
 			m      map[string]json.RawMessage
-		}{{prefixNode, o.Nodes}, {prefixJob, o.Jobs}, {prefixTask, o.Tasks}, {prefixAlloc, o.Allocs}, {prefixEval, o.Evals}, {prefixServer, o.Servers}} {
+		}{{prefixNode, o.Nodes}, {prefixJob, o.Jobs}, {prefixAlloc, o.Allocs}, {prefixEval, o.Evals}, {prefixServer, o.Servers}} {
 			for k, v := range set.m {
 				if isNull(v) {
 					latest[set.prefix+k] = nil
@@ -352,29 +360,30 @@ func (s *Server) diskWriter() {
 		}
 		// Each key once per batch, with its last value: badger's write batch
 		// does not promise that the later of two writes of a key wins.
-		n := 0
+		n, nt := 0, 0
 		for _, w := range batch {
 			for _, o := range w.ops {
-				n += len(o.Nodes) + len(o.Jobs) + len(o.Tasks) + len(o.Allocs) + len(o.Evals) + len(o.Servers)
+				n += len(o.Nodes) + len(o.Jobs) + len(o.Allocs) + len(o.Evals) + len(o.Servers)
+				nt += len(o.Tasks)
 			}
 		}
-		latest := make(map[string][]byte, n)
+		latest, tasks := make(map[string][]byte, n), make(map[string][]byte, nt)
 		var opIndex, raftIndex uint64
 		for _, w := range batch {
 			if w.flushed == nil {
-				opIndex, raftIndex = max(opIndex, collectOps(latest, w.ops)), max(raftIndex, w.raftIndex)
+				opIndex, raftIndex = max(opIndex, collectOps(latest, tasks, w.ops)), max(raftIndex, w.raftIndex)
 			}
 		}
 		wb := s.db.NewWriteBatch()
-		var err error
+		err := writeTaskChunks(s.db, wb, tasks)
 		for k, v := range latest {
+			if err != nil {
+				break
+			}
 			if v == nil {
 				err = wb.Delete([]byte(k))
 			} else {
 				err = wb.Set([]byte(k), v)
-			}
-			if err != nil {
-				break
 			}
 		}
 		if err == nil && raftIndex > 0 {
@@ -712,6 +721,9 @@ func restoreSnapshot(db *badger.DB, r io.Reader) (bool, error) {
 		}
 	}
 	if err := wb.Flush(); err != nil {
+		return false, fmt.Errorf("restore snapshot: %w", err)
+	}
+	if err := migrateTaskRecords(db); err != nil {
 		return false, fmt.Errorf("restore snapshot: %w", err)
 	}
 	return true, nil

@@ -19,7 +19,7 @@ const (
 	keyIndex    = "meta/index"
 	prefixNode  = "node/"
 	prefixJob   = "job/"
-	prefixTask  = "task/"
+	prefixTask  = "task/" // before task chunks (taskchunks.go); folded into them on open
 	prefixAlloc = "alloc/"
 	prefixEval  = "eval/" // the last evaluation of each job
 )
@@ -35,6 +35,10 @@ func openDB(dir string) (*badger.DB, error) {
 		WithCompression(options.None).WithDetectConflicts(false)
 	db, err := badger.Open(opts)
 	if err != nil {
+		return nil, fmt.Errorf("open placement state %s: %w", dir, err)
+	}
+	if err := migrateTaskRecords(db); err != nil {
+		db.Close()
 		return nil, fmt.Errorf("open placement state %s: %w", dir, err)
 	}
 	return db, nil
@@ -76,6 +80,27 @@ func loadCell(db *badger.DB, c *Cell) (uint64, error) {
 			case strings.HasPrefix(key, prefixJob):
 				j := &Job{}
 				jobs, dst = append(jobs, j), j
+			case strings.HasPrefix(key, prefixTaskChunk):
+				if err := item.Value(func(v []byte) error {
+					var ch taskChunk
+					if err := decodeTaskChunk(v, &ch); err != nil {
+						return err
+					}
+					for _, rec := range ch {
+						if rec == nil {
+							continue
+						}
+						t, err := decodeTask(rec, "")
+						if err != nil {
+							return err
+						}
+						tasks = append(tasks, t)
+					}
+					return nil
+				}); err != nil {
+					return fmt.Errorf("read %s: %w", key, err)
+				}
+				continue
 			case strings.HasPrefix(key, prefixTask):
 				if err := item.Value(func(v []byte) error {
 					t, err := decodeTask(v, "")
