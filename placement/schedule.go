@@ -3,6 +3,7 @@ package placement
 import (
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 )
@@ -71,8 +72,6 @@ func (p *planState) batchShareAllows() bool {
 // each cell from a random offset, plus a few machines that hold the artifact.
 func (p *planState) candidates(out []*nodeState) []*nodeState {
 	c, js := p.c, p.js
-	f := &c.free
-	g := f.g
 	want := min(c.k, cap(out)-12)
 	perCell := want
 	if js.Spread != "" {
@@ -80,46 +79,13 @@ func (p *planState) candidates(out []*nodeState) []*nodeState {
 		// take a couple per cell so the candidates span many machines.
 		perCell = 2
 	}
-	bc, bm := f.q(js.Resources.CPU, f.maxCPU), f.q(js.Resources.Memory, f.maxMem)
-	// Rows (cpu buckets) with any machine at or past the memory bucket.
-	var live []int
-	for i := bc; i < g; i++ {
-		if f.rows[i]>>uint(bm) != 0 {
-			live = append(live, i)
-		}
-	}
-walk:
-	for d := 0; d <= 2*(g-1) && len(live) > 0; d++ {
-		for _, i := range live {
-			if i-bc > d {
-				break
-			}
-			j := bm + d - (i - bc)
-			if j >= g || !f.occupied(i, j) {
-				continue
-			}
-			cell := f.cells[i*g+j]
-			n := len(cell)
-			if n == 0 {
-				continue
-			}
-			start := p.rng.IntN(n)
-			taken := 0
-			for t := 0; t < n && taken < perCell; t++ {
-				e := &cell[(start+t)%n]
-				if !p.freed && (js.Resources.CPU > e.cpu || js.Resources.Memory > e.mem) {
-					continue // as in fits, from the index alone
-				}
-				ns := c.nodes[e.slot]
-				if p.fits(ns) {
-					out = append(out, ns)
-					taken++
-					if len(out) >= want {
-						break walk
-					}
-				}
-			}
-		}
+	// Probing a few entries per cell, rather than every one, keeps a cell where
+	// most machines are just short of the request from costing a scan of all of
+	// them; only if that finds nothing is every entry looked at, so a machine
+	// that fits is never missed.
+	out, cut := p.walkFree(out, want, perCell, 2*perCell)
+	if len(out) == 0 && cut {
+		out, _ = p.walkFree(out, want, perCell, math.MaxInt)
 	}
 	if len(out) == 0 {
 		return out
@@ -151,6 +117,59 @@ walk:
 		}
 	}
 	return out
+}
+
+// walkFree appends up to want feasible machines from the free-resource grid,
+// tightest cells first, up to perCell from each, looking at up to probe
+// entries of a cell from a random offset. cut reports whether a cell had
+// entries left unexamined.
+func (p *planState) walkFree(out []*nodeState, want, perCell, probe int) (_ []*nodeState, cut bool) {
+	c, js := p.c, p.js
+	f := &c.free
+	g := f.g
+	bc, bm := f.q(js.Resources.CPU, f.maxCPU), f.q(js.Resources.Memory, f.maxMem)
+	// Rows (cpu buckets) with any machine at or past the memory bucket.
+	var liveBuf [freeGrid]int
+	live := liveBuf[:0]
+	for i := bc; i < g; i++ {
+		if f.rows[i]>>uint(bm) != 0 {
+			live = append(live, i)
+		}
+	}
+	for d := 0; d <= 2*(g-1) && len(live) > 0; d++ {
+		for _, i := range live {
+			if i-bc > d {
+				break
+			}
+			j := bm + d - (i - bc)
+			if j >= g || !f.occupied(i, j) {
+				continue
+			}
+			cell := f.cells[i*g+j]
+			n := len(cell)
+			if n == 0 {
+				continue
+			}
+			start := p.rng.IntN(n)
+			taken, t := 0, 0
+			for ; t < min(n, probe) && taken < perCell; t++ {
+				e := &cell[(start+t)%n]
+				if !p.freed && (js.Resources.CPU > e.cpu || js.Resources.Memory > e.mem) {
+					continue // as in fits, from the index alone
+				}
+				ns := c.nodes[e.slot]
+				if p.fits(ns) {
+					out = append(out, ns)
+					taken++
+					if len(out) >= want {
+						return out, cut
+					}
+				}
+			}
+			cut = cut || taken < perCell && t < n
+		}
+	}
+	return out, cut
 }
 
 func containsNode(list []*nodeState, n *nodeState) bool {

@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -317,6 +318,24 @@ func TestSpreadCoversEverySmallValue(t *testing.T) {
 			if w := where(c, "hello"); w[id] != 1 {
 				t.Fatalf("seed %d: machine %s runs %d tasks, want 1 each: %v", seed, id, w[id], w)
 			}
+		}
+	}
+}
+
+// TestFindsTheOneMachineThatFits: the planner probes only a few machines per
+// cell of its free-resource index, but when that finds none it must look at
+// every one: here one machine in 201, all in the same cell, has room.
+func TestFindsTheOneMachineThatFits(t *testing.T) {
+	for seed := uint64(1); seed <= 20; seed++ {
+		c := NewCell(1, func() time.Time { return time.Unix(1_800_000_000, 0) }, seed)
+		c.index = 1
+		for i := range 200 {
+			addNode(c, fmt.Sprintf("short-%03d", i), 990, 1, nil)
+		}
+		addNode(c, "roomy", 1000, 1, nil)
+		ev := submit(t, c, job("api", 1, 1000, 512, BandProd))
+		if w := where(c, "api"); w["roomy"] != 1 {
+			t.Fatalf("seed %d: placed on %v (evaluation %+v), want the one machine with room", seed, w, ev)
 		}
 	}
 }
