@@ -10,7 +10,7 @@
 // node loss, revocation); store.go badger; replicate.go what a Raft entry carries
 // and how every server applies it (to badger and its Cell) and snapshots it;
 // records.go the encoding of allocations (normalized: the spec comes from the
-// job version) and tasks;
+// job version) and tasks; taskchunks.go task records in badger, 64 per key;
 // raft.go Raft (mutual-TLS transport, joining and bootstrapping a cell, the
 // state machine); server.go opening and closing a server; commit.go the leader's
 // write path (operations computed on its working state, group-committed, many per
