@@ -9,6 +9,7 @@ import (
 	"os"
 	"sync"
 
+	g "github.com/anacrolix/generics"
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/anacrolix/torrent/storage"
 	"golang.org/x/sys/unix"
@@ -187,7 +188,7 @@ func (p blobPiece) MarkComplete() error    { return p.mark(true) }
 func (p blobPiece) MarkNotComplete() error { return p.mark(false) }
 
 func (p blobPiece) mark(complete bool) error {
-	if err := p.t.s.completion.Set(p.key(), complete); err != nil {
+	if err := p.t.s.completion.Set(p.key(), g.Some(complete)); err != nil {
 		return err
 	}
 	p.t.mu.Lock()

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 
+	g "github.com/anacrolix/generics"
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/anacrolix/torrent/storage"
 )
@@ -92,7 +93,7 @@ func TestBlobStorageCompletion(t *testing.T) {
 	pc := storage.NewMapPieceCompletion()
 	pk := metainfo.PieceKey{InfoHash: metainfo.Hash{1}, Index: 2}
 	// A completion left from a staging file that is gone must not count.
-	pc.Set(pk, true)
+	pc.Set(pk, g.Some(true))
 	s := blobStorage{path: filepath.Join(dir, "blob"), completion: pc}
 	ti := openBlob(t, s, info)
 	p := ti.Piece(info.Piece(2))

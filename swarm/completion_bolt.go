@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	g "github.com/anacrolix/generics"
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/anacrolix/torrent/storage"
 	"go.etcd.io/bbolt"
@@ -32,9 +33,9 @@ type boltCompletion struct {
 	flushMu sync.Mutex // one flush at a time, in order
 
 	mu      sync.Mutex
-	pending map[metainfo.PieceKey]bool // set, not yet committed
-	armed   bool                       // a flush is scheduled
-	err     error                      // the last failed flush, reported by the next Set
+	pending map[metainfo.PieceKey]g.Option[bool] // set, not yet committed; None forgets the record
+	armed   bool                                 // a flush is scheduled
+	err     error                                // the last failed flush, reported by the next Set
 	closed  bool
 }
 
@@ -58,7 +59,7 @@ func openBoltCompletion(dir string) (*boltCompletion, error) {
 		return nil, err
 	}
 	db.NoSync = true
-	return &boltCompletion{db: db, pending: make(map[metainfo.PieceKey]bool)}, nil
+	return &boltCompletion{db: db, pending: make(map[metainfo.PieceKey]g.Option[bool])}, nil
 }
 
 var _ storage.PieceCompletion = (*boltCompletion)(nil)
@@ -68,7 +69,7 @@ func (c *boltCompletion) Get(pk metainfo.PieceKey) (storage.Completion, error) {
 	v, ok := c.pending[pk]
 	c.mu.Unlock()
 	if ok {
-		return storage.Completion{Ok: true, Complete: v}, nil
+		return storage.Completion{Ok: v.Ok, Complete: v.Value}, nil
 	}
 	var cn storage.Completion
 	err := c.db.View(func(tx *bbolt.Tx) error {
@@ -90,7 +91,9 @@ func (c *boltCompletion) Get(pk metainfo.PieceKey) (storage.Completion, error) {
 	return cn, err
 }
 
-func (c *boltCompletion) Set(pk metainfo.PieceKey, complete bool) error {
+// Set records a piece complete or not, or with None forgets what was recorded
+// (Get then answers not Ok).
+func (c *boltCompletion) Set(pk metainfo.PieceKey, complete g.Option[bool]) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -129,8 +132,14 @@ func (c *boltCompletion) flush() error {
 			if err != nil {
 				return err
 			}
+			if !v.Ok {
+				if err := b.Delete(pieceKey(pk.Index)); err != nil {
+					return err
+				}
+				continue
+			}
 			val := boltIncomplete
-			if v {
+			if v.Value {
 				val = boltComplete
 			}
 			if err := b.Put(pieceKey(pk.Index), val); err != nil {

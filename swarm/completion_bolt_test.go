@@ -3,6 +3,7 @@ package swarm
 import (
 	"testing"
 
+	g "github.com/anacrolix/generics"
 	"github.com/anacrolix/torrent/metainfo"
 	"github.com/anacrolix/torrent/storage"
 )
@@ -17,10 +18,10 @@ func TestBoltCompletionGathersWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := old.Set(pk(0), true); err != nil {
+	if err := old.Set(pk(0), g.Some(true)); err != nil {
 		t.Fatal(err)
 	}
-	if err := old.Set(pk(1), false); err != nil {
+	if err := old.Set(pk(1), g.Some(false)); err != nil {
 		t.Fatal(err)
 	}
 	old.Close()
@@ -47,23 +48,29 @@ func TestBoltCompletionGathersWrites(t *testing.T) {
 
 	// A Set is seen at once, before it reaches the file.
 	for i := 2; i < 100; i++ {
-		if err := c.Set(pk(i), true); err != nil {
+		if err := c.Set(pk(i), g.Some(true)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	c.Set(pk(0), false) // a piece that failed a re-verify
+	c.Set(pk(0), g.Some(false)) // a piece that failed a re-verify
 	want(c, 0, incomplete)
 	want(c, 50, complete)
 	if err := c.flush(); err != nil {
 		t.Fatal(err)
 	}
 	want(c, 50, complete)
-	c.Set(pk(1), true)
+	c.Set(pk(1), g.Some(true))
+	// None forgets a record, pending or written: the piece is unknown again.
+	c.Set(pk(98), g.None[bool]())
+	want(c, 98, storage.Completion{})
+	c.Set(pk(99), g.Some(true))
+	c.Set(pk(99), g.None[bool]())
+	want(c, 99, storage.Completion{})
 	// Close writes what is still pending.
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Set(pk(3), false); err == nil {
+	if err := c.Set(pk(3), g.Some(false)); err == nil {
 		t.Error("Set after Close succeeded")
 	}
 
@@ -75,8 +82,10 @@ func TestBoltCompletionGathersWrites(t *testing.T) {
 	defer back.Close()
 	want(back, 0, incomplete)
 	want(back, 1, complete)
-	for i := 2; i < 100; i++ {
+	for i := 2; i < 98; i++ {
 		want(back, i, complete)
 	}
+	want(back, 98, storage.Completion{})
+	want(back, 99, storage.Completion{})
 	want(back, 100, storage.Completion{})
 }

@@ -80,6 +80,8 @@
 //	p2pconn_superseed.go  the seed's connections rewritten to show it
 //	rackconn.go    rack-aware peers: a cross-rack peer shown holding only what the rack lacks
 //	btwire.go      the BitTorrent wire, parsed in passing
+//	third_party/go-utp  a stand-in module for anacrolix/go-utp, which anacrolix/torrent
+//	               imports but the module proxy does not serve; uTP is off (go.mod replaces it)
 //
 // The decisions shared with the simulator (swarm/sim) live in swarm/policy.
 package swarm
