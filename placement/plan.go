@@ -20,6 +20,10 @@ type planState struct {
 	js  *jobState
 	rng *rand.Rand
 
+	// touched has a bit per machine slot the plan changed: the maps below
+	// hold only those, and most machines a search looks at are not, so the
+	// bit spares a map lookup.
+	touched []uint64
 	used    map[*nodeState]Resources // added by the plan (negative: freed)
 	batch   map[*nodeState]Resources
 	tasks   map[*nodeState]int // the job's tasks added per machine
@@ -35,16 +39,39 @@ func newPlanState(c *Cell, js *jobState, rng *rand.Rand) *planState {
 		tasks: map[*nodeState]int{}, spread: map[string]int{}, stopped: map[*Alloc]bool{}}
 }
 
-func (p *planState) freeOn(n *nodeState) Resources {
-	if d, ok := p.used[n]; ok {
-		return n.free.Sub(d)
-	}
-	return n.free
+func (p *planState) isTouched(n *nodeState) bool {
+	w := n.slot / 64
+	return w < len(p.touched) && p.touched[w]&(1<<(n.slot%64)) != 0
 }
 
-func (p *planState) batchOn(n *nodeState) Resources { return n.batchUsed.Add(p.batch[n]) }
+func (p *planState) touch(n *nodeState) {
+	w := n.slot / 64
+	if w >= len(p.touched) {
+		p.touched = append(p.touched, make([]uint64, max(w+1, len(p.c.nodes)/64+1)-len(p.touched))...)
+	}
+	p.touched[w] |= 1 << (n.slot % 64)
+}
 
-func (p *planState) jobTasksOn(n *nodeState) int { return n.jobCount[p.js.Name] + p.tasks[n] }
+func (p *planState) freeOn(n *nodeState) Resources {
+	if !p.isTouched(n) {
+		return n.free
+	}
+	return n.free.Sub(p.used[n])
+}
+
+func (p *planState) batchOn(n *nodeState) Resources {
+	if !p.isTouched(n) {
+		return n.batchUsed
+	}
+	return n.batchUsed.Add(p.batch[n])
+}
+
+func (p *planState) jobTasksOn(n *nodeState) int {
+	if !p.isTouched(n) {
+		return n.jobCount[p.js.Name]
+	}
+	return n.jobCount[p.js.Name] + p.tasks[n]
+}
 
 func (p *planState) spreadOf(v string) int { return p.js.spread[v] + p.spread[v] }
 
@@ -53,6 +80,7 @@ func (p *planState) liveTasks() int { return len(p.js.live) + p.live }
 // take records that the plan puts one more task of the job on n.
 func (p *planState) take(n *nodeState) {
 	r := p.js.Resources
+	p.touch(n)
 	p.used[n] = p.used[n].Add(r)
 	p.tasks[n]++
 	p.live++
@@ -76,6 +104,7 @@ func (p *planState) release(a *Alloc) {
 	if n == nil {
 		return
 	}
+	p.touch(n)
 	p.used[n] = p.used[n].Sub(a.Resources)
 	if a.Band == BandBatch {
 		p.batch[n] = p.batch[n].Sub(a.Resources)
