@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"sort"
 	"sync"
@@ -387,10 +388,15 @@ func heapInUse() uint64 {
 // every server holds it; placements/cpu-s divides by the process's CPU time
 // (all three servers for the cell), steadier than wall time on a shared machine.
 // Memory is the Go heap in use after a GC: for the cell, the whole process's
-// over three.
+// over three. Both run with the garbage collector's target `ballena server`
+// sets (ServerGCPercent), unless GOGC is set.
 func BenchmarkCellPlace100kOn10k(b *testing.B) {
 	ms, jobs := benchCluster(7, 10000, 1000, 100)
 	quiet := slog.New(slog.DiscardHandler)
+	if _, set := os.LookupEnv("GOGC"); !set {
+		// As `ballena server` runs.
+		defer debug.SetGCPercent(debug.SetGCPercent(ServerGCPercent))
+	}
 	for range b.N {
 		base := heapInUse()
 		single, err := Open(Options{Dir: b.TempDir(), AdminToken: testAdmin, JoinToken: testJoin, Logger: quiet})

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -94,6 +95,9 @@ func runServer(c *cli.Context) error {
 	}
 	if expect > 1 && len(joins) < expect-1 {
 		return usageErrorf("--bootstrap-expect %d needs --join for the %d other servers (got %d)", expect, expect-1, len(joins))
+	}
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(placement.ServerGCPercent)
 	}
 	dir := dataDir(c)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
