@@ -698,11 +698,14 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		return err
 	}
 	replaced, err := restoreSnapshot(s.db, rc)
-	if err != nil {
-		return err
+	if replaced || err != nil {
+		// Even a failed restore may have dropped what badger held.
+		if ferr := s.diskReplaced(); err == nil {
+			err = ferr
+		}
 	}
-	if !replaced {
-		return nil
+	if err != nil || !replaced {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

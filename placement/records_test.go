@@ -1,9 +1,11 @@
 package placement
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -527,4 +529,85 @@ func openQuiet(t testing.TB, dir string) *Server {
 		t.Fatal(err)
 	}
 	return s
+}
+
+// A snapshot installed into a running server replaces badger's content under
+// its disk writer, which must then forget the task chunks it remembers: a
+// change after the install builds on the snapshot's chunk, not on the one the
+// writer wrote before.
+func TestTaskChunksAfterASnapshotInstall(t *testing.T) {
+	donor := newCellOnDisk(t)
+	sb := donor.open()
+	donor.machines(sb, 2)
+	donor.submit(sb, 2) // tasks api[0] and api[1]
+	sb.fsmMu.Lock()
+	if err := sb.flushDisk(); err != nil {
+		t.Fatal(err)
+	}
+	txn := sb.db.NewTransaction(false)
+	sb.fsmMu.Unlock()
+	var snap bytes.Buffer
+	err := writeSnapshot(txn, &snap)
+	txn.Discard()
+	sb.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Past anything the receiving server applied, so that it installs it.
+	head, body, _ := bytes.Cut(snap.Bytes(), []byte("\n"))
+	var h snapshotHeader
+	if err := json.Unmarshal(head, &h); err != nil {
+		t.Fatal(err)
+	}
+	h.RaftIndex += 1 << 20
+	head, _ = json.Marshal(h)
+
+	d := newCellOnDisk(t)
+	s := d.open()
+	defer s.Close()
+	rec := func(idx int, alloc string) json.RawMessage {
+		return appendTask(nil, &Task{Job: "api", Index: idx, State: TaskPlaced, AllocID: alloc})
+	}
+	write := func(tasks map[string]json.RawMessage) {
+		t.Helper()
+		if err := s.queueWrite(pendingWrite{ops: []*op{{Tasks: tasks}}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.flushDisk(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(map[string]json.RawMessage{taskKey("api", 0): rec(0, "before-the-install")})
+	if err := (*fsm)(s).Restore(io.NopCloser(bytes.NewReader(append(append(head, '\n'), body...)))); err != nil {
+		t.Fatal(err)
+	}
+	write(map[string]json.RawMessage{taskKey("api", 2): rec(2, "after-the-install")})
+
+	var ch taskChunk
+	if err := s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(taskChunkKey("api", 0)))
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error { return decodeTaskChunk(slices.Clone(v), &ch) })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	alloc := func(i int) string {
+		if ch[i] == nil {
+			return "(no task)"
+		}
+		task, err := decodeTask(ch[i], "api")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return task.AllocID
+	}
+	donor0, donor1 := alloc(0), alloc(1)
+	if donor0 == "before-the-install" || donor0 == "(no task)" || donor1 == "(no task)" {
+		t.Errorf("tasks api[0] and api[1] have allocations %q and %q, want the snapshot's", donor0, donor1)
+	}
+	if got := alloc(2); got != "after-the-install" {
+		t.Errorf("task api[2] has allocation %q, want after-the-install", got)
+	}
 }

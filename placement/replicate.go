@@ -336,6 +336,9 @@ type pendingWrite struct {
 	ops       []*op
 	raftIndex uint64
 	flushed   chan error // set: a flush request, answered once everything before is written
+	// forget, with flushed: badger's content was replaced (a snapshot
+	// restored); what the writer remembers of it is stale.
+	forget bool
 }
 
 // diskWriter writes applied entries to badger in the background, many per
@@ -344,6 +347,9 @@ type pendingWrite struct {
 // without anything being lost: after a crash the log fills the gap.
 func (s *Server) diskWriter() {
 	defer close(s.writerDone)
+	// The task chunks as last written, so that a chunk is read from badger only
+	// the first time the writer touches it.
+	chunks := map[string][]byte{}
 	for first := range s.writes {
 		batch := []pendingWrite{first}
 	more:
@@ -375,7 +381,7 @@ func (s *Server) diskWriter() {
 			}
 		}
 		wb := s.db.NewWriteBatch()
-		err := writeTaskChunks(s.db, wb, tasks)
+		err := writeTaskChunks(s.db, wb, tasks, chunks)
 		for k, v := range latest {
 			if err != nil {
 				break
@@ -400,10 +406,14 @@ func (s *Server) diskWriter() {
 			wb.Cancel()
 		}
 		if err != nil {
+			clear(chunks) // ahead of what badger holds
 			err = fmt.Errorf("write placement state up to raft index %d: %w", raftIndex, err)
 			s.log.Error("write the state to disk", "err", err)
 		}
 		for _, w := range batch {
+			if w.forget {
+				clear(chunks)
+			}
 			if w.flushed != nil {
 				w.flushed <- err
 			}
@@ -413,11 +423,21 @@ func (s *Server) diskWriter() {
 
 // flushDisk returns once every entry applied so far is in badger.
 func (s *Server) flushDisk() error {
-	done := make(chan error, 1)
-	if err := s.queueWrite(pendingWrite{flushed: done}); err != nil {
+	return s.flushWrite(pendingWrite{})
+}
+
+// diskReplaced tells the disk writer that badger's content was replaced
+// underneath it; it returns once the writer knows.
+func (s *Server) diskReplaced() error {
+	return s.flushWrite(pendingWrite{forget: true})
+}
+
+func (s *Server) flushWrite(w pendingWrite) error {
+	w.flushed = make(chan error, 1)
+	if err := s.queueWrite(w); err != nil {
 		return err
 	}
-	return <-done
+	return <-w.flushed
 }
 
 // queueWrite hands w to the disk writer, unless the server is closing.

@@ -100,8 +100,10 @@ type taskUpdate struct {
 }
 
 // writeTaskChunks adds to wb the chunks that changes (taskKey -> record, nil
-// for a deleted task) touch, each read from db and rewritten once.
-func writeTaskChunks(db *badger.DB, wb *badger.WriteBatch, changes map[string][]byte) error {
+// for a deleted task) touch, each rewritten once. A chunk's value is taken
+// from cache (chunk key -> value, nil if none: the caller's memory of what it
+// wrote last), else read from db; cache is updated with what wb writes.
+func writeTaskChunks(db *badger.DB, wb *badger.WriteBatch, changes map[string][]byte, cache map[string][]byte) error {
 	if len(changes) == 0 {
 		return nil
 	}
@@ -116,29 +118,37 @@ func writeTaskChunks(db *badger.DB, wb *badger.WriteBatch, changes map[string][]
 	}
 	return db.View(func(txn *badger.Txn) error {
 		var ch taskChunk
-		var buf []byte
 		for ck, updates := range byChunk {
 			clear(ch[:])
-			item, err := txn.Get([]byte(ck))
-			switch {
-			case err == nil:
-				// A copy: the chunk is read while the write batch holds its records.
-				if buf, err = item.ValueCopy(buf[:0]); err != nil {
+			old, known := cache[ck]
+			if !known {
+				item, err := txn.Get([]byte(ck))
+				switch {
+				case err == nil:
+					// A copy: the records stay in the write batch and the cache.
+					if old, err = item.ValueCopy(nil); err != nil {
+						return fmt.Errorf("read %s: %w", ck, err)
+					}
+				case !errors.Is(err, badger.ErrKeyNotFound):
 					return fmt.Errorf("read %s: %w", ck, err)
 				}
-				if err := decodeTaskChunk(buf, &ch); err != nil {
+			}
+			if old != nil {
+				if err := decodeTaskChunk(old, &ch); err != nil {
 					return fmt.Errorf("read %s: %w", ck, err)
 				}
-			case !errors.Is(err, badger.ErrKeyNotFound):
-				return fmt.Errorf("read %s: %w", ck, err)
 			}
 			for _, u := range updates {
 				ch[u.i] = u.rec
 			}
-			if v := ch.encode(); v == nil {
+			v := ch.encode()
+			var err error
+			if v == nil {
 				err = wb.Delete([]byte(ck))
+				delete(cache, ck)
 			} else {
 				err = wb.Set([]byte(ck), v)
+				cache[ck] = v
 			}
 			if err != nil {
 				return fmt.Errorf("write %s: %w", ck, err)
@@ -172,7 +182,7 @@ func migrateTaskRecords(db *badger.DB) error {
 	}
 	wb := db.NewWriteBatch()
 	defer wb.Cancel()
-	if err := writeTaskChunks(db, wb, legacy); err != nil {
+	if err := writeTaskChunks(db, wb, legacy, map[string][]byte{}); err != nil {
 		return fmt.Errorf("fold task records into chunks: %w", err)
 	}
 	for k := range legacy {
