@@ -465,7 +465,14 @@ func (s *Server) startRaft() error {
 		s.closers = append(s.closers, nt.Close)
 		trans = nt
 	}
-	r, err := raft.NewRaft(conf, (*fsm)(s), store, store, snaps, trans)
+	// Recent entries from memory, as Consul and Nomad run it: a follower
+	// applies, and the leader sends, what was just appended without reading it
+	// back from the log.
+	logs, err := raft.NewLogCache(512, store)
+	if err != nil {
+		return fmt.Errorf("raft log cache: %w", err)
+	}
+	r, err := raft.NewRaft(conf, (*fsm)(s), logs, store, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
