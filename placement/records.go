@@ -14,7 +14,8 @@ import (
 )
 
 // Record encodings of allocations and tasks, the bulk of what every server
-// writes: one of each per placement, in the Raft entry and in badger.
+// writes: one of each per placement, in the Raft entry and in badger (where
+// task records go by chunks of a job's tasks, taskchunks.go).
 //
 // An allocation is stored normalized, as Nomad does since 0.9: the record
 // carries the allocation's own fields (IDs, job version, machine, statuses)
