@@ -446,6 +446,29 @@ func TestKeysAsFmtWroteThem(t *testing.T) {
 	}
 }
 
+// Allocation IDs made in one operation share their high half (the
+// operation's index), so that they sort together; one an allocation of the
+// cell already has is never made again.
+func TestAllocIDs(t *testing.T) {
+	c := NewCell(DefaultBatchShare, nil, 5)
+	ref := NewCell(DefaultBatchShare, nil, 5)
+	c.index, ref.index = 0x2a, 0x2a
+	taken := ref.newAllocID()
+	c.allocs[taken] = &Alloc{ID: taken}
+	seen := map[string]bool{}
+	for range 1000 {
+		id := c.newAllocID()
+		if id == taken || seen[id] {
+			t.Fatalf("newAllocID made %s again", id)
+		}
+		if !strings.HasPrefix(id, "0000002a") || len(id) != 16 {
+			t.Fatalf("allocation ID %s made at index 0x2a: want 16 hex digits starting 0000002a", id)
+		}
+		seen[id] = true
+		c.allocs[id] = &Alloc{ID: id}
+	}
+}
+
 // A data dir made before the write-ahead log keeps its bolt Raft log (entries,
 // term, vote); a new one gets the write-ahead log; a backup restores into
 // neither.

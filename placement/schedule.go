@@ -19,7 +19,7 @@ func (c *Cell) markPending(js *jobState, t *Task, why string, ev *Evaluation) {
 
 func (c *Cell) newAlloc(js *jobState, idx int, n *nodeState) *Alloc {
 	return &Alloc{
-		ID: c.newID(), Job: js.Name, TaskIndex: idx, JobVersion: js.Version, NodeID: n.ID, Band: js.Priority,
+		ID: c.newAllocID(), Job: js.Name, TaskIndex: idx, JobVersion: js.Version, NodeID: n.ID, Band: js.Priority,
 		Artifact: js.Artifact, Digest: js.Digest, Resources: js.Resources, Args: js.Args, Env: js.Env,
 		Restart: js.Restart, Isolation: js.Isolation, Check: js.Check,
 		MinHealthyTime: js.Update.MinHealthyTime, HealthyDeadline: js.Update.HealthyDeadline,
