@@ -405,7 +405,7 @@ func TestTaskChunks(t *testing.T) {
 
 func TestTaskChunkRecords(t *testing.T) {
 	var ch taskChunk
-	ch[0], ch[3], ch[63] = []byte("{}"), []byte{recTaskBinary, 1}, []byte{recTaskBinary, 2}
+	ch[0], ch[3], ch[taskChunkSize-1] = []byte("{}"), []byte{recTaskBinary, 1}, []byte{recTaskBinary, 2}
 	var got taskChunk
 	if err := decodeTaskChunk(ch.encode(), &got); err != nil {
 		t.Fatal(err)
