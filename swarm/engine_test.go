@@ -238,3 +238,31 @@ func TestDownloadDiskFull(t *testing.T) {
 		t.Errorf("left in the temp dir: %v", ents)
 	}
 }
+
+// TestSeedServesWholePieces moves blobs whose last piece is shorter than the
+// others, or is the only piece and short, between two engines. A seed serves
+// whole-piece requests from anacrolix's pool of buffers the size of its
+// torrent's chunk (see Seed), and a request of any other length (the short
+// tail) from a buffer of its own: both must reach the leecher whole.
+func TestSeedServesWholePieces(t *testing.T) {
+	seed := newTestEngine(t, EngineConfig{})
+	leech := newTestEngine(t, EngineConfig{StallTimeout: 20 * time.Second})
+	introduce(leech.h, addrInfo(seed.h))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pl := artifact.PieceLength(1 << 20)
+	for _, size := range []int64{2 * pl, 2*pl + 1, pl - 1} {
+		rel := publish(t, seed.store, size)
+		if rel.PieceLength != pl {
+			t.Fatalf("piece length %d, want %d", rel.PieceLength, pl)
+		}
+		if err := seed.Seed(ctx, rel); err != nil {
+			t.Fatal(err)
+		}
+		leech.AddPeers(rel.InfoHash, []peer.ID{seed.h.ID()})
+		if err := leech.Download(ctx, rel, nil); err != nil {
+			t.Fatalf("%d bytes: %v", size, err)
+		}
+		checkBlob(t, leech.store, rel.Digest)
+	}
+}

@@ -68,6 +68,11 @@ func (e *Engine) Seed(ctx context.Context, rel artifact.Release) error {
 		InfoHash:  ih,
 		InfoBytes: infoBytes,
 		Storage:   blobStorage{path: blob, readOnly: true, completion: e.completion},
+		// The chunk size fleet peers request (see fetchChunkSize): anacrolix
+		// serves a request from its pool of reused buffers only when the request
+		// is exactly the torrent's chunk size, and makes a fresh one otherwise,
+		// which on these VMs costs its first touch of every page.
+		ChunkSize: fetchChunkSize(rel.PieceLength),
 	})
 	done := make(chan struct{})
 	close(done)
