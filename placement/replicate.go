@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	recordjson "github.com/segmentio/encoding/json"
 
@@ -345,13 +346,26 @@ type pendingWrite struct {
 // write batch. The Raft log holds every entry until a snapshot covers it, and a
 // snapshot is taken only after a flush, so badger may lag the state in memory
 // without anything being lost: after a crash the log fills the gap.
+// diskLinger is how long the disk writer waits for more entries to batch.
+const diskLinger = 2 * time.Millisecond
+
 func (s *Server) diskWriter() {
 	defer close(s.writerDone)
 	// The task chunks as last written, so that a chunk is read from badger only
 	// the first time the writer touches it.
 	chunks := map[string][]byte{}
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
 	for first := range s.writes {
 		batch := []pendingWrite{first}
+		// Entries come a few at a time; waiting a moment for more makes fewer
+		// batches, so fewer badger commits and chunk rewrites. Only a flush
+		// waits on the writer, and a flush ends the wait.
+		var wait <-chan time.Time
+		if first.flushed == nil {
+			linger.Reset(diskLinger)
+			wait = linger.C
+		}
 	more:
 		for len(batch) < 256 {
 			select {
@@ -360,10 +374,29 @@ func (s *Server) diskWriter() {
 					break more
 				}
 				batch = append(batch, w)
+				if w.flushed != nil {
+					wait = nil
+				}
+				continue
 			default:
-				break more
+			}
+			if wait == nil {
+				break
+			}
+			select {
+			case w, ok := <-s.writes:
+				if !ok {
+					break more
+				}
+				batch = append(batch, w)
+				if w.flushed != nil {
+					wait = nil
+				}
+			case <-wait:
+				wait = nil
 			}
 		}
+		linger.Stop()
 		// Each key once per batch, with its last value: badger's write batch
 		// does not promise that the later of two writes of a key wins.
 		n, nt := 0, 0
