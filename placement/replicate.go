@@ -368,31 +368,26 @@ func (s *Server) diskWriter() {
 		}
 	more:
 		for len(batch) < 256 {
+			var w pendingWrite
+			var ok bool
 			select {
-			case w, ok := <-s.writes:
-				if !ok {
-					break more
-				}
-				batch = append(batch, w)
-				if w.flushed != nil {
-					wait = nil
-				}
-				continue
+			case w, ok = <-s.writes:
 			default:
-			}
-			if wait == nil {
-				break
-			}
-			select {
-			case w, ok := <-s.writes:
-				if !ok {
+				if wait == nil {
 					break more
 				}
-				batch = append(batch, w)
-				if w.flushed != nil {
+				select {
+				case w, ok = <-s.writes:
+				case <-wait:
 					wait = nil
+					continue more // take what is there already, then write
 				}
-			case <-wait:
+			}
+			if !ok {
+				break more
+			}
+			batch = append(batch, w)
+			if w.flushed != nil {
 				wait = nil
 			}
 		}
