@@ -8,7 +8,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"runtime/pprof"
 	"sort"
 	"sync"
@@ -393,10 +392,7 @@ func heapInUse() uint64 {
 func BenchmarkCellPlace100kOn10k(b *testing.B) {
 	ms, jobs := benchCluster(7, 10000, 1000, 100)
 	quiet := slog.New(slog.DiscardHandler)
-	if _, set := os.LookupEnv("GOGC"); !set {
-		// As `ballena server` runs.
-		defer debug.SetGCPercent(debug.SetGCPercent(ServerGCPercent))
-	}
+	defer UseServerGC()() // as `ballena server` runs
 	for range b.N {
 		base := heapInUse()
 		single, err := Open(Options{Dir: b.TempDir(), AdminToken: testAdmin, JoinToken: testJoin, Logger: quiet})

@@ -707,9 +707,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	replaced, err := restoreSnapshot(s.db, rc)
 	if replaced || err != nil {
 		// Even a failed restore may have dropped what badger held.
-		if ferr := s.diskReplaced(); err == nil {
-			err = ferr
-		}
+		err = errors.Join(err, s.diskReplaced())
 	}
 	if err != nil || !replaced {
 		return err

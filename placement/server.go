@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"runtime"
+	"runtime/debug"
 	"sync/atomic"
 
 	"errors"
@@ -28,6 +30,16 @@ import (
 // memory (the heap peaks near three times the state rather than two) for
 // placements per second.
 const ServerGCPercent = 200
+
+// UseServerGC sets the garbage collector's target to ServerGCPercent, unless
+// GOGC is set in the environment, and returns what puts the previous one back.
+func UseServerGC() (restore func()) {
+	if _, set := os.LookupEnv("GOGC"); set {
+		return func() {}
+	}
+	old := debug.SetGCPercent(ServerGCPercent)
+	return func() { debug.SetGCPercent(old) }
+}
 
 // Options configure a placement server.
 type Options struct {

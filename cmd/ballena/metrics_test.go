@@ -21,6 +21,7 @@ import (
 	"ballena.dev/internal/metricstest"
 	"ballena.dev/internal/poll"
 	"ballena.dev/internal/testnet"
+	"ballena.dev/placement"
 )
 
 // TestMetricsEndpoints: a real server and a real node, each with
@@ -107,6 +108,12 @@ func TestMetricsEndpoints(t *testing.T) {
 	} {
 		if v := metricValue(fams, c.name, c.labels...); v < c.min || v > c.max {
 			t.Errorf("server %s%v = %v, want in [%v, %v]", c.name, c.labels, v, c.min, c.max)
+		}
+	}
+	// The server's garbage collector target, unless the environment sets one.
+	if _, set := os.LookupEnv("GOGC"); !set {
+		if v := metricValue(fams, "go_gc_gogc_percent"); v != placement.ServerGCPercent {
+			t.Errorf("server go_gc_gogc_percent = %v, want %d (placement.ServerGCPercent)", v, placement.ServerGCPercent)
 		}
 	}
 	metricstest.Promtool(t, "server", raw)

@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -96,9 +95,7 @@ func runServer(c *cli.Context) error {
 	if expect > 1 && len(joins) < expect-1 {
 		return usageErrorf("--bootstrap-expect %d needs --join for the %d other servers (got %d)", expect, expect-1, len(joins))
 	}
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(placement.ServerGCPercent)
-	}
+	defer placement.UseServerGC()()
 	dir := dataDir(c)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
