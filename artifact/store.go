@@ -128,21 +128,15 @@ func (s *Store) IngestFile(ctx context.Context, path, wantDigest string) (string
 	return digest, n, nil
 }
 
-// AdoptFile moves a finished download (a file under TempDir) into place after
-// re-hashing it; on a digest mismatch the file is removed and nothing is stored.
-func (s *Store) AdoptFile(ctx context.Context, path, wantDigest string) error {
-	got, _, err := hashFile(ctx, path)
-	if err != nil {
-		return fmt.Errorf("adopt %s: %w", path, err)
-	}
-	if got != wantDigest {
-		os.Remove(path)
-		return Tagged(signing.ErrSubjectMismatch, "adopt %s: sha256 is %s, want %s", path, got, wantDigest)
-	}
+// AdoptHashed moves a finished download (a file under TempDir) into place.
+// The caller vouches for its digest: it hashed the file's bytes as they are on
+// disk, after their last write, and found the signed digest (the swarm does
+// this while the download runs, so the bytes are not read a second time).
+func (s *Store) AdoptHashed(_ context.Context, path, digest string) error {
 	if err := syncFile(path); err != nil {
 		return fmt.Errorf("adopt %s: %w", path, err)
 	}
-	return s.place(path, got)
+	return s.place(path, digest)
 }
 
 // place renames a synced, verified temp file to its blob path and syncs the directory.

@@ -11,25 +11,34 @@ import (
 	"ballena.dev/signing"
 )
 
-var errAdopt = errors.New("store refused the download")
+var errAdopt = errors.New("the blob does not match its signed sha256")
 
-// adoptBlob hands the staged blob to the store, which re-hashes it against the
-// signed digest as it takes it in: the last check of stage 4 and the blob's
-// half of stage 5 are one step. The store gets a hard link, so the torrent goes on seeding from
+// adoptBlob checks the blob's sha256, which the download computed from disk as
+// pieces passed their checks (see blobDigest), against the signed digest, and
+// hands the blob to the store: the last check of stage 4 and the blob's half
+// of stage 5. The store gets a hard link, so the torrent goes on seeding from
 // the staging path without a pause; the link is the same inode and no piece is
 // written after completion.
 func (e *Engine) adoptBlob(tr *transfer) error {
 	rel := tr.rel
+	sum, err := tr.digest.result(context.Background())
+	if err != nil {
+		return fmt.Errorf("download %s: hash the blob: %w", short(rel.Digest), err)
+	}
+	if sum != rel.Digest {
+		// Every piece passed its sha1, but the whole is not what was signed.
+		return fmt.Errorf("download %s: %w: its sha256 is %s, the signed release says %s",
+			short(rel.Digest), errAdopt, short(sum), short(rel.Digest))
+	}
 	staged := filepath.Join(tr.staging, rel.Digest)
 	link := staged + ".adopt"
 	os.Remove(link)
 	if err := os.Link(staged, link); err != nil {
 		return fmt.Errorf("download %s: link for adoption: %w", short(rel.Digest), err)
 	}
-	if err := e.cfg.Store.AdoptFile(context.Background(), link, rel.Digest); err != nil {
+	if err := e.cfg.Store.AdoptHashed(context.Background(), link, rel.Digest); err != nil {
 		os.Remove(link)
-		// Most likely the sha256 did not match although every piece passed.
-		return fmt.Errorf("download %s: %w: %w", short(rel.Digest), errAdopt, err)
+		return fmt.Errorf("download %s: %w", short(rel.Digest), err)
 	}
 	e.completion.trust(tr.ih)
 	e.log.Debug("downloaded", "digest", rel.Digest, "bytes", rel.Size)

@@ -21,11 +21,15 @@ import (
 // read or written, re-reads every piece from disk to hash it, reads the bbolt
 // completion db on every lookup, and syncs every verified piece: together more
 // CPU than the transfer itself on a busy node.
+//
+// Piece data moves by direct I/O where it can (see dioFile), and a download
+// hashes its whole blob as pieces pass their checks (see blobDigest).
 type blobStorage struct {
 	path       string
 	readOnly   bool // seeding a blob the store verified: never written
 	fresh      bool // a new staging file: recorded completion is stale
 	completion storage.PieceCompletion
+	digest     *blobDigest // a download's whole-blob sha256; nil when seeding
 }
 
 func (s blobStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih metainfo.Hash) (storage.TorrentImpl, error) {
@@ -36,13 +40,13 @@ func (s blobStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih meta
 	if s.readOnly {
 		flag = os.O_RDONLY
 	}
-	f, err := os.OpenFile(s.path, flag, 0o600)
+	f, err := openDIO(s.path, flag, info.Length)
 	if err != nil {
 		return storage.TorrentImpl{}, fmt.Errorf("open %s: %w", ih.HexString(), err)
 	}
-	t := &blobTorrent{f: f, ih: ih, s: s, hashes: make(map[int][20]byte), done: make(map[int]bool)}
+	t := &blobTorrent{f: f, ih: ih, s: s, info: info, done: make(map[int]bool), closed: make(chan struct{})}
 	if !s.readOnly {
-		st, err := f.Stat()
+		st, err := f.f.Stat()
 		if err != nil {
 			f.Close()
 			return storage.TorrentImpl{}, fmt.Errorf("open %s: %w", ih.HexString(), err)
@@ -53,6 +57,9 @@ func (s blobStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih meta
 		if st.Size() != info.Length {
 			f.Close()
 			return storage.TorrentImpl{}, fmt.Errorf("open %s: staging file holds %d bytes, the torrent %d", ih.HexString(), st.Size(), info.Length)
+		}
+		if s.digest != nil {
+			go s.digest.run(t, t.closed)
 		}
 	}
 	return storage.TorrentImpl{Piece: t.piece, Close: t.close}, nil
@@ -88,25 +95,48 @@ func reserve(path string, size int64) (fresh bool, err error) {
 }
 
 type blobTorrent struct {
-	f     *os.File
-	ih    metainfo.Hash
-	s     blobStorage
-	fresh bool // no earlier download's pieces are in the file
+	f      *dioFile
+	ih     metainfo.Hash
+	s      blobStorage
+	info   *metainfo.Info
+	fresh  bool          // no earlier download's pieces are in the file
+	closed chan struct{} // stops the digest
+	once   sync.Once
 
-	mu     sync.Mutex
-	hashes map[int][20]byte // sha1 of pieces written whole and not yet hashed
-	done   map[int]bool     // completion known in this process
+	mu   sync.Mutex
+	done map[int]bool // completion known in this process
 }
 
-func (t *blobTorrent) close() error { return t.f.Close() }
+func (t *blobTorrent) close() error {
+	err := os.ErrClosed
+	t.once.Do(func() {
+		close(t.closed)
+		err = t.f.Close()
+	})
+	return err
+}
+
+// numPieces, complete and pieceReader give blobDigest the pieces to hash.
+func (t *blobTorrent) numPieces() int { return t.info.NumPieces() }
+
+func (t *blobTorrent) complete(i int) bool {
+	c := t.piece(t.info.Piece(i)).Completion()
+	return c.Ok && c.Complete
+}
+
+func (t *blobTorrent) pieceReader(i int) io.Reader {
+	p := t.info.Piece(i)
+	return io.NewSectionReader(t.f, p.Offset(), p.Length())
+}
 
 func (t *blobTorrent) piece(p metainfo.Piece) storage.PieceImpl {
 	return blobPiece{t: t, index: p.Index(), off: p.Offset(), length: p.Length()}
 }
 
-// blobPiece is one piece of a blobTorrent. It implements storage.SelfHashing:
-// a piece that arrived in one write (the engine requests whole pieces) is
-// hashed from the bytes in hand instead of read back from disk.
+// blobPiece is one piece of a blobTorrent. It implements storage.SelfHashing,
+// reading the piece by direct I/O: hashing runs on anacrolix's hasher
+// goroutines instead of the connection's reader, which hashing the bytes as
+// they were written would stall.
 type blobPiece struct {
 	t      *blobTorrent
 	index  int
@@ -140,35 +170,15 @@ func (p blobPiece) WriteAt(b []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(b)) > p.length {
 		return 0, fmt.Errorf("write piece %d of %s: %d bytes at %d overrun the piece", p.index, p.t.ih.HexString(), len(b), off)
 	}
-	whole := off == 0 && int64(len(b)) == p.length
-	var sum [20]byte
-	if whole {
-		sum = sha1.Sum(b)
-	}
-	// The cached hash must describe what is on disk: concurrent writes of one
-	// piece (two peers in the endgame) are ordered by the lock.
-	p.t.mu.Lock()
-	defer p.t.mu.Unlock()
 	n, err := p.t.f.WriteAt(b, p.off+off)
-	if whole && err == nil {
-		p.t.hashes[p.index] = sum
-	} else {
-		delete(p.t.hashes, p.index)
+	if d := p.t.s.digest; d != nil {
+		d.written(p.index)
 	}
 	return n, err
 }
 
-// SelfHash returns the sha1 of the piece: from the write that brought it whole,
-// once, or else read from disk. A second check of the same piece (a re-verify
-// after the blob failed its sha256) always reads the disk.
+// SelfHash returns the sha1 of the piece as it is on disk.
 func (p blobPiece) SelfHash() (metainfo.Hash, error) {
-	p.t.mu.Lock()
-	sum, ok := p.t.hashes[p.index]
-	delete(p.t.hashes, p.index)
-	p.t.mu.Unlock()
-	if ok {
-		return sum, nil
-	}
 	h := sha1.New()
 	if _, err := p.WriteTo(h); err != nil {
 		return metainfo.Hash{}, fmt.Errorf("hash piece %d of %s: %w", p.index, p.t.ih.HexString(), err)
@@ -178,10 +188,12 @@ func (p blobPiece) SelfHash() (metainfo.Hash, error) {
 	return out, nil
 }
 
-// WriteTo writes the piece to w in as few reads as a 1 MiB buffer allows.
+// WriteTo writes the piece to w in as few reads as a pooled, aligned 1 MiB
+// buffer allows: each read goes straight to the disk.
 func (p blobPiece) WriteTo(w io.Writer) (int64, error) {
-	buf := make([]byte, min(p.length, 1<<20))
-	return io.CopyBuffer(w, io.NewSectionReader(p.t.f, p.off, p.length), buf)
+	bp := bounces.Get().(*[]byte)
+	defer bounces.Put(bp)
+	return io.CopyBuffer(w, io.NewSectionReader(p.t.f, p.off, p.length), *bp)
 }
 
 func (p blobPiece) MarkComplete() error    { return p.mark(true) }
@@ -193,10 +205,10 @@ func (p blobPiece) mark(complete bool) error {
 	}
 	p.t.mu.Lock()
 	p.t.done[p.index] = complete
-	if !complete {
-		delete(p.t.hashes, p.index)
-	}
 	p.t.mu.Unlock()
+	if d := p.t.s.digest; d != nil && complete {
+		d.poke()
+	}
 	return nil
 }
 

@@ -123,9 +123,10 @@ func (e *Engine) addDownload(tr *transfer) (*torrent.Torrent, error) {
 		os.Remove(tr.staging) // only if empty: a partial download stays for a resume
 		return nil, fmt.Errorf("download %s: %w", short(rel.Digest), err)
 	}
+	tr.digest = newBlobDigest()
 	opts := torrent.AddTorrentOpts{
 		InfoHash:  tr.ih,
-		Storage:   blobStorage{path: staged, fresh: fresh, completion: e.completion},
+		Storage:   blobStorage{path: staged, fresh: fresh, completion: e.completion, digest: tr.digest},
 		ChunkSize: fetchChunkSize(rel.PieceLength),
 	}
 	if b, err := e.cachedInfo(tr.ih); err == nil {

@@ -30,8 +30,9 @@ type BlobStore interface {
 	HasBlob(digest string) bool
 	// TempDir is on the same filesystem as the blobs.
 	TempDir() string
-	// AdoptFile re-hashes path against wantDigest and moves it into place.
-	AdoptFile(ctx context.Context, path, wantDigest string) error
+	// AdoptHashed moves path into place as the blob of digest, which the
+	// caller computed from path's bytes after their last write.
+	AdoptHashed(ctx context.Context, path, digest string) error
 }
 
 // EngineConfig configures an Engine.

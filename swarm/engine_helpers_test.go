@@ -170,5 +170,8 @@ func checkBlob(t testing.TB, s BlobStore, digest string) {
 func (e *Engine) transferTorrent(digest string) *torrent.Torrent {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.transfers[digest].t
+	if tr, ok := e.transfers[digest]; ok {
+		return tr.t
+	}
+	return nil
 }

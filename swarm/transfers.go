@@ -19,6 +19,7 @@ type transfer struct {
 	ih       metainfo.Hash
 	t        *torrent.Torrent
 	staging  string        // staging dir for downloads; "" when seeding from the store
+	digest   *blobDigest   // a download's whole-blob sha256
 	done     chan struct{} // closed when the download ended
 	err      error         // why it ended, nil if the blob is in the store
 	seeding  bool

@@ -34,9 +34,10 @@ func (s *Store) HasBlob(digest string) bool {
 	return err == nil
 }
 
-// AdoptFile moves the file at path into the store if its sha256 is want, and
-// removes it otherwise.
-func (s *Store) AdoptFile(_ context.Context, path, want string) error {
+// AdoptHashed moves the file at path into the store if its sha256 is want, and
+// removes it otherwise. Unlike artifact.Store it re-hashes the file, so that
+// tests catch a caller whose digest is wrong.
+func (s *Store) AdoptHashed(_ context.Context, path, want string) error {
 	got, err := SHA256File(path)
 	if err != nil {
 		return err

@@ -1,0 +1,147 @@
+package swarm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"sync"
+)
+
+// blobDigest is a download's whole-blob sha256, computed from disk while the
+// download runs: it reads each piece once the piece has passed its hash
+// check, in order, on its own goroutine. Adopting the finished blob then
+// reads nothing again, and the sha256 runs on the core the transfer leaves
+// idle instead of after it.
+//
+// A write to a piece it has already read starts it over, so the sum always
+// describes the bytes on disk after their last write, as re-reading the
+// whole file at the end would.
+type blobDigest struct {
+	mu      sync.Mutex
+	next    int  // the first piece not yet in h
+	reading bool // piece next is being read
+	restart bool // a write touched a piece already in h
+	sum     string
+	err     error
+	changed chan struct{} // closed and replaced whenever the above change
+	wake    chan struct{} // a piece completed, or a restart is due
+
+	h hash.Hash
+}
+
+var errDigestStopped = errors.New("the download's storage closed")
+
+func newBlobDigest() *blobDigest {
+	return &blobDigest{changed: make(chan struct{}), wake: make(chan struct{}, 1), h: sha256.New()}
+}
+
+// pieceSource is what the digest reads: the blob's pieces and whether each
+// has passed its hash check.
+type pieceSource interface {
+	numPieces() int
+	complete(i int) bool
+	// pieceReader reads piece i whole.
+	pieceReader(i int) io.Reader
+}
+
+// run digests src's pieces in order until stop is closed.
+func (d *blobDigest) run(src pieceSource, stop <-chan struct{}) {
+	buf := alignedBuf(maxChunk) // direct reads, without a bounce
+	n := src.numPieces()
+	for {
+		d.mu.Lock()
+		if d.restart {
+			d.h.Reset()
+			d.next, d.restart, d.sum, d.err = 0, false, "", nil
+			d.broadcastLocked()
+		}
+		i := d.next
+		if i == n && d.sum == "" && d.err == nil {
+			d.sum = hex.EncodeToString(d.h.Sum(nil))
+			d.broadcastLocked()
+		}
+		if i == n || d.err != nil || !src.complete(i) {
+			d.mu.Unlock()
+			select {
+			case <-d.wake:
+				continue
+			case <-stop:
+				d.mu.Lock()
+				d.err = errDigestStopped
+				d.broadcastLocked()
+				d.mu.Unlock()
+				return
+			}
+		}
+		d.reading = true
+		d.mu.Unlock()
+
+		// Unlocked: only this goroutine touches h, and a write to piece i
+		// meanwhile sets restart, which throws this read away.
+		_, err := io.CopyBuffer(d.h, src.pieceReader(i), buf)
+
+		d.mu.Lock()
+		d.reading = false
+		switch {
+		case d.restart:
+		case err != nil:
+			d.err = fmt.Errorf("read piece %d: %w", i, err)
+			d.broadcastLocked()
+		default:
+			d.next++
+			d.broadcastLocked()
+		}
+		d.mu.Unlock()
+	}
+}
+
+// written records a write to piece i: if the digest has read it, or is
+// reading it, the digest starts over.
+func (d *blobDigest) written(i int) {
+	d.mu.Lock()
+	if i < d.next || (i == d.next && d.reading) {
+		d.restart = true
+	}
+	d.mu.Unlock()
+	d.poke()
+}
+
+// poke tells the digest a piece completed.
+func (d *blobDigest) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// result waits for the sha256 of every piece, in hex.
+func (d *blobDigest) result(ctx context.Context) (string, error) {
+	for {
+		d.mu.Lock()
+		sum, err, ch := d.sum, d.err, d.changed
+		if d.restart {
+			sum = ""
+		}
+		d.mu.Unlock()
+		if err != nil {
+			return "", err
+		}
+		if sum != "" {
+			return sum, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+	}
+}
+
+func (d *blobDigest) broadcastLocked() {
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
