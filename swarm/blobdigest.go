@@ -3,6 +3,7 @@ package swarm
 import (
 	"context"
 	"crypto/sha256"
+	"encoding"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -27,6 +28,7 @@ type blobDigest struct {
 	restart bool // a write touched a piece already in h
 	sum     string
 	err     error
+	snap    []byte // h before a claimed piece, to undo it
 	changed chan struct{} // closed and replaced whenever the above change
 	wake    chan struct{} // a piece completed, or a restart is due
 
@@ -54,7 +56,7 @@ func (d *blobDigest) run(src pieceSource, stop <-chan struct{}) {
 	n := src.numPieces()
 	for {
 		d.mu.Lock()
-		if d.restart {
+		if d.restart && !d.reading {
 			d.h.Reset()
 			d.next, d.restart, d.sum, d.err = 0, false, "", nil
 			d.broadcastLocked()
@@ -64,7 +66,7 @@ func (d *blobDigest) run(src pieceSource, stop <-chan struct{}) {
 			d.sum = hex.EncodeToString(d.h.Sum(nil))
 			d.broadcastLocked()
 		}
-		if i == n || d.err != nil || !src.complete(i) {
+		if i == n || d.err != nil || d.reading || d.restart || !src.complete(i) {
 			d.mu.Unlock()
 			select {
 			case <-d.wake:
@@ -97,6 +99,43 @@ func (d *blobDigest) run(src pieceSource, stop <-chan struct{}) {
 		}
 		d.mu.Unlock()
 	}
+}
+
+// claim lets the caller feed piece i to the digest in a read it makes anyway,
+// the piece's sha1 check, so that the piece is read once: when i is the next
+// piece and nobody is reading it, it returns the hash to write the piece to,
+// and the caller must then call settle.
+func (d *blobDigest) claim(i int) (hash.Hash, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.reading || d.restart || d.err != nil || d.sum != "" || i != d.next {
+		return nil, false
+	}
+	snap, err := d.h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return nil, false
+	}
+	d.reading, d.snap = true, snap
+	return d.h, true
+}
+
+// settle ends a claim: the piece counts if its bytes passed their check, and
+// is undone otherwise.
+func (d *blobDigest) settle(passed bool) {
+	d.mu.Lock()
+	d.reading = false
+	switch {
+	case d.restart: // run starts over
+	case passed:
+		d.next++
+		d.broadcastLocked()
+	default:
+		if err := d.h.(encoding.BinaryUnmarshaler).UnmarshalBinary(d.snap); err != nil {
+			d.restart = true
+		}
+	}
+	d.mu.Unlock()
+	d.poke()
 }
 
 // written records a write to piece i: if the digest has read it, or is

@@ -3,6 +3,7 @@ package swarm
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha1"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -84,5 +85,58 @@ func TestBlobDigest(t *testing.T) {
 	ti.Close()
 	if _, err := d2.result(ctx); !errors.Is(err, errDigestStopped) {
 		t.Fatalf("digest of closed storage: %v, want %v", err, errDigestStopped)
+	}
+}
+
+// The sha1 check of the digest's next piece feeds the digest in the same
+// read, and a piece that fails its check leaves no trace in it.
+func TestBlobDigestFedByTheHashCheck(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const pl = 64 << 10
+	blob := make([]byte, 3*pl+5000)
+	rand.Read(blob)
+	info := &metainfo.Info{PieceLength: pl, Length: int64(len(blob))}
+	for off := 0; off < len(blob); off += pl {
+		sum := sha1.Sum(blob[off:min(off+pl, len(blob))])
+		info.Pieces = append(info.Pieces, sum[:]...)
+	}
+	d := newBlobDigest()
+	ti := openBlob(t, blobStorage{path: filepath.Join(t.TempDir(), "blob"), completion: storage.NewMapPieceCompletion(), digest: d}, info)
+	next := func() int {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return d.next
+	}
+	p0 := ti.Piece(info.Piece(0)).(storage.SelfHashing)
+	bad := append([]byte{^blob[0]}, blob[1:pl]...)
+	ti.Piece(info.Piece(0)).WriteAt(bad, 0)
+	if sum, err := p0.SelfHash(); err != nil || sum == info.Piece(0).V1Hash().Value {
+		t.Fatalf("SelfHash of a bad piece = %x, %v", sum, err)
+	}
+	if n := next(); n != 0 {
+		t.Fatalf("a piece that failed its check went into the digest (next %d)", n)
+	}
+	ti.Piece(info.Piece(0)).WriteAt(blob[:pl], 0)
+	if sum, err := p0.SelfHash(); err != nil || sum != info.Piece(0).V1Hash().Value {
+		t.Fatalf("SelfHash of the good piece = %x, %v", sum, err)
+	}
+	// Not marked complete, so the digest's own reader has not read it.
+	if n := next(); n != 1 {
+		t.Fatalf("the hash check did not feed the digest (next %d, want 1)", n)
+	}
+	for i := range info.NumPieces() {
+		p := info.Piece(i)
+		sp := ti.Piece(p)
+		if i > 0 {
+			sp.WriteAt(blob[p.Offset():p.Offset()+p.Length()], 0)
+		}
+		if err := sp.MarkComplete(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := sha256.Sum256(blob)
+	if sum, err := d.result(ctx); err != nil || sum != hex.EncodeToString(want[:]) {
+		t.Fatalf("digest = %q, %v; want %x", sum, err, want)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha1"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"sync"
@@ -177,14 +178,29 @@ func (p blobPiece) WriteAt(b []byte, off int64) (int, error) {
 	return n, err
 }
 
-// SelfHash returns the sha1 of the piece as it is on disk.
+// SelfHash returns the sha1 of the piece as it is on disk. A download's next
+// piece for its whole-blob sha256 goes to that hash in the same read.
 func (p blobPiece) SelfHash() (metainfo.Hash, error) {
 	h := sha1.New()
-	if _, err := p.WriteTo(h); err != nil {
-		return metainfo.Hash{}, fmt.Errorf("hash piece %d of %s: %w", p.index, p.t.ih.HexString(), err)
+	var w io.Writer = h
+	d := p.t.s.digest
+	claimed := false
+	if d != nil {
+		var whole hash.Hash
+		if whole, claimed = d.claim(p.index); claimed {
+			w = io.MultiWriter(h, whole)
+		}
 	}
+	_, err := p.WriteTo(w)
 	var out metainfo.Hash
 	copy(out[:], h.Sum(nil))
+	if claimed {
+		want := p.t.info.Piece(p.index).V1Hash()
+		d.settle(err == nil && want.Ok && want.Value == out)
+	}
+	if err != nil {
+		return metainfo.Hash{}, fmt.Errorf("hash piece %d of %s: %w", p.index, p.t.ih.HexString(), err)
+	}
 	return out, nil
 }
 
