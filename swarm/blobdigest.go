@@ -28,17 +28,22 @@ type blobDigest struct {
 	restart bool // a write touched a piece already in h
 	sum     string
 	err     error
-	snap    []byte // h before a claimed piece, to undo it
-	changed chan struct{} // closed and replaced whenever the above change
-	wake    chan struct{} // a piece completed, or a restart is due
+	snap    []byte         // h before a claimed piece, to undo it
+	changed chan struct{}  // closed and replaced whenever the above change
+	wake    chan struct{}  // a piece completed, or a restart is due
+	ready   map[int][]byte // pieces past next that passed their check, in memory
 
 	h hash.Hash
+	// release takes back a buffer from ready; window is how far past next a
+	// piece may be and still be kept in ready. Both are set before run.
+	release func([]byte)
+	window  int
 }
 
 var errDigestStopped = errors.New("the download's storage closed")
 
 func newBlobDigest() *blobDigest {
-	return &blobDigest{changed: make(chan struct{}), wake: make(chan struct{}, 1), h: sha256.New()}
+	return &blobDigest{changed: make(chan struct{}), wake: make(chan struct{}, 1), ready: make(map[int][]byte), h: sha256.New()}
 }
 
 // pieceSource is what the digest reads: the blob's pieces and whether each
@@ -59,6 +64,7 @@ func (d *blobDigest) run(src pieceSource, stop <-chan struct{}) {
 		if d.restart && !d.reading {
 			d.h.Reset()
 			d.next, d.restart, d.sum, d.err = 0, false, "", nil
+			d.dropReadyLocked()
 			d.broadcastLocked()
 		}
 		i := d.next
@@ -73,6 +79,7 @@ func (d *blobDigest) run(src pieceSource, stop <-chan struct{}) {
 				continue
 			case <-stop:
 				d.mu.Lock()
+				d.dropReadyLocked()
 				d.err = errDigestStopped
 				d.broadcastLocked()
 				d.mu.Unlock()
@@ -80,11 +87,19 @@ func (d *blobDigest) run(src pieceSource, stop <-chan struct{}) {
 			}
 		}
 		d.reading = true
+		mem, held := d.ready[i]
+		delete(d.ready, i)
 		d.mu.Unlock()
 
 		// Unlocked: only this goroutine touches h, and a write to piece i
 		// meanwhile sets restart, which throws this read away.
-		_, err := io.CopyBuffer(d.h, src.pieceReader(i), buf)
+		var err error
+		if held {
+			d.h.Write(mem)
+			d.release(mem)
+		} else {
+			_, err = io.CopyBuffer(d.h, src.pieceReader(i), buf)
+		}
 
 		d.mu.Lock()
 		d.reading = false
@@ -138,15 +153,40 @@ func (d *blobDigest) settle(passed bool) {
 	d.poke()
 }
 
+// offer hands the digest piece i, which passed its check, in memory: it keeps
+// the bytes until their turn if that is near, and releases them otherwise.
+// current reports that no write to the piece came after these bytes; a write
+// counts before it calls written, so one that comes later finds them there.
+func (d *blobDigest) offer(i int, b []byte, current func() bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, dup := d.ready[i]; dup || d.restart || i < d.next || i >= d.next+d.window || !current() {
+		d.release(b)
+		return
+	}
+	d.ready[i] = b
+}
+
 // written records a write to piece i: if the digest has read it, or is
-// reading it, the digest starts over.
+// reading it, the digest starts over; bytes it held for it are stale.
 func (d *blobDigest) written(i int) {
 	d.mu.Lock()
 	if i < d.next || (i == d.next && d.reading) {
 		d.restart = true
 	}
+	if b, ok := d.ready[i]; ok {
+		delete(d.ready, i)
+		d.release(b)
+	}
 	d.mu.Unlock()
 	d.poke()
+}
+
+func (d *blobDigest) dropReadyLocked() {
+	for i, b := range d.ready {
+		delete(d.ready, i)
+		d.release(b)
+	}
 }
 
 // poke tells the digest a piece completed.

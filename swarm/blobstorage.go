@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	g "github.com/anacrolix/generics"
 	"github.com/anacrolix/torrent/metainfo"
@@ -59,7 +60,11 @@ func (s blobStorage) OpenTorrent(_ context.Context, info *metainfo.Info, ih meta
 			f.Close()
 			return storage.TorrentImpl{}, fmt.Errorf("open %s: staging file holds %d bytes, the torrent %d", ih.HexString(), st.Size(), info.Length)
 		}
+		t.held = newHeldPieces(info.PieceLength)
+		t.writes = make([]atomic.Uint32, info.NumPieces())
 		if s.digest != nil {
+			s.digest.release = t.held.release
+			s.digest.window = t.held.max / 2
 			go s.digest.run(t, t.closed)
 		}
 	}
@@ -103,6 +108,9 @@ type blobTorrent struct {
 	fresh  bool          // no earlier download's pieces are in the file
 	closed chan struct{} // stops the digest
 	once   sync.Once
+	held   *heldPieces     // a download's pieces in memory until checked; nil when seeding
+	wlocks [16]sync.Mutex  // a piece's writes, by index: the disk and held agree
+	writes []atomic.Uint32 // writes to each piece, to tell held bytes from stale
 
 	mu   sync.Mutex
 	done map[int]bool // completion known in this process
@@ -171,16 +179,39 @@ func (p blobPiece) WriteAt(b []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(b)) > p.length {
 		return 0, fmt.Errorf("write piece %d of %s: %d bytes at %d overrun the piece", p.index, p.t.ih.HexString(), len(b), off)
 	}
-	n, err := p.t.f.WriteAt(b, p.off+off)
+	l := &p.t.wlocks[p.index%len(p.t.wlocks)]
+	l.Lock()
+	src := b
+	if off == 0 && int64(len(b)) == p.length {
+		if buf := p.t.held.hold(p.index, b); buf != nil {
+			src = buf // block-aligned: no bounce for direct I/O
+		}
+	} else {
+		p.t.held.drop(p.index)
+	}
+	n, err := p.t.f.WriteAt(src, p.off+off)
+	if err != nil {
+		p.t.held.drop(p.index)
+	}
+	l.Unlock()
+	p.t.writes[p.index].Add(1)
 	if d := p.t.s.digest; d != nil {
 		d.written(p.index)
 	}
 	return n, err
 }
 
-// SelfHash returns the sha1 of the piece as it is on disk. A download's next
-// piece for its whole-blob sha256 goes to that hash in the same read.
+// SelfHash returns the sha1 of the piece as it was written, from the bytes
+// held since the write if there are any, else from the disk. A download's
+// next piece for its whole-blob sha256 goes to that hash in the same pass;
+// a later one that passes is handed to it held.
 func (p blobPiece) SelfHash() (metainfo.Hash, error) {
+	var mem []byte
+	var gen uint32
+	if p.t.held != nil {
+		gen = p.t.writes[p.index].Load()
+		mem = p.t.held.take(p.index)
+	}
 	h := sha1.New()
 	var w io.Writer = h
 	d := p.t.s.digest
@@ -191,12 +222,25 @@ func (p blobPiece) SelfHash() (metainfo.Hash, error) {
 			w = io.MultiWriter(h, whole)
 		}
 	}
-	_, err := p.WriteTo(w)
+	var err error
+	if mem != nil {
+		w.Write(mem)
+	} else {
+		_, err = p.WriteTo(w)
+	}
 	var out metainfo.Hash
 	copy(out[:], h.Sum(nil))
+	want := p.t.info.Piece(p.index).V1Hash()
+	passed := err == nil && want.Ok && want.Value == out
 	if claimed {
-		want := p.t.info.Piece(p.index).V1Hash()
-		d.settle(err == nil && want.Ok && want.Value == out)
+		d.settle(passed)
+	}
+	if mem != nil {
+		if passed && !claimed && d != nil {
+			d.offer(p.index, mem, func() bool { return p.t.writes[p.index].Load() == gen })
+		} else {
+			p.t.held.release(mem)
+		}
 	}
 	if err != nil {
 		return metainfo.Hash{}, fmt.Errorf("hash piece %d of %s: %w", p.index, p.t.ih.HexString(), err)
