@@ -83,6 +83,13 @@ func runSingle(ctx context.Context, o singleOpts) ([]singleRow, error) {
 		}
 		rows = append(rows, got...)
 	}
+	// The floor runs whatever the flags: it is what the other rows are read
+	// against.
+	r, err := singleFloor(ctx, whale, o.size)
+	if err != nil {
+		return rows, fmt.Errorf("floor: %w", err)
+	}
+	rows = append(rows, r)
 	if o.http {
 		r, err := singleHTTP(ctx, whale, o.size)
 		if err != nil {
@@ -457,4 +464,17 @@ func printSingle(rows []singleRow, size int64) {
 		}
 	}
 	fmt.Fprintln(w, "  CPU is user+system of each process over the transfer alone, in seconds per GiB moved.")
+	var floor float64
+	for _, r := range rows {
+		if r.Name == floorRow {
+			floor = r.totalPerGiB()
+		}
+	}
+	if floor > 0 {
+		for _, r := range rows {
+			if strings.HasPrefix(r.Name, "ballena, libp2p") {
+				fmt.Fprintf(w, "  %s: %.2f× the floor's CPU\n", r.Name, r.totalPerGiB()/floor)
+			}
+		}
+	}
 }
