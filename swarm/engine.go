@@ -210,7 +210,7 @@ func (e *Engine) clientConfig() *torrent.ClientConfig {
 	// and pieces no peer shows come first: with super-seeding most pieces are
 	// hidden at first, so past 64 MiB of them a leecher would stop requesting.
 	tc.MaxUnverifiedBytes = 0
-	tc.Slogger = e.log.With("component", "torrent")
+	tc.Slogger = slog.New(quietHandler{e.log.Handler()}).With("component", "torrent")
 	tc.Logger = alog.Default.WithFilterLevel(alog.Warning)
 	// The upload cap is on the connections (see uploadLimitedConn).
 	if e.cfg.DownloadLimit > 0 {
