@@ -16,8 +16,8 @@ const dioAlign = 4096
 // node only relays need no cached copy, and filling the cache costs more than
 // the transfer: every new page-cache page is a first touch of memory (on
 // these VMs 1.8 CPU-s per GiB written, against 0.1 with O_DIRECT; the README
-// has the figures under its benchmarks). Reads of ranges the cache already holds (a blob
-// just published or run) still come from it.
+// has the figures under its benchmarks). Reads of ranges the cache already
+// holds (a blob just published or run) still come from it.
 //
 // Where the filesystem refuses O_DIRECT (tmpfs), or for bytes that are not
 // block-aligned (the end of a blob), it falls back to ordinary I/O.

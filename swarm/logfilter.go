@@ -5,18 +5,16 @@ import (
 	"log/slog"
 )
 
-// anacrolixNoise lists anacrolix/torrent warnings that are timing diagnostics
-// of its own locking rather than anything an operator can act on. On a busy
-// machine they fire several times a second, so they are logged at debug.
-var anacrolixNoise = map[string]bool{
-	"client unlock handlers took a long time": true,
-}
+// anacrolixNoise is an anacrolix/torrent warning that times its own locking
+// rather than telling an operator anything to act on. On a busy machine it
+// fires several times a second, so it is logged at debug.
+const anacrolixNoise = "client unlock handlers took a long time"
 
-// quietHandler logs the messages in anacrolixNoise at debug level.
+// quietHandler logs anacrolixNoise at debug level.
 type quietHandler struct{ slog.Handler }
 
 func (h quietHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Level > slog.LevelDebug && anacrolixNoise[r.Message] {
+	if r.Level > slog.LevelDebug && r.Message == anacrolixNoise {
 		if !h.Handler.Enabled(ctx, slog.LevelDebug) {
 			return nil
 		}

@@ -2,19 +2,17 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/sha1"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
-	"math/big"
 	"os"
+	"path/filepath"
 	"time"
 
 	"ballena.dev/artifact"
+	"ballena.dev/placement/cellca"
 )
 
 // floorRow names the floor's row.
@@ -29,11 +27,11 @@ const floorRow = "floor: TLS + SHA-1 + SHA-256"
 // issue 18 was set just above this figure; the machine it runs on varies by
 // day, so it is measured in the same run as the rows it is compared with.
 func singleFloor(ctx context.Context, path string, size int64) (singleRow, error) {
-	cert, err := floorCert()
+	id, err := floorIdentity(filepath.Join(filepath.Dir(path), "floor-ca"))
 	if err != nil {
 		return singleRow{}, err
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", id.APIConfig())
 	if err != nil {
 		return singleRow{}, err
 	}
@@ -60,7 +58,7 @@ func singleFloor(ctx context.Context, path string, size int64) (singleRow, error
 	defer os.Remove(dst)
 	c0 := selfCPU()
 	start := time.Now()
-	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13}}
+	d := tls.Dialer{Config: &tls.Config{RootCAs: id.Pool, ServerName: "localhost", MinVersion: tls.VersionTLS13}}
 	conn, err := d.DialContext(ctx, "tcp", ln.Addr().String())
 	if err != nil {
 		return singleRow{}, err
@@ -80,7 +78,7 @@ func singleFloor(ctx context.Context, path string, size int64) (singleRow, error
 	for n < size {
 		k, err := io.ReadFull(conn, buf[:min(pieceLen, size-n)])
 		if err != nil {
-			return singleRow{}, fmt.Errorf("floor: read at %d: %w", n, err)
+			return singleRow{}, fmt.Errorf("read at %d: %w", n, err)
 		}
 		sha1.Sum(buf[:k])
 		whole.Write(buf[:k])
@@ -90,7 +88,7 @@ func singleFloor(ctx context.Context, path string, size int64) (singleRow, error
 		n += int64(k)
 	}
 	if err := <-sent; err != nil {
-		return singleRow{}, fmt.Errorf("floor: send: %w", err)
+		return singleRow{}, fmt.Errorf("send: %w", err)
 	}
 	secs := time.Since(start).Seconds()
 	cpu := selfCPU() - c0
@@ -101,16 +99,20 @@ func singleFloor(ctx context.Context, path string, size int64) (singleRow, error
 	}, nil
 }
 
-// floorCert is a throwaway self-signed certificate for the floor's TLS.
-func floorCert() (tls.Certificate, error) {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, err
+// floorIdentity makes a cell CA in dir and a server certificate from it: the
+// TLS the placement API serves, so the floor's handshake and cipher are a real
+// deployment's.
+func floorIdentity(dir string) (*cellca.Identity, error) {
+	if err := cellca.Init(dir); err != nil {
+		return nil, err
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, priv)
+	ca, err := cellca.Load(dir)
 	if err != nil {
-		return tls.Certificate{}, err
+		return nil, err
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: priv}, nil
+	tlsDir := filepath.Join(dir, "tls")
+	if err := ca.IssueServer("floor", nil, tlsDir); err != nil {
+		return nil, err
+	}
+	return cellca.LoadIdentity(tlsDir, "")
 }
