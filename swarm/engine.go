@@ -20,6 +20,8 @@ import (
 	"github.com/anacrolix/torrent/storage"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
 	"golang.org/x/time/rate"
 )
 
@@ -63,7 +65,15 @@ type EngineConfig struct {
 	NoSuperSeed bool
 	// Rack is this node's rack label; with one, the node prefers peers of its
 	// own rack for the pieces they hold (see rackconn.go).
-	Rack   string
+	Rack string
+	// BulkListen is where the node takes bulk connections (bulkconn.go),
+	// host:port: "" for the IP of the host's first TCP listen address at any
+	// port, BulkOff for none, so the peer wire runs in libp2p streams only.
+	BulkListen string
+	// PSK and Gate are the host's, for bulk connections: they let in whom
+	// the host would.
+	PSK    pnet.PSK
+	Gate   *Gate
 	Store  BlobStore
 	Logger *slog.Logger
 }
@@ -76,6 +86,7 @@ type Engine struct {
 	cl         *torrent.Client
 	addrs      *peerAddrs
 	p2p        *p2pTransport
+	bulk       *bulkNet // nil: libp2p streams only
 	plain      net.Listener
 	tracker    *tracker
 	bolt       storage.PieceCompletion
@@ -146,7 +157,18 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 		}
 		e.watchPeers(cfg.Host)
 		e.serveInfo()
-		e.p2p = newP2PTransport(cfg.Host, e.addrs, e.ss, e.up)
+		e.p2p = newP2PTransport(cfg.Host, e.addrs, e.ss, e.up, lg)
+		if cfg.BulkListen != BulkOff {
+			e.bulk, err = newBulkNet(cfg.Host, bulkConfig{
+				listen: cfg.BulkListen, psk: cfg.PSK, gate: cfg.Gate, log: lg,
+				deliver: func(c net.Conn, p peer.ID) bool { return e.p2p.deliver(c, p) },
+			})
+			if err != nil {
+				e.Close()
+				return nil, fmt.Errorf("swarm engine: %w", err)
+			}
+			e.p2p.bulk = e.bulk
+		}
 		if cfg.Rack != "" {
 			e.racks = newRacks(cfg.Host, cfg.Rack, e.numPieces, lg)
 			e.p2p.racks = e.racks
@@ -246,6 +268,9 @@ func (e *Engine) Close() error {
 	if e.p2p != nil {
 		e.cfg.Host.RemoveStreamHandler(InfoProtocol)
 		e.p2p.Close()
+	}
+	if e.bulk != nil {
+		e.bulk.Close()
 	}
 	if e.notifiee != nil {
 		e.cfg.Host.Network().StopNotify(e.notifiee)

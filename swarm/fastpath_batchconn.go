@@ -41,6 +41,14 @@ func newBatchedTLS(id protocol.ID, key crypto.PrivKey, muxers []tptu.StreamMuxer
 func (t *batchedTLS) ID() protocol.ID { return t.inner.ID() }
 
 func (t *batchedTLS) SecureInbound(ctx context.Context, insecure net.Conn, p peer.ID) (sec.SecureConn, error) {
+	return t.secureInbound(ctx, insecure, p)
+}
+
+func (t *batchedTLS) SecureOutbound(ctx context.Context, insecure net.Conn, p peer.ID) (sec.SecureConn, error) {
+	return t.secureOutbound(ctx, insecure, p)
+}
+
+func (t *batchedTLS) secureInbound(ctx context.Context, insecure net.Conn, p peer.ID) (*batchedSecureConn, error) {
 	bc := newBatchConn(insecure)
 	sc, err := t.inner.SecureInbound(ctx, bc, p)
 	if err != nil {
@@ -50,7 +58,7 @@ func (t *batchedTLS) SecureInbound(ctx context.Context, insecure net.Conn, p pee
 	return &batchedSecureConn{SecureConn: sc, bc: bc}, nil
 }
 
-func (t *batchedTLS) SecureOutbound(ctx context.Context, insecure net.Conn, p peer.ID) (sec.SecureConn, error) {
+func (t *batchedTLS) secureOutbound(ctx context.Context, insecure net.Conn, p peer.ID) (*batchedSecureConn, error) {
 	bc := newBatchConn(insecure)
 	sc, err := t.inner.SecureOutbound(ctx, bc, p)
 	if err != nil {

@@ -22,6 +22,11 @@ var (
 		"Peers connected in the mesh.", nil, nil)
 	descHeld = prometheus.NewDesc("ballena_swarm_releases_held",
 		"Releases in this node's store.", nil, nil)
+	descWireConns = prometheus.NewDesc("ballena_swarm_peer_wire_connections_total",
+		"Peer wire connections opened with other nodes, by carrier: bulk (a TCP connection of its own) or stream (in the libp2p connection).",
+		[]string{"carrier"}, nil)
+	descBulkRefused = prometheus.NewDesc("ballena_swarm_bulk_refused_total",
+		"Incoming bulk connections refused: a failed handshake, a peer not on the allowlist or without a libp2p connection.", nil, nil)
 	descTransfers = prometheus.NewDesc("ballena_swarm_transfers",
 		"Torrents the engine runs, by state: downloading (active transfers in) or seeding.", []string{"state"}, nil)
 )
@@ -29,7 +34,7 @@ var (
 type nodeCollector struct{ n *Node }
 
 func (nodeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSent, descReceived, descVerified, descFailed, descPeers, descHeld, descTransfers} {
+	for _, d := range []*prometheus.Desc{descSent, descReceived, descVerified, descFailed, descPeers, descHeld, descTransfers, descWireConns, descBulkRefused} {
 		ch <- d
 	}
 }
@@ -47,6 +52,13 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	} else {
 		ch <- prometheus.NewInvalidMetric(descHeld, err)
 	}
+	ch <- prometheus.MustNewConstMetric(descWireConns, prometheus.CounterValue, float64(e.p2p.opened.bulk.Load()), "bulk")
+	ch <- prometheus.MustNewConstMetric(descWireConns, prometheus.CounterValue, float64(e.p2p.opened.stream.Load()), "stream")
+	var refused int64
+	if e.bulk != nil {
+		refused = e.bulk.refused.Load()
+	}
+	ch <- prometheus.MustNewConstMetric(descBulkRefused, prometheus.CounterValue, float64(refused))
 	var down, seed int
 	e.mu.Lock()
 	for _, tr := range e.transfers {

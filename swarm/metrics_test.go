@@ -48,6 +48,11 @@ func TestMetricsAfterAFetch(t *testing.T) {
 		{"leech releases held", l["ballena_swarm_releases_held"], 1, 1},
 		{"leech seeding", l["ballena_swarm_transfers{state=seeding}"], 1, 1},
 		{"leech downloading", l["ballena_swarm_transfers{state=downloading}"], 0, 0},
+		// Both nodes take bulk connections on loopback: the peer wire never
+		// falls back to a libp2p stream.
+		{"bulk peer wire connections", l["ballena_swarm_peer_wire_connections_total{carrier=bulk}"] + s["ballena_swarm_peer_wire_connections_total{carrier=bulk}"], 1, 8},
+		{"stream peer wire connections", l["ballena_swarm_peer_wire_connections_total{carrier=stream}"] + s["ballena_swarm_peer_wire_connections_total{carrier=stream}"], 0, 0},
+		{"seed bulk connections refused", s["ballena_swarm_bulk_refused_total"], 0, 0},
 	} {
 		if c.got < c.min || c.got > c.max {
 			t.Errorf("%s: %v, want in [%v, %v]", c.what, c.got, c.min, c.max)

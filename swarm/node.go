@@ -51,9 +51,12 @@ type NodeConfig struct {
 	UploadLimit, DownloadLimit int64  // bytes per second, 0 unlimited
 	Rack                       string // the machine's rack label: prefer same-rack peers
 	PlainListen, TrackerListen string // for standard BitTorrent clients; "" disables
-	StallTimeout               time.Duration
-	Logger                     *slog.Logger
-	Now                        func() time.Time // for tests; default time.Now
+	// BulkListen is where peers' bulk connections come in (see
+	// EngineConfig.BulkListen): "" beside the libp2p listener, BulkOff none.
+	BulkListen   string
+	StallTimeout time.Duration
+	Logger       *slog.Logger
+	Now          func() time.Time // for tests; default time.Now
 	// Metrics, when set, is where the node registers its metrics (see
 	// metrics.go); the node daemon serves them.
 	Metrics prometheus.Registerer
@@ -158,6 +161,9 @@ func NewNode(ctx context.Context, cfg NodeConfig) (_ *Node, err error) {
 		TrackerListen:  cfg.TrackerListen,
 		UploadLimit:    cfg.UploadLimit,
 		Rack:           cfg.Rack,
+		BulkListen:     cfg.BulkListen,
+		PSK:            cfg.PSK,
+		Gate:           gate,
 		DownloadLimit:  cfg.DownloadLimit,
 		StallTimeout:   cfg.StallTimeout,
 		PartialTimeout: max(cfg.PartialTimeout, 0),

@@ -5,10 +5,14 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -87,19 +91,24 @@ func (m *peerAddrs) peerOf(addr string) (peer.ID, bool) {
 
 // p2pTransport is an anacrolix Listener and Dialer over libp2p streams.
 type p2pTransport struct {
-	h      host.Host
-	addrs  *peerAddrs
-	ss     *superSeeder  // nil: no super-seeding
-	racks  *racks        // nil: rack-blind; set before the first stream
-	up     *rate.Limiter // nil: no upload cap
+	h     host.Host
+	addrs *peerAddrs
+	ss    *superSeeder  // nil: no super-seeding
+	racks *racks        // nil: rack-blind; set before the first stream
+	bulk  *bulkNet      // nil: streams only; set before the first dial
+	up    *rate.Limiter // nil: no upload cap
+	log   *slog.Logger
+	// opened counts peer wire connections by what carries them.
+	opened struct{ bulk, stream atomic.Int64 }
 	conns  chan net.Conn
 	closed chan struct{}
 	once   sync.Once
 }
 
-func newP2PTransport(h host.Host, addrs *peerAddrs, ss *superSeeder, up *rate.Limiter) *p2pTransport {
+func newP2PTransport(h host.Host, addrs *peerAddrs, ss *superSeeder, up *rate.Limiter, log *slog.Logger) *p2pTransport {
 	t := &p2pTransport{
 		h:      h,
+		log:    log,
 		addrs:  addrs,
 		ss:     ss,
 		up:     up,
@@ -111,19 +120,32 @@ func newP2PTransport(h host.Host, addrs *peerAddrs, ss *superSeeder, up *rate.Li
 }
 
 func (t *p2pTransport) handle(s network.Stream) {
-	c := t.wrap(s)
-	select {
-	case t.conns <- c:
-	case <-t.closed:
+	if !t.deliver(s, s.Conn().RemotePeer()) {
 		s.Reset()
 	}
 }
 
-func (t *p2pTransport) wrap(s network.Stream) net.Conn {
+// deliver hands an incoming peer wire connection (a stream or a bulk
+// connection) to Accept; false if the transport is closed.
+func (t *p2pTransport) deliver(wc wireConn, remote peer.ID) bool {
+	select {
+	case t.conns <- t.wrap(wc, remote):
+		return true
+	case <-t.closed:
+		return false
+	}
+}
+
+func (t *p2pTransport) wrap(wc wireConn, remote peer.ID) net.Conn {
+	if _, ok := wc.(network.Stream); ok {
+		t.opened.stream.Add(1)
+	} else {
+		t.opened.bulk.Add(1)
+	}
 	var c net.Conn = &p2pConn{
-		Stream: s,
-		local:  t.addrs.addrOf(t.h.ID()),
-		remote: t.addrs.addrOf(s.Conn().RemotePeer()),
+		wireConn: wc,
+		local:    t.addrs.addrOf(t.h.ID()),
+		remote:   t.addrs.addrOf(remote),
 	}
 	if t.up != nil {
 		c = uploadLimitedConn{c, t.up}
@@ -132,7 +154,7 @@ func (t *p2pTransport) wrap(s network.Stream) net.Conn {
 		c = t.ss.wrap(c)
 	}
 	if t.racks != nil {
-		c = t.racks.wrap(c, s.Conn().RemotePeer())
+		c = t.racks.wrap(c, remote)
 	}
 	return c
 }
@@ -161,7 +183,8 @@ func (t *p2pTransport) Close() error {
 	return nil
 }
 
-// Dial opens a peer wire stream to the node behind a synthetic address. Other
+// Dial opens a peer wire connection to the node behind a synthetic address: a
+// bulk connection where the peer takes one, else a libp2p stream. Other
 // addresses fail at once, so anacrolix falls back to its other dialers.
 func (t *p2pTransport) Dial(ctx context.Context, addr string) (net.Conn, error) {
 	id, ok := t.addrs.peerOf(addr)
@@ -171,19 +194,37 @@ func (t *p2pTransport) Dial(ctx context.Context, addr string) (net.Conn, error) 
 	if id == t.h.ID() {
 		return nil, errors.New("dial self")
 	}
+	if t.bulk != nil {
+		c, err := t.bulk.dial(ctx, id)
+		if err == nil {
+			return t.wrap(c, id), nil
+		}
+		if !errors.Is(err, errNoBulk) {
+			t.log.Debug("bulk connection failed; using a libp2p stream", "peer", id, "err", err)
+		}
+	}
 	s, err := t.h.NewStream(ctx, id, BTProtocol)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", id, err)
 	}
-	return t.wrap(s), nil
+	return t.wrap(s, id), nil
 }
 
 // DialerNetwork names the network for anacrolix's bookkeeping.
 func (t *p2pTransport) DialerNetwork() string { return p2pNetwork }
 
-// p2pConn is a libp2p stream seen as a net.Conn with synthetic addresses.
+// wireConn is what carries the peer wire between two nodes: a libp2p stream
+// or a bulk connection.
+type wireConn interface {
+	io.ReadWriteCloser
+	SetDeadline(time.Time) error
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
+// p2pConn is a peer wire connection seen as a net.Conn with synthetic addresses.
 type p2pConn struct {
-	network.Stream
+	wireConn
 	local, remote netip.AddrPort
 }
 

@@ -37,6 +37,9 @@ func (e *Engine) watchPeers(h host.Host) {
 }
 
 func (e *Engine) peerGone(p peer.ID) {
+	if e.bulk != nil {
+		e.bulk.peerGone(p)
+	}
 	banned := make(map[string]bool)
 	for _, ip := range e.cl.BadPeerIPs() {
 		banned[ip] = true

@@ -50,6 +50,9 @@ func nodeCommand() *cli.Command {
 			&cli.StringFlag{Name: "download-limit", Usage: "cap peer download, e.g. 100MiB (per second); default unlimited"},
 			&cli.StringFlag{Name: "bt-listen", Usage: "plain TCP BitTorrent listener for standard clients, e.g. 127.0.0.1:6881"},
 			&cli.StringFlag{Name: "tracker-listen", Usage: "HTTP tracker for standard clients, e.g. 127.0.0.1:6880 (default with --bt-listen: its host, any port)"},
+			&cli.StringFlag{Name: "bulk-listen", Usage: "HOST:PORT where peers open bulk data connections (TLS with node identities, under --psk; " +
+				"only from peers with a libp2p connection), e.g. 0.0.0.0:7401 for a firewall; default: the first --listen IP, any port; " +
+				"'off': piece data in libp2p streams"},
 			&cli.BoolFlag{Name: "mdns", Usage: "also find nodes on the local link with mDNS"},
 			metricsListenFlag,
 			cgroupParentFlag,
@@ -121,6 +124,12 @@ func nodeConfig(c *cli.Context) (daemon.Config, error) {
 		MDNS:          c.Bool("mdns"),
 		OpenMesh:      c.Bool("open-mesh"),
 		AllowPeers:    c.String("allow-peers"),
+		BulkListen:    c.String("bulk-listen"),
+	}
+	if sc.BulkListen != "" && sc.BulkListen != swarm.BulkOff {
+		if _, _, err := net.SplitHostPort(sc.BulkListen); err != nil {
+			return cfg, usageErrorf("node: --bulk-listen %q: want HOST:PORT, e.g. 0.0.0.0:7401, or off", sc.BulkListen)
+		}
 	}
 	if sc.PartialTimeout = c.Duration("partial-timeout"); sc.PartialTimeout == 0 {
 		sc.PartialTimeout = -1 // never

@@ -218,8 +218,10 @@ func TestNodeProcesses(t *testing.T) {
 	common := []string{"--psk", psk, "--trust", trust}
 
 	a := startNode(t, "a", append(common, "--bt-listen", "127.0.0.1:0")...)
-	b := startNode(t, "b", append(common, "--bootstrap", a.addr, "--auto-fetch", "hello*")...)
-	c := startNode(t, "c", append(common, "--bootstrap", b.addr, "--download-limit", "200MiB", "--upload-limit", "100MiB")...)
+	// b takes bulk connections on a given address, c takes none and dials
+	// none: its pieces come in libp2p streams.
+	b := startNode(t, "b", append(common, "--bootstrap", a.addr, "--auto-fetch", "hello*", "--bulk-listen", "127.0.0.1:0")...)
+	c := startNode(t, "c", append(common, "--bootstrap", b.addr, "--download-limit", "200MiB", "--upload-limit", "100MiB", "--bulk-listen", "off")...)
 	outsider := startNode(t, "outsider", "--trust", trust, "--bootstrap", a.addr)
 	poll.Until(t, 20*time.Second, "b to see a and c", func() bool { return len(b.status(t).Peers) == 2 })
 
@@ -393,4 +395,14 @@ func TestNodeAllowlistSIGHUP(t *testing.T) {
 	poll.Until(t, 30*time.Second, "b let in", func() bool {
 		return slices.ContainsFunc(a.status(t).Peers, func(p swarm.PeerStatus) bool { return p.ID == idB })
 	})
+}
+
+// TestNodeBulkListenMalformed: a --bulk-listen that is neither HOST:PORT nor
+// off is a usage error of one line, before anything starts.
+func TestNodeBulkListenMalformed(t *testing.T) {
+	code, _, msg := run(t, t.TempDir(), "node", "--listen", "/ip4/127.0.0.1/tcp/0", "--bulk-listen", "7401")
+	if code != exitUsage || !strings.Contains(msg, "--bulk-listen") ||
+		strings.Count(strings.TrimSpace(msg), "\n") != 0 {
+		t.Fatalf("exit %d, %q: want a usage error, one line naming --bulk-listen", code, msg)
+	}
 }
