@@ -2,6 +2,9 @@ package swarm
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -15,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -28,11 +32,11 @@ import (
 // Bulk connections. Between two nodes the peer wire used to be a yamux stream
 // inside their libp2p connection, and yamux costs each side a copy of every
 // byte and two goroutine hand-offs per frame (the session's send loop, its
-// receive loop, the stream's buffer): with the scheduler's context switches,
-// about a third of a node's CPU per GiB beyond TLS and the hashes. So the
-// peer wire gets a TCP connection of its own beside the libp2p one: the same
-// private network (pskConn) and the same TLS 1.3 with the libp2p identity
-// (batchedTLS) as the libp2p connection, but no muxer.
+// receive loop, the stream's buffer). So the peer wire gets a TCP connection
+// of its own beside the libp2p one: TLS 1.3 with libp2p's certificates (each
+// side proves its peer ID), batched system calls as on the libp2p connection
+// (batchConn), no muxer, and in a fleet with a PSK a proof of the key bound
+// to the TLS session (see bulkHandshake) instead of pnet's second cipher.
 //
 // A node learns where a peer takes bulk connections by asking it over
 // BulkProtocol, and dials the IP of its libp2p connection to that peer at the
@@ -58,6 +62,11 @@ const (
 	// connections from the connection manager's trimming: it carries no
 	// streams while the bulk connection works, and closing it closes that.
 	bulkProtectTag = "ballena-bulk"
+	// bulkALPN names the protocol in the TLS handshake, so neither a libp2p
+	// connection nor a bulk one can be taken for the other.
+	bulkALPN = "/ballena/bt-bulk/1.0.0"
+	// bulkProofLabel is the TLS exporter label of the PSK proof.
+	bulkProofLabel = "EXPORTER-ballena-bulk-psk-proof-1"
 )
 
 // errNoBulk says a peer takes no bulk connections now; the caller uses a stream.
@@ -81,7 +90,7 @@ type bulkConfig struct {
 type bulkNet struct {
 	h       host.Host
 	cfg     bulkConfig
-	sec     *batchedTLS
+	id      *libp2ptls.Identity
 	psk     *[32]byte
 	ln      net.Listener // nil: this node dials but takes none
 	port    uint16
@@ -108,14 +117,14 @@ func newBulkNet(h host.Host, cfg bulkConfig) (*bulkNet, error) {
 	if key == nil {
 		return nil, errors.New("bulk connections: the host has no private key")
 	}
-	sec, err := newBatchedTLS(libp2ptls.ID, key, nil)
+	id, err := libp2ptls.NewIdentity(key)
 	if err != nil {
 		return nil, fmt.Errorf("bulk connections: %w", err)
 	}
 	b := &bulkNet{
 		h:     h,
 		cfg:   cfg,
-		sec:   sec,
+		id:    id,
 		sem:   make(chan struct{}, maxBulkHandshakes),
 		done:  make(chan struct{}),
 		peers: make(map[peer.ID]*bulkPeer),
@@ -305,48 +314,29 @@ func (b *bulkNet) peerLocked(p peer.ID) *bulkPeer {
 	return bp
 }
 
-// secure runs the private network and TLS over raw, then checks the peer as
-// the host would: the gate, and a libp2p connection to it. want is the peer
-// expected on an outbound connection.
+// secure runs the handshake over raw, then checks the peer as the host
+// would: the gate, and a libp2p connection to it. want is the peer expected
+// on an outbound connection.
 func (b *bulkNet) secure(raw net.Conn, dir network.Direction, want peer.ID) (_ net.Conn, _ peer.ID, err error) {
-	defer func() {
-		if err != nil {
-			raw.Close()
-		}
-	}()
-	raw.SetDeadline(time.Now().Add(bulkDialTimeout))
 	ctx, cancel := context.WithTimeout(context.Background(), bulkDialTimeout)
 	defer cancel()
-	under := raw
-	if b.psk != nil {
-		mc, err := manet.WrapNetConn(raw)
-		if err != nil {
-			return nil, "", err
-		}
-		under = newPSKConn(mc, b.psk)
-	}
-	var sc *batchedSecureConn
-	if dir == network.DirOutbound {
-		sc, err = b.sec.secureOutbound(ctx, under, want)
-	} else {
-		sc, err = b.sec.secureInbound(ctx, under, "")
-	}
+	fc, p, err := bulkHandshake(ctx, raw, b.id, b.psk, dir, want)
 	if err != nil {
-		return nil, "", fmt.Errorf("handshake: %w", err)
+		return nil, "", err
 	}
-	p := sc.RemotePeer()
+	defer func() {
+		if err != nil {
+			fc.Close()
+		}
+	}()
 	if b.cfg.gate != nil && !b.cfg.gate.InterceptSecured(dir, p, nil) {
-		sc.Close()
 		return nil, "", fmt.Errorf("peer %s is not on the allowlist", p)
 	}
 	if b.h.Network().Connectedness(p) != network.Connected {
-		sc.Close()
 		return nil, "", fmt.Errorf("peer %s has no libp2p connection with this node", p)
 	}
-	raw.SetDeadline(time.Time{})
-	c := &bulkConn{batchedSecureConn: sc, b: b, p: p}
+	c := &bulkConn{flushConn: fc, b: b, p: p}
 	if !b.track(c) {
-		sc.Close()
 		return nil, "", net.ErrClosed
 	}
 	// The libp2p connection may have gone between the check and track;
@@ -356,6 +346,107 @@ func (b *bulkNet) secure(raw net.Conn, dir network.Direction, want peer.ID) (_ n
 		return nil, "", fmt.Errorf("peer %s has no libp2p connection with this node", p)
 	}
 	return c, p, nil
+}
+
+// bulkHandshake is TLS 1.3 with libp2p's certificates (a node proves its
+// peer ID) under its own ALPN, then, in a fleet with a PSK, a proof of the
+// key from each side: HMAC-SHA256 under the PSK of keying material exported
+// from this TLS session and the side's role, so a proof is good for this
+// connection alone. The dialer proves first and the listener answers only a
+// good proof, so a stranger learns nothing of the fleet. The libp2p
+// connection runs pnet under its TLS, which encrypts every byte a second
+// time; here the key is proven once, and TLS alone protects the bytes.
+func bulkHandshake(ctx context.Context, raw net.Conn, id *libp2ptls.Identity, psk *[32]byte, dir network.Direction, want peer.ID) (_ flushConn, _ peer.ID, err error) {
+	defer func() {
+		if err != nil {
+			raw.Close()
+		}
+	}()
+	if d, ok := ctx.Deadline(); ok {
+		raw.SetDeadline(d)
+	}
+	cfg, keyCh := id.ConfigForPeer(want)
+	cfg.NextProtos = []string{bulkALPN}
+	bc := newBatchConn(raw)
+	var tc *tls.Conn
+	if dir == network.DirOutbound {
+		tc = tls.Client(bc, cfg)
+	} else {
+		tc = tls.Server(bc, cfg)
+	}
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return flushConn{}, "", fmt.Errorf("handshake: %w", err)
+	}
+	var pub crypto.PubKey
+	select {
+	case pub = <-keyCh:
+	default:
+	}
+	if pub == nil || tc.ConnectionState().NegotiatedProtocol != bulkALPN {
+		return flushConn{}, "", errors.New("handshake: not a bulk connection")
+	}
+	p, err := peer.IDFromPublicKey(pub)
+	if err != nil {
+		return flushConn{}, "", fmt.Errorf("handshake: %w", err)
+	}
+	if psk != nil {
+		if err := provePSK(tc, psk, dir == network.DirOutbound); err != nil {
+			return flushConn{}, "", fmt.Errorf("private network: %w", err)
+		}
+	}
+	raw.SetDeadline(time.Time{})
+	bc.startBatching()
+	return flushConn{Conn: tc, bc: bc}, p, nil
+}
+
+// provePSK exchanges the two sides' proofs of the fleet key, the dialer's first.
+func provePSK(tc *tls.Conn, psk *[32]byte, dialer bool) error {
+	cs := tc.ConnectionState()
+	ours, err := pskProof(cs, psk, dialer)
+	if err != nil {
+		return err
+	}
+	theirs, err := pskProof(cs, psk, !dialer)
+	if err != nil {
+		return err
+	}
+	check := func() error {
+		got := make([]byte, len(theirs))
+		if _, err := io.ReadFull(tc, got); err != nil {
+			return fmt.Errorf("the peer's proof of the fleet key: %w", err)
+		}
+		if !hmac.Equal(got, theirs) {
+			return errors.New("the peer does not hold the fleet key")
+		}
+		return nil
+	}
+	if !dialer {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	if _, err := tc.Write(ours); err != nil {
+		return err
+	}
+	if dialer {
+		return check()
+	}
+	return nil
+}
+
+func pskProof(cs tls.ConnectionState, psk *[32]byte, dialer bool) ([]byte, error) {
+	ekm, err := cs.ExportKeyingMaterial(bulkProofLabel, nil, 32)
+	if err != nil {
+		return nil, err
+	}
+	m := hmac.New(sha256.New, psk[:])
+	m.Write(ekm)
+	if dialer {
+		m.Write([]byte("dialer"))
+	} else {
+		m.Write([]byte("listener"))
+	}
+	return m.Sum(nil), nil
 }
 
 func (b *bulkNet) track(c *bulkConn) bool {
@@ -444,7 +535,7 @@ func (b *bulkNet) Close() error {
 
 // bulkConn is one bulk connection, tracked while open.
 type bulkConn struct {
-	*batchedSecureConn
+	flushConn
 	b      *bulkNet
 	p      peer.ID
 	once   sync.Once
@@ -454,7 +545,7 @@ type bulkConn struct {
 func (c *bulkConn) Close() error {
 	var err error
 	c.once.Do(func() {
-		err = c.batchedSecureConn.Close()
+		err = c.flushConn.Close()
 		c.closed.Store(true)
 		c.b.untrack(c)
 	})

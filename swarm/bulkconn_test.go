@@ -4,18 +4,20 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
-	manet "github.com/multiformats/go-multiaddr/net"
 
 	"ballena.dev/internal/poll"
 )
@@ -121,11 +123,15 @@ func TestBulkConnFallsBackToStreams(t *testing.T) {
 	}
 }
 
-// strangerHandshake dials addr as a node with key and psk would, runs the
-// handshake expecting peer want, and returns what a first read gives.
+// errKept says a node kept a stranger's bulk connection open.
+var errKept = errors.New("the node kept the connection open")
+
+// strangerHandshake dials addr as a node with key and psk would, expecting
+// peer want, and reads until the node closes the connection, failing t if
+// anything arrives. It returns errKept if the node does not close it.
 func strangerHandshake(t *testing.T, addr net.Addr, key crypto.PrivKey, psk pnet.PSK, want peer.ID) error {
 	t.Helper()
-	tr, err := newBatchedTLS(libp2ptls.ID, key, nil)
+	id, err := libp2ptls.NewIdentity(key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,25 +140,30 @@ func strangerHandshake(t *testing.T, addr net.Addr, key crypto.PrivKey, psk pnet
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	// A bound, not a timing: a connection the node accepted would wait for
-	// the BitTorrent handshake forever.
-	raw.SetDeadline(time.Now().Add(30 * time.Second))
-	var under net.Conn = raw
+	var k *[32]byte
 	if psk != nil {
-		mc, err := manet.WrapNetConn(raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var k [32]byte
+		k = new([32]byte)
 		copy(k[:], psk)
-		under = newPSKConn(mc, &k)
 	}
-	sc, err := tr.secureOutbound(context.Background(), under, want)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	fc, _, err := bulkHandshake(ctx, raw, id, k, network.DirOutbound, want)
 	if err != nil {
 		return err
 	}
-	_, err = sc.Read(make([]byte, 1))
-	return err
+	// A bound, not a timing: a connection the node accepted would wait for
+	// the BitTorrent handshake until then.
+	fc.SetDeadline(time.Now().Add(30 * time.Second))
+	got, err := io.ReadAll(fc)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return errKept
+	}
+	if len(got) > 0 {
+		// Not even the node's proof of the fleet key: that comes only
+		// after the dialer's.
+		t.Errorf("the node sent a stranger %d bytes", len(got))
+	}
+	return errors.New("closed by the node")
 }
 
 // TestBulkConnRefusesStrangers: the bulk listener lets in only a peer the
@@ -217,9 +228,7 @@ func TestBulkConnRefusesStrangers(t *testing.T) {
 					t.Error("the node kept a connection that is not TLS open")
 				}
 				c.Close()
-			} else if err := strangerHandshake(t, node.bulk.Addr(), strangerKey, tc.peerPSK, node.cfg.Host.ID()); err == nil {
-				t.Error("a stranger's bulk connection got through")
-			} else if errors.Is(err, os.ErrDeadlineExceeded) {
+			} else if err := strangerHandshake(t, node.bulk.Addr(), strangerKey, tc.peerPSK, node.cfg.Host.ID()); errors.Is(err, errKept) {
 				t.Error("the node kept a stranger's bulk connection open")
 			}
 			poll.Until(t, 30*time.Second, "the refusal counted", func() bool { return node.bulk.refused.Load() == 1 })
@@ -280,5 +289,100 @@ func TestBulkConnEndsWithTheLibp2pConn(t *testing.T) {
 	checkBlob(t, leech.store, rel.Digest)
 	if now := seed.p2p.opened.bulk.Load() + leech.p2p.opened.bulk.Load(); now <= opened {
 		t.Errorf("bulk connections opened: %d when the first closed, %d after the download; want a new one", opened, now)
+	}
+}
+
+// TestBulkHandshake: both sides learn each other's peer ID; in a fleet with a
+// PSK, each side proves the key, and a side that cannot is refused by the
+// other, whatever its TLS identity.
+func TestBulkHandshake(t *testing.T) {
+	fleet, other := newPSK(t), newPSK(t)
+	for _, tc := range []struct {
+		name                   string
+		dialerPSK, listenerPSK pnet.PSK
+		wrongPeer              bool
+		dialerErr, listenerErr string // "" for none
+	}{
+		{name: "no psk"},
+		{name: "same psk", dialerPSK: fleet, listenerPSK: fleet},
+		{name: "other psk", dialerPSK: other, listenerPSK: fleet, dialerErr: "private network", listenerErr: "does not hold the fleet key"},
+		{name: "dialer without psk", listenerPSK: fleet, listenerErr: "proof of the fleet key"},
+		{name: "listener without psk", dialerPSK: fleet, dialerErr: "proof of the fleet key"},
+		{name: "not the peer dialed", wrongPeer: true, dialerErr: "handshake", listenerErr: "handshake"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dk, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+			lk, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+			did, _ := peer.IDFromPrivateKey(dk)
+			lid, _ := peer.IDFromPrivateKey(lk)
+			want := lid
+			if tc.wrongPeer {
+				want = did
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			type result struct {
+				c   flushConn
+				p   peer.ID
+				err error
+			}
+			side := func(raw net.Conn, key crypto.PrivKey, psk pnet.PSK, dir network.Direction, want peer.ID) result {
+				id, err := libp2ptls.NewIdentity(key)
+				if err != nil {
+					t.Error(err)
+					return result{err: err}
+				}
+				var k *[32]byte
+				if psk != nil {
+					k = new([32]byte)
+					copy(k[:], psk)
+				}
+				c, p, err := bulkHandshake(ctx, raw, id, k, dir, want)
+				if err == nil && psk == nil {
+					// A side without a proof to give hangs up, as a
+					// stranger would: the other side must not wait for ever.
+					defer c.Close()
+				}
+				return result{c, p, err}
+			}
+			lres := make(chan result, 1)
+			go func() {
+				raw, err := ln.Accept()
+				if err != nil {
+					lres <- result{err: err}
+					return
+				}
+				lres <- side(raw, lk, tc.listenerPSK, network.DirInbound, "")
+			}()
+			raw, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := side(raw, dk, tc.dialerPSK, network.DirOutbound, want)
+			l := <-lres
+			for _, s := range []struct {
+				who     string
+				r       result
+				wantErr string
+				peer    peer.ID
+			}{{"dialer", d, tc.dialerErr, lid}, {"listener", l, tc.listenerErr, did}} {
+				switch {
+				case s.wantErr == "" && s.r.err != nil:
+					t.Errorf("%s: %v", s.who, s.r.err)
+				case s.wantErr != "" && (s.r.err == nil || !strings.Contains(s.r.err.Error(), s.wantErr)):
+					t.Errorf("%s: error %v, want one with %q", s.who, s.r.err, s.wantErr)
+				case s.wantErr == "" && s.r.p != s.peer:
+					t.Errorf("%s: peer %s, want %s", s.who, s.r.p, s.peer)
+				}
+				if s.r.err == nil {
+					s.r.c.Close()
+				}
+			}
+		})
 	}
 }

@@ -55,7 +55,7 @@ func (t *batchedTLS) secureInbound(ctx context.Context, insecure net.Conn, p pee
 		return nil, err
 	}
 	bc.startBatching()
-	return &batchedSecureConn{SecureConn: sc, bc: bc}, nil
+	return &batchedSecureConn{SecureConn: sc, f: flushConn{Conn: sc, bc: bc}}, nil
 }
 
 func (t *batchedTLS) secureOutbound(ctx context.Context, insecure net.Conn, p peer.ID) (*batchedSecureConn, error) {
@@ -65,18 +65,28 @@ func (t *batchedTLS) secureOutbound(ctx context.Context, insecure net.Conn, p pe
 		return nil, err
 	}
 	bc.startBatching()
-	return &batchedSecureConn{SecureConn: sc, bc: bc}, nil
+	return &batchedSecureConn{SecureConn: sc, f: flushConn{Conn: sc, bc: bc}}, nil
 }
 
-// batchedSecureConn flushes what TLS gathered below it once each Write is
-// whole, so nothing waits in the buffer for a later Write.
+// batchedSecureConn is libp2p's secured connection, flushing as flushConn does.
 type batchedSecureConn struct {
 	sec.SecureConn
-	bc *batchConn
+	f flushConn
 }
 
-func (c *batchedSecureConn) Write(b []byte) (int, error) {
-	n, err := c.SecureConn.Write(b)
+func (c *batchedSecureConn) Write(b []byte) (int, error) { return c.f.Write(b) }
+func (c *batchedSecureConn) Read(b []byte) (int, error)  { return c.f.Read(b) }
+
+// flushConn is a TLS connection over a batchConn. It flushes what TLS
+// gathered below it once each Write is whole, so nothing waits in the buffer
+// for a later Write.
+type flushConn struct {
+	net.Conn // the TLS connection
+	bc       *batchConn
+}
+
+func (c flushConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
 	if ferr := c.bc.flush(); err == nil && ferr != nil {
 		return 0, ferr
 	}
@@ -85,8 +95,8 @@ func (c *batchedSecureConn) Write(b []byte) (int, error) {
 
 // Read flushes too: TLS may answer from its read path (a key update), and
 // that answer must not wait for the next Write.
-func (c *batchedSecureConn) Read(b []byte) (int, error) {
-	n, err := c.SecureConn.Read(b)
+func (c flushConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
 	if c.bc.pending() {
 		if ferr := c.bc.flush(); err == nil && ferr != nil {
 			return n, ferr
