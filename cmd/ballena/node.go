@@ -24,6 +24,7 @@ func nodeCommand() *cli.Command {
 		UsageText: "ballena node --data /var/lib/ballena --listen /ip4/0.0.0.0/tcp/7400 \\\n" +
 			"    --bootstrap /ip4/10.0.0.1/tcp/7400/p2p/12D3KooW... --psk fleet.psk --auto-fetch 'api*'\n" +
 			"ballena node --data /var/lib/ballena --listen /ip4/0.0.0.0/tcp/7400 --psk fleet.psk --metrics-listen 127.0.0.1:9464\n" +
+			"ballena node --data /var/lib/ballena --listen /ip4/0.0.0.0/tcp/7400 --bulk-listen 0.0.0.0:7401 --psk fleet.psk\n" +
 			"ballena node --data /var/lib/ballena --psk fleet.psk --registry-listen 127.0.0.1:5000 --registry-map registry.example.com/team/=\n" +
 			"ballena node psk generate fleet.psk",
 		Description: "The node's identity is DATA/node.key (libp2p-marshalled ed25519, 0600); its peer ID\n" +
