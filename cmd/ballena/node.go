@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"ballena.dev/internal/daemon"
+	"ballena.dev/internal/timerslack"
 	"ballena.dev/internal/units"
 	"ballena.dev/launcher"
 	"ballena.dev/swarm"
@@ -55,6 +56,8 @@ func nodeCommand() *cli.Command {
 				"only from peers with a libp2p connection), e.g. 0.0.0.0:7401 for a firewall; default: the first --listen IP, any port; " +
 				"'off': piece data in libp2p streams"},
 			&cli.BoolFlag{Name: "mdns", Usage: "also find nodes on the local link with mDNS"},
+			&cli.DurationFlag{Name: "timer-slack", Value: timerslack.Default,
+				Usage: "how late Linux may wake the node's threads from timed sleeps, so wake-ups coalesce (less CPU per GiB moved); 0 keeps the kernel's (50µs)"},
 			metricsListenFlag,
 			cgroupParentFlag,
 			&cli.StringFlag{Name: "subids", Usage: "START:COUNT host uids/gids that tasks' user namespaces map to, 65536 per task (default 1073741824:67108864)"},
@@ -65,6 +68,15 @@ func nodeCommand() *cli.Command {
 			cfg, err := nodeConfig(c)
 			if err != nil {
 				return err
+			}
+			switch d := c.Duration("timer-slack"); {
+			case d < 0:
+				return usageErrorf("node: --timer-slack %v: want a duration of 0 or more, e.g. 1ms", d)
+			case d > 0:
+				// Process-wide, so it is the command's to set, not the daemon's.
+				if err := timerslack.Set(d); err != nil {
+					cfg.Logger.Warn("timer slack not set; the node runs, with more CPU per GiB moved", "err", err)
+				}
 			}
 			return runNode(c.Context, cfg)
 		},

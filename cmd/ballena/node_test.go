@@ -221,9 +221,16 @@ func TestNodeProcesses(t *testing.T) {
 	// b takes bulk connections on a given address, c takes none and dials
 	// none: its pieces come in libp2p streams.
 	b := startNode(t, "b", append(common, "--bootstrap", a.addr, "--auto-fetch", "hello*", "--bulk-listen", "127.0.0.1:0")...)
-	c := startNode(t, "c", append(common, "--bootstrap", b.addr, "--download-limit", "200MiB", "--upload-limit", "100MiB", "--bulk-listen", "off")...)
+	c := startNode(t, "c", append(common, "--bootstrap", b.addr, "--download-limit", "200MiB", "--upload-limit", "100MiB", "--bulk-listen", "off", "--timer-slack", "3ms")...)
 	outsider := startNode(t, "outsider", "--trust", trust, "--bootstrap", a.addr)
 	poll.Until(t, 20*time.Second, "b to see a and c", func() bool { return len(b.status(t).Peers) == 2 })
+	// --timer-slack: 1ms by default on every thread, the runtime's own too.
+	if got := threadSlacks(t, a.cmd.Process.Pid); len(got) != 1 || !got["1000000"] {
+		t.Errorf("a's threads' timer slack (ns): %v, want only 1000000", got)
+	}
+	if got := threadSlacks(t, c.cmd.Process.Pid); len(got) != 1 || !got["3000000"] {
+		t.Errorf("c's threads' timer slack (ns) with --timer-slack 3ms: %v, want only 3000000", got)
+	}
 
 	// An untrusted release first, then a trusted one: once b has auto-fetched
 	// the second, it has judged the first.
@@ -397,12 +404,33 @@ func TestNodeAllowlistSIGHUP(t *testing.T) {
 	})
 }
 
-// TestNodeBulkListenMalformed: a --bulk-listen that is neither HOST:PORT nor
-// off is a usage error of one line, before anything starts.
-func TestNodeBulkListenMalformed(t *testing.T) {
-	code, _, msg := run(t, t.TempDir(), "node", "--listen", "/ip4/127.0.0.1/tcp/0", "--bulk-listen", "7401")
-	if code != exitUsage || !strings.Contains(msg, "--bulk-listen") ||
-		strings.Count(strings.TrimSpace(msg), "\n") != 0 {
-		t.Fatalf("exit %d, %q: want a usage error, one line naming --bulk-listen", code, msg)
+// TestNodeFlagsMalformed: a bad --bulk-listen or --timer-slack is a usage
+// error of one line naming the flag, before anything starts.
+func TestNodeFlagsMalformed(t *testing.T) {
+	for _, tc := range []struct{ flag, value string }{
+		{"--bulk-listen", "7401"},
+		{"--timer-slack", "-1ms"},
+	} {
+		code, _, msg := run(t, t.TempDir(), "node", "--listen", "/ip4/127.0.0.1/tcp/0", tc.flag, tc.value)
+		if code != exitUsage || !strings.Contains(msg, tc.flag) ||
+			strings.Count(strings.TrimSpace(msg), "\n") != 0 {
+			t.Errorf("%s %s: exit %d, %q: want a usage error, one line naming %s", tc.flag, tc.value, code, msg, tc.flag)
+		}
 	}
+}
+
+// threadSlacks is the set of timer slacks of pid's threads.
+func threadSlacks(t *testing.T, pid int) map[string]bool {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := map[string]bool{}
+	for _, task := range tasks {
+		if b, err := os.ReadFile(filepath.Join("/proc", task.Name(), "timerslack_ns")); err == nil {
+			set[strings.TrimSpace(string(b))] = true
+		}
+	}
+	return set
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 
+	"ballena.dev/internal/timerslack"
 	"ballena.dev/swarm"
 	"ballena.dev/swarm/internal/dirstore"
 )
@@ -27,6 +28,10 @@ func runNode(args []string) error {
 	up := fs.Int64("up", 0, "upload cap, bytes/s")
 	down := fs.Int64("down", 0, "download cap, bytes/s")
 	fs.Parse(args)
+	// As ballena node does (--timer-slack).
+	if err := timerslack.Set(timerslack.Default); err != nil {
+		return err
+	}
 	if p := os.Getenv("BENCHSWARM_CPUPROFILE"); p != "" {
 		f, err := os.Create(filepath.Join(p, filepath.Base(*dir)+".pprof"))
 		if err != nil {

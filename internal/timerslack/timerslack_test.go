@@ -1,0 +1,95 @@
+//go:build linux
+
+package timerslack
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func slackOf(t *testing.T, path string) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return time.Duration(ns)
+}
+
+func TestSetReachesEveryThread(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("setting other threads' slack needs CAP_SYS_NICE")
+	}
+	old := slackOf(t, "/proc/self/timerslack_ns")
+	t.Cleanup(func() { Set(old) })
+	const want = 3 * time.Millisecond
+	if old == want {
+		t.Fatalf("the process already runs with %v", want)
+	}
+
+	if err := Set(want); err != nil {
+		t.Fatal(err)
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil || len(tasks) < 2 {
+		t.Fatalf("threads: %v, %v", tasks, err)
+	}
+	for _, task := range tasks {
+		if got := slackOf(t, filepath.Join("/proc", task.Name(), "timerslack_ns")); got != want {
+			t.Errorf("thread %s: %v, want %v", task.Name(), got, want)
+		}
+	}
+
+	// Threads started afterwards: each locked goroutine holds its thread, so
+	// the others need new ones.
+	const n = 4
+	var wg sync.WaitGroup
+	var started sync.WaitGroup
+	started.Add(n)
+	got := make([]time.Duration, n)
+	for i := range n {
+		wg.Go(func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			started.Done()
+			started.Wait()
+			got[i] = slackOf(t, filepath.Join("/proc", strconv.Itoa(unix.Gettid()), "timerslack_ns"))
+		})
+	}
+	wg.Wait()
+	for i, g := range got {
+		if g != want {
+			t.Errorf("thread %d started after Set: %v, want %v", i, g, want)
+		}
+	}
+
+	// And the processes it starts.
+	out, err := exec.Command("cat", "/proc/self/timerslack_ns").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := strings.TrimSpace(string(out)); s != strconv.FormatInt(want.Nanoseconds(), 10) {
+		t.Errorf("child process: %s ns, want %v", s, want)
+	}
+}
+
+func TestSetRefusesNonPositive(t *testing.T) {
+	for _, d := range []time.Duration{0, -time.Millisecond} {
+		if err := Set(d); err == nil {
+			t.Errorf("Set(%v): no error", d)
+		}
+	}
+}
