@@ -107,7 +107,7 @@ func (l *Launcher) execCheck(ctx context.Context, t Task) error {
 	// fires when the thread that forked exits, and threads that entered a
 	// task's network namespace (dialInNetns) do exit.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	if err := l.startChild(cmd); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	done := make(chan error, 1)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"ballena.dev/internal/timerslack"
 	"github.com/dgraph-io/badger/v4"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -52,6 +53,12 @@ type Config struct {
 	RestartBackoffMax time.Duration // default 1m
 
 	Runc string // runc binary for images; default found on PATH
+
+	// TaskTimerSlack, when set, is the timer slack tasks and their checks
+	// start with: a node that runs with a wide slack for itself
+	// (internal/timerslack) passes the one it was started with, so tasks'
+	// timers keep the usual precision.
+	TaskTimerSlack time.Duration
 
 	// CheckHelper is the executable that runs a whale's exec checks inside
 	// the task (health_exec.go): a static build of a program that calls
@@ -251,4 +258,13 @@ func findRunc() string {
 		}
 	}
 	return ""
+}
+
+// startChild starts a process that is, or becomes, part of a task (its shim, a
+// warm shim, an exec check) with the tasks' timer slack.
+func (l *Launcher) startChild(cmd *exec.Cmd) error {
+	if l.cfg.TaskTimerSlack <= 0 {
+		return cmd.Start()
+	}
+	return timerslack.Start(cmd, l.cfg.TaskTimerSlack)
 }

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"ballena.dev/artifact"
 	"ballena.dev/internal/poll"
+	"ballena.dev/internal/timerslack"
 )
 
 func TestWhaleIsolation(t *testing.T) {
@@ -97,6 +99,41 @@ func TestWhaleIsolation(t *testing.T) {
 		t.Errorf("List does not hold the task")
 	}
 	assertNoCgroup(t, tk.Cgroup, "after exit")
+}
+
+// TestTaskTimerSlack: a node that widens its own timer slack starts its tasks
+// with Config.TaskTimerSlack, not with its own.
+func TestTaskTimerSlack(t *testing.T) {
+	orig, err := timerslack.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const nodes = 3 * time.Millisecond // this process plays the node
+	if err := timerslack.Set(nodes); err != nil {
+		t.Skipf("cannot widen this process's timer slack: %v", err)
+	}
+	t.Cleanup(func() { timerslack.Set(orig) })
+
+	for _, tc := range []struct {
+		name      string
+		tasks     time.Duration
+		wantSlack time.Duration
+	}{
+		{"TaskTimerSlack set", orig, orig},
+		{"unset: the node's own", 0, nodes},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, func(c *Config) { c.TaskTimerSlack = tc.tasks })
+			tk := e.wait(e.start(TaskSpec{Artifact: e.publishTask(), Args: []string{"ps"}, Network: "none"}).ID)
+			var got struct{ TimerSlack string }
+			if err := json.Unmarshal([]byte(strings.TrimSpace(e.logs(tk.ID))), &got); err != nil {
+				t.Fatalf("task ended %s; output %q: %v", tk.State, e.logs(tk.ID), err)
+			}
+			if want := strconv.FormatInt(tc.wantSlack.Nanoseconds(), 10); got.TimerSlack != want {
+				t.Errorf("task's timer slack %s ns, want %s", got.TimerSlack, want)
+			}
+		})
+	}
 }
 
 func TestExitCodesAndRestart(t *testing.T) {

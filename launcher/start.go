@@ -390,7 +390,7 @@ func (l *Launcher) startShim(ctx context.Context, dir, cfgPath string, ws *warmS
 	// fd 4: the whale; fd 5: the claim on the run's id block, which the
 	// shim keeps for as long as the task lives.
 	cmd.ExtraFiles = append(cmd.ExtraFiles, bin, lock)
-	err = cmd.Start()
+	err = l.startChild(cmd)
 	w.Close()
 	if err != nil {
 		return nil, st, fmt.Errorf("start shim: %w", err)

@@ -87,7 +87,7 @@ func (l *Launcher) spawnWarm() (ws *warmShim, err error) {
 		ExtraFiles:  []*os.File{sw, cr, l.ids.lockFile(idmap)}, // fd 5: the claim on its id block
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
 	}
-	err = cmd.Start()
+	err = l.startChild(cmd)
 	sw.Close()
 	cr.Close()
 	if err != nil {

@@ -74,7 +74,10 @@ func nodeCommand() *cli.Command {
 				return usageErrorf("node: --timer-slack %v: want a duration of 0 or more, e.g. 1ms", d)
 			case d > 0:
 				// Process-wide, so it is the command's to set, not the daemon's.
-				if err := timerslack.Set(d); err != nil {
+				// Tasks keep the slack the node was started with.
+				if cfg.TaskTimerSlack, err = timerslack.Get(); err != nil {
+					cfg.Logger.Warn("timer slack left alone", "err", err)
+				} else if err := timerslack.Set(d); err != nil {
 					cfg.Logger.Warn("timer slack not set; the node runs, with more CPU per GiB moved", "err", err)
 				}
 			}

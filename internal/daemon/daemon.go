@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -53,6 +54,9 @@ type Config struct {
 	// namespaces map to, "START:COUNT" (65536 per running task); empty means
 	// the launcher's default, 1073741824:67108864.
 	SubIDs string
+	// TaskTimerSlack, when set, is the timer slack tasks start with
+	// (launcher.Config.TaskTimerSlack): the node's own, when it widens it.
+	TaskTimerSlack time.Duration
 	// NoUserNS runs tasks without user namespaces (uid 0 in a task is then
 	// uid 0 on the host, without capabilities); `ballena status` says so.
 	NoUserNS bool
@@ -172,6 +176,7 @@ func New(ctx context.Context, cfg Config) (_ *Daemon, err error) {
 		Verifier:     &launcher.StoreVerifier{Store: d.st, PolicyPath: cfg.TrustPath},
 		Metrics:      registerer(cfg.Metrics),
 		IDRangeStart: idStart, IDRangeCount: idCount, NoUserNS: cfg.NoUserNS,
+		TaskTimerSlack: cfg.TaskTimerSlack,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -79,4 +80,41 @@ func setAll(want string) (bool, error) {
 		return false, fmt.Errorf("timer slack: %d runtime threads keep the kernel's default: setting them needs CAP_SYS_NICE", len(denied))
 	}
 	return changed, nil
+}
+
+// Get is the calling thread's timer slack. Called before Set, from main, it is
+// the slack the process was started with.
+func Get() (time.Duration, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ns, err := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0)
+	if err != nil {
+		return 0, fmt.Errorf("timer slack: prctl: %w", err)
+	}
+	return time.Duration(ns), nil
+}
+
+// Start starts cmd with timer slack d instead of this process's. A child takes
+// the slack of the thread that forks it, so Start forks from a thread of its
+// own, set to d, which exits afterwards. cmd must not ask for Pdeathsig: the
+// signal would come as soon as that thread exits.
+func Start(cmd *exec.Cmd, d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("timer slack %v: want a positive duration", d)
+	}
+	if cmd.SysProcAttr != nil && cmd.SysProcAttr.Pdeathsig != 0 {
+		return errors.New("timer slack: Start of a command with Pdeathsig: it would be signalled when the forking thread exits")
+	}
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the goroutine's end takes the thread, and its
+		// slack, with it.
+		runtime.LockOSThread()
+		if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(d.Nanoseconds()), 0, 0, 0); err != nil {
+			errc <- fmt.Errorf("timer slack: prctl: %w", err)
+			return
+		}
+		errc <- cmd.Start()
+	}()
+	return <-errc
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -83,6 +84,42 @@ func TestSetReachesEveryThread(t *testing.T) {
 	}
 	if s := strings.TrimSpace(string(out)); s != strconv.FormatInt(want.Nanoseconds(), 10) {
 		t.Errorf("child process: %s ns, want %v", s, want)
+	}
+	if got, err := Get(); err != nil || got != want {
+		t.Errorf("Get: %v, %v; want %v", got, err, want)
+	}
+
+	// Start gives a child another slack, and leaves none of the process's
+	// threads with it.
+	var buf strings.Builder
+	cmd := exec.Command("cat", "/proc/self/timerslack_ns")
+	cmd.Stdout = &buf
+	if err := Start(cmd, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if s := strings.TrimSpace(buf.String()); s != strconv.FormatInt(old.Nanoseconds(), 10) {
+		t.Errorf("child started with Start(%v): %s ns", old, s)
+	}
+	tasks, err = os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		if got := slackOf(t, filepath.Join("/proc", task.Name(), "timerslack_ns")); got != want {
+			t.Errorf("after Start: thread %s: %v, want %v", task.Name(), got, want)
+		}
+	}
+}
+
+func TestStartRefusesPdeathsig(t *testing.T) {
+	cmd := exec.Command("true")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := Start(cmd, time.Millisecond); err == nil {
+		cmd.Wait()
+		t.Fatal("Start with Pdeathsig: no error")
 	}
 }
 
