@@ -203,6 +203,10 @@ func NewEngine(ctx context.Context, cfg EngineConfig) (*Engine, error) {
 	return e, nil
 }
 
+// stealRequestGrace is how long a peer keeps a request before another may
+// take it over (see clientConfig).
+const stealRequestGrace = 500 * time.Millisecond
+
 func (e *Engine) clientConfig() *torrent.ClientConfig {
 	tc := torrent.NewDefaultClientConfig()
 	tc.DataDir = filepath.Join(e.cfg.DataDir, "bt")
@@ -228,6 +232,12 @@ func (e *Engine) clientConfig() *torrent.ClientConfig {
 	// peer that asks for more than this waits for its earlier requests to go out.
 	tc.MaxAllocPeerRequestDataPerConn = maxPipelinedRequests * maxChunk
 	tc.DropMutuallyCompletePeers = true
+	// A request another peer holds may be stolen only after this long. Without
+	// it, a leecher near the end re-requests pieces whose bytes the holder has
+	// already put on the (rate-limited) wire, and both copies arrive: 8 capped
+	// leechers received 5-7% of the blob twice and finished in 1.16-1.19× the
+	// fluid bound; with 500ms, none twice, in 1.10-1.11× (README, benchmarks).
+	tc.StealRequestGrace = stealRequestGrace
 	// The default (64 MiB) is counted over requestable pieces in request order,
 	// and pieces no peer shows come first: with super-seeding most pieces are
 	// hidden at first, so past 64 MiB of them a leecher would stop requesting.
