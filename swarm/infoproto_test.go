@@ -113,11 +113,9 @@ func TestAskInfo(t *testing.T) {
 
 // peerConns counts the connections of digest's torrent, 0 before it exists.
 func (e *Engine) peerConns(digest string) int {
-	e.mu.Lock()
-	tr := e.transfers[digest]
-	e.mu.Unlock()
-	if tr == nil || tr.t == nil {
+	t := e.transferTorrent(digest)
+	if t == nil {
 		return 0
 	}
-	return len(tr.t.PeerConns())
+	return len(t.PeerConns())
 }
