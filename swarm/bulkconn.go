@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -253,7 +254,9 @@ func (b *bulkNet) endpoint(ctx context.Context, p peer.ID) (netip.AddrPort, erro
 		b.mu.Unlock()
 		return netip.AddrPort{}, errNoBulk
 	}
-	if bp != nil && bp.ep.IsValid() {
+	// Without a libp2p connection, the port is asked again: the stream that
+	// asks makes the connection, and the peer has it before we dial.
+	if bp != nil && bp.ep.IsValid() && b.h.Network().Connectedness(p) == network.Connected {
 		ep := bp.ep
 		b.mu.Unlock()
 		return ep, nil
@@ -332,10 +335,10 @@ func (b *bulkNet) secure(raw net.Conn, dir network.Direction, want peer.ID) (_ n
 	if b.cfg.gate != nil && !b.cfg.gate.InterceptSecured(dir, p, nil) {
 		return nil, "", fmt.Errorf("peer %s is not on the allowlist", p)
 	}
-	if b.h.Network().Connectedness(p) != network.Connected {
+	if !b.connected(ctx, p) {
 		return nil, "", fmt.Errorf("peer %s has no libp2p connection with this node", p)
 	}
-	c := &bulkConn{flushConn: fc, b: b, p: p}
+	c := &bulkConn{flushConn: fc, b: b, p: p, opened: time.Now()}
 	if !b.track(c) {
 		return nil, "", net.ErrClosed
 	}
@@ -346,6 +349,29 @@ func (b *bulkNet) secure(raw net.Conn, dir network.Direction, want peer.ID) (_ n
 		return nil, "", fmt.Errorf("peer %s has no libp2p connection with this node", p)
 	}
 	return c, p, nil
+}
+
+// connected reports whether p has a libp2p connection with this node, waiting
+// for one until ctx ends: a peer dials with its libp2p connection in hand,
+// but this side may learn of that connection a moment after the dial.
+func (b *bulkNet) connected(ctx context.Context, p peer.ID) bool {
+	nw := b.h.Network()
+	if nw.Connectedness(p) == network.Connected {
+		return true
+	}
+	sub, err := b.h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+	if err != nil {
+		return false
+	}
+	defer sub.Close()
+	for nw.Connectedness(p) != network.Connected { // looked at again once subscribed
+		select {
+		case <-sub.Out():
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 // bulkHandshake is TLS 1.3 with libp2p's certificates (a node proves its
@@ -492,22 +518,34 @@ func (b *bulkNet) live(p peer.ID) []*bulkConn {
 	return nil
 }
 
-// peerGone closes p's bulk connections: its libp2p connection has gone (it
-// left, or the allowlist dropped it), and a bulk connection never outlives
-// that. Its port is asked again next time.
-func (b *bulkNet) peerGone(p peer.ID) {
+// peerGone closes p's bulk connections opened before its libp2p connection
+// went at time gone (it left, or the allowlist dropped it): a bulk connection
+// never outlives that. Those opened since belong to a new libp2p connection.
+// Its port is asked again next time.
+func (b *bulkNet) peerGone(p peer.ID, gone time.Time) {
 	b.mu.Lock()
 	bp := b.peers[p]
-	delete(b.peers, p)
-	if bp == nil || len(bp.live) == 0 {
+	if bp == nil {
 		b.mu.Unlock()
 		return
 	}
-	b.h.ConnManager().Unprotect(p, bulkProtectTag)
-	b.mu.Unlock()
+	bp.ep = netip.AddrPort{}
+	bp.retryAfter = time.Time{}
+	var old []*bulkConn
 	for c := range bp.live {
-		c.Close()
+		if !c.opened.After(gone) {
+			old = append(old, c)
+		}
 	}
+	b.mu.Unlock()
+	for _, c := range old {
+		c.Close() // untracks it, and unprotects p with its last
+	}
+	b.mu.Lock()
+	if b.peers[p] == bp && len(bp.live) == 0 {
+		delete(b.peers, p)
+	}
+	b.mu.Unlock()
 }
 
 // Close stops taking bulk connections and closes those open.
@@ -538,6 +576,7 @@ type bulkConn struct {
 	flushConn
 	b      *bulkNet
 	p      peer.ID
+	opened time.Time
 	once   sync.Once
 	closed atomic.Bool
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/anacrolix/torrent"
 	"github.com/anacrolix/torrent/metainfo"
@@ -30,15 +31,15 @@ func (e *Engine) watchPeers(h host.Host) {
 			if nw.Connectedness(p) == network.Connected {
 				return
 			}
-			go e.peerGone(p)
+			go e.peerGone(p, time.Now())
 		},
 	}
 	h.Network().Notify(e.notifiee)
 }
 
-func (e *Engine) peerGone(p peer.ID) {
+func (e *Engine) peerGone(p peer.ID, gone time.Time) {
 	if e.bulk != nil {
-		e.bulk.peerGone(p)
+		e.bulk.peerGone(p, gone)
 	}
 	banned := make(map[string]bool)
 	for _, ip := range e.cl.BadPeerIPs() {
