@@ -95,9 +95,9 @@ func Get() (time.Duration, error) {
 }
 
 // Start starts cmd with timer slack d instead of this process's. A child takes
-// the slack of the thread that forks it, so Start forks from a thread of its
-// own, set to d, which exits afterwards. cmd must not ask for Pdeathsig: the
-// signal would come as soon as that thread exits.
+// the slack of the thread that forks it, so Start forks from a thread locked
+// to it and set to d for the fork, then sets that thread back. cmd must not
+// ask for Pdeathsig, which fires when the forking thread exits.
 func Start(cmd *exec.Cmd, d time.Duration) error {
 	if d <= 0 {
 		return fmt.Errorf("timer slack %v: want a positive duration", d)
@@ -107,14 +107,23 @@ func Start(cmd *exec.Cmd, d time.Duration) error {
 	}
 	errc := make(chan error, 1)
 	go func() {
-		// Never unlocked: the goroutine's end takes the thread, and its
-		// slack, with it.
 		runtime.LockOSThread()
-		if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(d.Nanoseconds()), 0, 0, 0); err != nil {
+		prev, err := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0)
+		if err == nil {
+			err = unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(d.Nanoseconds()), 0, 0, 0)
+		}
+		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("timer slack: prctl: %w", err)
 			return
 		}
-		errc <- cmd.Start()
+		err = cmd.Start()
+		if unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(prev), 0, 0, 0) == nil {
+			runtime.UnlockOSThread()
+		}
+		// Otherwise the goroutine ends locked, and the thread, with the
+		// child's slack, ends with it.
+		errc <- err
 	}()
 	return <-errc
 }
