@@ -138,3 +138,48 @@ func TestSetRefusesNonPositive(t *testing.T) {
 		}
 	}
 }
+
+// TestSetWithoutCapSysNice: without the capability, Set still sets the calling
+// thread and says which threads it could not set, and why.
+func TestSetWithoutCapSysNice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("drops CAP_SYS_NICE, which only root has here")
+	}
+	orig, err := Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Set(orig) })
+	const want = 3 * time.Millisecond
+	type result struct {
+		err  error
+		self time.Duration
+	}
+	done := make(chan result, 1)
+	go func() {
+		// Capabilities are a thread's own: only this one loses CAP_SYS_NICE,
+		// and it ends with the goroutine, still locked.
+		runtime.LockOSThread()
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			done <- result{err: err}
+			return
+		}
+		data[0].Effective &^= 1 << unix.CAP_SYS_NICE
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			done <- result{err: err}
+			return
+		}
+		err := Set(want)
+		self, _ := Get()
+		done <- result{err, self}
+	}()
+	r := <-done
+	if r.err == nil || !strings.Contains(r.err.Error(), "CAP_SYS_NICE") {
+		t.Fatalf("Set without CAP_SYS_NICE: %v; want an error naming the capability", r.err)
+	}
+	if r.self != want {
+		t.Errorf("the calling thread's slack: %v, want %v", r.self, want)
+	}
+}
