@@ -160,8 +160,7 @@ func ps() {
 	}
 	slack, _ := os.ReadFile("/proc/self/timerslack_ns")
 	out, _ := json.Marshal(map[string]any{"ifaces": ifaces, "fds": fds, "sysctl": sysctlErr,
-		"timerSlack": strings.TrimSpace(string(slack)),
-		"pids": pids, "uid": os.Getuid(), "gid": os.Getgid(), "hostname": host, "root": names,
+		"timerSlack": strings.TrimSpace(string(slack)), "pids": pids, "uid": os.Getuid(), "gid": os.Getgid(), "hostname": host, "root": names,
 		"capEff": field("CapEff"), "capBnd": field("CapBnd"), "noNewPrivs": field("NoNewPrivs"),
 		"tmpErr": tmpErr, "rootWritable": rootErr, "args": os.Args[2:], "env": os.Getenv("GREETING"),
 	})
