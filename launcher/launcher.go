@@ -11,9 +11,10 @@ import (
 	"sync"
 	"time"
 
-	"ballena.dev/internal/timerslack"
 	"github.com/dgraph-io/badger/v4"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"ballena.dev/internal/timerslack"
 )
 
 // Config configures a Launcher. DataDir, DB and Verifier are required.
