@@ -6,7 +6,7 @@
 // least a millisecond. A node woken by the network thousands of times a second (a
 // capped transfer, a swarm) keeps sysmon at 20µs for good, and the kernel's
 // default slack (50µs) coalesces little of it. With 1ms, ballena node used 24%
-// less CPU per GiB in a 16-node swarm on 2 cores (README, "Data path").
+// less CPU per GiB in a 16-leecher swarm on 2 cores (README, benchmarks).
 package timerslack
 
 import "time"
