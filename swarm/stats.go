@@ -77,20 +77,18 @@ func (e *Engine) Pieces(digest string) []bool {
 
 // verifiedBytes counts the bytes of pieces that passed their hash. anacrolix's
 // BytesCompleted also counts chunks of unfinished pieces, which a crash loses.
+// It is asked several times a second per transfer, so it counts from the
+// completed-piece count instead of PieceStateRuns, which allocates for every
+// piece (with 16 nodes on 2 cores that made 4% of the nodes' CPU).
 func verifiedBytes(t *torrent.Torrent) int64 {
 	info := t.Info()
 	if info == nil {
 		return 0
 	}
-	var n int64
-	i := 0
-	for _, run := range t.PieceStateRuns() {
-		if run.Complete {
-			for j := i; j < i+run.Length; j++ {
-				n += info.Piece(j).Length()
-			}
-		}
-		i += run.Length
+	n := int64(t.Stats().PiecesComplete) * info.PieceLength
+	// Only the last piece may be shorter.
+	if last := info.NumPieces() - 1; n > 0 && t.Piece(last).State().Complete {
+		n -= info.PieceLength - info.Piece(last).Length()
 	}
 	return n
 }
