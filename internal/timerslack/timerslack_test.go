@@ -17,24 +17,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func slackOf(t *testing.T, path string) time.Duration {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return time.Duration(ns)
-}
-
 func TestSetReachesEveryThread(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("setting other threads' slack needs CAP_SYS_NICE")
 	}
-	old := slackOf(t, "/proc/self/timerslack_ns")
+	old, err := Get()
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { Set(old) })
 	const want = 3 * time.Millisecond
 	if old == want {
@@ -55,17 +45,21 @@ func TestSetReachesEveryThread(t *testing.T) {
 	var started sync.WaitGroup
 	started.Add(n)
 	got := make([]time.Duration, n)
+	errs := make([]error, n)
 	for i := range n {
 		wg.Go(func() {
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
 			started.Done()
 			started.Wait()
-			got[i] = slackOf(t, filepath.Join("/proc", strconv.Itoa(unix.Gettid()), "timerslack_ns"))
+			got[i], errs[i] = Get() // this thread's, locked to it
 		})
 	}
 	wg.Wait()
 	for i, g := range got {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
 		if g != want {
 			t.Errorf("thread %d started after Set: %v, want %v", i, g, want)
 		}
