@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -23,6 +25,7 @@ import (
 
 	"ballena.dev/artifact"
 	"ballena.dev/internal/poll"
+	"ballena.dev/internal/testnet"
 	"ballena.dev/signing"
 	"ballena.dev/swarm"
 )
@@ -410,6 +413,7 @@ func TestNodeFlagsMalformed(t *testing.T) {
 	for _, tc := range []struct{ flag, value string }{
 		{"--bulk-listen", "7401"},
 		{"--timer-slack", "-1ms"},
+		{"--procs", "-1"},
 	} {
 		code, _, msg := run(t, t.TempDir(), "node", "--listen", "/ip4/127.0.0.1/tcp/0", tc.flag, tc.value)
 		if code != exitUsage || !strings.Contains(msg, tc.flag) ||
@@ -433,4 +437,69 @@ func threadSlacks(t *testing.T, pid int) map[string]bool {
 		}
 	}
 	return set
+}
+
+func TestProcsForCaps(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		up, down  int64
+		max, want int
+	}{
+		{0, 0, 8, 0},               // not capped: every core
+		{16 * mib, 0, 8, 0},        // capped one way only
+		{0, 16 * mib, 8, 0},        // the other way only
+		{16 * mib, 16 * mib, 8, 1}, // the benchmarks' swarm
+		{128 * mib, 128 * mib, 8, 1},
+		{128 * mib, 129 * mib, 8, 2},
+		{1 << 30, 1 << 30, 4, 0}, // needs every core there is
+		{16 * mib, 16 * mib, 1, 0},
+	} {
+		if got := procsForCaps(tc.up, tc.down, tc.max); got != tc.want {
+			t.Errorf("procsForCaps(%d, %d, %d) = %d, want %d", tc.up, tc.down, tc.max, got, tc.want)
+		}
+	}
+}
+
+// TestNodeProcs: a node capped both ways runs its Go code on one thread, the
+// GOMAXPROCS environment variable overrides that, and so does --procs. The
+// node's own metrics tell.
+func TestNodeProcs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs node processes")
+	}
+	if runtime.NumCPU() < 2 {
+		t.Skip("one core: a capped node and an uncapped one both run on one thread")
+	}
+	t.Setenv("GOMAXPROCS", "") // the nodes inherit the environment
+	caps := []string{"--upload-limit", "16MiB", "--download-limit", "16MiB"}
+	gomaxprocs := func(name string, args ...string) string {
+		addr := testnet.FreeAddr(t)
+		startNode(t, name, append(args, "--metrics-listen", addr)...)
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "go_sched_gomaxprocs_threads "); ok {
+				return v
+			}
+		}
+		t.Fatalf("%s: no go_sched_gomaxprocs_threads in its metrics", name)
+		return ""
+	}
+	if got := gomaxprocs("capped", caps...); got != "1" {
+		t.Errorf("node capped at 16MiB/s both ways: GOMAXPROCS %s, want 1", got)
+	}
+	if got, want := gomaxprocs("uncapped"), fmt.Sprint(runtime.GOMAXPROCS(0)); got != want {
+		t.Errorf("uncapped node: GOMAXPROCS %s, want the default, %s", got, want)
+	}
+	if got := gomaxprocs("flag", append(caps, "--procs", "3")...); got != "3" {
+		t.Errorf("--procs 3: GOMAXPROCS %s", got)
+	}
+	t.Setenv("GOMAXPROCS", "2")
+	if got := gomaxprocs("env", caps...); got != "2" {
+		t.Errorf("capped node under GOMAXPROCS=2: GOMAXPROCS %s, want 2", got)
+	}
 }
