@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"ballena.dev/internal/daemon"
+	"ballena.dev/internal/procs"
 	"ballena.dev/internal/timerslack"
 	"ballena.dev/internal/units"
 	"ballena.dev/launcher"
@@ -73,6 +74,10 @@ func nodeCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			n := c.Int("procs")
+			if n < 0 {
+				return usageErrorf("node: --procs %d: want 0 (sized to the caps) or more", n)
+			}
 			switch d := c.Duration("timer-slack"); {
 			case d < 0:
 				return usageErrorf("node: --timer-slack %v: want a duration of 0 or more, e.g. 1ms", d)
@@ -85,43 +90,17 @@ func nodeCommand() *cli.Command {
 					cfg.Logger.Warn("timer slack not set; the node runs, with more CPU per GiB moved", "err", err)
 				}
 			}
-			n := c.Int("procs")
-			if n < 0 {
-				return usageErrorf("node: --procs %d: want 0 (sized to the caps) or more", n)
-			}
 			if n == 0 && os.Getenv("GOMAXPROCS") == "" {
-				n = procsForCaps(cfg.Swarm.UploadLimit, cfg.Swarm.DownloadLimit, runtime.GOMAXPROCS(0))
+				n = procs.ForCaps(cfg.Swarm.UploadLimit, cfg.Swarm.DownloadLimit, runtime.GOMAXPROCS(0))
 			}
 			if n > 0 {
 				// Process-wide, like the timer slack.
 				runtime.GOMAXPROCS(n)
-				cfg.Logger.Info("node runs Go code on limited threads", "procs", n)
+				cfg.Logger.Info("Go threads (GOMAXPROCS) set", "procs", n)
 			}
 			return runNode(c.Context, cfg)
 		},
 	}
-}
-
-// procPerSecond is the capped traffic (upload plus download) a node is given
-// one Go thread for. One core moves more than this even when the VM is slow
-// (about 280MiB/s into a leecher at 3.7 CPU-s per GiB).
-const procPerSecond = 256 << 20
-
-// procsForCaps is how many threads a node needs to run its Go code to move
-// what its caps allow, at most max; 0 when it is not capped both ways. Each
-// extra idle thread costs: when one goroutine readies another, the runtime
-// wakes an idle thread to run it, and a capped node, mostly waiting, does so
-// for nearly every message. With 8 leechers capped at 16MiB/s on 2 cores, one
-// thread per node took 9-15% less CPU (README, benchmarks).
-func procsForCaps(upload, download int64, max int) int {
-	if upload <= 0 || download <= 0 {
-		return 0
-	}
-	n := int((upload + download + procPerSecond - 1) / procPerSecond)
-	if n >= max {
-		return 0
-	}
-	return n
 }
 
 func pskCommand() *cli.Command {

@@ -439,27 +439,6 @@ func threadSlacks(t *testing.T, pid int) map[string]bool {
 	return set
 }
 
-func TestProcsForCaps(t *testing.T) {
-	const mib = 1 << 20
-	for _, tc := range []struct {
-		up, down  int64
-		max, want int
-	}{
-		{0, 0, 8, 0},               // not capped: every core
-		{16 * mib, 0, 8, 0},        // capped one way only
-		{0, 16 * mib, 8, 0},        // the other way only
-		{16 * mib, 16 * mib, 8, 1}, // the benchmarks' swarm
-		{128 * mib, 128 * mib, 8, 1},
-		{128 * mib, 129 * mib, 8, 2},
-		{1 << 30, 1 << 30, 4, 0}, // needs every core there is
-		{16 * mib, 16 * mib, 1, 0},
-	} {
-		if got := procsForCaps(tc.up, tc.down, tc.max); got != tc.want {
-			t.Errorf("procsForCaps(%d, %d, %d) = %d, want %d", tc.up, tc.down, tc.max, got, tc.want)
-		}
-	}
-}
-
 // TestNodeProcs: a node capped both ways runs its Go code on one thread, the
 // GOMAXPROCS environment variable overrides that, and so does --procs. The
 // node's own metrics tell.

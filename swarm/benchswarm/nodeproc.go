@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 
+	"ballena.dev/internal/procs"
 	"ballena.dev/internal/timerslack"
 	"ballena.dev/swarm"
 	"ballena.dev/swarm/internal/dirstore"
@@ -28,9 +30,12 @@ func runNode(args []string) error {
 	up := fs.Int64("up", 0, "upload cap, bytes/s")
 	down := fs.Int64("down", 0, "download cap, bytes/s")
 	fs.Parse(args)
-	// As ballena node does (--timer-slack).
+	// As ballena node does (--timer-slack, --procs).
 	if err := timerslack.Set(timerslack.Default); err != nil {
 		return err
+	}
+	if n := procs.ForCaps(*up, *down, runtime.GOMAXPROCS(0)); n > 0 && os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(n)
 	}
 	if p := os.Getenv("BENCHSWARM_CPUPROFILE"); p != "" {
 		f, err := os.Create(filepath.Join(p, filepath.Base(*dir)+".pprof"))
