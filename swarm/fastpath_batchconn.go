@@ -1,7 +1,6 @@
 package swarm
 
 import (
-	"bufio"
 	"context"
 	"net"
 	"sync"
@@ -19,6 +18,12 @@ import (
 // records. Both buffers are a connection's own and made on first use, and a
 // node keeps many idle connections (the DHT's), so they stay this small.
 const batchSize = 256 << 10
+
+// readStart is a connection's first read buffer: one TLS record and then
+// some. A read that fills it means bytes are queueing, and the buffer grows to
+// batchSize; connections that only carry small messages (the DHT's, most of a
+// node's) never pay for the large one.
+const readStart = 20 << 10
 
 // batchedTLS is libp2p's TLS 1.3 security transport with fewer, larger system
 // calls under it. TLS cuts what it sends into records of at most 16 KiB and
@@ -110,11 +115,12 @@ func (c flushConn) Read(b []byte) (int, error) {
 // gathered until flush.
 type batchConn struct {
 	net.Conn
-	r *bufio.Reader
+	rbuf []byte // read buffer: readStart, then batchSize
+	r, w int    // rbuf[r:w] is read but not yet returned
 
 	mu       sync.Mutex
 	batching bool
-	buf      []byte // reused; at most batchSize
+	buf      []byte // reused; grows to at most batchSize
 	err      error  // a failed write: every later one fails too
 }
 
@@ -124,10 +130,32 @@ func newBatchConn(c net.Conn) *batchConn {
 
 // Read is only ever called by TLS, one goroutine at a time.
 func (c *batchConn) Read(b []byte) (int, error) {
-	if c.r == nil {
-		c.r = bufio.NewReaderSize(c.Conn, batchSize)
+	if len(b) == 0 {
+		return 0, nil
 	}
-	return c.r.Read(b)
+	if c.r == c.w {
+		if len(b) >= batchSize {
+			return c.Conn.Read(b) // as large as the buffer could make it
+		}
+		if c.rbuf == nil {
+			c.rbuf = make([]byte, readStart)
+		}
+		n, err := c.Conn.Read(c.rbuf)
+		if n == 0 {
+			return 0, err
+		}
+		c.r, c.w = 0, n
+		if n == len(c.rbuf) && n < batchSize {
+			grown := make([]byte, batchSize)
+			c.w = copy(grown, c.rbuf[:n])
+			c.rbuf = grown
+		}
+		// An error with bytes comes back on the next call, when the buffer is
+		// empty, from the connection again.
+	}
+	n := copy(b, c.rbuf[c.r:c.w])
+	c.r += n
+	return n, nil
 }
 
 func (c *batchConn) startBatching() {
@@ -155,9 +183,8 @@ func (c *batchConn) Write(b []byte) (int, error) {
 			return n, err
 		}
 	}
-	if c.buf == nil {
-		c.buf = make([]byte, 0, batchSize)
-	}
+	// Grown by append, so a connection that only sends small messages keeps a
+	// small buffer; a bulk one reaches batchSize after a few Writes and keeps it.
 	c.buf = append(c.buf, b...)
 	return len(b), nil
 }

@@ -1,8 +1,10 @@
 package swarm
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -93,6 +95,66 @@ func TestBatchedTLS(t *testing.T) {
 				t.Fatalf("one byte: got %v, %v", one, err)
 			}
 			echoBack(t, s, payload)
+		})
+	}
+}
+
+// TestBatchConnReadBuffer: a connection carrying small messages keeps a small
+// read buffer; one with bytes queueing grows it to batchSize. Either way every
+// byte comes through, in order, whatever the sizes of the reads above it.
+func TestBatchConnReadBuffer(t *testing.T) {
+	t.Run("small messages", func(t *testing.T) {
+		w, r := tcpPair(t)
+		bc := newBatchConn(r)
+		for i := range 50 {
+			msg := []byte(fmt.Sprintf("message %d", i))
+			if _, err := w.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(bc, got); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, msg) {
+				t.Fatalf("read %q, want %q", got, msg)
+			}
+		}
+		if len(bc.rbuf) != readStart {
+			t.Errorf("read buffer %d bytes after small messages, want %d", len(bc.rbuf), readStart)
+		}
+	})
+	for _, readSize := range []int{1, 5, 16*1024 + 5, 100 << 10, batchSize, batchSize + 3} {
+		t.Run(fmt.Sprintf("bulk, reads of %d", readSize), func(t *testing.T) {
+			w, r := tcpPair(t)
+			data := make([]byte, 1<<20+7)
+			rand.Read(data)
+			// All of it queued before the first read: that read fills the buffer.
+			if _, err := w.Write(data); err != nil {
+				t.Fatal(err)
+			}
+			w.Close()
+			bc := newBatchConn(r)
+			var got bytes.Buffer
+			b := make([]byte, readSize)
+			for {
+				n, err := bc.Read(b)
+				got.Write(b[:n])
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !bytes.Equal(got.Bytes(), data) {
+				t.Fatalf("read %d bytes, not the %d written", got.Len(), len(data))
+			}
+			if readSize < batchSize && len(bc.rbuf) != batchSize {
+				t.Errorf("read buffer %d bytes after queued bulk data, want %d", len(bc.rbuf), batchSize)
+			}
+			if readSize >= batchSize && bc.rbuf != nil {
+				t.Errorf("reads of %d went through a %d-byte buffer; want them straight from the connection", readSize, len(bc.rbuf))
+			}
 		})
 	}
 }
