@@ -15,8 +15,9 @@ import (
 
 // batchSize is how much of a connection's TLS output is gathered into one
 // write system call, and how much input one read system call may fetch: 16
-// records. Both buffers are a connection's own and made on first use, and a
-// node keeps many idle connections (the DHT's), so they stay this small.
+// records. Both buffers are a connection's own; they reach this size only on
+// connections that move bulk data, since a node keeps many that do not (the
+// DHT's).
 const batchSize = 256 << 10
 
 // readStart is a connection's first read buffer: one TLS record and then
