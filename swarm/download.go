@@ -177,7 +177,7 @@ func (e *Engine) awaitInfo(tr *transfer, t *torrent.Torrent, stall *time.Timer) 
 func (e *Engine) downloadPieces(tr *transfer, t *torrent.Torrent, stall *time.Timer) error {
 	rel := tr.rel
 	t.DownloadAll()
-	lastHave := verifiedBytes(t)
+	lastHave := verifiedBytes(t, t.Stats())
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	retried := false
@@ -203,13 +203,13 @@ func (e *Engine) downloadPieces(tr *transfer, t *torrent.Torrent, stall *time.Ti
 			// Only pieces that passed their hash count as progress: junk from a
 			// lying peer, or bytes that never make a whole piece, do not keep a
 			// dead download alive.
-			if have := verifiedBytes(t); have > lastHave {
+			if have := verifiedBytes(t, t.Stats()); have > lastHave {
 				lastHave = have
 				stall.Reset(e.cfg.StallTimeout)
 			}
 		case <-stall.C:
 			return e.abandon(tr, t, fmt.Errorf("download %s: no data from any peer for %s (have %d of %d bytes): %w",
-				short(rel.Digest), e.cfg.StallTimeout, verifiedBytes(t), rel.Size, ErrUnavailable))
+				short(rel.Digest), e.cfg.StallTimeout, verifiedBytes(t, t.Stats()), rel.Size, ErrUnavailable))
 		case <-t.Closed():
 			return e.abandon(tr, t, fmt.Errorf("download %s: dropped", short(rel.Digest)))
 		case <-e.cl.Closed():
@@ -221,7 +221,7 @@ func (e *Engine) downloadPieces(tr *transfer, t *torrent.Torrent, stall *time.Ti
 // abandon ends a failed download with err. Verified pieces stay for a later
 // resume; if there are none, nothing is left behind.
 func (e *Engine) abandon(tr *transfer, t *torrent.Torrent, err error) error {
-	if verifiedBytes(t) == 0 {
+	if verifiedBytes(t, t.Stats()) == 0 {
 		t.Drop()
 		os.RemoveAll(tr.staging)
 	}
@@ -254,8 +254,9 @@ func (e *Engine) progress(tr *transfer) Progress {
 	p.DownloadRate = tr.downRate
 	e.mu.Unlock()
 	if t != nil {
-		p.Have = verifiedBytes(t)
-		p.Peers = t.Stats().ActivePeers
+		st := t.Stats()
+		p.Have = verifiedBytes(t, st)
+		p.Peers = st.ActivePeers
 	}
 	return p
 }

@@ -55,7 +55,7 @@ func TestPeerDisconnectsMidPiece(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("download ended before the cut: %v", err)
 	}
-	if got := verifiedBytes(tor); got != 0 {
+	if got := verifiedBytes(tor, tor.Stats()); got != 0 {
 		t.Fatalf("%d bytes verified from a peer that sent half a piece", got)
 	}
 	tor.AddPeers([]torrent.PeerInfo{{Addr: addrString(seed.PlainAddr().String())}})

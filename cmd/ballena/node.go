@@ -90,12 +90,13 @@ func nodeCommand() *cli.Command {
 					cfg.Logger.Warn("timer slack not set; the node runs, with more CPU per GiB moved", "err", err)
 				}
 			}
-			if n == 0 && os.Getenv("GOMAXPROCS") == "" {
-				n = procs.ForCaps(cfg.Swarm.UploadLimit, cfg.Swarm.DownloadLimit, runtime.GOMAXPROCS(0))
+			// Process-wide, like the timer slack.
+			if n > 0 {
+				runtime.GOMAXPROCS(n)
+			} else {
+				n = procs.Set(cfg.Swarm.UploadLimit, cfg.Swarm.DownloadLimit)
 			}
 			if n > 0 {
-				// Process-wide, like the timer slack.
-				runtime.GOMAXPROCS(n)
 				cfg.Logger.Info("Go threads (GOMAXPROCS) set", "procs", n)
 			}
 			return runNode(c.Context, cfg)

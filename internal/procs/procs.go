@@ -2,6 +2,11 @@
 // rate caps allow.
 package procs
 
+import (
+	"os"
+	"runtime"
+)
+
 // PerThread is the capped traffic (upload plus download, bytes per second) a
 // node is given one Go thread for. One core moves more than this even when the
 // VM is slow (about 280MiB/s into a leecher at 3.7 CPU-s per GiB).
@@ -22,6 +27,20 @@ func ForCaps(upload, download int64, max int) int {
 	n := int((upload + download + PerThread - 1) / PerThread)
 	if n >= max {
 		return 0
+	}
+	return n
+}
+
+// Set sizes this process's runtime to its caps (see ForCaps), unless the
+// GOMAXPROCS environment variable already decided; it returns the threads set,
+// or 0 where it left the runtime alone.
+func Set(upload, download int64) int {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return 0
+	}
+	n := ForCaps(upload, download, runtime.GOMAXPROCS(0))
+	if n > 0 {
+		runtime.GOMAXPROCS(n)
 	}
 	return n
 }

@@ -17,15 +17,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestSetReachesEveryThread(t *testing.T) {
+// restoreSlack skips t unless it runs as root, and returns the process's
+// slack, which every thread gets back when t ends.
+func restoreSlack(t *testing.T, why string) time.Duration {
+	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("setting other threads' slack needs CAP_SYS_NICE")
+		t.Skip(why)
 	}
-	old, err := Get()
+	orig, err := Get()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { Set(old) })
+	t.Cleanup(func() { Set(orig) })
+	return orig
+}
+
+func TestSetReachesEveryThread(t *testing.T) {
+	old := restoreSlack(t, "setting other threads' slack needs CAP_SYS_NICE")
 	const want = 3 * time.Millisecond
 	if old == want {
 		t.Fatalf("the process already runs with %v", want)
@@ -136,14 +144,7 @@ func TestSetRefusesNonPositive(t *testing.T) {
 // TestSetWithoutCapSysNice: without the capability, Set still sets the calling
 // thread and says which threads it could not set, and why.
 func TestSetWithoutCapSysNice(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("drops CAP_SYS_NICE, which only root has here")
-	}
-	orig, err := Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { Set(orig) })
+	restoreSlack(t, "drops CAP_SYS_NICE, which only root has here")
 	const want = 3 * time.Millisecond
 	type result struct {
 		err  error

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/pprof"
 	"sync"
 	"time"
@@ -34,9 +33,7 @@ func runNode(args []string) error {
 	if err := timerslack.Set(timerslack.Default); err != nil {
 		return err
 	}
-	if n := procs.ForCaps(*up, *down, runtime.GOMAXPROCS(0)); n > 0 && os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(n)
-	}
+	procs.Set(*up, *down)
 	if p := os.Getenv("BENCHSWARM_CPUPROFILE"); p != "" {
 		f, err := os.Create(filepath.Join(p, filepath.Base(*dir)+".pprof"))
 		if err != nil {
