@@ -201,35 +201,41 @@ func (p blobPiece) WriteAt(b []byte, off int64) (int, error) {
 	return n, err
 }
 
-// SelfHash returns the sha1 of the piece as it was written, from the bytes
-// held since the write if there are any, else from the disk. A download's
-// next piece for its whole-blob sha256 goes to that hash in the same pass;
+// SelfHash returns the sha1 of the piece as it was written: the one taken as
+// its bytes were held, if they still are, else one read from the disk. A
+// download's next piece for its whole-blob sha256 goes to that hash as well;
 // a later one that passes is handed to it held.
 func (p blobPiece) SelfHash() (metainfo.Hash, error) {
 	var mem []byte
 	var gen uint32
+	var out metainfo.Hash
 	if p.t.held != nil {
 		gen = p.t.writes[p.index].Load()
-		mem = p.t.held.take(p.index)
+		var ok bool
+		if mem, out, ok = p.t.held.take(p.index); !ok {
+			mem = nil
+		}
 	}
-	h := sha1.New()
-	var w io.Writer = h
 	d := p.t.s.digest
+	var whole hash.Hash
 	claimed := false
 	if d != nil {
-		var whole hash.Hash
-		if whole, claimed = d.claim(p.index); claimed {
-			w = io.MultiWriter(h, whole)
-		}
+		whole, claimed = d.claim(p.index)
 	}
 	var err error
 	if mem != nil {
-		w.Write(mem)
+		if claimed {
+			whole.Write(mem)
+		}
 	} else {
+		h := sha1.New()
+		var w io.Writer = h
+		if claimed {
+			w = io.MultiWriter(h, whole)
+		}
 		_, err = p.WriteTo(w)
+		h.Sum(out[:0])
 	}
-	var out metainfo.Hash
-	copy(out[:], h.Sum(nil))
 	want := p.t.info.Piece(p.index).V1Hash()
 	passed := err == nil && want.Ok && want.Value == out
 	if claimed {

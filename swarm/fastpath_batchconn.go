@@ -99,10 +99,28 @@ func (c flushConn) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// Read returns every whole record already read from the socket, not just
+// the first: TLS hands out one 16 KiB record per Read, and the reader above
+// pays for each Read it makes (a rate limiter's sleep, a buffer fill). It
+// never waits on the socket for more than the first record.
+//
 // Read flushes too: TLS may answer from its read path (a key update), and
 // that answer must not wait for the next Write.
 func (c flushConn) Read(b []byte) (int, error) {
+	c.bc.rmu.Lock()
+	defer c.bc.rmu.Unlock()
 	n, err := c.Conn.Read(b)
+	for err == nil && n < len(b) {
+		c.bc.drain = true
+		m, derr := c.Conn.Read(b[n:])
+		c.bc.drain = false
+		n += m
+		if derr != nil {
+			// Nothing more buffered, or a failure TLS keeps and returns
+			// on the next Read, after the bytes it already gave.
+			break
+		}
+	}
 	if c.bc.pending() {
 		if ferr := c.bc.flush(); err == nil && ferr != nil {
 			return n, ferr
@@ -116,8 +134,10 @@ func (c flushConn) Read(b []byte) (int, error) {
 // gathered until flush.
 type batchConn struct {
 	net.Conn
-	rbuf []byte // read buffer: readStart, then batchSize
-	r, w int    // rbuf[r:w] is read but not yet returned
+	rmu   sync.Mutex // held by flushConn.Read, so drain is one reader's
+	drain bool       // Read serves only what rbuf holds
+	rbuf  []byte     // read buffer: readStart, then batchSize
+	r, w  int        // rbuf[r:w] is read but not yet returned
 
 	mu       sync.Mutex
 	batching bool
@@ -135,6 +155,9 @@ func (c *batchConn) Read(b []byte) (int, error) {
 		return 0, nil
 	}
 	if c.r == c.w {
+		if c.drain {
+			return 0, errDrained{}
+		}
 		if len(b) >= batchSize {
 			return c.Conn.Read(b) // as large as the buffer could make it
 		}
@@ -158,6 +181,15 @@ func (c *batchConn) Read(b []byte) (int, error) {
 	c.r += n
 	return n, nil
 }
+
+// errDrained is what a draining batchConn returns once its buffer is empty.
+// It is temporary, as a deadline is, so TLS keeps a partly read record and
+// the connection stays usable.
+type errDrained struct{}
+
+func (errDrained) Error() string   { return "swarm: no more input buffered" }
+func (errDrained) Timeout() bool   { return true }
+func (errDrained) Temporary() bool { return true }
 
 func (c *batchConn) startBatching() {
 	c.mu.Lock()

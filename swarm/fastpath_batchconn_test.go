@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	"golang.org/x/sys/unix"
 )
 
 const echoProto = "/ballena/test/echo"
@@ -157,4 +160,183 @@ func TestBatchConnReadBuffer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFlushConnReadsBufferedRecords: a Read returns every whole TLS record
+// already read from the socket, not one record per Read, and never waits on
+// the socket for a record that has only partly arrived; once the rest
+// arrives, the connection carries on.
+func TestFlushConnReadsBufferedRecords(t *testing.T) {
+	client, server, sock := tlsPairCaptured(t)
+	const recordSize = 16 << 10 // TLS's largest plaintext record
+	msgs := make([][]byte, 6)
+	for i := range msgs {
+		msgs[i] = make([]byte, recordSize)
+		rand.Read(msgs[i])
+	}
+	records := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		records[i] = client.seal(t, m)
+	}
+	server.Conn.(*tls.Conn).SetReadDeadline(time.Now().Add(time.Minute)) // a hang fails, not stalls
+
+	// Four whole records queued before the first Read.
+	sock.queue(t, bytes.Join(records[:4], nil))
+	b := make([]byte, 128<<10)
+	var got []byte
+	reads := 0
+	for len(got) < 4*recordSize {
+		n, err := server.Read(b)
+		if err != nil {
+			t.Fatalf("read %d: %v", reads+1, err)
+		}
+		got = append(got, b[:n]...)
+		reads++
+	}
+	if !bytes.Equal(got, bytes.Join(msgs[:4], nil)) {
+		t.Fatal("four queued records read back wrong")
+	}
+	if reads >= 4 {
+		t.Errorf("four queued records took %d Reads; want fewer than one a record", reads)
+	}
+
+	// A whole record, then the first 100 bytes of the next: Read returns the
+	// whole one without waiting for the rest of the other, and the part it
+	// has is not lost.
+	sock.queue(t, append(bytes.Clone(records[4]), records[5][:100]...))
+	n, err := server.Read(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b[:n], msgs[4]) {
+		t.Fatalf("read %d bytes with a record and a part queued, want the record's %d", n, recordSize)
+	}
+	if _, err := sock.w.Write(records[5][100:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(server, b[:recordSize]); err != nil {
+		t.Fatalf("read after a partial record: %v", err)
+	}
+	if !bytes.Equal(b[:recordSize], msgs[5]) {
+		t.Fatal("the record that arrived in two parts read back wrong")
+	}
+}
+
+// sealer is a TLS client whose records are captured instead of sent, so a
+// test can put them on the socket in pieces of its choosing.
+type sealer struct {
+	tc  *tls.Conn
+	out *capturingConn
+}
+
+func (s sealer) seal(t *testing.T, msg []byte) []byte {
+	t.Helper()
+	s.out.buf.Reset()
+	if _, err := s.tc.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Clone(s.out.buf.Bytes())
+}
+
+// capturingConn sends what is written to it until capture is set, then keeps it.
+type capturingConn struct {
+	net.Conn
+	capture bool
+	buf     bytes.Buffer
+}
+
+func (c *capturingConn) Write(b []byte) (int, error) {
+	if c.capture {
+		return c.buf.Write(b)
+	}
+	return c.Conn.Write(b)
+}
+
+// rawSocket is the client's socket, written to by the test.
+type rawSocket struct {
+	w net.Conn     // the client's end
+	r *net.TCPConn // the server's end
+}
+
+// queue writes b and waits until the server's kernel holds all of it, so what
+// the next Read finds is known. The server must have read everything before.
+func (s *rawSocket) queue(t *testing.T, b []byte) {
+	t.Helper()
+	if _, err := s.w.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := s.r.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; {
+		var inq int
+		raw.Control(func(fd uintptr) { inq, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if inq >= len(b) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes queued at the server, want %d", inq, len(b))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// tlsPairCaptured makes a TLS 1.3 connection over loopback TCP, as the bulk
+// connections have it: the server reads through flushConn and batchConn.
+// After the handshake the client's records are captured (sealer), and the
+// test puts them on the socket itself (rawSocket).
+func tlsPairCaptured(t *testing.T) (sealer, flushConn, *rawSocket) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan *net.TCPConn, 1)
+	go func() {
+		c, _ := ln.AcceptTCP()
+		accepted <- c
+	}()
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-accepted
+	if r == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { w.Close(); r.Close() })
+
+	ids := make([]*libp2ptls.Identity, 2)
+	for i := range ids {
+		sk, _, err := crypto.GenerateEd25519Key(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ids[i], err = libp2ptls.NewIdentity(sk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ccfg, _ := ids[0].ConfigForPeer("")
+	ccfg.DynamicRecordSizingDisabled = true // a 16 KiB Write is one record
+	scfg, _ := ids[1].ConfigForPeer("")
+	out := &capturingConn{Conn: w}
+	tc := tls.Client(out, ccfg)
+	bc := newBatchConn(r)
+	ts := tls.Server(bc, scfg)
+	errc := make(chan error, 1)
+	go func() { errc <- tc.Handshake() }()
+	if err := ts.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	bc.startBatching()
+	out.capture = true
+	return sealer{tc: tc, out: out}, flushConn{Conn: ts, bc: bc}, &rawSocket{w: w, r: r}
 }

@@ -1,6 +1,9 @@
 package swarm
 
-import "sync"
+import (
+	"crypto/sha1"
+	"sync"
+)
 
 // holdBudget is the memory a download may spend keeping piece bytes it wrote
 // (see heldPieces).
@@ -19,35 +22,56 @@ type heldPieces struct {
 	max  int // buffers it may make
 
 	mu   sync.Mutex
-	held map[int][]byte
+	held map[int]heldPiece
 	free [][]byte
 	made int
 }
 
+// heldPiece is a piece's bytes and their sha1.
+type heldPiece struct {
+	b   []byte
+	sum [sha1.Size]byte
+}
+
+// hashStride is how much hold copies before it hashes what it copied: small
+// enough that the sha1 reads the bytes from the L1 cache the copy left them
+// in. Hashed later, when the piece is checked, a 256 KiB piece comes from
+// memory again, and with many transfers on a core that read costs as much
+// as the sha1 itself.
+const hashStride = 32 << 10
+
 func newHeldPieces(pieceLength int64) *heldPieces {
-	return &heldPieces{size: int(pieceLength), max: max(4, holdBudget/int(pieceLength)), held: make(map[int][]byte)}
+	return &heldPieces{size: int(pieceLength), max: max(4, holdBudget/int(pieceLength)), held: make(map[int]heldPiece)}
 }
 
 // hold copies b, the whole of piece i, into a buffer and keeps it as the
-// piece's bytes; it returns the copy, block-aligned for direct I/O, or nil if
-// no buffer is free.
+// piece's bytes, with their sha1 taken as they are copied; it returns the
+// copy, block-aligned for direct I/O, or nil if no buffer is free.
 func (h *heldPieces) hold(i int, b []byte) []byte {
 	h.mu.Lock()
 	buf := h.getLocked()
 	if old, ok := h.held[i]; ok {
-		h.putLocked(old)
+		h.putLocked(old.b)
 		delete(h.held, i)
 	}
 	h.mu.Unlock()
 	if buf == nil {
 		return nil
 	}
-	buf = buf[:copy(buf, b)]
+	buf = buf[:len(b)]
+	d := sha1.New()
+	for off := 0; off < len(b); off += hashStride {
+		end := min(off+hashStride, len(b))
+		copy(buf[off:end], b[off:end])
+		d.Write(buf[off:end])
+	}
+	hp := heldPiece{b: buf}
+	d.Sum(hp.sum[:0])
 	h.mu.Lock()
 	if old, ok := h.held[i]; ok { // a concurrent write of the same piece
-		h.putLocked(old)
+		h.putLocked(old.b)
 	}
-	h.held[i] = buf
+	h.held[i] = hp
 	h.mu.Unlock()
 	return buf
 }
@@ -56,22 +80,22 @@ func (h *heldPieces) hold(i int, b []byte) []byte {
 func (h *heldPieces) drop(i int) {
 	h.mu.Lock()
 	if old, ok := h.held[i]; ok {
-		h.putLocked(old)
+		h.putLocked(old.b)
 		delete(h.held, i)
 	}
 	h.mu.Unlock()
 }
 
-// take hands piece i's bytes to the caller, who must release them; nil if it
-// does not hold them.
-func (h *heldPieces) take(i int) []byte {
+// take hands piece i's bytes and their sha1 to the caller, who must release
+// the bytes; ok is false if it does not hold them.
+func (h *heldPieces) take(i int) (b []byte, sum [sha1.Size]byte, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	b, ok := h.held[i]
+	hp, ok := h.held[i]
 	if ok {
 		delete(h.held, i)
 	}
-	return b
+	return hp.b, hp.sum, ok
 }
 
 // release returns a buffer from take.
