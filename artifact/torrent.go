@@ -11,10 +11,13 @@ import (
 
 // PieceLength picks the BitTorrent piece length for a blob of size bytes: small
 // pieces so that every peer starts uploading within the first piece-time, but
-// no more than about 2048 of them so the info dict stays small.
+// no more than about 512 of them. anacrolix plans a peer's requests by
+// scanning every piece still wanted, on each of that peer's updates, so the
+// count costs CPU on every node: with 1024 pieces of a 256 MiB blob, that
+// scan took 9% of a 16-leecher swarm's CPU.
 func PieceLength(size int64) int64 {
 	pl := int64(256 << 10)
-	for pl < 4<<20 && size/pl > 2048 {
+	for pl < 4<<20 && size/pl > 512 {
 		pl *= 2
 	}
 	return pl
