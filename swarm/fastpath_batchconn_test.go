@@ -291,25 +291,7 @@ func (s *rawSocket) queue(t *testing.T, b []byte) {
 // test puts them on the socket itself (rawSocket).
 func tlsPairCaptured(t *testing.T) (sealer, flushConn, *rawSocket) {
 	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan *net.TCPConn, 1)
-	go func() {
-		c, _ := ln.AcceptTCP()
-		accepted <- c
-	}()
-	w, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := <-accepted
-	if r == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { w.Close(); r.Close() })
+	w, r := loopbackTCP(t)
 
 	ids := make([]*libp2ptls.Identity, 2)
 	for i := range ids {

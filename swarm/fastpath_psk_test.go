@@ -17,7 +17,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/pnet"
 	stockpnet "github.com/libp2p/go-libp2p/p2p/net/pnet"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
-	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 )
 
@@ -108,17 +107,32 @@ func TestPSKInterop(t *testing.T) {
 // tcpPair is two ends of a loopback TCP connection, as multiaddr conns.
 func tcpPair(t *testing.T) (dialed, accepted manet.Conn) {
 	t.Helper()
-	ln, err := manet.Listen(ma.StringCast("/ip4/127.0.0.1/tcp/0"))
+	d, a := loopbackTCP(t)
+	dc, err := manet.WrapNetConn(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, err := manet.WrapNetConn(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dc, ac
+}
+
+// loopbackTCP is two ends of a loopback TCP connection, closed when the test ends.
+func loopbackTCP(t *testing.T) (dialed, accepted *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	got := make(chan manet.Conn, 1)
+	got := make(chan *net.TCPConn, 1)
 	go func() {
-		c, _ := ln.Accept()
+		c, _ := ln.AcceptTCP()
 		got <- c
 	}()
-	d, err := manet.Dial(ln.Multiaddr())
+	d, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
 	if err != nil {
 		t.Fatal(err)
 	}
