@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
 	"ballena.dev/internal/ctxio"
 	"golang.org/x/sys/unix"
@@ -36,11 +37,17 @@ func (l *Launcher) executable(ctx context.Context, art Artifact) (f *os.File, do
 			l.exes[art.Digest] = f
 			return f, func() {}, nil
 		}
-		if !errors.Is(err, errNoExecMemfd) {
+		switch {
+		case errors.Is(err, errSealBusy):
+			// Pages the kernel kept pinned past every retry: this start
+			// runs from the disk copy, and the next tries a memfd again.
+			l.log.Warn("could not seal the whale's memfd: this start runs from a copy on disk, re-hashed", "release", art.Digest[:12], "err", err)
+		case errors.Is(err, errNoExecMemfd):
+			l.log.Warn("executable memfds refused by the kernel: whales run from a copy on disk, re-hashed before every start", "err", err)
+			l.noMemfd = true
+		default:
 			return nil, nil, err
 		}
-		l.log.Warn("executable memfds refused by the kernel: whales run from a copy on disk, re-hashed before every start", "err", err)
-		l.noMemfd = true
 	}
 	path, err := l.diskCopy(ctx, art)
 	if err != nil {
@@ -88,11 +95,48 @@ func sealedCopy(ctx context.Context, art Artifact) (*os.File, error) {
 		f.Close()
 		return nil, err
 	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE|unix.F_SEAL_GROW|unix.F_SEAL_SHRINK|unix.F_SEAL_SEAL); err != nil {
+	if err := sealAll(ctx, fd, sealPatience, nil); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("seal: %w", err)
 	}
 	return f, nil
+}
+
+// errSealBusy is F_SEAL_WRITE still refused after sealPatience.
+var errSealBusy = errors.New("pages still referenced")
+
+// sealPatience bounds how long sealAll retries: long enough to outlast
+// reclaim or migration on a loaded host, short next to a task's start.
+const sealPatience = 2 * time.Second
+
+// sealAll seals a memfd against every change. The kernel refuses
+// F_SEAL_WRITE with EBUSY while a page holds a reference beyond the page
+// cache's own, and waits only about 150 ms for such references to go; on a
+// loaded host, transient ones (migration, reclaim, another CPU's LRU batch)
+// can outlast that on a file nobody maps, so EBUSY is retried, with backoff,
+// for up to patience. onBusy, if set, is called after each refusal (tests).
+func sealAll(ctx context.Context, fd int, patience time.Duration, onBusy func()) error {
+	const seals = unix.F_SEAL_WRITE | unix.F_SEAL_GROW | unix.F_SEAL_SHRINK | unix.F_SEAL_SEAL
+	deadline := time.Now().Add(patience)
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		_, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, seals)
+		if !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+		if onBusy != nil {
+			onBusy()
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return fmt.Errorf("%w: %v after %v", errSealBusy, err, patience)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // diskCopy is the fallback: a read-only copy per digest under bin/, made
